@@ -1,0 +1,997 @@
+//! Reads and checks `cutover.toml`, the one file per repository that says what to
+//! deploy and how.
+//!
+//! This module owns the file's schema and every check that can be made without
+//! touching Docker, nginx or a plugin. It never performs a side effect: loading a
+//! config twice gives the same value and changes nothing. Every error names the file,
+//! the key path and what was expected, so a user can fix the file without reading code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default name of the config file, looked up in the current directory.
+pub const DEFAULT_FILE: &str = "cutover.toml";
+
+/// A config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {}: {source}; pass the right file with --config", path.display())]
+    Read {
+        /// The file cutover tried to read.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{}: line {line}: not valid TOML: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// What the parser expected.
+        message: String,
+    },
+    /// A key is unknown, missing, of the wrong type, or has a value that cannot work.
+    #[error("{}: key `{key}`: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key path, e.g. `health.interval`.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// A validated deploy configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The service name: names containers, images, the lock and the state file.
+    pub service: String,
+    /// Where cutover keeps its state, lock, audit log and managed nginx; relative paths
+    /// are resolved against the config file's directory.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How the image to deploy is obtained.
+    pub image: ImageConfig,
+    /// How each colour's container runs.
+    pub container: ContainerConfig,
+    /// The blue slot.
+    #[serde(default = "ColorConfig::default_blue")]
+    pub blue: ColorConfig,
+    /// The green slot.
+    #[serde(default = "ColorConfig::default_green")]
+    pub green: ColorConfig,
+    /// How a new colour is judged ready.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// How traffic is switched.
+    pub proxy: ProxyConfig,
+    /// How cutover checks, after the switch, that the proxy really serves the target.
+    #[serde(default)]
+    pub verify: VerifyConfig,
+    /// How long in-flight requests get to finish before the old colour stops.
+    #[serde(default)]
+    pub drain: DrainConfig,
+    /// How much history is kept.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// Which plugin decides each policy.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+
+    /// The file this config was read from (set by [`Config::load`]).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// Where the image comes from: built from a local context, or an existing reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Build the image through the Docker API from a local context.
+    pub build: Option<BuildConfig>,
+    /// Deploy an existing image reference instead of building.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    /// Log in to this registry, push after build and pull before run.
+    pub registry: Option<RegistryConfig>,
+    /// How many images this tool built are kept for rollback (the live one included).
+    #[serde(default = "default_keep_images")]
+    pub keep: usize,
+}
+
+/// A `docker build` through the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The build context directory, relative to the config file.
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// Build arguments (`ARG` values).
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+}
+
+/// A registry to push to and pull from. The password only ever comes from the
+/// environment variable named here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `host:port` of the registry.
+    pub server: String,
+    /// The user to log in as.
+    pub username: String,
+    /// The environment variable holding the password.
+    pub password_env: String,
+}
+
+/// How each colour's container runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The TCP port the application listens on inside the container.
+    pub port: u16,
+    /// Environment variables for the application.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bind mounts and volumes, in Docker's `source:target[:options]` form.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Extra container labels (cutover adds its own `cutover.*` labels).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Replaces the image's CMD when set.
+    pub command: Option<Vec<String>>,
+    /// How long the application gets to exit after SIGTERM before it is killed.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Duration,
+    /// A user-defined bridge network, created when missing.
+    pub network: Option<NetworkConfig>,
+}
+
+/// A user-defined Docker bridge network (the original script's `deploy` network).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The network's name.
+    pub name: String,
+    /// Its subnet in CIDR form, e.g. `172.20.0.0/16`; needed for fixed IPs.
+    pub subnet: Option<String>,
+    /// Its gateway, e.g. `172.20.0.1`.
+    pub gateway: Option<String>,
+}
+
+/// One slot's addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorConfig {
+    /// The host port the container's port is published on; none to publish nothing.
+    pub host_port: Option<u16>,
+    /// The host address the port is bound to.
+    #[serde(default = "default_host_ip")]
+    pub host_ip: IpAddr,
+    /// A fixed IP on `container.network`.
+    pub ip: Option<Ipv4Addr>,
+    /// The `address:port` the proxy and health probes use. Defaults to
+    /// `host_ip:host_port`, else `ip:container.port`.
+    pub upstream: Option<SocketAddr>,
+}
+
+impl ColorConfig {
+    fn default_blue() -> Self {
+        Self::on_port(18081)
+    }
+
+    fn default_green() -> Self {
+        Self::on_port(18082)
+    }
+
+    fn on_port(port: u16) -> Self {
+        Self {
+            host_port: Some(port),
+            host_ip: default_host_ip(),
+            ip: None,
+            upstream: None,
+        }
+    }
+}
+
+/// How a new colour is judged ready.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// The path probed on the target.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// The Host header sent with each probe.
+    pub host: Option<String>,
+    /// Per-probe timeout.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: Duration,
+    /// Wait before the first probe.
+    #[serde(default = "default_first_delay")]
+    pub first_delay: Duration,
+    /// Wait between probes.
+    #[serde(default = "default_interval")]
+    pub interval: Duration,
+    /// Give up when the target is not healthy this long after it started.
+    #[serde(default = "default_health_deadline")]
+    pub deadline: Duration,
+    /// Response headers passed to the health-policy plugin.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            path: default_health_path(),
+            host: None,
+            timeout: default_probe_timeout(),
+            first_delay: default_first_delay(),
+            interval: default_interval(),
+            deadline: default_health_deadline(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Whether cutover runs its own nginx or drives one it does not own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    /// cutover starts and owns an nginx under its state directory.
+    Managed,
+    /// cutover writes files into an existing nginx's config and reloads it.
+    External,
+}
+
+/// How traffic is switched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `managed` or `external`.
+    pub mode: ProxyMode,
+    /// Managed mode: the address nginx listens on.
+    pub listen: Option<SocketAddr>,
+    /// The nginx binary used for the managed proxy and the default commands.
+    #[serde(default = "default_nginx")]
+    pub nginx: PathBuf,
+    /// External mode: the directory the rendered files are written to (nginx's
+    /// `conf.d`). Managed mode uses a directory under the state directory.
+    pub config_dir: Option<PathBuf>,
+    /// External mode: the command that checks the config (argv, no shell).
+    pub test_command: Option<Vec<String>>,
+    /// External mode: the command that reloads gracefully (argv, no shell).
+    pub reload_command: Option<Vec<String>>,
+    /// Variables handed to the proxy-template plugin.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// The check, through the proxy, that the target really serves after the switch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// The URL requested through the proxy; defaults to the managed listen address
+    /// and the health path. Must be given in external mode.
+    pub url: Option<String>,
+    /// The Host header to send.
+    pub host: Option<String>,
+    /// A header the response must carry, as `Name: value`; `{color}` is replaced
+    /// by the target colour.
+    pub expect_header: Option<String>,
+    /// A substring the body must contain; `{color}` is replaced.
+    pub expect_body: Option<String>,
+    /// How long the proxy gets to start serving the target.
+    #[serde(default = "default_verify_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            host: None,
+            expect_header: None,
+            expect_body: None,
+            timeout: default_verify_timeout(),
+        }
+    }
+}
+
+/// How long in-flight requests get after the switch.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainConfig {
+    /// The longest cutover waits before stopping the old colour. With the managed
+    /// proxy the wait ends as soon as nginx's old workers have finished.
+    #[serde(default = "default_drain_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_drain_timeout(),
+        }
+    }
+}
+
+/// How much history is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Deploys kept in the state file.
+    #[serde(default = "default_keep_deploys")]
+    pub deploys: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            deploys: default_keep_deploys(),
+        }
+    }
+}
+
+/// The four policy kinds a plugin can implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PluginKind {
+    /// Allow or deny a deploy.
+    DeployGate,
+    /// Choose the colour to deploy to.
+    TargetSelector,
+    /// Judge a health probe.
+    HealthPolicy,
+    /// Render the proxy config.
+    ProxyTemplate,
+}
+
+impl PluginKind {
+    /// All kinds, in the order a deploy uses them.
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::DeployGate,
+        PluginKind::TargetSelector,
+        PluginKind::HealthPolicy,
+        PluginKind::ProxyTemplate,
+    ];
+
+    /// The name used in config (`[plugins.<name>]`) and as the WIT world name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::DeployGate => "deploy-gate",
+            PluginKind::TargetSelector => "target-selector",
+            PluginKind::HealthPolicy => "health-policy",
+            PluginKind::ProxyTemplate => "proxy-template",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `[plugins]`: one optional entry per kind; a missing entry means the built-in default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// `[plugins.deploy-gate]`
+    #[serde(rename = "deploy-gate")]
+    pub deploy_gate: Option<PluginSpec>,
+    /// `[plugins.target-selector]`
+    #[serde(rename = "target-selector")]
+    pub target_selector: Option<PluginSpec>,
+    /// `[plugins.health-policy]`
+    #[serde(rename = "health-policy")]
+    pub health_policy: Option<PluginSpec>,
+    /// `[plugins.proxy-template]`
+    #[serde(rename = "proxy-template")]
+    pub proxy_template: Option<PluginSpec>,
+}
+
+impl PluginsConfig {
+    /// The entry for `kind`, if the config has one.
+    pub fn get(&self, kind: PluginKind) -> Option<&PluginSpec> {
+        match kind {
+            PluginKind::DeployGate => self.deploy_gate.as_ref(),
+            PluginKind::TargetSelector => self.target_selector.as_ref(),
+            PluginKind::HealthPolicy => self.health_policy.as_ref(),
+            PluginKind::ProxyTemplate => self.proxy_template.as_ref(),
+        }
+    }
+}
+
+/// Where one plugin comes from, its limits and its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    /// `builtin:<name>` or a path to a `.wasm` component (relative to the config file).
+    pub source: String,
+    /// The lowercase hex sha256 of the `.wasm` file; required for files.
+    pub sha256: Option<String>,
+    /// Per-call limits; each one left out keeps its default.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Handed to the plugin as a JSON document.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+impl PluginSpec {
+    /// The plugin's config table as the JSON document the plugin receives.
+    pub fn config_json(&self) -> String {
+        // A toml table always serializes to JSON: keys are strings and every value
+        // maps to a JSON value (datetimes become strings).
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// `[plugins.<kind>.limits]`: each field overrides one default limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Wall-clock deadline per call, in milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Fuel (roughly, wasm instructions) per call.
+    pub fuel: Option<u64>,
+    /// Linear memory cap, in MiB.
+    pub memory_mib: Option<u64>,
+    /// Cap on the size of the returned value, in KiB.
+    pub output_kib: Option<u64>,
+    /// Cap on what the plugin may log per call, in KiB.
+    pub log_kib: Option<u64>,
+}
+
+/// A duration written as `"500ms"`, `"10s"` or `"2m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duration(pub std::time::Duration);
+
+impl Duration {
+    /// The duration as the standard type.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+
+    fn from_millis(ms: u64) -> Self {
+        Self(std::time::Duration::from_millis(ms))
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expected a duration such as \"500ms\", \"10s\" or \"2m\", found {text:?} ({e})"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".cutover")
+}
+fn default_keep_images() -> usize {
+    3
+}
+fn default_keep_deploys() -> usize {
+    50
+}
+fn default_dockerfile() -> String {
+    "Dockerfile".to_owned()
+}
+fn default_stop_grace() -> Duration {
+    Duration::from_millis(10_000)
+}
+fn default_host_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_health_path() -> String {
+    "/health".to_owned()
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(1_000)
+}
+fn default_first_delay() -> Duration {
+    Duration::from_millis(20)
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_health_deadline() -> Duration {
+    Duration::from_millis(60_000)
+}
+fn default_nginx() -> PathBuf {
+    PathBuf::from("nginx")
+}
+fn default_verify_timeout() -> Duration {
+    Duration::from_millis(5_000)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
+
+impl Config {
+    /// Reads, parses and checks the config file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the file cannot be read, is not TOML, has an unknown or
+    /// missing key, a value of the wrong type, or values that cannot work together.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks config text; `path` is used in messages and to resolve
+    /// relative paths.
+    ///
+    /// # Errors
+    /// As [`Config::load`], without the read error.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(path, text, &e))?;
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.span().is_some() && key == "." && inner.message().contains("expected") {
+                return syntax_error(path, text, &inner);
+            }
+            let message = inner.message().to_owned();
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                key: key_with_field(&key, &message),
+                message,
+            }
+        })?;
+        config.file = path.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        match self.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
+    }
+
+    /// The state directory, resolved against the config file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.base_dir().join(&self.state_dir)
+    }
+
+    /// A path from the file, resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir().join(path)
+    }
+
+    /// The slot config for `color`.
+    pub fn color(&self, color: crate::Color) -> &ColorConfig {
+        match color {
+            crate::Color::Blue => &self.blue,
+            crate::Color::Green => &self.green,
+        }
+    }
+
+    /// The `address:port` the proxy and the probes use to reach `color`.
+    pub fn upstream(&self, color: crate::Color) -> SocketAddr {
+        let slot = self.color(color);
+        if let Some(addr) = slot.upstream {
+            return addr;
+        }
+        match (slot.host_port, slot.ip) {
+            (Some(port), _) => SocketAddr::new(slot.host_ip, port),
+            (None, Some(ip)) => SocketAddr::new(IpAddr::V4(ip), self.container.port),
+            // check() refuses a slot with neither.
+            (None, None) => SocketAddr::new(slot.host_ip, self.container.port),
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn check(&self) -> Result<(), ConfigError> {
+        check_service_name(&self.service).map_err(|m| self.invalid("service", m))?;
+        match (&self.image.build, &self.image.reference) {
+            (None, None) => {
+                return Err(self.invalid(
+                    "image",
+                    "expected either `build = { context = \"...\" }` or `ref = \"image:tag\"`",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    "image",
+                    "`build` and `ref` are both set; keep the one cutover should deploy",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(reference) = &self.image.reference {
+            check_image_ref(reference).map_err(|m| self.invalid("image.ref", m))?;
+        }
+        if self.image.keep == 0 {
+            return Err(self.invalid(
+                "image.keep",
+                "expected at least 1 (the live image is always kept)",
+            ));
+        }
+        if let Some(registry) = &self.image.registry {
+            if registry.server.is_empty() || registry.server.contains(['/', ' ']) {
+                return Err(self.invalid(
+                    "image.registry.server",
+                    "expected `host:port` of the registry, e.g. \"127.0.0.1:5000\"",
+                ));
+            }
+            if registry.password_env.is_empty() {
+                return Err(self.invalid(
+                    "image.registry.password_env",
+                    "expected the name of the environment variable holding the password",
+                ));
+            }
+        }
+        if self.container.port == 0 {
+            return Err(self.invalid("container.port", "expected a port between 1 and 65535"));
+        }
+        for (i, volume) in self.container.volumes.iter().enumerate() {
+            if !volume.contains(':') {
+                return Err(self.invalid(
+                    &format!("container.volumes[{i}]"),
+                    format!("expected `source:target[:options]`, found {volume:?}"),
+                ));
+            }
+        }
+        for (key, slot) in [("blue", &self.blue), ("green", &self.green)] {
+            if slot.host_port == Some(0) {
+                return Err(self.invalid(
+                    &format!("{key}.host_port"),
+                    "expected a port between 1 and 65535",
+                ));
+            }
+            if slot.host_port.is_none() && slot.ip.is_none() && slot.upstream.is_none() {
+                return Err(self.invalid(
+                    key,
+                    "expected `host_port`, `ip` or `upstream`: the proxy needs a way to reach this colour",
+                ));
+            }
+            if slot.ip.is_some() && self.container.network.is_none() {
+                return Err(self.invalid(
+                    &format!("{key}.ip"),
+                    "a fixed IP needs `container.network` with a `subnet`",
+                ));
+            }
+        }
+        if self.blue.host_port.is_some() && self.blue.host_port == self.green.host_port {
+            return Err(self.invalid(
+                "green.host_port",
+                "blue and green publish the same host port; give each colour its own (the original script's bug)",
+            ));
+        }
+        if self.upstream(crate::Color::Blue) == self.upstream(crate::Color::Green) {
+            return Err(self.invalid(
+                "green.upstream",
+                "blue and green resolve to the same upstream address; give each colour its own",
+            ));
+        }
+        if !self.health.path.starts_with('/') {
+            return Err(self.invalid("health.path", "expected a path starting with `/`"));
+        }
+        if self.health.interval.get().is_zero() {
+            return Err(self.invalid("health.interval", "expected a duration above zero"));
+        }
+        if self.health.deadline < self.health.timeout {
+            return Err(self.invalid(
+                "health.deadline",
+                "expected a deadline at least as long as `health.timeout`",
+            ));
+        }
+        match self.proxy.mode {
+            ProxyMode::Managed => {
+                if self.proxy.listen.is_none() {
+                    return Err(self.invalid(
+                        "proxy.listen",
+                        "managed mode needs the address nginx listens on, e.g. \"127.0.0.1:8080\"",
+                    ));
+                }
+            }
+            ProxyMode::External => {
+                if self.proxy.config_dir.is_none() {
+                    return Err(self.invalid(
+                        "proxy.config_dir",
+                        "external mode needs the nginx directory the rendered files go to, e.g. \"/etc/nginx/conf.d\"",
+                    ));
+                }
+                if self.verify.url.is_none() {
+                    return Err(self.invalid(
+                        "verify.url",
+                        "external mode needs the URL that reaches the service through nginx, e.g. \"http://127.0.0.1/health\"",
+                    ));
+                }
+            }
+        }
+        for (key, cmd) in [
+            ("proxy.test_command", &self.proxy.test_command),
+            ("proxy.reload_command", &self.proxy.reload_command),
+        ] {
+            if cmd.as_ref().is_some_and(|c| c.is_empty()) {
+                return Err(self.invalid(
+                    key,
+                    "expected a non-empty argv list, e.g. [\"nginx\", \"-t\"]",
+                ));
+            }
+        }
+        if let Some(url) = &self.verify.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(self.invalid("verify.url", "expected an http:// URL"));
+        }
+        if let Some(header) = &self.verify.expect_header
+            && !header.contains(':')
+        {
+            return Err(self.invalid(
+                "verify.expect_header",
+                "expected `Name: value`, e.g. \"X-Color: {color}\"",
+            ));
+        }
+        if self.history.deploys == 0 {
+            return Err(self.invalid("history.deploys", "expected at least 1"));
+        }
+        for kind in PluginKind::ALL {
+            if let Some(spec) = self.plugins.get(kind) {
+                self.check_plugin(kind, spec)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_plugin(&self, kind: PluginKind, spec: &PluginSpec) -> Result<(), ConfigError> {
+        let key = format!("plugins.{kind}");
+        if spec.source.starts_with("builtin:") {
+            if spec.sha256.is_some() {
+                return Err(self.invalid(
+                    &format!("{key}.sha256"),
+                    "built-in plugins are part of the binary and take no digest; remove `sha256`",
+                ));
+            }
+        } else {
+            match &spec.sha256 {
+                None => {
+                    return Err(self.invalid(
+                        &format!("{key}.sha256"),
+                        format!(
+                            "a plugin file needs its digest pinned; run `cutover plugin sha256 {}` and paste the result",
+                            spec.source
+                        ),
+                    ));
+                }
+                Some(d) if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    return Err(self.invalid(
+                        &format!("{key}.sha256"),
+                        "expected 64 hexadecimal characters",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Service names become container names, image names, label values and file names,
+/// so only a conservative alphabet is accepted rather than escaping it everywhere.
+fn check_service_name(name: &str) -> Result<(), String> {
+    let ok_len = (1..=48).contains(&name.len());
+    let mut chars = name.chars();
+    let ok_first = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_rest =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok_len && ok_first && ok_rest {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected 1 to 48 characters of a-z, 0-9, `-` or `_`, starting with a letter or digit, found {name:?}"
+        ))
+    }
+}
+
+/// Image references are passed to Docker as data, never through a shell, but a
+/// reference with whitespace or control characters can only be a mistake.
+fn check_image_ref(reference: &str) -> Result<(), String> {
+    if reference.is_empty()
+        || reference.len() > 255
+        || reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(format!(
+            "expected an image reference such as \"registry:5000/app:1.2\", found {reference:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// serde reports "unknown field `x`" and "missing field `x`" against the parent path;
+/// users want the full key.
+fn key_with_field(path: &str, message: &str) -> String {
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    match (path, field) {
+        (".", Some(field)) => field.to_owned(),
+        (".", None) => "(top level)".to_owned(),
+        (path, Some(field)) if !path.ends_with(field) => format!("{path}.{field}"),
+        (path, _) => path.to_owned(),
+    }
+}
+
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+        .unwrap_or(1);
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        line,
+        message: e.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+service = "hello"
+[image]
+ref = "hello:1"
+[container]
+port = 8080
+[proxy]
+mode = "managed"
+listen = "127.0.0.1:8080"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/repo/cutover.toml"))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.service, "hello");
+        assert_eq!(c.state_dir(), PathBuf::from("/repo/.cutover"));
+        assert_eq!(
+            c.upstream(crate::Color::Blue).to_string(),
+            "127.0.0.1:18081"
+        );
+        assert_eq!(
+            c.upstream(crate::Color::Green).to_string(),
+            "127.0.0.1:18082"
+        );
+        assert_eq!(
+            c.health.interval.get(),
+            std::time::Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let msg = error_of(&MINIMAL.replace("port = 8080", "port = 8080\nprot = 1"));
+        assert!(msg.contains("/repo/cutover.toml"), "{msg}");
+        assert!(msg.contains("`container.prot`"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let msg = error_of(&MINIMAL.replace("port = 8080", ""));
+        assert!(msg.contains("`container.port`"), "{msg}");
+        assert!(msg.contains("missing field"), "{msg}");
+        let msg = error_of(&MINIMAL.replace("service = \"hello\"", ""));
+        assert!(msg.contains("`service`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let msg = error_of(&MINIMAL.replace("port = 8080", "port = \"eighty\""));
+        assert!(msg.contains("`container.port`"), "{msg}");
+        assert!(msg.contains("u16") || msg.contains("integer"), "{msg}");
+        let msg = error_of(&format!("{MINIMAL}\n[health]\ninterval = \"soon\"\n"));
+        assert!(msg.contains("`health.interval`"), "{msg}");
+        assert!(msg.contains("\"500ms\""), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let msg = error_of("service = \"hello\"\n[image\n");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn both_colours_on_one_port_is_refused() {
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[blue]\nhost_port = 9000\n[green]\nhost_port = 9000\n"
+        ));
+        assert!(msg.contains("`green.host_port`"), "{msg}");
+    }
+
+    #[test]
+    fn service_names_with_shell_metacharacters_are_refused() {
+        for bad in [
+            "hello world",
+            "a;rm -rf",
+            "héllo",
+            "$(x)",
+            "",
+            "-lead",
+            "UPPER",
+        ] {
+            let msg = error_of(&MINIMAL.replace("\"hello\"", &format!("{bad:?}")));
+            assert!(msg.contains("`service`"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn plugin_file_needs_a_digest() {
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[plugins.deploy-gate]\nsource = \"gate.wasm\"\n"
+        ));
+        assert!(msg.contains("`plugins.deploy-gate.sha256`"), "{msg}");
+        assert!(msg.contains("cutover plugin sha256"), "{msg}");
+    }
+
+    #[test]
+    fn plugin_config_becomes_json() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = {{ pattern = \"cicd\" }}\n"
+        ))
+        .unwrap();
+        let spec = c.plugins.get(PluginKind::DeployGate).unwrap();
+        assert_eq!(spec.config_json(), r#"{"pattern":"cicd"}"#);
+    }
+
+    #[test]
+    fn external_mode_needs_config_dir_and_verify_url() {
+        let text = MINIMAL.replace("mode = \"managed\"", "mode = \"external\"");
+        assert!(error_of(&text).contains("`proxy.config_dir`"));
+        let text = text.replace("listen", "config_dir = \"/etc/nginx/conf.d\"\n#");
+        assert!(error_of(&text).contains("`verify.url`"));
+    }
+}

@@ -1,0 +1,1 @@
+//! The blue/green state machine: one deploy, rollback, plan and status.

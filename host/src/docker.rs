@@ -1,0 +1,1 @@
+//! Docker through bollard: images, networks and the containers of each colour.

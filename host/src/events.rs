@@ -1,0 +1,244 @@
+//! What a deploy reports as it goes: one [`Event`] per step start and end, plugin log
+//! lines and the final outcome, rendered by a [`Reporter`] for a terminal, for CI logs
+//! or as JSON lines.
+//!
+//! Reporters only format and print; they never decide anything. Nothing secret is
+//! ever put into an event, so every reporter may print all of them.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::Color;
+use crate::state::{Outcome, Step};
+
+/// Severity of a log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Detail for debugging.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something the user should look at.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+/// One thing that happened during a command.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// A deploy, rollback or recovery began.
+    Started {
+        /// The deploy id.
+        id: String,
+        /// The service.
+        service: String,
+        /// `deploy`, `rollback` or `recover`.
+        operation: String,
+    },
+    /// A step began.
+    StepStarted {
+        /// The step.
+        step: Step,
+    },
+    /// A step completed.
+    StepFinished {
+        /// The step.
+        step: Step,
+        /// Its wall time.
+        ms: u64,
+        /// A short summary (e.g. the colour selected, the image built).
+        detail: String,
+    },
+    /// A step failed.
+    StepFailed {
+        /// The step.
+        step: Step,
+        /// Its wall time until the failure.
+        ms: u64,
+        /// What went wrong.
+        error: String,
+    },
+    /// A log line from cutover or a plugin.
+    Log {
+        /// Severity.
+        level: Level,
+        /// `cutover` or the plugin's name.
+        source: String,
+        /// The message.
+        message: String,
+    },
+    /// The command ended.
+    Finished {
+        /// The deploy id.
+        id: String,
+        /// How it ended.
+        outcome: Outcome,
+        /// Total wall time.
+        ms: u64,
+        /// The colour serving traffic afterwards.
+        live: Option<Color>,
+        /// Why, when it did not succeed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// Receives events as they happen.
+pub trait Reporter: Send + Sync {
+    /// Handles one event.
+    fn emit(&self, event: &Event);
+
+    /// Convenience for a log event from cutover itself.
+    fn log(&self, level: Level, message: &str) {
+        self.emit(&Event::Log {
+            level,
+            source: "cutover".to_owned(),
+            message: message.to_owned(),
+        });
+    }
+}
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable lines; progress lines that update in place on a terminal.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Prints events to stdout (JSON) or stderr (human lines).
+pub struct Printer {
+    format: Format,
+    /// On a terminal a "step started" line is rewritten in place when it ends.
+    live_progress: bool,
+    pending: Mutex<bool>,
+}
+
+impl Printer {
+    /// A printer in `format`; progress lines update in place only on a terminal.
+    pub fn new(format: Format) -> Printer {
+        Printer {
+            format,
+            live_progress: format == Format::Human && std::io::stderr().is_terminal(),
+            pending: Mutex::new(false),
+        }
+    }
+
+    fn human_line(event: &Event) -> Option<String> {
+        Some(match event {
+            Event::Started {
+                id,
+                service,
+                operation,
+            } => format!("{operation} {service} (id {id})"),
+            Event::StepStarted { step } => format!("  … {step}"),
+            Event::StepFinished { step, ms, detail } => {
+                format!("  ✓ {step:<9} {ms:>6} ms  {detail}")
+            }
+            Event::StepFailed { step, ms, error } => {
+                format!("  ✗ {step:<9} {ms:>6} ms  {error}")
+            }
+            Event::Log {
+                level,
+                source,
+                message,
+            } => {
+                if *level == Level::Debug {
+                    return None;
+                }
+                let tag = match level {
+                    Level::Warn => "warning: ",
+                    Level::Error => "error: ",
+                    _ => "",
+                };
+                format!("    [{source}] {tag}{message}")
+            }
+            Event::Finished {
+                outcome,
+                ms,
+                live,
+                reason,
+                ..
+            } => {
+                let live = live.map_or("nothing".to_owned(), |c| c.to_string());
+                let mut line = format!("{outcome} in {ms} ms; live: {live}");
+                if let Some(reason) = reason {
+                    line.push_str(&format!("\n  {reason}"));
+                }
+                line
+            }
+        })
+    }
+}
+
+impl Reporter for Printer {
+    fn emit(&self, event: &Event) {
+        match self.format {
+            Format::Json => {
+                let mut out = std::io::stdout().lock();
+                let _ = serde_json::to_writer(&mut out, event);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+            Format::Human => {
+                let Some(line) = Self::human_line(event) else {
+                    return;
+                };
+                let mut err = std::io::stderr().lock();
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if self.live_progress {
+                    if *pending {
+                        // Replace the "… step" line rather than leaving it behind.
+                        let _ = err.write_all(b"\r\x1b[2K");
+                    }
+                    *pending = matches!(event, Event::StepStarted { .. });
+                    let end: &[u8] = if *pending { b"" } else { b"\n" };
+                    let _ = err.write_all(line.as_bytes());
+                    let _ = err.write_all(end);
+                } else if !matches!(event, Event::StepStarted { .. }) {
+                    // In CI logs a start line per step is noise: the end line has the time.
+                    let _ = writeln!(err, "{line}");
+                }
+                let _ = err.flush();
+            }
+        }
+    }
+}
+
+/// Keeps every event in memory (for tests and for callers that render later).
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<Event>>,
+}
+
+impl Recorder {
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Reporter for Recorder {
+    fn emit(&self, event: &Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event.clone());
+    }
+}
+
+/// Discards every event.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn emit(&self, _event: &Event) {}
+}

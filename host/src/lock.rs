@@ -1,0 +1,320 @@
+//! The per-service deploy lock: one deploy, rollback or recovery at a time.
+//!
+//! Mutual exclusion comes from an advisory `flock` on `<state_dir>/lock`, which the
+//! kernel releases the moment the holder dies, so a crashed or SIGKILLed runner can
+//! never block the next one. The same file carries the owner (host, pid, start time,
+//! CI run URL) and a lease renewed while the deploy runs, so a refused runner can say
+//! who holds the lock and whether the holder still looks alive. The owner record is
+//! cleared on a clean release; finding one left behind when the lock is free means
+//! its owner died, and the takeover is reported.
+//!
+//! This module never breaks a lock that a live process holds.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// The lock file's name inside the state directory.
+pub const FILE_NAME: &str = "lock";
+
+/// How long an owner's lease runs before it must be renewed.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// Who holds (or held) the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// The host name.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// When it took the lock (RFC 3339).
+    pub started_at: String,
+    /// What it runs (`deploy`, `rollback`, ...).
+    pub command: String,
+    /// The CI run's URL, when cutover runs in CI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
+    /// The lease's end (RFC 3339); renewed while the owner works.
+    pub lease_until: String,
+}
+
+impl Owner {
+    /// An owner record for this process.
+    pub fn this_process(command: &str, run_url: Option<String>) -> Owner {
+        Owner {
+            host: hostname(),
+            pid: std::process::id(),
+            started_at: crate::state::now_rfc3339(),
+            command: command.to_owned(),
+            run_url,
+            lease_until: lease_from_now(),
+        }
+    }
+
+    /// A one-line description for messages.
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "`{}` by pid {} on {} since {}",
+            self.command, self.pid, self.host, self.started_at
+        );
+        if let Some(url) = &self.run_url {
+            s.push_str(&format!(" ({url})"));
+        }
+        s
+    }
+
+    fn lease_expired(&self) -> bool {
+        humantime::parse_rfc3339(&self.lease_until).is_ok_and(|t| t < SystemTime::now())
+    }
+}
+
+/// The lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another live process holds it.
+    #[error("{}", held_message(.service, .owner.as_deref(), *.waited))]
+    Held {
+        /// The service.
+        service: String,
+        /// The holder, when its record could be read.
+        owner: Option<Box<Owner>>,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// The lock file could not be opened or written.
+    #[error("cannot use lock file {}: {source}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn held_message(service: &str, owner: Option<&Owner>, waited: Duration) -> String {
+    let who = owner.map_or_else(|| "another process".to_owned(), Owner::describe);
+    let mut msg = format!("another deploy of `{service}` is running: {who}");
+    if !waited.is_zero() {
+        msg.push_str(&format!(
+            "; still held after waiting {}",
+            humantime::format_duration(waited)
+        ));
+    }
+    if owner.is_some_and(Owner::lease_expired) {
+        msg.push_str(
+            "; its lease has expired, so it may be hung: check that process and stop it if it is stuck",
+        );
+    } else {
+        msg.push_str("; wait for it to finish, or pass --lock-wait <duration> to queue behind it");
+    }
+    msg
+}
+
+/// A held lock; released when dropped.
+#[derive(Debug)]
+pub struct DeployLock {
+    file: File,
+    path: PathBuf,
+    owner: Owner,
+    /// The owner record found in the file when the lock was taken: a holder that died.
+    pub taken_over: Option<Owner>,
+}
+
+impl DeployLock {
+    /// Takes the lock in `dir` for `service`, waiting up to `wait` when it is held.
+    ///
+    /// # Errors
+    /// [`LockError::Held`] when another live process still holds it after `wait`;
+    /// [`LockError::Io`] when the lock file cannot be used.
+    pub async fn acquire(
+        dir: &Path,
+        service: &str,
+        owner: Owner,
+        wait: Duration,
+    ) -> Result<DeployLock, LockError> {
+        let path = dir.join(FILE_NAME);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let started = tokio::time::Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if started.elapsed() >= wait {
+                        return Err(LockError::Held {
+                            service: service.to_owned(),
+                            owner: read_owner(&mut file).map(Box::new),
+                            waited: wait,
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        let taken_over = read_owner(&mut file);
+        let mut lock = DeployLock {
+            file,
+            path,
+            owner,
+            taken_over,
+        };
+        lock.write_owner().map_err(|source| LockError::Io {
+            path: lock.path.clone(),
+            source,
+        })?;
+        Ok(lock)
+    }
+
+    /// Extends the lease; the deploy calls this between steps.
+    ///
+    /// # Errors
+    /// [`LockError::Io`] when the lock file cannot be written.
+    pub fn renew(&mut self) -> Result<(), LockError> {
+        self.owner.lease_until = lease_from_now();
+        self.write_owner().map_err(|source| LockError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The owner record this lock carries.
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    fn write_owner(&mut self) -> std::io::Result<()> {
+        let json = serde_json::to_vec(&self.owner).expect("owner always serializes");
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.file.write_all(&json)?;
+        self.file.sync_data()
+    }
+}
+
+impl Drop for DeployLock {
+    fn drop(&mut self) {
+        // An empty file tells the next holder that this one finished cleanly; the
+        // flock itself goes away when the file is closed.
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+/// Reads the owner record of the lock in `dir` without taking it (for `status`).
+pub fn current_owner(dir: &Path) -> Option<Owner> {
+    let mut file = File::open(dir.join(FILE_NAME)).ok()?;
+    match file.try_lock_shared() {
+        // Nobody holds it: whatever the file says is a dead owner's record.
+        Ok(()) => None,
+        Err(_) => read_owner(&mut file),
+    }
+}
+
+fn read_owner(file: &mut File) -> Option<Owner> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn lease_from_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + LEASE).to_string()
+}
+
+/// This machine's host name, for owner records.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn second_acquire_is_refused_with_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = Owner::this_process("deploy", Some("https://ci/run/7".to_owned()));
+        let _held = DeployLock::acquire(dir.path(), "hello", owner, Duration::ZERO)
+            .await
+            .unwrap();
+        let err = DeployLock::acquire(
+            dir.path(),
+            "hello",
+            Owner::this_process("deploy", None),
+            Duration::from_millis(250),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        assert!(msg.contains("https://ci/run/7"), "{msg}");
+        assert!(msg.contains("waiting 250ms"), "{msg}");
+        assert!(current_owner(dir.path()).is_some());
+    }
+
+    #[tokio::test]
+    async fn released_lock_is_free_and_not_a_takeover() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DeployLock::acquire(
+            dir.path(),
+            "hello",
+            Owner::this_process("deploy", None),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        drop(first);
+        assert!(current_owner(dir.path()).is_none());
+        let second = DeployLock::acquire(
+            dir.path(),
+            "hello",
+            Owner::this_process("deploy", None),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        assert!(second.taken_over.is_none());
+    }
+
+    #[tokio::test]
+    async fn record_left_by_a_dead_owner_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = Owner {
+            pid: 999_999,
+            ..Owner::this_process("deploy", None)
+        };
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        let lock = DeployLock::acquire(
+            dir.path(),
+            "hello",
+            Owner::this_process("deploy", None),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        assert_eq!(lock.taken_over.as_ref().map(|o| o.pid), Some(999_999));
+    }
+}

@@ -1,0 +1,1 @@
+//! The host side of the WIT plugin worlds: load, sandbox and call policy plugins.

@@ -1,0 +1,1 @@
+//! nginx: write the rendered files, `nginx -t`, graceful reload, restore, drain.
