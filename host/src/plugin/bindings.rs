@@ -1,0 +1,50 @@
+//! Rust bindings generated from `wit/v0.1.0`, one module per world. The worlds share
+//! the `types` and `host` interfaces, generated once (in `gate`) and reused by the
+//! others through `with`, so a `GateInput` or `Color` is one Rust type everywhere.
+
+/// The `deploy-gate` world, and the shared `types` and `host` interfaces.
+pub mod gate {
+    wasmtime::component::bindgen!({
+        world: "deploy-gate",
+        path: "../wit/v0.1.0",
+    });
+}
+
+/// The `target-selector` world.
+pub mod selector {
+    wasmtime::component::bindgen!({
+        world: "target-selector",
+        path: "../wit/v0.1.0",
+        with: {
+            "cutover:plugin/types": super::gate::cutover::plugin::types,
+            "cutover:plugin/host": super::gate::cutover::plugin::host,
+        },
+    });
+}
+
+/// The `health-policy` world.
+pub mod health {
+    wasmtime::component::bindgen!({
+        world: "health-policy",
+        path: "../wit/v0.1.0",
+        with: {
+            "cutover:plugin/types": super::gate::cutover::plugin::types,
+            "cutover:plugin/host": super::gate::cutover::plugin::host,
+        },
+    });
+}
+
+/// The `proxy-template` world.
+pub mod template {
+    wasmtime::component::bindgen!({
+        world: "proxy-template",
+        path: "../wit/v0.1.0",
+        with: {
+            "cutover:plugin/types": super::gate::cutover::plugin::types,
+            "cutover:plugin/host": super::gate::cutover::plugin::host,
+        },
+    });
+}
+
+/// The records and enums of the `types` interface, shared by every world.
+pub use gate::cutover::plugin::types;
