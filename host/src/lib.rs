@@ -9,11 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod atomic_file;
+pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod docker;
 pub mod events;
+pub mod git;
 pub mod health;
 pub mod lock;
 pub mod plugin;

@@ -1,0 +1,236 @@
+//! Facts about the git checkout a deploy config lives in: HEAD, branch, tags on HEAD,
+//! commit subject, dirty tree, and the repository's identity.
+//!
+//! The facts come from the `git` binary, run with argv (never a shell) and a scrubbed
+//! environment so a hook's `GIT_DIR` or a pager cannot change the answer. This module
+//! only reads: it never fetches, checks out or writes to the repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+/// What git says about a checkout. Every field is empty outside a git repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GitFacts {
+    /// The top-level directory of the checkout.
+    pub root: Option<PathBuf>,
+    /// The `origin` remote URL, else the checkout directory's name.
+    pub repository: Option<String>,
+    /// The checked-out branch; none when HEAD is detached.
+    pub branch: Option<String>,
+    /// HEAD's full sha; none when the repository has no commit.
+    pub head_sha: Option<String>,
+    /// Tags (lightweight and annotated) pointing at HEAD, sorted.
+    pub tags: Vec<String>,
+    /// The first line of HEAD's commit message.
+    pub subject: Option<String>,
+    /// Tracked files differ from HEAD.
+    pub dirty: bool,
+}
+
+/// The `git` binary could not be run at all.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run `git` to read the checkout at {}: {source}; install git or run cutover outside a repository", dir.display())]
+pub struct GitError {
+    /// The directory git was asked about.
+    pub dir: PathBuf,
+    /// Why the binary could not be started.
+    pub source: std::io::Error,
+}
+
+impl GitFacts {
+    /// Reads the facts of the checkout containing `dir`. A directory outside any
+    /// repository gives empty facts, not an error.
+    ///
+    /// # Errors
+    /// [`GitError`] only when the `git` binary cannot be started.
+    pub fn collect(dir: &Path) -> Result<GitFacts, GitError> {
+        let git = Git { dir };
+        let Some(root) = git.run(&["rev-parse", "--show-toplevel"])? else {
+            return Ok(GitFacts::default());
+        };
+        let root = PathBuf::from(root);
+        let head_sha = git.run(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])?;
+        let branch = git.run(&["symbolic-ref", "--quiet", "--short", "HEAD"])?;
+        let repository = git
+            .run(&["config", "--get", "remote.origin.url"])?
+            .or_else(|| root.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let (tags, subject) = if head_sha.is_some() {
+            let mut tags: Vec<String> = git
+                .run(&["tag", "--points-at", "HEAD"])?
+                .map(|out| out.lines().map(str::to_owned).collect())
+                .unwrap_or_default();
+            tags.sort();
+            (tags, git.run(&["log", "-1", "--format=%s", "HEAD"])?)
+        } else {
+            (Vec::new(), None)
+        };
+        let dirty = git
+            .run(&["status", "--porcelain", "--untracked-files=no"])?
+            .is_some();
+        Ok(GitFacts {
+            root: Some(root),
+            repository,
+            branch,
+            head_sha,
+            tags,
+            subject,
+            dirty,
+        })
+    }
+
+    /// The short sha used in image tags, with `-dirty` when the tree has changes.
+    pub fn short_sha(&self) -> Option<String> {
+        let sha = self.head_sha.as_deref()?;
+        let short = &sha[..sha.len().min(12)];
+        Some(if self.dirty {
+            format!("{short}-dirty")
+        } else {
+            short.to_owned()
+        })
+    }
+}
+
+struct Git<'a> {
+    dir: &'a Path,
+}
+
+impl Git<'_> {
+    /// Runs git; `Ok(None)` when it fails or prints nothing (no repo, no HEAD,
+    /// detached HEAD for symbolic-ref, no remote): each of those is a fact, not an error.
+    fn run(&self, args: &[&str]) -> Result<Option<String>, GitError> {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(self.dir)
+            .args(args)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_PAGER", "cat")
+            .env("LC_ALL", "C")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| GitError {
+                dir: self.dir.to_owned(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        Ok((!text.is_empty()).then_some(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch repository driven by the real git binary.
+    struct Repo {
+        dir: tempfile::TempDir,
+    }
+
+    impl Repo {
+        fn new() -> Repo {
+            let repo = Repo {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            repo.git(&["init", "-q", "-b", "main"]);
+            repo.git(&["config", "user.email", "t@example.com"]);
+            repo.git(&["config", "user.name", "t"]);
+            repo.git(&["config", "commit.gpgsign", "false"]);
+            repo.git(&["config", "tag.gpgsign", "false"]);
+            repo
+        }
+
+        fn git(&self, args: &[&str]) {
+            let status = Command::new("git")
+                .arg("-C")
+                .arg(self.dir.path())
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "git {args:?}");
+        }
+
+        fn commit(&self, file: &str, subject: &str) {
+            std::fs::write(self.dir.path().join(file), subject).unwrap();
+            self.git(&["add", file]);
+            self.git(&["commit", "-q", "-m", subject]);
+        }
+
+        fn facts(&self) -> GitFacts {
+            GitFacts::collect(self.dir.path()).unwrap()
+        }
+    }
+
+    #[test]
+    fn outside_a_repository_gives_empty_facts() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(GitFacts::collect(dir.path()).unwrap(), GitFacts::default());
+    }
+
+    #[test]
+    fn repository_without_commits_has_a_root_but_no_head() {
+        let repo = Repo::new();
+        let facts = repo.facts();
+        assert!(facts.root.is_some());
+        assert_eq!(facts.head_sha, None);
+        assert_eq!(facts.branch.as_deref(), Some("main"));
+        assert!(facts.tags.is_empty());
+    }
+
+    #[test]
+    fn lightweight_and_annotated_tags_on_head_are_listed() {
+        let repo = Repo::new();
+        repo.commit("a", "first");
+        repo.git(&["tag", "old"]);
+        repo.commit("a", "second: deploy me");
+        repo.git(&["tag", "v2-cicd"]);
+        repo.git(&["tag", "-a", "release-2", "-m", "annotated"]);
+        let facts = repo.facts();
+        assert_eq!(facts.tags, ["release-2", "v2-cicd"]);
+        assert_eq!(facts.subject.as_deref(), Some("second: deploy me"));
+        assert_eq!(facts.head_sha.as_ref().map(String::len), Some(40));
+        assert!(!facts.dirty);
+    }
+
+    #[test]
+    fn detached_head_has_no_branch() {
+        let repo = Repo::new();
+        repo.commit("a", "first");
+        repo.commit("a", "second");
+        repo.git(&["checkout", "-q", "--detach", "HEAD~1"]);
+        let facts = repo.facts();
+        assert_eq!(facts.branch, None);
+        assert_eq!(facts.subject.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn modified_tracked_file_is_dirty_and_tagged_in_the_short_sha() {
+        let repo = Repo::new();
+        repo.commit("a", "first");
+        std::fs::write(repo.dir.path().join("a"), "changed").unwrap();
+        let facts = repo.facts();
+        assert!(facts.dirty);
+        assert!(facts.short_sha().unwrap().ends_with("-dirty"));
+    }
+
+    #[test]
+    fn origin_url_names_the_repository() {
+        let repo = Repo::new();
+        repo.git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://example.com/team/app.git",
+        ]);
+        assert_eq!(
+            repo.facts().repository.as_deref(),
+            Some("https://example.com/team/app.git")
+        );
+    }
+}
