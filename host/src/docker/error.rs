@@ -160,8 +160,24 @@ pub(super) fn engine_message(e: &bollard::errors::Error) -> String {
     match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),
-        other => other.to_string(),
+        other => with_causes(other),
     }
+}
+
+/// `e` and its sources, e.g. "client error (Connect): tcp connect error: Connection
+/// refused", since transport errors keep the useful part in their sources.
+pub(super) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether the failure is in reaching the engine rather than in what it answered.

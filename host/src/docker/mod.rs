@@ -195,18 +195,34 @@ impl Docker {
     /// [`DockerError::Unreachable`] when the engine cannot be reached or does not
     /// answer within 15 s; the message names the address that was tried.
     pub async fn connect() -> Result<Docker, DockerError> {
-        let from_env = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
-        let host = match &from_env {
-            Some(h) => format!("DOCKER_HOST={h}"),
-            None => format!("{DEFAULT_SOCKET} (DOCKER_HOST is not set)"),
-        };
+        match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
+            Some(h) => Self::open(&h, format!("DOCKER_HOST={h}")).await,
+            None => {
+                Self::open(
+                    DEFAULT_SOCKET,
+                    format!("{DEFAULT_SOCKET} (DOCKER_HOST is not set)"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// As [`Docker::connect`], at `address` (`unix:///path` or `tcp://host:port`)
+    /// whatever `DOCKER_HOST` says.
+    ///
+    /// # Errors
+    /// As [`Docker::connect`].
+    pub async fn connect_to(address: &str) -> Result<Docker, DockerError> {
+        Self::open(address, address.to_owned()).await
+    }
+
+    async fn open(address: &str, host: String) -> Result<Docker, DockerError> {
         let unreachable = |message: String| DockerError::Unreachable {
             host: host.clone(),
             message,
         };
-        let address = from_env.as_deref().unwrap_or(DEFAULT_SOCKET);
         let client = bollard::Docker::connect_with_host(address)
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|e| unreachable(error::with_causes(&e)))?
             .with_timeout(REQUEST_TIMEOUT)
             .with_request_modifier(unversioned_version_endpoint);
         let negotiate = async {
@@ -242,7 +258,7 @@ impl Docker {
         if error::is_transport(&e) {
             DockerError::Unreachable {
                 host: self.host.clone(),
-                message: format!("{op} {target}: {e}"),
+                message: format!("{op} {target}: {}", error::with_causes(&e)),
             }
         } else {
             DockerError::Api {
@@ -359,6 +375,14 @@ impl Docker {
         reference: &str,
         auth: &RegistryAuth,
     ) -> Result<Option<String>, DockerError> {
+        // The engine reports a missing local tag only as a stream message ("tag does
+        // not exist"), indistinguishable from registry failures; ask first.
+        if self.inspect_image(reference).await?.is_none() {
+            return Err(DockerError::NotFound {
+                kind: "image",
+                name: reference.to_owned(),
+            });
+        }
         let (name, tag) = split_tag(reference);
         let options = PushImageOptionsBuilder::default()
             .tag(tag.unwrap_or("latest"))
@@ -428,13 +452,7 @@ impl Docker {
         if error::is_transport(&e) {
             return DockerError::Unreachable {
                 host: self.host.clone(),
-                message: redact(format!("{op} {reference}: {e}")),
-            };
-        }
-        if op == "push" && error::status(&e) == Some(404) {
-            return DockerError::NotFound {
-                kind: "image",
-                name: reference.to_owned(),
+                message: redact(format!("{op} {reference}: {}", error::with_causes(&e))),
             };
         }
         DockerError::Registry {
@@ -1046,6 +1064,23 @@ impl<'a> Lines<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unreachable_engine_is_an_environment_error_naming_the_address() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let tcp = format!("tcp://127.0.0.1:{port}");
+        for address in ["unix:///nonexistent/docker.sock", tcp.as_str()] {
+            let err = Docker::connect_to(address).await.unwrap_err();
+            eprintln!("{err}");
+            assert!(err.is_environment(), "{err:?}");
+            let message = err.to_string();
+            assert!(message.contains(address), "{message}");
+            assert!(message.contains("DOCKER_HOST"), "{message}");
+        }
+    }
 
     #[test]
     fn container_names() {
