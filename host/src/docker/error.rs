@@ -155,13 +155,15 @@ pub(super) fn status(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
-/// The engine's own words, without bollard's "Docker responded with status code" frame.
+/// The engine's own words, without bollard's "Docker responded with status code" frame
+/// and without a final full stop (the messages continue after it).
 pub(super) fn engine_message(e: &bollard::errors::Error) -> String {
-    match e {
+    let text = match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),
         other => with_causes(other),
-    }
+    };
+    text.trim().trim_end_matches('.').to_owned()
 }
 
 /// `e` and its sources, e.g. "client error (Connect): tcp connect error: Connection

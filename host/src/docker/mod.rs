@@ -315,7 +315,7 @@ impl Docker {
                     output.finish();
                     return Err(DockerError::Build {
                         tag: req.tag.to_owned(),
-                        message: error::engine_message(&e).trim().to_owned(),
+                        message: error::engine_message(&e),
                         last_lines: output.tail,
                     });
                 }
@@ -458,7 +458,7 @@ impl Docker {
         DockerError::Registry {
             op,
             reference: reference.to_owned(),
-            message: redact(error::engine_message(&e).trim().to_owned()),
+            message: redact(error::engine_message(&e)),
         }
     }
 
