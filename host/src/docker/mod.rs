@@ -1082,6 +1082,30 @@ mod tests {
         }
     }
 
+    /// The deploy spawns these futures on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn handles_and_futures_are_send(
+        docker: &Docker,
+        req: &BuildRequest<'_>,
+        spec: &ContainerSpec,
+        auth: &RegistryAuth,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Clone + Send + Sync + 'static>() {}
+        shared::<Docker>();
+        shared::<RegistryAuth>();
+        fn anyhow_compatible<T: std::error::Error + Send + Sync + 'static>() {}
+        anyhow_compatible::<DockerError>();
+        send(&docker.push_image("r", auth));
+        send(&docker.pull_image("r", Some(auth)));
+        send(&docker.run_container(spec));
+        send(&docker.stop_container("c", Duration::ZERO));
+        send(&docker.list_service_containers("s"));
+        send(&docker.remove_image("i"));
+        send(&docker.build_image(req, on_line));
+    }
+
     #[test]
     fn container_names() {
         assert_eq!(container_name("hello", Color::Blue), "hello-blue");
