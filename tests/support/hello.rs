@@ -115,8 +115,15 @@ pub async fn build_hello_image(docker: &Docker, service: &str, version: &str) ->
         labels: &labels,
     };
     let mut lines = Vec::new();
+    let mut on_line = |l: &str| {
+        // cutover's own notes (e.g. a retried build) are worth seeing in test output.
+        if l.starts_with("cutover:") {
+            eprintln!("{tag}: {l}");
+        }
+        lines.push(l.to_owned());
+    };
     docker
-        .build_image(&request, &mut |l: &str| lines.push(l.to_owned()))
+        .build_image(&request, &mut on_line)
         .await
         .unwrap_or_else(|e| panic!("building {tag} failed: {e}\noutput: {lines:#?}"))
 }

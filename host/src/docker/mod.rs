@@ -52,6 +52,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How many of the builder's last output lines a build error carries.
 const BUILD_TAIL: usize = 20;
+/// Builds tried when a cached layer vanishes mid-build (see [`is_cache_race`]).
+const BUILD_ATTEMPTS: u32 = 3;
 
 /// The container name of `service`'s `color` slot: `<service>-<color>`.
 pub fn container_name(service: &str, color: Color) -> String {
@@ -297,6 +299,32 @@ impl Docker {
             .buildargs(&to_hash_map(req.args))
             .labels(&to_hash_map(req.labels))
             .build();
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .build_once(options.clone(), tar.clone(), req.tag, on_line)
+                .await;
+            match result {
+                Err(DockerError::Build { message, .. })
+                    if attempt < BUILD_ATTEMPTS && is_cache_race(&message) =>
+                {
+                    on_line(&format!(
+                        "cutover: a cached layer was removed while this build used it ({message}); building again"
+                    ));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn build_once(
+        &self,
+        options: bollard::query_parameters::BuildImageOptions,
+        tar: Vec<u8>,
+        tag: &str,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<ImageInfo, DockerError> {
         let mut output = Lines::new(on_line);
         let mut stream =
             self.client
@@ -309,12 +337,12 @@ impl Docker {
                     }
                 }
                 Err(e) if error::is_transport(&e) => {
-                    return Err(self.api("build image", req.tag, e));
+                    return Err(self.api("build image", tag, e));
                 }
                 Err(e) => {
                     output.finish();
                     return Err(DockerError::Build {
-                        tag: req.tag.to_owned(),
+                        tag: tag.to_owned(),
                         message: error::engine_message(&e),
                         last_lines: output.tail,
                     });
@@ -322,10 +350,10 @@ impl Docker {
             }
         }
         output.finish();
-        self.inspect_image(req.tag)
+        self.inspect_image(tag)
             .await?
             .ok_or_else(|| DockerError::Build {
-                tag: req.tag.to_owned(),
+                tag: tag.to_owned(),
                 message: "the builder finished but the image is not there".to_owned(),
                 last_lines: output.tail,
             })
@@ -863,6 +891,19 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
+/// The legacy builder reuses untagged intermediate images as its cache, and removing
+/// an image also removes its untagged parents that no other image needs. When that
+/// happens between the builder's cache hit and its next step (another service's
+/// prune, or parallel tests), the build fails with a missing `sha256:` image; a new
+/// attempt rebuilds the missing layer.
+fn is_cache_race(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("sha256:")
+        && (m.contains("failed to get digest")
+            || m.contains("no such image")
+            || m.contains("failed to get parent"))
+}
+
 /// Whether a start error is about the host port `port` being taken (by a process:
 /// "address already in use"; by another container: "port is already allocated").
 fn is_port_conflict(message: &str, port: u16) -> bool {
@@ -1180,6 +1221,20 @@ mod tests {
         let allocated = "driver failed programming external connectivity on endpoint x (abc): Bind for 127.0.0.1:18081 failed: port is already allocated";
         assert!(is_port_conflict(allocated, 18081));
         assert!(!is_port_conflict("Address already in use", 18081));
+    }
+
+    #[test]
+    fn vanished_cache_layers_are_recognised() {
+        assert!(is_cache_race(
+            "failed to get digest sha256:60a9e2a7: open /var/lib/docker/image/fuse-overlayfs/imagedb/content/sha256/60a9e2a7: no such file or directory"
+        ));
+        assert!(is_cache_race("No such image: sha256:60a9e2a7"));
+        assert!(!is_cache_race(
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat missing-file: file does not exist"
+        ));
+        assert!(!is_cache_race(
+            "dockerfile parse error line 1: unknown instruction: FORM"
+        ));
     }
 
     #[test]
