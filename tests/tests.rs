@@ -1,1 +1,6 @@
+//! End-to-end tests, linked into one binary (linking is real time on 2 cores). They
+//! drive a real Docker engine, real nginx and real wasmtime; helpers live in `support`.
 
+mod support;
+
+mod docker;

@@ -20,6 +20,7 @@ pub mod health;
 pub mod lock;
 pub mod plugin;
 pub mod proxy;
+pub mod secret;
 pub mod state;
 
 use std::fmt;

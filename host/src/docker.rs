@@ -1,1 +1,0 @@
-//! Docker through bollard: images, networks and the containers of each colour.
