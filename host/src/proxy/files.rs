@@ -145,7 +145,15 @@ pub(crate) fn snapshot(dir: &Path, paths: &[String]) -> Result<Vec<SavedFile>, P
                     path: full.clone(),
                     reason: "it is not UTF-8 text, so it cannot be saved for a restore; move it out of the config directory".to_owned(),
                 })?),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                // A parent that is not a directory means the file cannot exist either.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    None
+                }
                 Err(e) => {
                     return Err(ProxyError::Snapshot {
                         path: full,

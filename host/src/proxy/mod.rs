@@ -466,82 +466,125 @@ impl Proxy {
     }
 
     /// Makes nginx serve what is on disk. Managed: starts nginx when it is not
-    /// running, else records its current workers and reloads it gracefully (SIGHUP to
-    /// the master, which is what `nginx -s reload` sends) and waits until the master
-    /// has started new workers. External: runs the reload command (recording the
-    /// workers first when `proxy.pid_file` names a local nginx).
+    /// running, else records its current workers, reloads it gracefully (SIGHUP to
+    /// the master, which is what `nginx -s reload` sends) and waits for the hand-over:
+    /// new workers started and the old ones no longer accepting (nginx waits 100 ms
+    /// before it retires them). External: runs the reload command; with
+    /// `proxy.pid_file` naming a local nginx it records and waits the same way.
+    /// When this returns, every new connection reaches the new config; requests
+    /// already in flight finish on the old workers (see [`Proxy::drain`]).
     ///
     /// # Errors
-    /// [`ProxyError::Start`] or [`ProxyError::Reload`] with nginx's message, or an
-    /// environment error.
+    /// [`ProxyError::Start`] or [`ProxyError::Reload`] with nginx's message (a reload
+    /// the master rejects, or one that starts no new workers), or an environment
+    /// error.
     pub async fn switch(&self) -> Result<Reload, ProxyError> {
-        match &self.managed {
-            Some(managed) => self.switch_managed(managed).await,
-            None => {
-                let master = self
-                    .pid_file
-                    .as_deref()
-                    .and_then(|f| procs::master_from_pid_file(f, None));
-                let old_workers = master.map_or_else(Vec::new, |m| procs::children(m.pid));
-                let done = self.run(&self.reload_command, Purpose::Reload).await?;
-                if !done.status.success() {
-                    return Err(ProxyError::Reload {
-                        command: self.reload_command.to_string(),
-                        output: done.message(),
+        let managed = self.managed.as_ref();
+        let master = match managed {
+            Some(managed) => {
+                self.prepare()?;
+                match self.managed_master() {
+                    Some(master) => master,
+                    None => return self.start(managed).await,
+                }
+            }
+            None => match self
+                .pid_file
+                .as_deref()
+                .and_then(|f| procs::master_from_pid_file(f, None))
+            {
+                Some(master) => master,
+                None => {
+                    self.reload_external().await?;
+                    return Ok(Reload {
+                        kind: ReloadKind::Command,
+                        at: Instant::now(),
+                        master: None,
+                        old_workers: Vec::new(),
                     });
                 }
-                Ok(Reload {
-                    kind: ReloadKind::Command,
-                    at: Instant::now(),
-                    master,
-                    old_workers,
-                })
-            }
+            },
+        };
+        let old_workers = procs::children(master.pid);
+        let error_log = managed.map(|m| m.layout.error_log.as_path());
+        let log_offset = error_log.map_or(0, file_len);
+        let (command, kind) = if managed.is_some() {
+            let command = format!("kill -HUP {} (what `nginx -s reload` sends)", master.pid);
+            rustix::process::kill_process(pid(master.pid)?, rustix::process::Signal::HUP).map_err(
+                |e| ProxyError::Reload {
+                    command: command.clone(),
+                    output: e.to_string(),
+                },
+            )?;
+            (command, ReloadKind::Reloaded)
+        } else {
+            self.reload_external().await?;
+            (self.reload_command.to_string(), ReloadKind::Command)
+        };
+        self.handover(master, &old_workers, error_log, log_offset)
+            .await
+            .map_err(|output| ProxyError::Reload { command, output })?;
+        Ok(Reload {
+            kind,
+            at: Instant::now(),
+            master: Some(master),
+            old_workers,
+        })
+    }
+
+    async fn reload_external(&self) -> Result<(), ProxyError> {
+        let done = self.run(&self.reload_command, Purpose::Reload).await?;
+        if done.status.success() {
+            Ok(())
+        } else {
+            Err(ProxyError::Reload {
+                command: self.reload_command.to_string(),
+                output: done.message(),
+            })
         }
     }
 
-    async fn switch_managed(&self, managed: &Managed) -> Result<Reload, ProxyError> {
-        self.prepare()?;
-        let Some(master) = self.managed_master() else {
-            return self.start(managed).await;
-        };
-        let old_workers = procs::children(master.pid);
-        let log_offset = file_len(&managed.layout.error_log);
-        let signal = format!("kill -HUP {} (nginx -s reload)", master.pid);
-        rustix::process::kill_process(pid(master.pid)?, rustix::process::Signal::HUP).map_err(
-            |e| ProxyError::Reload {
-                command: signal.clone(),
-                output: e.to_string(),
-            },
-        )?;
+    /// Waits until `master` has started new workers and every old worker has stopped
+    /// accepting connections. nginx tells the old workers to shut down only 100 ms
+    /// after it started the new ones; until then a new connection may still land on
+    /// an old worker and reach the old target. Waiting here means that when a switch
+    /// returns, every new connection gets the new config.
+    async fn handover(
+        &self,
+        master: ProcId,
+        old: &[ProcId],
+        error_log: Option<&Path>,
+        log_offset: u64,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + RELOAD_WAIT.min(self.command_timeout);
         loop {
-            if procs::children(master.pid)
-                .iter()
-                .any(|w| !old_workers.contains(w))
-            {
-                return Ok(Reload {
-                    kind: ReloadKind::Reloaded,
-                    at: Instant::now(),
-                    master: Some(master),
-                    old_workers,
-                });
+            let children = procs::children(master.pid);
+            if children.iter().any(|w| !old.contains(w)) {
+                break;
             }
-            let logged = log_since(&managed.layout.error_log, log_offset);
+            let logged = error_log.map_or_else(String::new, |log| log_since(log, log_offset));
             let failed = logged.contains("[emerg]") || logged.contains("[alert]");
             if failed || !procs::alive(master) || Instant::now() >= deadline {
-                let output = if logged.trim().is_empty() {
-                    "the master started no new workers and logged nothing".to_owned()
-                } else {
+                return Err(if !logged.trim().is_empty() {
                     logged.trim().to_owned()
-                };
-                return Err(ProxyError::Reload {
-                    command: signal,
-                    output,
+                } else if !procs::alive(master) {
+                    format!("the nginx master (pid {}) exited", master.pid)
+                } else {
+                    format!(
+                        "the nginx master (pid {}) started no new workers within {} s; read its error log",
+                        master.pid,
+                        RELOAD_WAIT.min(self.command_timeout).as_secs()
+                    )
                 });
             }
             tokio::time::sleep(RELOAD_POLL).await;
         }
+        // New workers serve; the old ones get their shutdown signal shortly. If they
+        // never do, traffic is still served and verification has the last word.
+        while Instant::now() < deadline && !old.iter().all(|w| procs::stopped_accepting(*w)) {
+            tokio::time::sleep(RELOAD_POLL).await;
+        }
+        Ok(())
     }
 
     async fn start(&self, managed: &Managed) -> Result<Reload, ProxyError> {

@@ -68,6 +68,13 @@ fn cmdline(pid: i32) -> Option<String> {
     )
 }
 
+/// Whether an nginx worker has stopped accepting connections: it has exited, or it
+/// runs its graceful shutdown (nginx retitles the worker right before it closes its
+/// listening sockets).
+pub(crate) fn stopped_accepting(worker: ProcId) -> bool {
+    !alive(worker) || cmdline(worker.pid).is_none_or(|line| line.contains("shutting down"))
+}
+
 /// The nginx master named by `pid_file`, when the file names a live process that is an
 /// nginx master and, when `marker` is given, whose command line contains it (so a
 /// managed nginx is told apart from any other nginx on the host).
