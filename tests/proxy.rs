@@ -110,10 +110,11 @@ fn managed_config(dir: &Path, listen: SocketAddr, nginx: &str) -> Config {
 
 /// A managed proxy on a free loopback port, with a guard that stops its nginx.
 struct Managed {
+    // Fields drop in order: nginx must be stopped while its pid file still exists.
+    _guard: NginxGuard,
     _dir: tempfile::TempDir,
     proxy: Proxy,
     listen: SocketAddr,
-    _guard: NginxGuard,
 }
 
 impl Managed {
@@ -502,11 +503,12 @@ async fn listen_address_in_use_fails_to_start() {
 
 /// An nginx the test configures and starts itself, for external mode.
 struct External {
+    // Fields drop in order: nginx must be stopped while its pid file still exists.
+    _guard: NginxGuard,
     dir: tempfile::TempDir,
     conf_d: PathBuf,
     listen: SocketAddr,
     base: Vec<String>,
-    _guard: NginxGuard,
 }
 
 impl External {
@@ -819,4 +821,28 @@ async fn diff_shows_the_switch_for_plan() {
         "--- a/service-url.inc\n+++ b/service-url.inc\n@@ -1,2 +1,2 @@\n # rendered by the test\n\
          -set $service_url http://127.0.0.1:1111;\n+set $service_url http://127.0.0.1:2222;\n"
     );
+}
+
+#[tokio::test]
+async fn external_without_pid_file_drains_for_the_full_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir_all(&conf_d).unwrap();
+    let text = format!(
+        "service = \"proxytest\"\n[image]\nref = \"x:1\"\n[container]\nport = 8080\n\
+         [proxy]\nmode = \"external\"\nconfig_dir = {conf_d:?}\ntest_command = [\"true\"]\n\
+         reload_command = [\"true\"]\n[verify]\nurl = \"http://127.0.0.1:1/\"\n"
+    );
+    let proxy = Proxy::new(&Config::parse(&text, &dir.path().join("cutover.toml")).unwrap());
+    assert!(
+        proxy.is_running(),
+        "without a pid file cutover cannot tell, and assumes so"
+    );
+    let reload = proxy.switch().await.unwrap();
+    assert_eq!(reload.kind, ReloadKind::Command);
+    let drain = proxy.drain(&reload, Duration::from_millis(200)).await;
+    assert!(!drain.watched);
+    assert!(drain.waited >= Duration::from_millis(200), "{drain}");
+    assert!(drain.waited < Duration::from_secs(2), "{drain}");
+    assert!(drain.to_string().contains("proxy.pid_file"), "{drain}");
 }

@@ -81,16 +81,22 @@ pub enum ProxyError {
         /// The deadline it exceeded.
         after: Duration,
     },
-    /// nginx rejected the new files; they were replaced by the previous ones and nginx
-    /// was not reloaded.
+    /// nginx rejected the files on disk; nginx was not reloaded with them.
     #[error(
-        "the proxy config test `{command}` failed:\n{output}\nThe previous files were put back and nginx was not reloaded; fix the proxy-template plugin's output or its `proxy.variables`"
+        "the proxy config test `{command}` failed:\n{output}\n{}",
+        if *restored {
+            "The previous files were put back and nginx was not reloaded; fix the proxy-template plugin's output or its `proxy.variables`"
+        } else {
+            "nginx was not reloaded; fix the files it names"
+        }
     )]
     ConfigTest {
         /// The test command.
         command: String,
         /// What nginx printed.
         output: String,
+        /// Whether the files that failed were replaced by the previous ones.
+        restored: bool,
     },
     /// The reload failed; the new files are on disk.
     #[error(
@@ -281,6 +287,8 @@ impl Purpose {
 
 #[derive(Debug, Clone)]
 struct Managed {
+    /// `nginx -p <prefix> -c <conf> -e <error log>`.
+    start: Argv,
     layout: Layout,
     service: String,
     listen: std::net::SocketAddr,
@@ -319,17 +327,21 @@ impl Proxy {
                     "-e".as_ref(),
                     layout.error_log.as_os_str(),
                 ]);
-                let mut test_command = base.clone();
-                test_command.0.extend(["-t".into(), "-q".into()]);
+                let with = |extra: &[&str]| {
+                    let mut argv = base.clone();
+                    argv.0.extend(extra.iter().map(Into::into));
+                    argv
+                };
                 Proxy {
                     mode: ProxyMode::Managed,
                     config_dir: layout.conf_d.clone(),
                     pid_file: Some(layout.pid_file.clone()),
-                    test_command,
-                    // Managed reloads signal the master directly; this is what a
-                    // user would type, used for messages and as the start command.
-                    reload_command: base,
+                    test_command: with(&["-t", "-q"]),
+                    // Managed reloads signal the master directly (see `switch`); this
+                    // is the equivalent command, for messages.
+                    reload_command: with(&["-s", "reload"]),
                     managed: Some(Managed {
+                        start: base,
                         layout,
                         service: config.service.clone(),
                         // check() refuses managed mode without `listen`.
@@ -436,13 +448,16 @@ impl Proxy {
                 .cloned(),
         );
         files::write_all(&self.config_dir, files, &saved)?;
-        if let Err(test_error) = self.test().await {
+        if let Err(mut test_error) = self.test().await {
             if let Err(error) = files::restore_all(&self.config_dir, &saved) {
                 return Err(ProxyError::Restore {
                     cause: test_error.to_string(),
                     dir: self.config_dir.clone(),
                     error: Box::new(error),
                 });
+            }
+            if let ProxyError::ConfigTest { restored, .. } = &mut test_error {
+                *restored = true;
             }
             return Err(test_error);
         }
@@ -461,6 +476,7 @@ impl Proxy {
             Err(ProxyError::ConfigTest {
                 command: self.test_command.to_string(),
                 output: done.message(),
+                restored: false,
             })
         }
     }
@@ -589,7 +605,7 @@ impl Proxy {
 
     async fn start(&self, managed: &Managed) -> Result<Reload, ProxyError> {
         let layout = &managed.layout;
-        let argv = &self.reload_command;
+        let argv = &managed.start;
         let log_offset = file_len(&layout.error_log);
         let start_error = |output: String| ProxyError::Start {
             command: argv.to_string(),
@@ -912,6 +928,7 @@ mod tests {
         let test = ProxyError::ConfigTest {
             command: "nginx -t".into(),
             output: "bad".into(),
+            restored: true,
         };
         assert!(!test.is_environment());
     }
