@@ -4,3 +4,5 @@
 mod support;
 
 mod docker;
+mod health;
+mod proxy;

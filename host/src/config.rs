@@ -274,6 +274,13 @@ pub struct ProxyConfig {
     pub test_command: Option<Vec<String>>,
     /// External mode: the command that reloads gracefully (argv, no shell).
     pub reload_command: Option<Vec<String>>,
+    /// External mode: the pid file of an nginx on this host. With it, the drain ends
+    /// as soon as the workers that served before the reload have exited, instead of
+    /// always waiting `drain.timeout`. Managed mode keeps its own pid file.
+    pub pid_file: Option<PathBuf>,
+    /// The longest any proxy command (config test, reload, start, stop) may run.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Duration,
     /// Variables handed to the proxy-template plugin.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
@@ -523,6 +530,9 @@ fn default_health_deadline() -> Duration {
 fn default_nginx() -> PathBuf {
     PathBuf::from("nginx")
 }
+fn default_command_timeout() -> Duration {
+    Duration::from_millis(30_000)
+}
 fn default_verify_timeout() -> Duration {
     Duration::from_millis(5_000)
 }
@@ -721,6 +731,12 @@ impl Config {
                         "managed mode needs the address nginx listens on, e.g. \"127.0.0.1:8080\"",
                     ));
                 }
+                if self.proxy.pid_file.is_some() {
+                    return Err(self.invalid(
+                        "proxy.pid_file",
+                        "managed mode keeps its pid file under the state directory; remove `pid_file` (it is for external mode)",
+                    ));
+                }
             }
             ProxyMode::External => {
                 if self.proxy.config_dir.is_none() {
@@ -747,6 +763,12 @@ impl Config {
                     "expected a non-empty argv list, e.g. [\"nginx\", \"-t\"]",
                 ));
             }
+        }
+        if self.proxy.command_timeout.get().is_zero() {
+            return Err(self.invalid(
+                "proxy.command_timeout",
+                "expected a duration above zero, e.g. \"30s\"",
+            ));
         }
         if let Some(url) = &self.verify.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -993,5 +1015,39 @@ listen = "127.0.0.1:8080"
         assert!(error_of(&text).contains("`proxy.config_dir`"));
         let text = text.replace("listen", "config_dir = \"/etc/nginx/conf.d\"\n#");
         assert!(error_of(&text).contains("`verify.url`"));
+    }
+
+    #[test]
+    fn pid_file_belongs_to_external_mode() {
+        let msg = error_of(&MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\npid_file = \"/run/nginx.pid\"",
+        ));
+        assert!(msg.contains("`proxy.pid_file`"), "{msg}");
+        let c = parse(&format!(
+            "{}\n[verify]\nurl = \"http://127.0.0.1/health\"\n",
+            MINIMAL
+                .replace("mode = \"managed\"", "mode = \"external\"")
+                .replace(
+                    "listen = \"127.0.0.1:8080\"",
+                    "config_dir = \"/etc/nginx/conf.d\"\npid_file = \"/run/nginx.pid\"",
+                )
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.pid_file, Some(PathBuf::from("/run/nginx.pid")));
+    }
+
+    #[test]
+    fn command_timeout_defaults_and_refuses_zero() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.proxy.command_timeout.get(),
+            std::time::Duration::from_secs(30)
+        );
+        let msg = error_of(&MINIMAL.replace(
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\ncommand_timeout = \"0s\"",
+        ));
+        assert!(msg.contains("`proxy.command_timeout`"), "{msg}");
     }
 }

@@ -1,1 +1,714 @@
-//! HTTP health probes of a colour through reqwest, judged by the health-policy plugin.
+//! HTTP health probes of a colour, judged by the health-policy plugin, and the check
+//! after a switch that the proxy really serves the new colour.
+//!
+//! This module owns the HTTP side only: it makes requests, measures them and hands the
+//! results to a judge it is given; it never decides health itself and never touches
+//! Docker or nginx. Every wait is driven by tokio's clock and bounded by a deadline,
+//! so nothing here spins or waits forever. Requests go straight to the address given
+//! (environment proxy variables are ignored) over plain HTTP.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use reqwest::header::{CONNECTION, HOST, HeaderMap, HeaderValue};
+use tokio::time::Instant;
+
+use crate::Color;
+use crate::config::{Config, HealthConfig, ProxyMode};
+use crate::events::{Level, Reporter};
+use crate::plugin::types::{self, HealthInput, HealthVerdict, KeyValue, ProbeResult};
+
+/// The body prefix kept per probe, as the WIT contract says.
+pub const BODY_PREFIX_BYTES: usize = 4 * 1024;
+/// Probes passed to the judge as history.
+pub const HISTORY: usize = 32;
+/// The header the managed nginx adds to name the backend that answered.
+pub const UPSTREAM_HEADER: &str = "x-cutover-upstream";
+/// How often verification asks the proxy again.
+const VERIFY_POLL: Duration = Duration::from_millis(3);
+/// At most this much body is read to look for `verify.expect_body`.
+const VERIFY_BODY_BYTES: usize = 64 * 1024;
+/// A single verification request never waits longer than this.
+const VERIFY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Probes one colour's HTTP endpoint.
+pub struct Prober {
+    client: Result<reqwest::Client, String>,
+    url: String,
+    host: Option<String>,
+    headers: Vec<String>,
+    timeout: Duration,
+}
+
+impl Prober {
+    /// A prober for `GET http://<target><health.path>`, with the configured Host
+    /// header and per-probe timeout, capturing the configured response headers.
+    pub fn new(target: SocketAddr, health: &HealthConfig) -> Prober {
+        let timeout = health.timeout.get();
+        Prober {
+            client: client(timeout),
+            url: format!("http://{target}{}", health.path),
+            host: health.host.clone(),
+            headers: health
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            timeout,
+        }
+    }
+
+    /// The URL probed.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Makes one probe. Never fails: a transport problem is reported in `error`.
+    pub async fn probe(&self) -> ProbeResult {
+        let start = Instant::now();
+        let failed = |error: String| ProbeResult {
+            status: None,
+            headers: Vec::new(),
+            body_prefix: String::new(),
+            latency_us: micros(start.elapsed()),
+            error: Some(error),
+        };
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(e) => return failed(e.clone()),
+        };
+        let request = match with_host(client.get(&self.url), self.host.as_deref()) {
+            Ok(request) => request,
+            Err(e) => return failed(e),
+        };
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return failed(error_text(&e, self.timeout)),
+        };
+        let status = response.status().as_u16();
+        let headers = select_headers(response.headers(), &self.headers);
+        let (body, error) = read_prefix(&mut response, BODY_PREFIX_BYTES, self.timeout).await;
+        ProbeResult {
+            status: Some(status),
+            headers,
+            body_prefix: String::from_utf8_lossy(&body).into_owned(),
+            latency_us: micros(start.elapsed()),
+            error,
+        }
+    }
+}
+
+/// A plain-HTTP client without connection reuse: every probe or check opens its own
+/// connection, so it sees the server as it is now (a pooled connection could belong
+/// to an nginx worker that is shutting down).
+fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .pool_max_idle_per_host(0)
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("cannot create the HTTP client: {e}"))
+}
+
+fn with_host(
+    request: reqwest::RequestBuilder,
+    host: Option<&str>,
+) -> Result<reqwest::RequestBuilder, String> {
+    match host {
+        None => Ok(request),
+        Some(host) => HeaderValue::from_str(host)
+            .map(|value| request.header(HOST, value))
+            .map_err(|_| format!("{host:?} is not a valid Host header value")),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The wanted headers, names lower-cased, one entry per value.
+fn select_headers(headers: &HeaderMap, wanted: &[String]) -> Vec<KeyValue> {
+    wanted
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(name.as_str())
+                .iter()
+                .map(move |v| KeyValue {
+                    key: name.clone(),
+                    value: String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                })
+        })
+        .collect()
+}
+
+/// Reads at most `cap` bytes of the body; an error reading it is returned beside what
+/// arrived.
+async fn read_prefix(
+    response: &mut reqwest::Response,
+    cap: usize,
+    timeout: Duration,
+) -> (Vec<u8>, Option<String>) {
+    let mut body = Vec::new();
+    while body.len() < cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return (
+                    body,
+                    Some(format!("reading the body: {}", error_text(&e, timeout))),
+                );
+            }
+        }
+    }
+    (body, None)
+}
+
+/// A transport error as a person wants to read it: the root cause ("Connection
+/// refused (os error 111)"), not reqwest's "error sending request" wrapper.
+fn error_text(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timed out after {} ms", timeout.as_millis());
+    }
+    let mut chain = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if chain.last() != Some(&text) {
+            chain.push(text);
+        }
+        source = e.source();
+    }
+    let root = chain.last().cloned().unwrap_or_default();
+    if error.is_connect() {
+        format!("connect: {root}")
+    } else {
+        root
+    }
+}
+
+/// One line about a probe, for messages.
+pub fn describe(probe: &ProbeResult) -> String {
+    match (probe.status, &probe.error) {
+        (None, Some(error)) => format!("no response ({error})"),
+        (None, None) => "no response".to_owned(),
+        (Some(status), error) => {
+            let mut text = format!(
+                "HTTP {status} in {:.1} ms, body {:?}",
+                probe.latency_us as f64 / 1000.0,
+                excerpt(&probe.body_prefix)
+            );
+            if let Some(error) = error {
+                text.push_str(&format!(" ({error})"));
+            }
+            text
+        }
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 120;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn wit_color(color: Color) -> types::Color {
+    match color {
+        Color::Blue => types::Color::Blue,
+        Color::Green => types::Color::Green,
+    }
+}
+
+/// How a colour became healthy.
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    /// Probes made, the healthy one included.
+    pub attempts: u32,
+    /// Time from the call to the healthy verdict.
+    pub elapsed: Duration,
+    /// The probe judged healthy.
+    pub last: ProbeResult,
+}
+
+/// A colour did not become healthy.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// The health policy gave up.
+    #[error(
+        "the health policy gave up on {service} ({color}) after {attempts} probe(s): {reason}; check the app's logs (`docker logs`)"
+    )]
+    Failed {
+        /// The service.
+        service: String,
+        /// The colour probed.
+        color: Color,
+        /// The policy's reason.
+        reason: String,
+        /// Probes made.
+        attempts: u32,
+    },
+    /// The deadline passed without a healthy verdict.
+    #[error(
+        "{service} ({color}) was not healthy within {} after {attempts} probe(s) of {url}; last probe: {}. Check the app's logs (`docker logs`), or raise `health.deadline` if it needs longer to start",
+        humantime::format_duration(*deadline),
+        last.as_ref().map_or_else(|| "none was made".to_owned(), describe)
+    )]
+    Deadline {
+        /// The service.
+        service: String,
+        /// The colour probed.
+        color: Color,
+        /// The URL probed.
+        url: String,
+        /// `health.deadline`.
+        deadline: Duration,
+        /// Probes made.
+        attempts: u32,
+        /// The last probe, if any was made.
+        last: Option<ProbeResult>,
+    },
+    /// The container stopped running while it was being probed.
+    #[error(
+        "the {color} container of {service} stopped running after {attempts} probe(s){}; it crashed or exited on start: check its logs (`docker logs`)",
+        last.as_ref().map_or_else(String::new, |p| format!(" (last probe: {})", describe(p)))
+    )]
+    Exited {
+        /// The service.
+        service: String,
+        /// The colour probed.
+        color: Color,
+        /// Probes made.
+        attempts: u32,
+        /// The last probe, if any was made.
+        last: Option<ProbeResult>,
+    },
+    /// The health-policy plugin failed (trap, timeout, bad output).
+    #[error("the health-policy plugin failed: {0}")]
+    Judge(String),
+    /// Whether the container still runs could not be found out.
+    #[error("cannot tell whether the container still runs: {0}")]
+    Running(String),
+}
+
+/// Asks whether the container being probed still runs.
+pub type StillRunning<'a> =
+    dyn FnMut() -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> + Send + 'a;
+
+/// Judges one probe (the health-policy plugin behind a closure).
+pub type Judge<'a> = dyn Fn(&HealthInput) -> Result<HealthVerdict, String> + Send + Sync + 'a;
+
+/// Probes until the judge says healthy, it says failed, the container stops running,
+/// or `health.deadline` passes. The first probe comes after `health.first_delay`,
+/// then one every `health.interval` (measured from the start of each probe). The
+/// judge sees the last [`HISTORY`] probes; `elapsed-ms` counts from this call, so
+/// call it right after the container started.
+///
+/// # Errors
+/// [`HealthError`] saying which of those ended the wait, with the last probe.
+pub async fn wait_healthy(
+    prober: &Prober,
+    health: &HealthConfig,
+    service: &str,
+    color: Color,
+    judge: &Judge<'_>,
+    still_running: &mut StillRunning<'_>,
+    reporter: &dyn Reporter,
+) -> Result<HealthReport, HealthError> {
+    let start = Instant::now();
+    let deadline = start + health.deadline.get();
+    let mut history: VecDeque<ProbeResult> = VecDeque::with_capacity(HISTORY);
+    let mut attempts = 0u32;
+    let deadline_error = |attempts, last: Option<ProbeResult>| HealthError::Deadline {
+        service: service.to_owned(),
+        color,
+        url: prober.url.clone(),
+        deadline: health.deadline.get(),
+        attempts,
+        last,
+    };
+    tokio::time::sleep_until((start + health.first_delay.get()).min(deadline)).await;
+    loop {
+        if !still_running().await.map_err(HealthError::Running)? {
+            return Err(HealthError::Exited {
+                service: service.to_owned(),
+                color,
+                attempts,
+                last: history.back().cloned(),
+            });
+        }
+        let probe_start = Instant::now();
+        let Ok(probe) = tokio::time::timeout_at(deadline, prober.probe()).await else {
+            return Err(deadline_error(attempts, history.back().cloned()));
+        };
+        attempts += 1;
+        let input = HealthInput {
+            service: service.to_owned(),
+            color: wit_color(color),
+            attempt: attempts,
+            elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            probe: probe.clone(),
+            history: history.iter().cloned().collect(),
+        };
+        match judge(&input).map_err(HealthError::Judge)? {
+            HealthVerdict::Healthy => {
+                return Ok(HealthReport {
+                    attempts,
+                    elapsed: start.elapsed(),
+                    last: probe,
+                });
+            }
+            HealthVerdict::Failed(reason) => {
+                return Err(HealthError::Failed {
+                    service: service.to_owned(),
+                    color,
+                    reason,
+                    attempts,
+                });
+            }
+            HealthVerdict::NotYet(why) => reporter.log(
+                Level::Debug,
+                &format!(
+                    "{color} probe {attempts}: not yet: {why} ({})",
+                    describe(&probe)
+                ),
+            ),
+        }
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(probe);
+        let next = probe_start + health.interval.get();
+        if next >= deadline {
+            return Err(deadline_error(attempts, history.back().cloned()));
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// What proves, after a switch, that the proxy serves the target colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySpec {
+    /// The URL requested through the proxy.
+    pub url: String,
+    /// The Host header to send.
+    pub host: Option<String>,
+    /// `Name: value` the response must carry; `{color}` is replaced.
+    pub expect_header: Option<String>,
+    /// A substring the body must contain; `{color}` is replaced.
+    pub expect_body: Option<String>,
+    /// The colour switched to.
+    pub color: Color,
+    /// The `address:port` the `X-Cutover-Upstream` header must name (managed mode,
+    /// where cutover's nginx adds that header).
+    pub expect_upstream: Option<SocketAddr>,
+}
+
+impl VerifySpec {
+    /// The check `config` asks for after switching to `color`: `verify.url` (by
+    /// default the managed listen address and the health path), `verify.host` (else
+    /// `health.host`), the expected header and body, and in managed mode the upstream
+    /// header naming `color`'s address.
+    pub fn from_config(config: &Config, color: Color) -> VerifySpec {
+        let url = config.verify.url.clone().unwrap_or_else(|| {
+            let listen = config
+                .proxy
+                .listen
+                .map_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 80)), connectable);
+            format!("http://{listen}{}", config.health.path)
+        });
+        VerifySpec {
+            url,
+            host: config
+                .verify
+                .host
+                .clone()
+                .or_else(|| config.health.host.clone()),
+            expect_header: config.verify.expect_header.clone(),
+            expect_body: config.verify.expect_body.clone(),
+            color,
+            expect_upstream: (config.proxy.mode == ProxyMode::Managed)
+                .then(|| config.upstream(color)),
+        }
+    }
+}
+
+/// A listen address as a client reaches it: a wildcard becomes loopback.
+fn connectable(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+/// The proxy served the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Requests made, the proving one included.
+    pub attempts: u32,
+    /// Time until the proof.
+    pub elapsed: Duration,
+}
+
+/// The proxy did not prove it serves the target.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// No response proved it within the timeout.
+    #[error(
+        "the proxy did not serve {color} at {url} within {} ({attempts} request(s)); expected {wanted}; last seen: {seen}. Check the proxy's error log and the rendered files, or raise `verify.timeout`",
+        humantime::format_duration(*timeout)
+    )]
+    Timeout {
+        /// The URL requested.
+        url: String,
+        /// The target colour.
+        color: Color,
+        /// The timeout.
+        timeout: Duration,
+        /// Requests made.
+        attempts: u32,
+        /// What would have proved it.
+        wanted: String,
+        /// The last response or transport error.
+        seen: String,
+    },
+    /// The check itself is malformed.
+    #[error("cannot verify through the proxy: {0}")]
+    Spec(String),
+}
+
+/// The checks derived from a [`VerifySpec`], with `{color}` substituted.
+struct Proof {
+    header: Option<(String, String)>,
+    body: Option<String>,
+    upstream: Option<String>,
+}
+
+impl Proof {
+    fn new(spec: &VerifySpec) -> Result<Proof, VerifyError> {
+        let color = spec.color.as_str();
+        let header = match &spec.expect_header {
+            None => None,
+            Some(text) => {
+                let (name, value) = text.split_once(':').ok_or_else(|| {
+                    VerifyError::Spec(format!(
+                        "`verify.expect_header` must be `Name: value`, found {text:?}"
+                    ))
+                })?;
+                Some((
+                    name.trim().to_ascii_lowercase(),
+                    value.trim().replace("{color}", color),
+                ))
+            }
+        };
+        Ok(Proof {
+            header,
+            body: spec
+                .expect_body
+                .as_ref()
+                .map(|b| b.replace("{color}", color)),
+            upstream: spec.expect_upstream.map(|a| a.to_string()),
+        })
+    }
+
+    fn wanted(&self) -> String {
+        let mut parts = vec!["a 2xx or 3xx status".to_owned()];
+        if let Some((name, value)) = &self.header {
+            parts.push(format!("header `{name}: {value}`"));
+        }
+        if let Some(body) = &self.body {
+            parts.push(format!("a body containing {body:?}"));
+        }
+        if let Some(upstream) = &self.upstream {
+            parts.push(format!("`{UPSTREAM_HEADER}: {upstream}`"));
+        }
+        parts.join(", ")
+    }
+
+    /// Ok when the response proves it; else what was seen.
+    fn check(&self, status: u16, headers: &HeaderMap, body: &str) -> Result<(), String> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        };
+        let mut ok = (200..400).contains(&status);
+        let mut seen = vec![format!("HTTP {status}")];
+        if let Some((name, value)) = &self.header {
+            let got = header(name);
+            ok &= got.as_deref() == Some(value.as_str());
+            seen.push(format!("{name}: {}", got.as_deref().unwrap_or("(absent)")));
+        }
+        if let Some(upstream) = &self.upstream {
+            let got = header(UPSTREAM_HEADER);
+            ok &= got.as_deref() == Some(upstream.as_str());
+            seen.push(format!(
+                "{UPSTREAM_HEADER}: {}",
+                got.as_deref().unwrap_or("(absent)")
+            ));
+        }
+        if let Some(want) = &self.body {
+            ok &= body.contains(want.as_str());
+        }
+        seen.push(format!("body {:?}", excerpt(body)));
+        if ok { Ok(()) } else { Err(seen.join(", ")) }
+    }
+}
+
+/// Requests `spec.url` through the proxy until a response proves the target serves
+/// it, at most `timeout`, every few milliseconds. Proof: a 2xx/3xx status, and the
+/// expected header, body and upstream when the spec sets them. Each attempt uses a
+/// fresh connection (`Connection: close`): an old nginx worker may still own a pooled
+/// one.
+///
+/// # Errors
+/// [`VerifyError::Timeout`] saying what was expected and what was last seen;
+/// [`VerifyError::Spec`] when the spec is malformed.
+pub async fn verify_through_proxy(
+    spec: &VerifySpec,
+    timeout: Duration,
+) -> Result<VerifyReport, VerifyError> {
+    let proof = Proof::new(spec)?;
+    let client = client(VERIFY_REQUEST_TIMEOUT).map_err(VerifyError::Spec)?;
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut attempts = 0u32;
+    let mut seen = "no request completed".to_owned();
+    while Instant::now() < deadline {
+        attempts += 1;
+        let request = with_host(client.get(&spec.url), spec.host.as_deref())
+            .map_err(VerifyError::Spec)?
+            .header(CONNECTION, "close");
+        let outcome = tokio::time::timeout_at(deadline, async {
+            let mut response = request
+                .send()
+                .await
+                .map_err(|e| error_text(&e, VERIFY_REQUEST_TIMEOUT))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let (body, _) =
+                read_prefix(&mut response, VERIFY_BODY_BYTES, VERIFY_REQUEST_TIMEOUT).await;
+            proof.check(status, &headers, &String::from_utf8_lossy(&body))
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                return Ok(VerifyReport {
+                    attempts,
+                    elapsed: start.elapsed(),
+                });
+            }
+            Ok(Err(what)) => seen = what,
+            Err(_) => {
+                seen = format!("the last request was still waiting at the deadline ({seen})");
+                break;
+            }
+        }
+        tokio::time::sleep(VERIFY_POLL.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    }
+    Err(VerifyError::Timeout {
+        url: spec.url.clone(),
+        color: spec.color,
+        timeout,
+        attempts,
+        wanted: proof.wanted(),
+        seen,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VerifySpec {
+        VerifySpec {
+            url: "http://127.0.0.1:1/".to_owned(),
+            host: None,
+            expect_header: Some("X-Color: {color}".to_owned()),
+            expect_body: Some("color={color}".to_owned()),
+            color: Color::Green,
+            expect_upstream: Some("127.0.0.1:18082".parse().unwrap()),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn proof_needs_every_part() {
+        let proof = Proof::new(&spec()).unwrap();
+        let good = headers(&[("x-color", "green"), (UPSTREAM_HEADER, "127.0.0.1:18082")]);
+        assert_eq!(proof.check(200, &good, "v2 color=green"), Ok(()));
+        assert!(proof.check(502, &good, "v2 color=green").is_err());
+        assert!(proof.check(200, &good, "v2 color=blue").is_err());
+        let wrong = headers(&[("x-color", "green"), (UPSTREAM_HEADER, "127.0.0.1:18081")]);
+        let seen = proof.check(200, &wrong, "color=green").unwrap_err();
+        assert!(
+            seen.contains("x-cutover-upstream: 127.0.0.1:18081"),
+            "{seen}"
+        );
+        let seen = proof.check(200, &headers(&[]), "").unwrap_err();
+        assert!(seen.contains("x-color: (absent)"), "{seen}");
+        assert!(proof.wanted().contains("header `x-color: green`"));
+    }
+
+    #[test]
+    fn malformed_expect_header_is_refused() {
+        let bad = VerifySpec {
+            expect_header: Some("no colon".to_owned()),
+            ..spec()
+        };
+        assert!(matches!(Proof::new(&bad), Err(VerifyError::Spec(_))));
+    }
+
+    #[test]
+    fn spec_from_managed_config_expects_the_upstream() {
+        let config = Config::parse(
+            "service = \"hello\"\n[image]\nref = \"hello:1\"\n[container]\nport = 8080\n\
+             [proxy]\nmode = \"managed\"\nlisten = \"0.0.0.0:8080\"\n",
+            std::path::Path::new("/srv/cutover.toml"),
+        )
+        .unwrap();
+        let spec = VerifySpec::from_config(&config, Color::Green);
+        assert_eq!(spec.url, "http://127.0.0.1:8080/health");
+        assert_eq!(spec.expect_upstream, Some(config.upstream(Color::Green)));
+    }
+
+    #[test]
+    fn describe_is_short_and_says_why() {
+        let probe = ProbeResult {
+            status: None,
+            headers: Vec::new(),
+            body_prefix: String::new(),
+            latency_us: 10,
+            error: Some("connect: Connection refused (os error 111)".to_owned()),
+        };
+        assert_eq!(
+            describe(&probe),
+            "no response (connect: Connection refused (os error 111))"
+        );
+        let long = ProbeResult {
+            status: Some(503),
+            body_prefix: "x".repeat(500),
+            error: None,
+            ..probe
+        };
+        assert!(describe(&long).len() < 200);
+    }
+}

@@ -1,1 +1,0 @@
-//! nginx: write the rendered files, `nginx -t`, graceful reload, restore, drain.

@@ -1,0 +1,490 @@
+//! The rendered proxy files on disk: refuse paths and contents that could escape or
+//! flood the config directory, read the current contents, write new ones atomically
+//! and put old ones back, and show the difference.
+//!
+//! Every write goes through [`crate::atomic_file`], so nginx never reads a half-written
+//! file. Nothing outside the config directory is ever touched: every path is checked
+//! before it is joined to the directory.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::ProxyError;
+use crate::atomic_file;
+use crate::plugin::types::ProxyFile;
+use crate::state::SavedFile;
+
+/// At most this many files per render.
+pub(crate) const MAX_FILES: usize = 32;
+/// At most this many bytes per file.
+pub(crate) const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// At most this many bytes in all files of a render.
+pub(crate) const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
+const MAX_PATH_BYTES: usize = 200;
+const MAX_DEPTH: usize = 4;
+
+/// Mode of the files written: nginx workers may run as another user and must read them.
+const FILE_MODE: u32 = 0o644;
+
+fn invalid(path: &str, reason: impl Into<String>) -> ProxyError {
+    ProxyError::InvalidFile {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks one path relative to the config directory.
+pub(crate) fn check_path(path: &str) -> Result<(), ProxyError> {
+    if path.is_empty() {
+        return Err(invalid(path, "the path is empty"));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(invalid(
+            path,
+            format!("the path is longer than {MAX_PATH_BYTES} bytes"),
+        ));
+    }
+    if path.contains('\0') {
+        return Err(invalid(path, "the path contains a NUL byte"));
+    }
+    if path.starts_with('/') {
+        return Err(invalid(
+            path,
+            "the path is absolute; it must be relative to the proxy's config directory",
+        ));
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.len() > MAX_DEPTH {
+        return Err(invalid(
+            path,
+            format!("the path is nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    for part in parts {
+        if part == ".." {
+            return Err(invalid(
+                path,
+                "the path contains `..`; it must stay inside the config directory",
+            ));
+        }
+        // Leading dots would also collide with atomic_file's temporary names.
+        if part.is_empty() || part.starts_with('.') {
+            return Err(invalid(
+                path,
+                "every path component must be a non-empty name that does not start with `.`",
+            ));
+        }
+        if !part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err(invalid(
+                path,
+                "file names may only use a-z, A-Z, 0-9, `.`, `-` and `_`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole render: paths, duplicates, count and sizes.
+pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
+    if files.is_empty() {
+        return Err(invalid(
+            "",
+            "the template rendered no files; the proxy would have nothing to switch to",
+        ));
+    }
+    if files.len() > MAX_FILES {
+        return Err(invalid(
+            &files[0].path,
+            format!(
+                "the template rendered {} files; at most {MAX_FILES} are accepted",
+                files.len()
+            ),
+        ));
+    }
+    let mut total = 0usize;
+    for (i, file) in files.iter().enumerate() {
+        check_path(&file.path)?;
+        if files[..i].iter().any(|f| f.path == file.path) {
+            return Err(invalid(&file.path, "the template rendered this path twice"));
+        }
+        if file.contents.len() > MAX_FILE_BYTES {
+            return Err(invalid(
+                &file.path,
+                format!(
+                    "the file has {} bytes; at most {MAX_FILE_BYTES} are accepted",
+                    file.contents.len()
+                ),
+            ));
+        }
+        if file.contents.contains('\0') {
+            return Err(invalid(&file.path, "the contents contain a NUL byte"));
+        }
+        total += file.contents.len();
+    }
+    if total > MAX_TOTAL_BYTES {
+        return Err(invalid(
+            &files[0].path,
+            format!("the files total {total} bytes; at most {MAX_TOTAL_BYTES} are accepted"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the current contents of `paths` under `dir` (none for an absent file).
+pub(crate) fn snapshot(dir: &Path, paths: &[String]) -> Result<Vec<SavedFile>, ProxyError> {
+    paths
+        .iter()
+        .map(|path| {
+            check_path(path)?;
+            let full = dir.join(path);
+            let contents = match std::fs::read(&full) {
+                Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| ProxyError::Snapshot {
+                    path: full.clone(),
+                    reason: "it is not UTF-8 text, so it cannot be saved for a restore; move it out of the config directory".to_owned(),
+                })?),
+                // A parent that is not a directory means the file cannot exist either.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(ProxyError::Snapshot {
+                        path: full,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            Ok(SavedFile {
+                path: path.clone(),
+                contents,
+            })
+        })
+        .collect()
+}
+
+/// Writes one file, creating its subdirectories inside `dir`.
+fn write_one(dir: &Path, path: &str, contents: &str) -> Result<(), ProxyError> {
+    let full = dir.join(path);
+    if let Some(parent) = full.parent()
+        && parent != dir
+    {
+        std::fs::create_dir_all(parent).map_err(|source| {
+            ProxyError::Write(atomic_file::AtomicWriteError {
+                path: full.clone(),
+                source,
+            })
+        })?;
+    }
+    atomic_file::write(&full, contents.as_bytes(), FILE_MODE)?;
+    Ok(())
+}
+
+/// Removes one file (already absent is fine) and makes the removal durable.
+fn remove_one(dir: &Path, path: &str) -> Result<(), ProxyError> {
+    let full = dir.join(path);
+    let wrap = |source| ProxyError::Remove {
+        path: full.clone(),
+        source,
+    };
+    match std::fs::remove_file(&full) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(wrap(e)),
+    }
+    let parent = full.parent().unwrap_or(dir);
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(wrap)
+}
+
+/// Writes `files`; when one fails, the ones already written get `previous` back.
+pub(crate) fn write_all(
+    dir: &Path,
+    files: &[ProxyFile],
+    previous: &[SavedFile],
+) -> Result<(), ProxyError> {
+    for (i, file) in files.iter().enumerate() {
+        if let Err(e) = write_one(dir, &file.path, &file.contents) {
+            let written: Vec<SavedFile> = files[..i]
+                .iter()
+                .filter_map(|f| previous.iter().find(|p| p.path == f.path).cloned())
+                .collect();
+            if let Err(restore) = restore_all(dir, &written) {
+                return Err(ProxyError::Restore {
+                    cause: e.to_string(),
+                    dir: dir.to_owned(),
+                    error: Box::new(restore),
+                });
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Puts every saved file back exactly (deleting those that did not exist). Tries every
+/// file even when one fails, and reports the first failure.
+pub(crate) fn restore_all(dir: &Path, saved: &[SavedFile]) -> Result<(), ProxyError> {
+    let mut first = None;
+    for file in saved {
+        let result = check_path(&file.path).and_then(|()| match &file.contents {
+            Some(contents) => write_one(dir, &file.path, contents),
+            None => remove_one(dir, &file.path),
+        });
+        if let Err(e) = result {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// A unified-style diff from `current` to `next`, file by file.
+pub(crate) fn diff(current: &[SavedFile], next: &[ProxyFile]) -> String {
+    let mut out = String::new();
+    for file in next {
+        let old = current
+            .iter()
+            .find(|c| c.path == file.path)
+            .and_then(|c| c.contents.as_deref());
+        if old == Some(file.contents.as_str()) {
+            let _ = writeln!(out, "  {} (unchanged)", file.path);
+            continue;
+        }
+        let from = match old {
+            Some(_) => format!("a/{}", file.path),
+            None => "/dev/null".to_owned(),
+        };
+        let _ = writeln!(out, "--- {from}\n+++ b/{}", file.path);
+        let a: Vec<&str> = old.map_or_else(Vec::new, |t| t.lines().collect());
+        let b: Vec<&str> = file.contents.lines().collect();
+        write_hunks(&mut out, &edit_script(&a, &b));
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op<'a> {
+    Keep(&'a str),
+    Del(&'a str),
+    Add(&'a str),
+}
+
+/// Above this many line pairs the diff shows a full replacement rather than spending
+/// quadratic time; rendered proxy files are a few lines.
+const DIFF_CELLS: usize = 4_000_000;
+
+/// A shortest edit script by longest common subsequence.
+fn edit_script<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Op<'a>> {
+    let (n, m) = (a.len(), b.len());
+    if n.saturating_mul(m) > DIFF_CELLS {
+        let dels = a.iter().map(|l| Op::Del(l));
+        return dels.chain(b.iter().map(|l| Op::Add(l))).collect();
+    }
+    let w = m + 1;
+    // lcs[i * w + j]: length of the LCS of a[i..] and b[j..].
+    let mut lcs = vec![0u32; (n + 1) * w];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i * w + j] = if a[i] == b[j] {
+                lcs[(i + 1) * w + j + 1] + 1
+            } else {
+                lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut ops = Vec::with_capacity(n + m);
+    while i < n || j < m {
+        if i < n && j < m && a[i] == b[j] {
+            ops.push(Op::Keep(a[i]));
+            i += 1;
+            j += 1;
+        } else if i < n && (j == m || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
+            ops.push(Op::Del(a[i]));
+            i += 1;
+        } else {
+            ops.push(Op::Add(b[j]));
+            j += 1;
+        }
+    }
+    ops
+}
+
+const CONTEXT: usize = 3;
+
+/// Groups an edit script into `@@ -l,n +l,n @@` hunks with three lines of context.
+fn write_hunks(out: &mut String, ops: &[Op<'_>]) {
+    let changes: Vec<usize> = (0..ops.len())
+        .filter(|&k| !matches!(ops[k], Op::Keep(_)))
+        .collect();
+    let mut k = 0;
+    while k < changes.len() {
+        let start = changes[k].saturating_sub(CONTEXT);
+        let mut last = changes[k];
+        while k + 1 < changes.len() && changes[k + 1] - last <= 2 * CONTEXT + 1 {
+            k += 1;
+            last = changes[k];
+        }
+        let end = (last + CONTEXT + 1).min(ops.len());
+        // Line numbers (1-based) where the hunk starts on each side.
+        let before = &ops[..start];
+        let old_line = before.iter().filter(|o| !matches!(o, Op::Add(_))).count();
+        let new_line = before.iter().filter(|o| !matches!(o, Op::Del(_))).count();
+        let hunk = &ops[start..end];
+        let old_len = hunk.iter().filter(|o| !matches!(o, Op::Add(_))).count();
+        let new_len = hunk.iter().filter(|o| !matches!(o, Op::Del(_))).count();
+        let pos = |line: usize, len: usize| if len == 0 { line } else { line + 1 };
+        let _ = writeln!(
+            out,
+            "@@ -{},{old_len} +{},{new_len} @@",
+            pos(old_line, old_len),
+            pos(new_line, new_len)
+        );
+        for op in hunk {
+            let _ = match op {
+                Op::Keep(l) => writeln!(out, " {l}"),
+                Op::Del(l) => writeln!(out, "-{l}"),
+                Op::Add(l) => writeln!(out, "+{l}"),
+            };
+        }
+        k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, contents: &str) -> ProxyFile {
+        ProxyFile {
+            path: path.to_owned(),
+            contents: contents.to_owned(),
+        }
+    }
+
+    fn refusal(files: &[ProxyFile]) -> String {
+        check_files(files).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn accepts_plain_relative_names() {
+        check_files(&[
+            file("service-url.inc", "set $service_url http://127.0.0.1:1;\n"),
+            file("sites/app_v2.conf", ""),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_paths_that_escape_the_config_dir() {
+        assert!(refusal(&[file("../x", "")]).contains("`..`"));
+        assert!(refusal(&[file("a/../../x", "")]).contains("`..`"));
+        assert!(refusal(&[file("/etc/x", "")]).contains("absolute"));
+        assert!(refusal(&[file("a\0b", "")]).contains("NUL"));
+        assert!(refusal(&[file("", "")]).contains("empty"));
+        assert!(refusal(&[file("a//b", "")]).contains("non-empty"));
+        assert!(refusal(&[file(".hidden", "")]).contains("`.`"));
+        assert!(refusal(&[file("a b.conf", "")]).contains("a-z"));
+        assert!(refusal(&[file("a\\..\\b", "")]).contains("a-z"));
+        assert!(refusal(&[file("a/b/c/d/e", "")]).contains("deeper"));
+        assert!(refusal(&[file(&"x".repeat(201), "")]).contains("longer"));
+    }
+
+    #[test]
+    fn refuses_bad_contents_and_floods() {
+        assert!(refusal(&[file("a.inc", "x\0y")]).contains("NUL"));
+        let huge = "x".repeat(MAX_FILE_BYTES + 1);
+        assert!(refusal(&[file("a.inc", &huge)]).contains("at most"));
+        let big = "x".repeat(MAX_FILE_BYTES);
+        let many: Vec<ProxyFile> = (0..5).map(|i| file(&format!("f{i}.conf"), &big)).collect();
+        assert!(refusal(&many).contains("total"));
+        let lots: Vec<ProxyFile> = (0..=MAX_FILES)
+            .map(|i| file(&format!("f{i}.conf"), ""))
+            .collect();
+        assert!(refusal(&lots).contains("files"));
+        assert!(refusal(&[file("a.inc", ""), file("a.inc", "")]).contains("twice"));
+        assert!(refusal(&[]).contains("no files"));
+    }
+
+    #[test]
+    fn snapshot_write_restore_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.inc"), "old a\n").unwrap();
+        let paths = vec!["a.inc".to_owned(), "sub/b.conf".to_owned()];
+        let before = snapshot(dir.path(), &paths).unwrap();
+        assert_eq!(before[0].contents.as_deref(), Some("old a\n"));
+        assert_eq!(before[1].contents, None);
+        write_all(
+            dir.path(),
+            &[file("a.inc", "new a\n"), file("sub/b.conf", "b\n")],
+            &before,
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sub/b.conf")).unwrap(),
+            "b\n"
+        );
+        restore_all(dir.path(), &before).unwrap();
+        assert_eq!(snapshot(dir.path(), &paths).unwrap(), before);
+    }
+
+    #[test]
+    fn snapshot_refuses_binary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.inc"), [0xff, 0xfe]).unwrap();
+        let err = snapshot(dir.path(), &["a.inc".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn diff_of_a_changed_line() {
+        let current = vec![SavedFile {
+            path: "service-url.inc".to_owned(),
+            contents: Some("# blue\nset $service_url http://127.0.0.1:18081;\n".to_owned()),
+        }];
+        let next = [file(
+            "service-url.inc",
+            "# green\nset $service_url http://127.0.0.1:18082;\n",
+        )];
+        assert_eq!(
+            diff(&current, &next),
+            "--- a/service-url.inc\n+++ b/service-url.inc\n@@ -1,2 +1,2 @@\n\
+             -# blue\n-set $service_url http://127.0.0.1:18081;\n\
+             +# green\n+set $service_url http://127.0.0.1:18082;\n"
+        );
+    }
+
+    #[test]
+    fn diff_of_new_unchanged_and_distant_changes() {
+        let current = vec![
+            SavedFile {
+                path: "same.conf".to_owned(),
+                contents: Some("x\n".to_owned()),
+            },
+            SavedFile {
+                path: "long.conf".to_owned(),
+                contents: Some("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n".to_owned()),
+            },
+        ];
+        let next = [
+            file("new.inc", "a\nb\n"),
+            file("same.conf", "x\n"),
+            file("long.conf", "one\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n13\n"),
+        ];
+        assert_eq!(
+            diff(&current, &next),
+            "--- /dev/null\n+++ b/new.inc\n@@ -0,0 +1,2 @@\n+a\n+b\n\
+             \x20 same.conf (unchanged)\n\
+             --- a/long.conf\n+++ b/long.conf\n\
+             @@ -1,4 +1,4 @@\n-1\n+one\n 2\n 3\n 4\n\
+             @@ -10,3 +10,4 @@\n 10\n 11\n 12\n+13\n"
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! What the kernel says about nginx's processes: whether a pid file names a live nginx
+//! master, and which workers it has, read from `/proc`.
+//!
+//! Only reads; never signals anything. A pid is paired with its start time so a pid
+//! the kernel reused for an unrelated process is never mistaken for an old worker.
+
+use std::path::Path;
+
+/// A process, identified robustly against pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcId {
+    pub(crate) pid: i32,
+    /// Start time in clock ticks since boot (`/proc/<pid>/stat` field 22).
+    pub(crate) start: u64,
+}
+
+/// The parent pid and start time from `/proc/<pid>/stat`.
+fn stat(pid: i32) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may itself contain spaces or `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); ppid is field 4, starttime field 22.
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    // A zombie has exited; it only waits for its parent to reap it.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((ppid, start))
+}
+
+/// The process as it is now, if it is alive.
+pub(crate) fn identify(pid: i32) -> Option<ProcId> {
+    stat(pid).map(|(_, start)| ProcId { pid, start })
+}
+
+/// Whether `proc` is still the same live process.
+pub(crate) fn alive(proc: ProcId) -> bool {
+    stat(proc.pid).is_some_and(|(_, start)| start == proc.start)
+}
+
+/// The live children of `parent` (for an nginx master: its workers, plus cache
+/// processes when configured).
+pub(crate) fn children(parent: i32) -> Vec<ProcId> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<ProcId> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| match stat(pid) {
+            Some((ppid, start)) if ppid == parent => Some(ProcId { pid, start }),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// The command line nginx shows for a process (`nginx: master process ...`).
+fn cmdline(pid: i32) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&bytes)
+            .replace('\0', " ")
+            .trim()
+            .to_owned(),
+    )
+}
+
+/// Whether an nginx worker has stopped accepting connections: it has exited, or it
+/// runs its graceful shutdown (nginx retitles the worker right before it closes its
+/// listening sockets).
+pub(crate) fn stopped_accepting(worker: ProcId) -> bool {
+    !alive(worker) || cmdline(worker.pid).is_none_or(|line| line.contains("shutting down"))
+}
+
+/// The nginx master named by `pid_file`, when the file names a live process that is an
+/// nginx master and, when `marker` is given, whose command line contains it (so a
+/// managed nginx is told apart from any other nginx on the host).
+pub(crate) fn master_from_pid_file(pid_file: &Path, marker: Option<&str>) -> Option<ProcId> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    if pid <= 0 {
+        return None;
+    }
+    let line = cmdline(pid)?;
+    if !line.starts_with("nginx: master process") {
+        return None;
+    }
+    if marker.is_some_and(|m| !line.contains(m)) {
+        return None;
+    }
+    identify(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_itself_and_its_children() {
+        let me = identify(std::process::id() as i32).unwrap();
+        assert!(alive(me));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let kids = children(me.pid);
+        assert!(kids.iter().any(|k| k.pid == child.id() as i32), "{kids:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let gone = kids.iter().find(|k| k.pid == child.id() as i32).unwrap();
+        assert!(!alive(*gone));
+    }
+
+    #[test]
+    fn reused_pid_is_not_the_same_process() {
+        let me = identify(std::process::id() as i32).unwrap();
+        let other = ProcId {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!alive(other));
+    }
+
+    #[test]
+    fn pid_file_of_a_non_nginx_process_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nginx.pid");
+        std::fs::write(&file, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(master_from_pid_file(&file, None), None);
+        std::fs::write(&file, "garbage").unwrap();
+        assert_eq!(master_from_pid_file(&file, None), None);
+        assert_eq!(master_from_pid_file(&dir.path().join("absent"), None), None);
+    }
+}
