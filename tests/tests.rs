@@ -1,1 +1,3 @@
+//! End-to-end tests, compiled into one binary.
 
+mod plugins;
