@@ -5,4 +5,5 @@ mod support;
 
 mod docker;
 mod health;
+mod plugins;
 mod proxy;

@@ -7,6 +7,8 @@ pub mod gate {
     wasmtime::component::bindgen!({
         world: "deploy-gate",
         path: "../wit/v0.1.0",
+        // Callers compare decisions and verdicts (`verdict == HealthVerdict::Healthy`).
+        additional_derives: [PartialEq, Eq],
     });
 }
 

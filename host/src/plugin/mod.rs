@@ -1,6 +1,244 @@
-//! The host side of the WIT plugin worlds: load, sandbox and call policy plugins.
+//! The host side of the WIT plugin worlds: find, verify, compile, sandbox and call
+//! the four policy plugins.
+//!
+//! [`PluginHost`] (one per process) owns the WebAssembly engine, the linker, the
+//! epoch ticker behind every deadline and the compiled-code cache. [`Plugins::load`]
+//! turns the `[plugins.*]` config into four ready plugins, each of which runs every
+//! call in a fresh store under its [`Limits`]. This module never performs a deploy's
+//! side effects and never trusts plugin output: sizes are capped, text is made
+//! printable and proxy file paths are checked before anyone writes them.
 
 #[allow(missing_docs)]
 pub mod bindings;
+pub mod builtin;
+mod cache;
+pub mod cli;
+mod error;
+mod kinds;
+mod limits;
+pub mod sample;
+mod sandbox;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, OptLevel, WasmBacktraceDetails};
 
 pub use bindings::types;
+pub use cache::sha256_hex;
+pub use error::PluginError;
+pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin, limits_for};
+pub use limits::{BOUNDS, Bound, Limits};
+
+use crate::config::PluginKind;
+use cache::DiskCache;
+use sandbox::{CallState, chain};
+
+/// How often the epoch advances: the resolution of every deadline.
+const TICK: Duration = Duration::from_millis(5);
+
+/// The version of the WIT contract this host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The WIT contract the host implements, for `cutover plugin wit`.
+pub const WIT: &str = include_str!("../../../wit/v0.1.0/plugin.wit");
+
+/// Advances the engine's epoch every [`TICK`] until dropped. Shared by the host and
+/// every plugin it loaded, so deadlines keep working while any plugin lives.
+struct EpochTicker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<EpochTicker> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("cutover-epoch".to_owned())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread with `Disconnected`.
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Where a compiled plugin came from, for the load log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded from the compiled-code cache.
+    Cache,
+    /// Compiled now.
+    Compiled,
+}
+
+/// The engine, linker, epoch ticker and compiled-code cache shared by every plugin
+/// of a process.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<CallState>,
+    ticker: Arc<EpochTicker>,
+    cache: Option<DiskCache>,
+    /// Why there is no cache, when there is none (said once, in the load log).
+    cache_note: Mutex<Option<String>>,
+}
+
+impl PluginHost {
+    /// A host whose compiled-code cache lives in `cache_dir`, or when `None` in the
+    /// default directory (`$CUTOVER_CACHE_DIR`, else `$XDG_CACHE_HOME/cutover`, else
+    /// `~/.cache/cutover`). An unusable cache directory is not an error: plugins are
+    /// then compiled on every run, and the first load says why.
+    ///
+    /// # Errors
+    /// [`PluginError::Engine`] when the engine, the linker or the ticker thread cannot
+    /// be set up.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<PluginHost, PluginError> {
+        let mut host = PluginHost::uncached()?;
+        let note = match cache_dir.or_else(cache::default_dir) {
+            None => "no cache directory: set CUTOVER_CACHE_DIR or HOME".to_owned(),
+            Some(dir) => match DiskCache::open(&dir, &host.engine) {
+                Ok(cache) => {
+                    host.cache = Some(cache);
+                    return Ok(host);
+                }
+                Err(why) => why,
+            },
+        };
+        host.cache_note = Mutex::new(Some(format!(
+            "compiled-code cache disabled ({note}); plugins are compiled on every run"
+        )));
+        Ok(host)
+    }
+
+    /// A host without a compiled-code cache: every load compiles.
+    ///
+    /// # Errors
+    /// As [`PluginHost::new`].
+    pub fn uncached() -> Result<PluginHost, PluginError> {
+        let engine_error = |what: &str, e: &wasmtime::Error| PluginError::Engine {
+            detail: format!("{what}: {}", chain(e)),
+        };
+        let mut config = wasmtime::Config::new();
+        config
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            // Fixed rather than read from WASMTIME_BACKTRACE_DETAILS: it changes the
+            // compiled code and so the cache key.
+            .wasm_backtrace_details(WasmBacktraceDetails::Disable);
+        let engine = Engine::new(&config).map_err(|e| engine_error("engine", &e))?;
+        let mut linker = Linker::new(&engine);
+        sandbox::add_to_linker(&mut linker).map_err(|e| engine_error("linker", &e))?;
+        let ticker = EpochTicker::start(&engine).map_err(|e| PluginError::Engine {
+            detail: format!("cannot start the epoch thread: {e}"),
+        })?;
+        Ok(PluginHost {
+            engine,
+            linker,
+            ticker: Arc::new(ticker),
+            cache: None,
+            cache_note: Mutex::new(None),
+        })
+    }
+
+    /// The compiled-code cache directory in use, if any.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().map(DiskCache::dir)
+    }
+
+    /// The note about a missing cache, the first time it is asked for.
+    fn take_cache_note(&self) -> Option<String> {
+        self.cache_note
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Compiles `wasm` (whose sha256 is `sha256`), or loads it from the cache.
+    fn component(
+        &self,
+        plugin: &str,
+        kind: Option<PluginKind>,
+        wasm: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, Origin, Duration), PluginError> {
+        let started = Instant::now();
+        if let Some(component) = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, sha256))
+        {
+            return Ok((component, Origin::Cache, started.elapsed()));
+        }
+        let compile_error = |detail: String| PluginError::Compile {
+            plugin: plugin.to_owned(),
+            kind,
+            detail,
+        };
+        match wasm.get(..8) {
+            Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => {}
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(compile_error(
+                    "it is a core WebAssembly module, not a component (was it built for \
+                     wasm32-unknown-unknown or wasm32-wasip1 instead of wasm32-wasip2?)"
+                        .to_owned(),
+                ));
+            }
+            _ => {
+                return Err(compile_error(
+                    "it is not a WebAssembly file (it does not start with the `\\0asm` \
+                     component header)"
+                        .to_owned(),
+                ));
+            }
+        }
+        let component = Component::new(&self.engine, wasm).map_err(|e| compile_error(chain(&e)))?;
+        if let Some(cache) = &self.cache {
+            // A failed store only costs the next run a compile.
+            let _ = cache.store(sha256, &component);
+        }
+        Ok((component, Origin::Compiled, started.elapsed()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn plugins_can_cross_await_points() {
+        assert_send_sync::<PluginHost>();
+        assert_send_sync::<GatePlugin>();
+        assert_send_sync::<SelectorPlugin>();
+        assert_send_sync::<HealthPlugin>();
+        assert_send_sync::<TemplatePlugin>();
+        assert_send_sync::<Plugins>();
+    }
+
+    #[test]
+    fn the_embedded_wit_is_the_released_file() {
+        assert!(WIT.contains(&format!("package cutover:plugin@{WIT_VERSION};")));
+    }
+}

@@ -1,0 +1,250 @@
+//! Every way loading or calling a plugin can fail, one variant per cause, so the CLI
+//! can explain each and a deploy can tell "the plugin said no" from "the plugin broke".
+//!
+//! Messages name the plugin (`builtin:<name>` or its file), its kind and what the user
+//! can do next. Text that came from a plugin has already been made printable by the
+//! caller; this module never looks inside a plugin.
+
+use std::path::PathBuf;
+
+use crate::config::PluginKind;
+
+/// Loading or calling a plugin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// `source = "builtin:<name>"` names no built-in plugin.
+    #[error(
+        "[plugins.{kind}] source = \"builtin:{name}\": there is no such built-in plugin; \
+         the {kind} built-in is builtin:{default} (`cutover plugin list` shows them all)"
+    )]
+    UnknownBuiltin {
+        /// The kind being configured.
+        kind: PluginKind,
+        /// The name after `builtin:`.
+        name: String,
+        /// The built-in for this kind.
+        default: &'static str,
+    },
+    /// The plugin file could not be read.
+    #[error(
+        "{}cannot read plugin file {}: {source}; check the path (in cutover.toml, relative \
+         paths are resolved against the config file's directory)",
+        kind.map(|k| format!("[plugins.{k}] ")).unwrap_or_default(),
+        path.display()
+    )]
+    MissingFile {
+        /// The kind being configured, when the file came from the config.
+        kind: Option<PluginKind>,
+        /// The file.
+        path: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file's sha256 is not the pinned one.
+    #[error(
+        "[plugins.{kind}] {}: its sha256 is {actual}, but `sha256` pins {expected}; if you \
+         rebuilt the plugin on purpose, run `cutover plugin sha256 {}` and update the pin, \
+         otherwise find out who changed the file before deploying",
+        path.display(),
+        path.display()
+    )]
+    DigestMismatch {
+        /// The kind being configured.
+        kind: PluginKind,
+        /// The file.
+        path: PathBuf,
+        /// The pinned digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// The bytes are not a WebAssembly component this host can compile.
+    #[error(
+        "{}plugin {plugin} cannot be loaded: {detail}; build plugins with \
+         `cargo build --release --target wasm32-wasip2` and check them with `cutover plugin check <file>`",
+        kind.map(|k| format!("{k} ")).unwrap_or_default()
+    )]
+    Compile {
+        /// The plugin's name.
+        plugin: String,
+        /// The kind it was loaded as, when known.
+        kind: Option<PluginKind>,
+        /// What the compiler said.
+        detail: String,
+    },
+    /// The component exports no decision function of any cutover world.
+    #[error(
+        "plugin {plugin} exports none of `decide`, `select`, `evaluate` or `render`, so it \
+         implements no cutover:plugin@0.1.0 world; build it against `cutover plugin wit`"
+    )]
+    UnknownWorld {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// The component does not implement the kind's world: another world, a missing or
+    /// mistyped export, or an import the host does not provide.
+    #[error(
+        "{kind} plugin {plugin} does not fit the {kind} world of cutover:plugin@0.1.0: {detail}"
+    )]
+    WrongWorld {
+        /// The plugin's name.
+        plugin: String,
+        /// The kind it was loaded as.
+        kind: PluginKind,
+        /// What does not fit and how to fix it.
+        detail: String,
+    },
+    /// `validate-config` refused the `[plugins.<kind>].config` table.
+    #[error(
+        "{kind} plugin {plugin} rejected its config: {reason}; fix [plugins.{kind}.config] in cutover.toml"
+    )]
+    ConfigRejected {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The plugin's explanation.
+        reason: String,
+    },
+    /// The plugin returned an error instead of a decision (e.g. the selector refused
+    /// to pick a colour).
+    #[error("{kind} plugin {plugin} refused to decide: {reason}")]
+    Refused {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The plugin's reason.
+        reason: String,
+    },
+    /// The plugin crashed (a WebAssembly trap: a panic, `unreachable`, an
+    /// out-of-bounds access).
+    #[error(
+        "{kind} plugin {plugin} crashed: {detail}; this is a bug in the plugin \
+         (`cutover plugin check <file>` reproduces the sample call)"
+    )]
+    Trap {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The trap, and what the plugin wrote to stderr.
+        detail: String,
+    },
+    /// The plugin ran past its wall-clock deadline and was stopped.
+    #[error(
+        "{kind} plugin {plugin} ran past its deadline of {deadline_ms} ms and was stopped \
+         (it may loop forever); fix the plugin, or raise `deadline_ms` in [plugins.{kind}.limits]"
+    )]
+    Timeout {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The deadline it exceeded.
+        deadline_ms: u64,
+    },
+    /// The plugin used up its fuel (instruction budget) and was stopped.
+    #[error(
+        "{kind} plugin {plugin} used up its fuel budget of {fuel} and was stopped; fix the \
+         plugin, or raise `fuel` in [plugins.{kind}.limits]"
+    )]
+    OutOfFuel {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The budget it exhausted.
+        fuel: u64,
+    },
+    /// The plugin tried to grow its memory past the cap and was stopped.
+    #[error(
+        "{kind} plugin {plugin} tried to use more than its memory cap of {limit_mib} MiB and \
+         was stopped; fix the plugin, or raise `memory_mib` in [plugins.{kind}.limits]"
+    )]
+    MemoryLimit {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The cap.
+        limit_mib: u64,
+    },
+    /// The plugin returned more data than the output cap allows.
+    #[error(
+        "{kind} plugin {plugin} returned {size} bytes, over its output cap of {limit} bytes; \
+         the result was discarded; fix the plugin, or raise `output_kib` in [plugins.{kind}.limits]"
+    )]
+    OutputTooLarge {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// What it returned.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
+    /// The plugin returned something the host refuses to use (e.g. a proxy file path
+    /// outside the config directory).
+    #[error(
+        "{kind} plugin {plugin} returned output cutover refuses to use: {detail}; nothing was written; fix the plugin"
+    )]
+    InvalidOutput {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A `[plugins.<kind>.limits]` value is outside the hard bounds.
+    #[error("[plugins.{kind}.limits] {key} = {value}: expected {min} to {max}")]
+    InvalidLimit {
+        /// The kind being configured.
+        kind: PluginKind,
+        /// The limit's key.
+        key: &'static str,
+        /// The configured value.
+        value: u64,
+        /// The smallest value accepted.
+        min: u64,
+        /// The largest value accepted.
+        max: u64,
+    },
+    /// The WebAssembly engine could not be set up (a bug or an unsupported machine).
+    #[error(
+        "cannot set up the WebAssembly engine for plugins: {detail}; please report this as a cutover bug"
+    )]
+    Engine {
+        /// What failed.
+        detail: String,
+    },
+    /// Writing command output failed.
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl PluginError {
+    /// The plugin kind the error is about, when there is one.
+    pub fn kind(&self) -> Option<PluginKind> {
+        match self {
+            PluginError::MissingFile { kind, .. } | PluginError::Compile { kind, .. } => *kind,
+            PluginError::UnknownBuiltin { kind, .. }
+            | PluginError::DigestMismatch { kind, .. }
+            | PluginError::WrongWorld { kind, .. }
+            | PluginError::ConfigRejected { kind, .. }
+            | PluginError::Refused { kind, .. }
+            | PluginError::Trap { kind, .. }
+            | PluginError::Timeout { kind, .. }
+            | PluginError::OutOfFuel { kind, .. }
+            | PluginError::MemoryLimit { kind, .. }
+            | PluginError::OutputTooLarge { kind, .. }
+            | PluginError::InvalidOutput { kind, .. }
+            | PluginError::InvalidLimit { kind, .. } => Some(*kind),
+            PluginError::UnknownWorld { .. }
+            | PluginError::Engine { .. }
+            | PluginError::Output(_) => None,
+        }
+    }
+}

@@ -1,0 +1,693 @@
+//! The four loaded plugin types a deploy calls, how a `[plugins.<kind>]` entry becomes
+//! one, and the checks on what each returns.
+//!
+//! Loading resolves the source (built-in or pinned file), compiles (or loads from the
+//! cache), checks the component fits the kind's world and has its config validated
+//! by the plugin itself. Calling returns the plugin's answer only after the host has
+//! capped its size, made its text printable and, for proxy files, checked every path:
+//! nothing a plugin returns is written or printed unchecked.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre};
+
+use super::bindings::{gate, health, selector, template};
+use super::builtin::{self, Builtin};
+use super::sandbox::{CallState, CallStats, Sandbox, chain, printable};
+use super::types::{
+    self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
+    TemplateInput,
+};
+use super::{Limits, Origin, PluginError, PluginHost, sha256_hex};
+use crate::config::{Config, LimitsConfig, PluginKind, PluginSpec};
+use crate::events::{Event, Level, Reporter};
+
+/// The most files a proxy template may return.
+const MAX_PROXY_FILES: usize = 16;
+
+/// The longest proxy file path accepted, in bytes.
+const MAX_PROXY_PATH: usize = 255;
+
+impl From<crate::Color> for types::Color {
+    fn from(color: crate::Color) -> Self {
+        match color {
+            crate::Color::Blue => types::Color::Blue,
+            crate::Color::Green => types::Color::Green,
+        }
+    }
+}
+
+impl From<types::Color> for crate::Color {
+    fn from(color: types::Color) -> Self {
+        match color {
+            types::Color::Blue => crate::Color::Blue,
+            types::Color::Green => crate::Color::Green,
+        }
+    }
+}
+
+/// What every world's pre-instantiated bindings offer the loader.
+pub(crate) trait WorldPre: Sized + Send + Sync {
+    /// The kind this world is.
+    const KIND: PluginKind;
+    /// Checks the component's exports against the world.
+    fn new(pre: InstancePre<CallState>) -> wasmtime::Result<Self>;
+    /// Calls `validate-config` in a fresh instance.
+    fn validate_config(
+        &self,
+        store: &mut Store<CallState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>>;
+}
+
+macro_rules! world_pre {
+    ($pre:ty, $kind:expr) => {
+        impl WorldPre for $pre {
+            const KIND: PluginKind = $kind;
+
+            fn new(pre: InstancePre<CallState>) -> wasmtime::Result<Self> {
+                <$pre>::new(pre)
+            }
+
+            fn validate_config(
+                &self,
+                store: &mut Store<CallState>,
+                config: &str,
+            ) -> wasmtime::Result<Result<(), String>> {
+                self.instantiate(&mut *store)?
+                    .call_validate_config(store, config)
+            }
+        }
+    };
+}
+
+world_pre!(gate::DeployGatePre<CallState>, PluginKind::DeployGate);
+world_pre!(
+    selector::TargetSelectorPre<CallState>,
+    PluginKind::TargetSelector
+);
+world_pre!(health::HealthPolicyPre<CallState>, PluginKind::HealthPolicy);
+world_pre!(
+    template::ProxyTemplatePre<CallState>,
+    PluginKind::ProxyTemplate
+);
+
+/// A loaded plugin of world `P`: its bindings, sandbox and config.
+struct Loaded<P> {
+    pre: P,
+    sandbox: Sandbox,
+    config: String,
+}
+
+impl<P: WorldPre> Loaded<P> {
+    fn name(&self) -> &str {
+        &self.sandbox.name
+    }
+
+    /// Runs `f` with this plugin's bindings, a fresh store and its config.
+    fn run<R: Send>(
+        &self,
+        f: impl FnOnce(&P, &mut Store<CallState>, &str) -> wasmtime::Result<R> + Send,
+    ) -> Result<(R, CallStats), PluginError> {
+        self.sandbox.call(|store| f(&self.pre, store, &self.config))
+    }
+
+    /// Refuses output over the cap.
+    fn check_size(&self, size: usize) -> Result<(), PluginError> {
+        let limit = self.sandbox.limits.output_bytes;
+        if size > limit {
+            return Err(PluginError::OutputTooLarge {
+                plugin: self.name().to_owned(),
+                kind: P::KIND,
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The plugin's text, once checked against the output cap, made printable.
+    fn text(&self, text: String) -> Result<String, PluginError> {
+        self.check_size(text.len())?;
+        Ok(match printable(&text) {
+            Cow::Borrowed(_) => text,
+            Cow::Owned(escaped) => escaped,
+        })
+    }
+
+    /// The plugin's `Err(reason)` answer to a decision.
+    fn refused(&self, reason: String) -> PluginError {
+        match self.text(reason) {
+            Ok(reason) => PluginError::Refused {
+                plugin: self.name().to_owned(),
+                kind: P::KIND,
+                reason,
+            },
+            Err(too_large) => too_large,
+        }
+    }
+
+    fn invalid(&self, detail: String) -> PluginError {
+        PluginError::InvalidOutput {
+            plugin: self.name().to_owned(),
+            kind: P::KIND,
+            detail,
+        }
+    }
+}
+
+/// A plugin's bytes and identity, before compiling.
+struct Resolved {
+    name: String,
+    wasm: Cow<'static, [u8]>,
+    sha256: String,
+}
+
+impl Resolved {
+    fn builtin(builtin: &'static Builtin) -> Resolved {
+        Resolved {
+            name: builtin.source(),
+            wasm: Cow::Borrowed(builtin.wasm()),
+            sha256: builtin.sha256().to_owned(),
+        }
+    }
+}
+
+/// Finds the bytes `spec` names for `kind`, checking the pin of a file.
+fn resolve(kind: PluginKind, spec: &PluginSpec, base_dir: &Path) -> Result<Resolved, PluginError> {
+    if let Some(name) = spec.source.strip_prefix("builtin:") {
+        let default = builtin::default_for(kind);
+        let found = builtin::find(name).ok_or_else(|| PluginError::UnknownBuiltin {
+            kind,
+            name: name.to_owned(),
+            default: default.name,
+        })?;
+        if found.kind != kind {
+            return Err(PluginError::WrongWorld {
+                plugin: found.source(),
+                kind,
+                detail: format!(
+                    "it is the {} built-in; the {kind} built-in is {}",
+                    found.kind,
+                    default.source()
+                ),
+            });
+        }
+        return Ok(Resolved::builtin(found));
+    }
+    let path = base_dir.join(&spec.source);
+    let wasm = std::fs::read(&path).map_err(|source| PluginError::MissingFile {
+        kind: Some(kind),
+        path: path.clone(),
+        source,
+    })?;
+    let actual = sha256_hex(&wasm);
+    let expected = spec.sha256.as_deref().unwrap_or("(no `sha256` set)");
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(PluginError::DigestMismatch {
+            kind,
+            path,
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    Ok(Resolved {
+        name: path.display().to_string(),
+        wasm: Cow::Owned(wasm),
+        sha256: actual,
+    })
+}
+
+/// The kind whose decision function `component` exports, if any.
+pub(crate) fn exported_kind(host: &PluginHost, component: &Component) -> Option<PluginKind> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(&host.engine).map(|(name, _)| name).collect();
+    [
+        ("decide", PluginKind::DeployGate),
+        ("select", PluginKind::TargetSelector),
+        ("evaluate", PluginKind::HealthPolicy),
+        ("render", PluginKind::ProxyTemplate),
+    ]
+    .into_iter()
+    .find(|(export, _)| names.contains(export))
+    .map(|(_, kind)| kind)
+}
+
+/// The limits `spec` sets for `kind` (defaults for what it leaves out).
+///
+/// # Errors
+/// [`PluginError::InvalidLimit`] for a value outside its hard bound.
+pub fn limits_for(kind: PluginKind, limits: &LimitsConfig) -> Result<Limits, PluginError> {
+    Limits::from_config(kind, limits)
+}
+
+/// Compiles, links and validates a resolved plugin as world `P`.
+fn load<P: WorldPre>(
+    host: &PluginHost,
+    resolved: Resolved,
+    config: String,
+    limits: Limits,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Loaded<P>, PluginError> {
+    let kind = P::KIND;
+    let name = resolved.name;
+    let wrong_world = |detail: String| PluginError::WrongWorld {
+        plugin: name.clone(),
+        kind,
+        detail,
+    };
+    let (component, origin, took) =
+        host.component(&name, Some(kind), &resolved.wasm, &resolved.sha256)?;
+    if let Some(other) = exported_kind(host, &component)
+        && other != kind
+    {
+        return Err(wrong_world(format!(
+            "it was built for the {other} world; configure it under [plugins.{other}], or \
+             rebuild it for the {kind} world"
+        )));
+    }
+    let instance_pre = host.linker.instantiate_pre(&component).map_err(|e| {
+        wrong_world(format!(
+            "{}; a plugin may import only cutover:plugin/host@0.1.0 and WASI 0.2 \
+             (build it with `cargo build --target wasm32-wasip2` against `cutover plugin wit`)",
+            chain(&e)
+        ))
+    })?;
+    let pre = P::new(instance_pre).map_err(|e| {
+        wrong_world(format!(
+            "{}; implement every export of the {kind} world in `cutover plugin wit`",
+            chain(&e)
+        ))
+    })?;
+    let how = match origin {
+        Origin::Cache => "loaded from the compiled-code cache",
+        Origin::Compiled => "compiled",
+    };
+    reporter.emit(&Event::Log {
+        level: Level::Debug,
+        source: "cutover".to_owned(),
+        message: format!(
+            "{kind} plugin {name} {how} in {:.1} ms",
+            took.as_secs_f64() * 1e3
+        ),
+    });
+    let loaded = Loaded {
+        pre,
+        sandbox: Sandbox {
+            engine: host.engine.clone(),
+            _ticker: Arc::clone(&host.ticker),
+            name: Arc::from(name.as_str()),
+            kind,
+            limits,
+            reporter,
+        },
+        config,
+    };
+    let (verdict, _) = loaded.run(|pre, store, config| pre.validate_config(store, config))?;
+    if let Err(reason) = verdict {
+        let reason = loaded.text(reason)?;
+        return Err(PluginError::ConfigRejected {
+            plugin: name,
+            kind,
+            reason,
+        });
+    }
+    Ok(loaded)
+}
+
+/// Loads the plugin `spec` names as world `P`; paths are resolved against `base_dir`.
+fn load_spec<P: WorldPre>(
+    host: &PluginHost,
+    spec: &PluginSpec,
+    base_dir: &Path,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Loaded<P>, PluginError> {
+    let resolved = resolve(P::KIND, spec, base_dir)?;
+    let limits = Limits::from_config(P::KIND, &spec.limits)?;
+    load(host, resolved, spec.config_json(), limits, reporter)
+}
+
+macro_rules! plugin_type {
+    ($(#[$doc:meta])* $name:ident, $pre:ty) => {
+        $(#[$doc])*
+        pub struct $name(Loaded<$pre>);
+
+        impl $name {
+            /// Loads the plugin `spec` names; a file path is resolved against
+            /// `base_dir` and must match its `sha256` pin. Plugin log lines go to
+            /// `reporter`.
+            ///
+            /// # Errors
+            /// A [`PluginError`] naming the plugin and the fix when the source cannot
+            /// be found or verified, does not fit this kind's world, a limit is out of
+            /// bounds, or the plugin rejects its config.
+            pub fn load(
+                host: &PluginHost,
+                spec: &PluginSpec,
+                base_dir: &Path,
+                reporter: Arc<dyn Reporter>,
+            ) -> Result<$name, PluginError> {
+                load_spec(host, spec, base_dir, reporter).map($name)
+            }
+
+            /// Loads `wasm` (e.g. a file being checked, not pinned in a config) with
+            /// `config` (JSON) and `limits`; `name` identifies it in messages.
+            ///
+            /// # Errors
+            /// As [`Self::load`], without the source checks.
+            pub fn load_bytes(
+                host: &PluginHost,
+                name: &str,
+                wasm: &[u8],
+                config: &str,
+                limits: Limits,
+                reporter: Arc<dyn Reporter>,
+            ) -> Result<$name, PluginError> {
+                let resolved = Resolved {
+                    name: name.to_owned(),
+                    wasm: Cow::Owned(wasm.to_vec()),
+                    sha256: sha256_hex(wasm),
+                };
+                load(host, resolved, config.to_owned(), limits, reporter).map($name)
+            }
+
+            /// `builtin:<name>` or the plugin file's path.
+            pub fn name(&self) -> &str {
+                self.0.name()
+            }
+
+            /// The limits each call runs under.
+            pub fn limits(&self) -> &Limits {
+                &self.0.sandbox.limits
+            }
+        }
+    };
+}
+
+plugin_type!(
+    /// A loaded `deploy-gate` plugin.
+    GatePlugin,
+    gate::DeployGatePre<CallState>
+);
+plugin_type!(
+    /// A loaded `target-selector` plugin.
+    SelectorPlugin,
+    selector::TargetSelectorPre<CallState>
+);
+plugin_type!(
+    /// A loaded `health-policy` plugin.
+    HealthPlugin,
+    health::HealthPolicyPre<CallState>
+);
+plugin_type!(
+    /// A loaded `proxy-template` plugin.
+    TemplatePlugin,
+    template::ProxyTemplatePre<CallState>
+);
+
+impl GatePlugin {
+    /// Allow or deny the deploy described by `input`.
+    ///
+    /// # Errors
+    /// [`PluginError::Refused`] when the plugin answers with an error instead of a
+    /// decision, or any sandbox error ([`PluginError::Timeout`], ...).
+    pub fn decide(&self, input: &GateInput) -> Result<GateDecision, PluginError> {
+        self.decide_with_stats(input).map(|(decision, _)| decision)
+    }
+
+    pub(crate) fn decide_with_stats(
+        &self,
+        input: &GateInput,
+    ) -> Result<(GateDecision, CallStats), PluginError> {
+        let (answer, stats) = self.0.run(|pre, store, config| {
+            pre.instantiate(&mut *store)?
+                .call_decide(store, config, input)
+        })?;
+        let decision = match answer.map_err(|reason| self.0.refused(reason))? {
+            GateDecision::Allow(reason) => GateDecision::Allow(self.0.text(reason)?),
+            GateDecision::Deny(reason) => GateDecision::Deny(self.0.text(reason)?),
+        };
+        Ok((decision, stats))
+    }
+}
+
+impl SelectorPlugin {
+    /// The colour to deploy to.
+    ///
+    /// # Errors
+    /// [`PluginError::Refused`] with the plugin's reason when it refuses to choose
+    /// (a human should look first), or any sandbox error.
+    pub fn select(&self, input: &SelectorInput) -> Result<crate::Color, PluginError> {
+        self.select_with_stats(input).map(|(color, _)| color)
+    }
+
+    pub(crate) fn select_with_stats(
+        &self,
+        input: &SelectorInput,
+    ) -> Result<(crate::Color, CallStats), PluginError> {
+        let (answer, stats) = self.0.run(|pre, store, config| {
+            pre.instantiate(&mut *store)?
+                .call_select(store, config, input)
+        })?;
+        let color = answer.map_err(|reason| self.0.refused(reason))?;
+        Ok((color.into(), stats))
+    }
+}
+
+impl HealthPlugin {
+    /// Judges the probe in `input`.
+    ///
+    /// # Errors
+    /// Any sandbox error; a verdict of `failed` is an answer, not an error.
+    pub fn evaluate(&self, input: &HealthInput) -> Result<HealthVerdict, PluginError> {
+        self.evaluate_with_stats(input).map(|(verdict, _)| verdict)
+    }
+
+    pub(crate) fn evaluate_with_stats(
+        &self,
+        input: &HealthInput,
+    ) -> Result<(HealthVerdict, CallStats), PluginError> {
+        let (verdict, stats) = self.0.run(|pre, store, config| {
+            pre.instantiate(&mut *store)?
+                .call_evaluate(store, config, input)
+        })?;
+        let verdict = match verdict {
+            HealthVerdict::Healthy => HealthVerdict::Healthy,
+            HealthVerdict::NotYet(why) => HealthVerdict::NotYet(self.0.text(why)?),
+            HealthVerdict::Failed(why) => HealthVerdict::Failed(self.0.text(why)?),
+        };
+        Ok((verdict, stats))
+    }
+}
+
+impl TemplatePlugin {
+    /// The proxy files for `input`, each checked: a relative path of safe characters
+    /// without `.` or `..` parts, unique, contents without NUL or control characters
+    /// other than tab and newlines, at most 16 files, all within the output cap.
+    ///
+    /// # Errors
+    /// [`PluginError::InvalidOutput`] for a file that fails those checks,
+    /// [`PluginError::OutputTooLarge`], [`PluginError::Refused`] with the plugin's
+    /// reason, or any sandbox error. Nothing is written by this function.
+    pub fn render(&self, input: &TemplateInput) -> Result<Vec<ProxyFile>, PluginError> {
+        self.render_with_stats(input).map(|(files, _)| files)
+    }
+
+    pub(crate) fn render_with_stats(
+        &self,
+        input: &TemplateInput,
+    ) -> Result<(Vec<ProxyFile>, CallStats), PluginError> {
+        let (answer, stats) = self.0.run(|pre, store, config| {
+            pre.instantiate(&mut *store)?
+                .call_render(store, config, input)
+        })?;
+        let files = answer.map_err(|reason| self.0.refused(reason))?;
+        let size = files.iter().map(|f| f.path.len() + f.contents.len()).sum();
+        self.0.check_size(size)?;
+        check_proxy_files(&files).map_err(|detail| self.0.invalid(detail))?;
+        Ok((files, stats))
+    }
+}
+
+/// Why `files` must not be written, if they must not.
+fn check_proxy_files(files: &[ProxyFile]) -> Result<(), String> {
+    if files.is_empty() {
+        return Err("no files: a proxy template must return at least one".to_owned());
+    }
+    if files.len() > MAX_PROXY_FILES {
+        return Err(format!(
+            "{} files, more than the {MAX_PROXY_FILES} allowed",
+            files.len()
+        ));
+    }
+    for (i, file) in files.iter().enumerate() {
+        let shown = printable(&file.path);
+        let ok_chars = file
+            .path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        let ok_parts = file
+            .path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+        if file.path.is_empty() || file.path.len() > MAX_PROXY_PATH || !ok_chars || !ok_parts {
+            return Err(format!(
+                "file path {shown:?} is not a relative path inside the proxy's config directory \
+                 (letters, digits, `.`, `_`, `-` and `/`; no `..`, no leading `/`; at most \
+                 {MAX_PROXY_PATH} bytes)"
+            ));
+        }
+        if files[..i].iter().any(|other| other.path == file.path) {
+            return Err(format!("file path {shown:?} appears twice"));
+        }
+        if let Some(c) = file
+            .contents
+            .chars()
+            .find(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(format!(
+                "file {shown:?} contains the control character {:?}",
+                c.escape_default().to_string()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A scoped thread's result; a panic in it continues in the caller.
+fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// The four plugins a deploy uses.
+pub struct Plugins {
+    /// Allows or denies the deploy.
+    pub gate: GatePlugin,
+    /// Chooses the colour.
+    pub selector: SelectorPlugin,
+    /// Judges health probes.
+    pub health: HealthPlugin,
+    /// Renders the proxy config.
+    pub template: TemplatePlugin,
+}
+
+impl Plugins {
+    /// Loads all four (the built-in default for each kind the config leaves out),
+    /// checks file digests and worlds, and has each plugin validate its config. The
+    /// four load in parallel; when several fail, the first kind's error is returned.
+    ///
+    /// # Errors
+    /// The first [`PluginError`] in deploy order (gate, selector, health, template).
+    pub fn load(
+        host: &PluginHost,
+        config: &Config,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Plugins, PluginError> {
+        if let Some(note) = host.take_cache_note() {
+            reporter.emit(&Event::Log {
+                level: Level::Debug,
+                source: "cutover".to_owned(),
+                message: note,
+            });
+        }
+        let base = config.base_dir();
+        let specs = PluginKind::ALL.map(|kind| {
+            config
+                .plugins
+                .get(kind)
+                .cloned()
+                .unwrap_or_else(|| PluginSpec {
+                    source: builtin::default_for(kind).source(),
+                    sha256: None,
+                    limits: LimitsConfig::default(),
+                    config: toml::Table::new(),
+                })
+        });
+        let [gate, selector, health, template] = &specs;
+        let (gate, selector, health, template) = std::thread::scope(|scope| {
+            let r = Arc::clone(&reporter);
+            let gate =
+                scope.spawn(move || load_spec::<gate::DeployGatePre<_>>(host, gate, base, r));
+            let r = Arc::clone(&reporter);
+            let selector = scope.spawn(move || {
+                load_spec::<selector::TargetSelectorPre<_>>(host, selector, base, r)
+            });
+            let r = Arc::clone(&reporter);
+            let health =
+                scope.spawn(move || load_spec::<health::HealthPolicyPre<_>>(host, health, base, r));
+            // The calling thread loads the fourth rather than idling.
+            let template =
+                load_spec::<template::ProxyTemplatePre<_>>(host, template, base, reporter);
+            (join(gate), join(selector), join(health), template)
+        });
+        Ok(Plugins {
+            gate: GatePlugin(gate?),
+            selector: SelectorPlugin(selector?),
+            health: HealthPlugin(health?),
+            template: TemplatePlugin(template?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, contents: &str) -> ProxyFile {
+        ProxyFile {
+            path: path.to_owned(),
+            contents: contents.to_owned(),
+        }
+    }
+
+    #[test]
+    fn proxy_files_inside_the_config_dir_are_accepted() {
+        assert_eq!(
+            check_proxy_files(&[
+                file("service-url.inc", "set $u x;\n"),
+                file("sites/app.conf", "\t# x\r\n")
+            ]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn proxy_files_escaping_the_config_dir_are_refused() {
+        for bad in [
+            "../nginx.conf",
+            "/etc/nginx/nginx.conf",
+            "a/../../b",
+            "./a",
+            "a//b",
+            "",
+            "a\0b",
+            "a\nb",
+            "a b",
+            "a\\b",
+            "é.conf",
+        ] {
+            let err = check_proxy_files(&[file(bad, "")]).unwrap_err();
+            assert!(err.contains("not a relative path"), "{bad:?}: {err}");
+            assert!(!err.contains('\n') && !err.contains('\0'), "{err}");
+        }
+        let err = check_proxy_files(&[file("a", ""), file("a", "")]).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
+        let err = check_proxy_files(&[file("a", "x\0y")]).unwrap_err();
+        assert!(err.contains("control character"), "{err}");
+        let many: Vec<ProxyFile> = (0..17).map(|i| file(&format!("f{i}"), "")).collect();
+        assert!(check_proxy_files(&many).unwrap_err().contains("17 files"));
+        assert!(check_proxy_files(&[]).is_err());
+    }
+
+    #[test]
+    fn colors_convert_both_ways() {
+        for color in crate::Color::BOTH {
+            assert_eq!(crate::Color::from(types::Color::from(color)), color);
+        }
+    }
+}
