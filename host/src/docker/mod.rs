@@ -639,6 +639,25 @@ impl Docker {
         Ok(created.id)
     }
 
+    /// Starts the existing, stopped container `name` (rollback reuses the previous
+    /// colour's container this way); succeeds when it already runs.
+    ///
+    /// # Errors
+    /// [`DockerError::NotFound`] when it does not exist; [`DockerError::Api`] otherwise
+    /// (e.g. its host port was taken meanwhile: the engine's message says so).
+    pub async fn start_container(&self, name: &str) -> Result<(), DockerError> {
+        match self.client.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            // 304: already started.
+            Err(e) if error::status(&e) == Some(304) => Ok(()),
+            Err(e) if error::status(&e) == Some(404) => Err(DockerError::NotFound {
+                kind: "container",
+                name: name.to_owned(),
+            }),
+            Err(e) => Err(self.api("start container", name, e)),
+        }
+    }
+
     /// The container `name` (or id), if it exists.
     ///
     /// # Errors

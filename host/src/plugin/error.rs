@@ -226,6 +226,24 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// True when the fix is in the config: a plugin that cannot be loaded as
+    /// configured (unknown builtin, missing or mismatching file, wrong world, bad
+    /// limits) or that rejects its config. The CLI reports these with the config
+    /// error exit code.
+    pub fn is_config_error(&self) -> bool {
+        matches!(
+            self,
+            PluginError::UnknownBuiltin { .. }
+                | PluginError::MissingFile { .. }
+                | PluginError::DigestMismatch { .. }
+                | PluginError::Compile { .. }
+                | PluginError::UnknownWorld { .. }
+                | PluginError::WrongWorld { .. }
+                | PluginError::ConfigRejected { .. }
+                | PluginError::InvalidLimit { .. }
+        )
+    }
+
     /// The plugin kind the error is about, when there is one.
     pub fn kind(&self) -> Option<PluginKind> {
         match self {

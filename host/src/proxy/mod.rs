@@ -230,7 +230,7 @@ pub enum ReloadKind {
 }
 
 /// The outcome of a drain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DrainReport {
     /// How long the drain waited.
     pub waited: Duration,
@@ -666,6 +666,16 @@ impl Proxy {
         self.test().await.map_err(wrap)?;
         self.switch().await.map_err(wrap)?;
         Ok(())
+    }
+
+    /// Writes `saved` back as it is (absent files removed) without testing or
+    /// reloading: recovery uses it to put the files in the state a journal recorded
+    /// before it decides whether to reload.
+    ///
+    /// # Errors
+    /// [`ProxyError`] when a file cannot be written or removed.
+    pub fn write_saved(&self, saved: &[SavedFile]) -> Result<(), ProxyError> {
+        files::restore_all(&self.config_dir, saved)
     }
 
     /// Waits until the workers that served before `reload` have exited (nginx keeps
