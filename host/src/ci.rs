@@ -1,5 +1,6 @@
-//! Facts about the CI run that invoked cutover (GitHub Actions, GitLab CI, Jenkins),
-//! read from the environment variables each system documents.
+//! Facts about the CI run that invoked cutover (GitHub Actions, GitLab CI, Jenkins, or
+//! cutover's own webhook receiver), read from the environment variables each system
+//! documents.
 //!
 //! Only a fixed list of non-secret variables is read, normalised to the same keys
 //! for every system (`ref`, `tag`, `sha`, `run-id`, `run-url`, `actor`), so a gate
@@ -11,7 +12,7 @@ use serde::Serialize;
 /// The CI run, when there is one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CiFacts {
-    /// `github-actions`, `gitlab-ci` or `jenkins`; none when run by hand.
+    /// `github-actions`, `gitlab-ci`, `jenkins` or `cutover-serve`; none when run by hand.
     pub system: Option<&'static str>,
     /// Normalised variables, in a fixed order, only those the system provides.
     pub variables: Vec<(&'static str, String)>,
@@ -77,6 +78,19 @@ impl CiFacts {
                             "actor",
                             get("BUILD_USER_ID").or_else(|| get("CHANGE_AUTHOR")),
                         ),
+                    ],
+                )
+            } else if is("CUTOVER_SERVE", "1") {
+                // `cutover serve` runs each deploy with the webhook's facts.
+                (
+                    "cutover-serve",
+                    vec![
+                        ("ref", get("CUTOVER_SERVE_REF")),
+                        ("tag", get("CUTOVER_SERVE_TAG")),
+                        ("sha", get("CUTOVER_SERVE_SHA")),
+                        ("run-id", get("CUTOVER_SERVE_DELIVERY")),
+                        ("run-url", None),
+                        ("actor", get("CUTOVER_SERVE_ACTOR")),
                     ],
                 )
             } else {

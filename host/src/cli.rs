@@ -1,8 +1,411 @@
-//! The command line: argument parsing and the mapping from outcomes to exit codes.
+//! The command line: argument parsing, wiring the library together, and the mapping
+//! from outcomes to the documented exit codes.
+//!
+//! This is the only place that prints to the user and the only place `anyhow` is
+//! used. Everything it calls is library code a test can drive directly.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::ci::CiFacts;
+use crate::config::{self, Config};
+use crate::deploy::{self, Context, DeployError, DeployOptions, DeployReport, ErrorClass};
+use crate::events::{Format, Printer, Reporter};
+use crate::git::GitFacts;
+use crate::plugin::PluginHost;
+use crate::state::Outcome;
+
+/// The exit codes, documented in the README.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// An unexpected error.
+    pub const FAILURE: u8 = 1;
+    /// Bad command-line usage (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// The deploy gate denied the deploy; nothing changed. Not an error in CI.
+    pub const GATE_DENIED: u8 = 3;
+    /// The deploy failed and the previous colour still serves (cleaned up or rolled back).
+    pub const DEPLOY_FAILED: u8 = 4;
+    /// The config file (or a plugin's config) is wrong.
+    pub const CONFIG: u8 = 5;
+    /// Another deploy of the service holds the lock.
+    pub const LOCK_HELD: u8 = 6;
+    /// Docker, nginx or git is missing or unreachable.
+    pub const ENVIRONMENT: u8 = 7;
+    /// A failure could not be undone; a human must look (`cutover status`).
+    pub const CRITICAL: u8 = 8;
+}
+
+/// Zero-downtime blue/green deploys of a containerized service behind nginx.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, about, long_about = None)]
+pub struct Cli {
+    /// The deploy config.
+    #[arg(long, short = 'c', global = true, default_value = config::DEFAULT_FILE, env = "CUTOVER_CONFIG")]
+    pub config: PathBuf,
+    /// How to print progress and results.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people (progress lines on a terminal, plain lines in CI logs).
+    Human,
+    /// One JSON object per event / report.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy the service to the idle colour and switch traffic to it.
+    Deploy {
+        /// Wait this long for another deploy's lock (e.g. `5m`) instead of failing.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        lock_wait: Duration,
+        /// Override a build argument (`KEY=VALUE`), repeatable.
+        #[arg(long = "build-arg", value_parser = parse_key_value)]
+        build_args: Vec<(String, String)>,
+        /// Deploy this image reference instead of what the config says.
+        #[arg(long)]
+        image: Option<String>,
+    },
+    /// Show what runs, from Docker and the proxy files, and any disagreement with the state file.
+    Status,
+    /// Switch traffic back to the previous colour.
+    Rollback {
+        /// Wait this long for another deploy's lock.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        lock_wait: Duration,
+    },
+    /// Show what a deploy would do, changing nothing.
+    Plan,
+    /// Reconcile a deploy that was interrupted (the next deploy also does this first).
+    Recover {
+        /// Wait this long for another deploy's lock.
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        lock_wait: Duration,
+    },
+    /// Stop the service: remove both colours' containers and stop the managed nginx.
+    Down {
+        /// Also remove the images cutover built for the service.
+        #[arg(long)]
+        images: bool,
+    },
+    /// Show the audit log: every deploy, rollback and denial, newest last.
+    History {
+        /// Show at most this many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
+    Serve {
+        /// The server's config (repositories, listen address, secret variable).
+        #[arg(default_value = "cutover-serve.toml")]
+        file: PathBuf,
+    },
+    /// Tools for plugin authors.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::plugin::cli::PluginCommand,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration such as 30s or 5m: {e}"))
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, found {text:?}"))
+}
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    ExitCode::from(runtime.block_on(run(cli)))
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> u8 {
+    let format = match cli.output {
+        OutputFormat::Human => Format::Human,
+        OutputFormat::Json => Format::Json,
+    };
+    let printer = Printer::new(format);
+    // Commands that print one report keep stdout for it.
+    let printer = match cli.command {
+        Command::Status | Command::Plan | Command::History { .. } => printer.reporting(),
+        _ => printer,
+    };
+    let reporter: Arc<dyn Reporter> = Arc::new(printer);
+    match execute(&cli, reporter).await {
+        Ok(code) => code,
+        Err(failure) => {
+            report_error(&failure.error, cli.output);
+            failure.code
+        }
+    }
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+impl From<DeployError> for Failure {
+    fn from(error: DeployError) -> Failure {
+        let code = class_code(error.class());
+        Failure {
+            error: error.into(),
+            code,
+        }
+    }
+}
+
+impl From<config::ConfigError> for Failure {
+    fn from(error: config::ConfigError) -> Failure {
+        Failure {
+            error: error.into(),
+            code: exit::CONFIG,
+        }
+    }
+}
+
+fn class_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Config => exit::CONFIG,
+        ErrorClass::LockHeld => exit::LOCK_HELD,
+        ErrorClass::Environment => exit::ENVIRONMENT,
+        ErrorClass::DeployFailed => exit::DEPLOY_FAILED,
+        ErrorClass::Critical => exit::CRITICAL,
+    }
+}
+
+fn report_error(error: &anyhow::Error, output: OutputFormat) {
+    match output {
+        OutputFormat::Json => {
+            let line = serde_json::json!({ "event": "error", "error": format!("{error:#}") });
+            println!("{line}");
+        }
+        OutputFormat::Human => eprintln!("error: {error:#}"),
+    }
+}
+
+async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> {
+    if let Command::Plugin { command } = &cli.command {
+        let mut out = std::io::stdout().lock();
+        return match crate::plugin::cli::run(command, &mut out) {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => Err(Failure {
+                code: if e.is_config_error() {
+                    exit::CONFIG
+                } else {
+                    exit::FAILURE
+                },
+                error: e.into(),
+            }),
+        };
+    }
+    if let Command::Serve { file } = &cli.command {
+        let config = crate::serve::ServeConfig::load(file)?;
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .try_init();
+        return match crate::serve::run(config).await {
+            Ok(()) => Ok(exit::OK),
+            Err(e) => Err(Failure {
+                code: match e {
+                    crate::serve::ServeError::Config(_)
+                    | crate::serve::ServeError::MissingSecret(_) => exit::CONFIG,
+                    _ => exit::ENVIRONMENT,
+                },
+                error: e.into(),
+            }),
+        };
+    }
+    let config = Config::load(&cli.config)?;
+    if let Command::History { limit } = &cli.command {
+        let log = crate::audit::AuditLog::new(&config.state_dir());
+        let entries = log.read().map_err(|e| Failure {
+            error: e.into(),
+            code: exit::ENVIRONMENT,
+        })?;
+        let entries = &entries[entries.len().saturating_sub(*limit)..];
+        print_report(cli.output, &entries, || crate::audit::to_table(entries));
+        return Ok(exit::OK);
+    }
+    let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
+    let ctx = Context::open(config, &plugin_host, reporter).await?;
+    let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
+        Ok((
+            GitFacts::collect(ctx.config.base_dir())?,
+            CiFacts::from_env(),
+        ))
+    };
+    match &cli.command {
+        Command::Deploy {
+            lock_wait,
+            build_args,
+            image,
+        } => {
+            let (git, ci) = facts()?;
+            let options = DeployOptions {
+                lock_wait: *lock_wait,
+                build_args: build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
+                image: image.clone(),
+            };
+            let report = deploy::deploy(&ctx, &git, &ci, &options).await?;
+            Ok(report_code(&report))
+        }
+        Command::Rollback { lock_wait } => {
+            let report = deploy::rollback(&ctx, *lock_wait, &CiFacts::from_env()).await?;
+            Ok(report_code(&report))
+        }
+        Command::Recover { lock_wait } => {
+            let had = deploy::recover(&ctx, *lock_wait).await?;
+            if !had {
+                ctx.reporter
+                    .log(crate::events::Level::Info, "nothing to recover");
+            }
+            Ok(exit::OK)
+        }
+        Command::Status => {
+            let report = crate::status::status(&ctx).await?;
+            print_report(cli.output, &report, || report.to_text());
+            // Scripts and monitors can tell "consistent" from "look at this".
+            Ok(if report.problems.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
+        }
+        Command::Plan => {
+            let (git, ci) = facts()?;
+            let plan = crate::plan::plan(&ctx, &git, &ci).await?;
+            print_report(cli.output, &plan, || plan.to_text());
+            Ok(exit::OK)
+        }
+        Command::Down { images } => {
+            crate::down::down(&ctx, *images).await?;
+            Ok(exit::OK)
+        }
+        Command::Plugin { .. } | Command::History { .. } | Command::Serve { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+fn report_code(report: &DeployReport) -> u8 {
+    match report.outcome {
+        Outcome::Succeeded => exit::OK,
+        Outcome::Denied => exit::GATE_DENIED,
+        _ => report
+            .error_class
+            .map_or(exit::DEPLOY_FAILED, |class| match class {
+                // A failed deploy always leaves the previous colour serving; the class
+                // only refines the code for config and environment causes.
+                ErrorClass::DeployFailed => exit::DEPLOY_FAILED,
+                other => class_code(other),
+            }),
+    }
+}
+
+fn print_report<T: serde::Serialize>(
+    output: OutputFormat,
+    value: &T,
+    text: impl FnOnce() -> String,
+) {
+    let mut out = std::io::stdout().lock();
+    let _ = match output {
+        OutputFormat::Json => serde_json::to_writer(&mut out, value)
+            .map_err(std::io::Error::other)
+            .and_then(|()| out.write_all(b"\n")),
+        OutputFormat::Human => out.write_all(text().as_bytes()),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "cutover",
+            "deploy",
+            "--config",
+            "app/cutover.toml",
+            "--lock-wait",
+            "5m",
+            "--build-arg",
+            "VERSION=v2",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.config, PathBuf::from("app/cutover.toml"));
+        assert_eq!(cli.output, OutputFormat::Json);
+        let Command::Deploy {
+            lock_wait,
+            build_args,
+            ..
+        } = cli.command
+        else {
+            panic!("not deploy");
+        };
+        assert_eq!(lock_wait, Duration::from_secs(300));
+        assert_eq!(build_args, [("VERSION".to_owned(), "v2".to_owned())]);
+    }
+
+    #[test]
+    fn bad_build_arg_is_a_usage_error() {
+        let err = Cli::try_parse_from(["cutover", "deploy", "--build-arg", "novalue"]).unwrap_err();
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
 }

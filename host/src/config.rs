@@ -560,20 +560,7 @@ impl Config {
     /// # Errors
     /// As [`Config::load`], without the read error.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(path, text, &e))?;
-        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.span().is_some() && key == "." && inner.message().contains("expected") {
-                return syntax_error(path, text, &inner);
-            }
-            let message = inner.message().to_owned();
-            ConfigError::Invalid {
-                path: path.to_owned(),
-                key: key_with_field(&key, &message),
-                message,
-            }
-        })?;
+        let mut config: Config = parse_toml(text, path)?;
         config.file = path.to_owned();
         config.check()?;
         Ok(config)
@@ -825,6 +812,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Deserializes TOML text into `T`, turning every serde error into a [`ConfigError`]
+/// that names the file, the full key path and what was expected. Shared by every
+/// TOML file cutover reads.
+///
+/// # Errors
+/// [`ConfigError::Syntax`] for malformed TOML, [`ConfigError::Invalid`] for an
+/// unknown or missing key or a value of the wrong type.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(path, text, &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.span().is_some() && key == "." && inner.message().contains("expected") {
+            return syntax_error(path, text, &inner);
+        }
+        let message = inner.message().to_owned();
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key_with_field(&key, &message),
+            message,
+        }
+    })
 }
 
 /// Service names become container names, image names, label values and file names,

@@ -112,9 +112,11 @@ pub enum Format {
     Json,
 }
 
-/// Prints events to stdout (JSON) or stderr (human lines).
+/// Prints events: human lines to stderr; JSON lines to stdout, or to stderr when
+/// stdout is reserved for a command's report (`status`, `plan`).
 pub struct Printer {
     format: Format,
+    json_to_stderr: bool,
     /// On a terminal a "step started" line is rewritten in place when it ends.
     live_progress: bool,
     pending: Mutex<bool>,
@@ -125,9 +127,17 @@ impl Printer {
     pub fn new(format: Format) -> Printer {
         Printer {
             format,
+            json_to_stderr: false,
             live_progress: format == Format::Human && std::io::stderr().is_terminal(),
             pending: Mutex::new(false),
         }
+    }
+
+    /// The same printer, but JSON events go to stderr so stdout carries only the
+    /// command's report.
+    pub fn reporting(mut self) -> Printer {
+        self.json_to_stderr = true;
+        self
     }
 
     fn human_line(event: &Event) -> Option<String> {
@@ -181,10 +191,14 @@ impl Reporter for Printer {
     fn emit(&self, event: &Event) {
         match self.format {
             Format::Json => {
-                let mut out = std::io::stdout().lock();
-                let _ = serde_json::to_writer(&mut out, event);
-                let _ = out.write_all(b"\n");
-                let _ = out.flush();
+                let mut line = serde_json::to_vec(event).unwrap_or_default();
+                line.push(b'\n');
+                let _ = if self.json_to_stderr {
+                    std::io::stderr().lock().write_all(&line)
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&line).and_then(|()| out.flush())
+                };
             }
             Format::Human => {
                 let Some(line) = Self::human_line(event) else {

@@ -9,19 +9,24 @@
 #![warn(missing_docs)]
 
 pub mod atomic_file;
+pub mod audit;
 pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod docker;
+pub mod down;
 pub mod events;
 pub mod git;
 pub mod health;
 pub mod lock;
+pub mod plan;
 pub mod plugin;
 pub mod proxy;
 pub mod secret;
+pub mod serve;
 pub mod state;
+pub mod status;
 
 use std::fmt;
 use std::str::FromStr;

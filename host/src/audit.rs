@@ -1,0 +1,301 @@
+//! The audit log: one JSON line per finished deploy, rollback or denial, appended to
+//! `<state_dir>/audit.jsonl`: who ran it (CI facts or the local user), the git sha,
+//! the image, the target colour, the outcome, per-step timings and the gate's reason.
+//!
+//! Entries are only ever appended (one `write` of a whole line on an `O_APPEND` file,
+//! so concurrent writers cannot interleave within a line). The log is rotated to
+//! `audit.jsonl.1` when it passes a size cap, so it cannot grow without bound; the
+//! rotated file is still read by `cutover history`. It never records a secret.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Color;
+use crate::ci::CiFacts;
+use crate::git::GitFacts;
+use crate::state::{OperationKind, Outcome, StepTiming};
+
+/// The log's file name in the state directory.
+pub const FILE_NAME: &str = "audit.jsonl";
+
+/// The size at which the log is rotated.
+pub const MAX_BYTES: u64 = 1024 * 1024;
+
+/// Who ran a deploy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The CI system, or `local`.
+    pub via: String,
+    /// The CI actor or the local user name.
+    pub name: Option<String>,
+    /// The CI run's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
+    /// The host cutover ran on.
+    pub host: String,
+}
+
+impl Actor {
+    /// The actor from the CI facts, else the local user.
+    pub fn from_facts(ci: &CiFacts) -> Actor {
+        let host = crate::lock::hostname();
+        match ci.system {
+            Some(system) => Actor {
+                via: system.to_owned(),
+                name: ci.get("actor").map(str::to_owned),
+                run_url: ci.run_url(),
+                host,
+            },
+            None => Actor {
+                via: "local".to_owned(),
+                name: std::env::var("USER")
+                    .ok()
+                    .or_else(|| std::env::var("LOGNAME").ok()),
+                run_url: None,
+                host,
+            },
+        }
+    }
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The deploy id.
+    pub deploy_id: String,
+    /// When it finished (RFC 3339).
+    pub time: String,
+    /// Deploy or rollback.
+    pub kind: OperationKind,
+    /// Who ran it.
+    pub actor: Actor,
+    /// HEAD's sha.
+    pub git_sha: Option<String>,
+    /// The image reference.
+    pub image: Option<String>,
+    /// The image's repository digest, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The colour deployed to.
+    pub target: Option<Color>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Why it failed, or the gate's reason when denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Step timings.
+    pub steps: Vec<StepTiming>,
+}
+
+/// The audit log could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {}: {source}", path.display())]
+pub struct AuditError {
+    /// The log file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// A service's audit log.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    max_bytes: u64,
+}
+
+impl AuditLog {
+    /// The log in `state_dir`.
+    pub fn new(state_dir: &Path) -> AuditLog {
+        AuditLog {
+            path: state_dir.join(FILE_NAME),
+            max_bytes: MAX_BYTES,
+        }
+    }
+
+    /// The same log with another rotation size (tests).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> AuditLog {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    fn rotated(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".1");
+        PathBuf::from(name)
+    }
+
+    /// Appends one entry, rotating first when the log is over its cap.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the file cannot be rotated or written.
+    pub fn append(&self, entry: &Entry) -> Result<(), AuditError> {
+        let err = |source| AuditError {
+            path: self.path.clone(),
+            source,
+        };
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= self.max_bytes) {
+            std::fs::rename(&self.path, self.rotated()).map_err(err)?;
+        }
+        let mut line = serde_json::to_vec(entry).expect("entries always serialize");
+        line.push(b'\n');
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(err)?;
+        file.write_all(&line).map_err(err)?;
+        file.sync_data().map_err(err)
+    }
+
+    /// Every entry, oldest first (the rotated file, then the current one). Lines that
+    /// do not parse (e.g. a torn last line after a crash) are skipped.
+    ///
+    /// # Errors
+    /// [`AuditError`] when a file exists but cannot be read.
+    pub fn read(&self) -> Result<Vec<Entry>, AuditError> {
+        let mut entries = Vec::new();
+        for path in [self.rotated(), self.path.clone()] {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(AuditError { path, source }),
+            };
+            entries.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        Ok(entries)
+    }
+}
+
+/// Builds the entry for a finished deploy report.
+pub fn entry_for(
+    report: &crate::deploy::DeployReport,
+    kind: OperationKind,
+    git: &GitFacts,
+    ci: &CiFacts,
+    digest: Option<String>,
+) -> Entry {
+    Entry {
+        deploy_id: report.id.clone(),
+        time: crate::state::now_rfc3339(),
+        kind,
+        actor: Actor::from_facts(ci),
+        git_sha: git.head_sha.clone(),
+        image: report.image_ref.clone(),
+        digest,
+        target: report.target,
+        outcome: report.outcome,
+        reason: report.reason.clone(),
+        steps: report.steps.clone(),
+    }
+}
+
+/// The entries as a table for a terminal, newest last.
+pub fn to_table(entries: &[Entry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:<8} {}\n",
+        "DEPLOY", "TIME", "KIND", "OUTCOME", "TO", "SHA", "SECONDS", "BY"
+    );
+    for e in entries {
+        let kind = match e.kind {
+            OperationKind::Deploy => "deploy",
+            OperationKind::Rollback => "rollback",
+        };
+        let secs: u64 = e.steps.iter().map(|s| s.ms).sum::<u64>() / 1000;
+        let sha = e.git_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
+        let by = format!("{}:{}", e.actor.via, e.actor.name.as_deref().unwrap_or("?"));
+        let _ = writeln!(
+            out,
+            "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:<8} {}",
+            e.deploy_id,
+            e.time,
+            kind,
+            e.outcome,
+            e.target.map_or("-".to_owned(), |c| c.to_string()),
+            sha,
+            secs,
+            by
+        );
+        if let Some(reason) = &e.reason {
+            let _ = writeln!(out, "{:<24} {reason}", "");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            deploy_id: id.to_owned(),
+            time: crate::state::now_rfc3339(),
+            kind: OperationKind::Deploy,
+            actor: Actor::from_facts(&CiFacts::default()),
+            git_sha: Some("0123456789abcdef0123".to_owned()),
+            image: Some("hello:1".to_owned()),
+            digest: None,
+            target: Some(Color::Green),
+            outcome: Outcome::Denied,
+            reason: Some("no tag on HEAD matches `cicd` (tags: none)".to_owned()),
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn appends_and_reads_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path());
+        log.append(&entry("a")).unwrap();
+        log.append(&entry("b")).unwrap();
+        let ids: Vec<_> = log
+            .read()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.deploy_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        let table = to_table(&log.read().unwrap());
+        assert!(table.contains("denied"), "{table}");
+        assert!(table.contains("cicd"), "{table}");
+    }
+
+    #[test]
+    fn rotates_at_the_cap_and_keeps_reading_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path()).with_max_bytes(600);
+        for i in 0..10 {
+            log.append(&entry(&format!("d{i}"))).unwrap();
+        }
+        let current = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert!(current < 1200, "current log stays near the cap: {current}");
+        let rotated = dir.path().join("audit.jsonl.1");
+        assert!(rotated.exists());
+        let total = log.read().unwrap().len();
+        assert!(
+            total < 10,
+            "the oldest entries were dropped with the rotation"
+        );
+        assert_eq!(log.read().unwrap().last().unwrap().deploy_id, "d9");
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path());
+        log.append(&entry("a")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap();
+        f.write_all(b"{\"deploy_id\":\"tor").unwrap();
+        assert_eq!(log.read().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,251 @@
+//! `cutover status`: what really runs, from Docker and the proxy files, next to what the
+//! state file records, and what to do when the two disagree.
+//!
+//! Status only reads. It works with a corrupt or missing state file, because the user
+//! needs it most when something went wrong.
+
+use serde::Serialize;
+
+use crate::Color;
+use crate::deploy::{Context, DeployError};
+use crate::lock::{self, Owner};
+use crate::plugin::types;
+use crate::state::{DeployRecord, Journal, Slot};
+
+/// One colour as Docker and a probe see it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColorStatus {
+    /// The colour.
+    pub color: Color,
+    /// Its container's name.
+    pub container: String,
+    /// Docker's state string (`running`, `exited`, ...), or `absent`.
+    pub state: String,
+    /// The image the container runs.
+    pub image: Option<String>,
+    /// The image id.
+    pub image_id: Option<String>,
+    /// `healthy`, `unhealthy` or `not probed`.
+    pub health: String,
+    /// The address the proxy uses for this colour.
+    pub upstream: String,
+}
+
+/// What the proxy files say.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    /// The directory the files live in.
+    pub config_dir: String,
+    /// The colour whose upstream the files name, when exactly one does.
+    pub target: Option<Color>,
+    /// For the managed proxy: whether nginx runs.
+    pub running: Option<bool>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// The service.
+    pub service: String,
+    /// The live colour the state file records.
+    pub live: Option<Slot>,
+    /// The rollback target the state file records.
+    pub previous: Option<Slot>,
+    /// Each colour as it really is.
+    pub colors: Vec<ColorStatus>,
+    /// The proxy as it really is.
+    pub proxy: ProxyStatus,
+    /// A deploy that did not finish.
+    pub interrupted: Option<Journal>,
+    /// Who holds the deploy lock now.
+    pub lock_owner: Option<Owner>,
+    /// The last deploys, newest last.
+    pub recent: Vec<DeployRecord>,
+    /// Disagreements between the record and reality, each with what to do.
+    pub problems: Vec<String>,
+}
+
+/// Builds the status report.
+///
+/// # Errors
+/// [`DeployError`] only when Docker cannot be queried; a bad state file becomes a
+/// problem in the report.
+pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
+    let mut problems = Vec::new();
+    let state = match ctx.store.load() {
+        Ok(state) => Some(state),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    let live = state.as_ref().and_then(|s| s.live.clone());
+
+    let mut colors = Vec::new();
+    for color in Color::BOTH {
+        let name = crate::docker::container_name(&ctx.config.service, color);
+        let info = ctx.docker.inspect_container(&name).await?;
+        let health = match &info {
+            Some(c) if c.running => match ctx.probe_once(color).await {
+                types::ProbeVerdict::Healthy => "healthy",
+                _ => "unhealthy",
+            },
+            _ => "not probed",
+        };
+        colors.push(ColorStatus {
+            color,
+            container: name,
+            state: info
+                .as_ref()
+                .map_or("absent".to_owned(), |c| c.status.clone()),
+            image: info.as_ref().map(|c| c.image.clone()),
+            image_id: info.as_ref().map(|c| c.image_id.clone()),
+            health: health.to_owned(),
+            upstream: ctx.config.upstream(color).to_string(),
+        });
+    }
+
+    let proxy = ProxyStatus {
+        config_dir: ctx.proxy.config_dir().display().to_string(),
+        target: proxy_target(ctx),
+        running: (ctx.config.proxy.mode == crate::config::ProxyMode::Managed)
+            .then(|| ctx.proxy.is_running()),
+    };
+
+    if let Some(slot) = &live {
+        let real = colors.iter().find(|c| c.color == slot.color);
+        if real.is_none_or(|c| c.state != "running") {
+            problems.push(format!(
+                "the state file says {} is live, but its container is not running; \
+                 run `cutover rollback` or `cutover deploy` to bring up a healthy colour",
+                slot.color
+            ));
+        }
+        if proxy.target.is_some_and(|t| t != slot.color) {
+            problems.push(format!(
+                "the proxy sends traffic to {}, but the state file says {} is live; \
+                 run `cutover recover` to reconcile",
+                proxy.target.map_or("?".to_owned(), |c| c.to_string()),
+                slot.color
+            ));
+        }
+        if proxy.running == Some(false) {
+            problems.push(
+                "the managed nginx is not running, so nothing serves traffic; \
+                 run `cutover rollback` or `cutover deploy` to start it again"
+                    .to_owned(),
+            );
+        }
+    } else if let Some(target) = proxy.target
+        && state.is_some()
+    {
+        problems.push(format!(
+            "the proxy sends traffic to {target}, but the state file records no live colour; \
+             run `cutover recover` to reconcile"
+        ));
+    }
+    let interrupted = state.as_ref().and_then(|s| s.in_progress.clone());
+    let lock_owner = lock::current_owner(ctx.store.dir());
+    if let Some(journal) = &interrupted
+        && lock_owner.is_none()
+    {
+        problems.push(format!(
+            "deploy {} was interrupted at `{}`; run `cutover recover` (the next deploy also reconciles it first)",
+            journal.deploy_id, journal.step
+        ));
+    }
+    let recent = state
+        .as_ref()
+        .map(|s| s.deploys.iter().rev().take(5).rev().cloned().collect())
+        .unwrap_or_default();
+    Ok(StatusReport {
+        service: ctx.config.service.clone(),
+        previous: state.as_ref().and_then(|s| s.previous.clone()),
+        live,
+        colors,
+        proxy,
+        interrupted,
+        lock_owner,
+        recent,
+        problems,
+    })
+}
+
+/// The colour the proxy files point at: the files the template would write, read
+/// from disk, searched for each colour's `address:port`.
+fn proxy_target(ctx: &Context) -> Option<Color> {
+    let files = ctx.render(Color::Blue, None).ok()?;
+    let paths: Vec<String> = files.into_iter().map(|f| f.path).collect();
+    let current = ctx.proxy.snapshot(&paths).ok()?;
+    let text: String = current.into_iter().filter_map(|f| f.contents).collect();
+    let named: Vec<Color> = Color::BOTH
+        .into_iter()
+        .filter(|c| text.contains(&ctx.config.upstream(*c).to_string()))
+        .collect();
+    match named.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
+}
+
+impl StatusReport {
+    /// The report as text for a terminal.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let live = self.live.as_ref().map_or("nothing".to_owned(), |s| {
+            format!("{} ({})", s.color, s.image_ref)
+        });
+        let _ = writeln!(out, "service  {}", self.service);
+        let _ = writeln!(out, "live     {live}");
+        if let Some(prev) = &self.previous {
+            let _ = writeln!(out, "previous {} ({})", prev.color, prev.image_ref);
+        }
+        let proxy_target = self
+            .proxy
+            .target
+            .map_or("unknown".to_owned(), |c| c.to_string());
+        let running = match self.proxy.running {
+            Some(true) => ", nginx running",
+            Some(false) => ", nginx NOT running",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "proxy    → {proxy_target} ({}{running})",
+            self.proxy.config_dir
+        );
+        for c in &self.colors {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<10} {:<11} {} {}",
+                c.color,
+                c.state,
+                c.health,
+                c.upstream,
+                c.image.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(owner) = &self.lock_owner {
+            let _ = writeln!(out, "lock     held: {}", owner.describe());
+        }
+        if !self.recent.is_empty() {
+            let _ = writeln!(out, "recent deploys:");
+            for r in &self.recent {
+                let to = r.to.map_or("-".to_owned(), |c| c.to_string());
+                let _ = writeln!(
+                    out,
+                    "  {} {:<11} → {:<5} {}",
+                    r.id,
+                    r.outcome,
+                    to,
+                    r.reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        for p in &self.problems {
+            let _ = writeln!(out, "PROBLEM: {p}");
+        }
+        out
+    }
+}
