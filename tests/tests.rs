@@ -3,6 +3,7 @@
 
 mod support;
 
+mod deploy;
 mod docker;
 mod health;
 mod plugins;

@@ -9,6 +9,7 @@
 
 pub mod docker;
 pub mod hello;
+pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};
 pub use hello::{HttpResponse, build_hello_image, hello_context, http_get, wait_for_http};

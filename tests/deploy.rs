@@ -1,0 +1,168 @@
+//! End-to-end deploys: the real `cutover` binary, a real Docker engine running the
+//! hello example, a real managed nginx, real HTTP on loopback.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::service::Service;
+
+#[test]
+fn first_deploy_goes_to_blue_then_green_and_blue_is_retired() {
+    let svc = Service::new("e2e-basic");
+
+    svc.deploy("v1").success();
+    let r = svc.get("/");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body.trim(), "hello v1 from blue");
+    assert_eq!(r.header("x-hello-color"), Some("blue"));
+    let st = svc.status();
+    assert_eq!(st["live"]["color"], "blue");
+    assert_eq!(st["proxy"]["target"], "blue");
+    assert_eq!(color_state(&st, "blue"), "running");
+    assert_eq!(color_state(&st, "green"), "absent");
+    assert!(st["problems"].as_array().unwrap().is_empty(), "{st}");
+
+    svc.deploy("v2").success();
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    let st = svc.status();
+    assert_eq!(st["live"]["color"], "green");
+    assert_eq!(st["previous"]["color"], "blue");
+    assert_eq!(st["proxy"]["target"], "green");
+    assert_eq!(color_state(&st, "green"), "running");
+    assert_eq!(
+        color_state(&st, "blue"),
+        "exited",
+        "blue is stopped after the drain"
+    );
+    assert!(st["problems"].as_array().unwrap().is_empty(), "{st}");
+    let outcomes: Vec<_> = st["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["succeeded", "succeeded"]);
+}
+
+#[test]
+fn app_that_never_gets_healthy_leaves_blue_serving_and_proxy_files_identical() {
+    let svc = Service::new("e2e-unhealthy");
+    svc.deploy("v1").success();
+    let before = svc.proxy_files();
+
+    svc.set_container_env("HELLO_HEALTH", "fail");
+    let out = svc.deploy("v2").code(4);
+    assert!(out.stderr.contains("health"), "{}", out.stderr);
+
+    assert_eq!(
+        svc.proxy_files(),
+        before,
+        "proxy files must be byte-identical"
+    );
+    let r = svc.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.trim(), "hello v1 from blue");
+    let st = svc.status();
+    assert_eq!(st["live"]["color"], "blue");
+    assert_eq!(
+        color_state(&st, "green"),
+        "absent",
+        "the failed colour is removed"
+    );
+    assert_eq!(st["recent"][1]["outcome"], "failed");
+    assert!(st["problems"].as_array().unwrap().is_empty(), "{st}");
+}
+
+#[test]
+fn config_that_fails_nginx_test_is_never_loaded() {
+    let svc = Service::new("e2e-badconf");
+    svc.deploy("v1").success();
+    let before = svc.proxy_files();
+
+    // A template the plugin accepts but nginx rejects.
+    svc.append_config(
+        r#"
+[plugins.proxy-template]
+source = "builtin:nginx-service-url"
+config = { template = "no_such_directive {{upstream}};" }
+"#,
+    );
+    let out = svc.deploy("v2").code(4);
+    assert!(out.stderr.contains("no_such_directive"), "{}", out.stderr);
+    assert_eq!(svc.proxy_files(), before);
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    assert_eq!(svc.status()["live"]["color"], "blue");
+}
+
+#[test]
+fn concurrent_deploy_is_refused_naming_the_owner() {
+    let svc = Service::new("e2e-lock");
+    svc.set_container_env("HELLO_STARTUP_DELAY_MS", "4000");
+    let first = svc.spawn_deploy("v1");
+    // Wait until the first run holds the lock.
+    svc.wait_for_lock_owner(Duration::from_secs(20));
+    let second = svc.deploy("v1").code(6);
+    assert!(second.stderr.contains("pid"), "{}", second.stderr);
+    assert!(second.stderr.contains("--lock-wait"), "{}", second.stderr);
+    let first = first.wait();
+    assert_eq!(first.code, 0, "{}", first.stderr);
+}
+
+#[test]
+fn rollback_returns_traffic_to_the_previous_colour() {
+    let svc = Service::new("e2e-rollback");
+    svc.deploy("v1").success();
+    svc.deploy("v2").success();
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+
+    svc.cutover(&["rollback"]).success();
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let st = svc.status();
+    assert_eq!(st["live"]["color"], "blue");
+    assert_eq!(st["previous"]["color"], "green");
+    assert_eq!(color_state(&st, "blue"), "running");
+    assert_eq!(color_state(&st, "green"), "exited");
+    assert!(st["problems"].as_array().unwrap().is_empty(), "{st}");
+}
+
+#[test]
+fn plan_changes_nothing() {
+    let svc = Service::new("e2e-plan");
+    svc.deploy("v1").success();
+    let files = svc.proxy_files();
+    let state = std::fs::read(svc.state_file()).unwrap();
+    let containers = svc.containers();
+
+    let out = svc.cutover(&["plan"]).success();
+    assert!(out.stdout.contains("target  green"), "{}", out.stdout);
+    assert!(out.stdout.contains("+set $service_url"), "{}", out.stdout);
+
+    assert_eq!(svc.proxy_files(), files);
+    assert_eq!(std::fs::read(svc.state_file()).unwrap(), state);
+    assert_eq!(svc.containers(), containers);
+}
+
+#[test]
+fn config_with_unknown_or_missing_key_names_the_key() {
+    let svc = Service::new("e2e-config");
+    svc.edit_config(|text| text.replace("interval = ", "intervall = "));
+    let out = svc.cutover(&["deploy"]).code(5);
+    assert!(out.stderr.contains("`health.intervall`"), "{}", out.stderr);
+    assert!(out.stderr.contains("cutover.toml"), "{}", out.stderr);
+
+    let svc = Service::new("e2e-config2");
+    svc.edit_config(|text| text.replace("port = 8080\n", ""));
+    let out = svc.cutover(&["deploy"]).code(5);
+    assert!(out.stderr.contains("`container.port`"), "{}", out.stderr);
+}
+
+fn color_state(status: &Value, color: &str) -> String {
+    status["colors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["color"] == color)
+        .map(|c| c["state"].as_str().unwrap().to_owned())
+        .unwrap()
+}
