@@ -3,8 +3,10 @@
 
 mod support;
 
+mod ci_examples;
 mod deploy;
 mod docker;
 mod health;
 mod plugins;
 mod proxy;
+mod zero_downtime;
