@@ -9,6 +9,7 @@
 
 pub mod docker;
 pub mod hello;
+pub mod load;
 pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};
