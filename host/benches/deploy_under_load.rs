@@ -1,0 +1,649 @@
+//! Deploys again and again under sustained HTTP load and counts every request: cutover
+//! and, in the same harness on the same app and nginx, the original write-up's script
+//! (`benches/baseline/original-deploy.sh`) as the baseline.
+//!
+//! `cargo bench -p cutover --bench deploy_under_load -- [--deploys N] [--rate R]
+//!  [--slow-connections S] [--baseline-interval SECS] [--skip-baseline] [--out DIR]`
+//!
+//! Writes `results.md` and `results.json` to `--out` (default
+//! `target/bench-deploy/`) and prints the Markdown table. Loopback only; every loop is
+//! bounded in count and time.
+
+#[path = "../../tests/support/load.rs"]
+mod load;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use load::{Latency, Load, LoadConfig, LoadReport};
+use serde_json::{Value, json};
+
+struct Options {
+    deploys: usize,
+    rate: u32,
+    slow_connections: usize,
+    baseline_interval: f64,
+    skip_baseline: bool,
+    out: PathBuf,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        deploys: 20,
+        rate: 300,
+        slow_connections: 2,
+        baseline_interval: 10.0,
+        skip_baseline: false,
+        out: workspace_root().join("target/bench-deploy"),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--deploys" => o.deploys = value().parse().expect("--deploys N"),
+            "--rate" => o.rate = value().parse().expect("--rate R"),
+            "--slow-connections" => {
+                o.slow_connections = value().parse().expect("--slow-connections S")
+            }
+            "--baseline-interval" => {
+                o.baseline_interval = value().parse().expect("--baseline-interval SECS")
+            }
+            "--skip-baseline" => o.skip_baseline = true,
+            "--out" => o.out = PathBuf::from(value()),
+            // `cargo bench` passes --bench to every bench binary.
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(
+        (1..=500).contains(&o.deploys),
+        "--deploys between 1 and 500"
+    );
+    o
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds the static hello binary and the two images both rows deploy.
+fn build_images(service: &str) -> [String; 2] {
+    let root = workspace_root();
+    let triple = "x86_64-unknown-linux-gnu";
+    let target_dir = root.join("target/hello-static");
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "hello", "--target", triple])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static",
+            ),
+    );
+    let context = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        root.join("examples/hello/image/Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .expect("Dockerfile");
+    std::fs::copy(
+        target_dir.join(triple).join("release/hello"),
+        context.path().join("hello"),
+    )
+    .expect("hello binary");
+    ["v1", "v2"].map(|v| {
+        let tag = format!("{service}:{v}");
+        run(Command::new("docker")
+            .args([
+                "build",
+                "-q",
+                "--build-arg",
+                &format!("VERSION={v}"),
+                "--label",
+            ])
+            .arg(format!("cutover.service={service}"))
+            .args(["-t", &tag])
+            .arg(context.path()));
+        tag
+    })
+}
+
+/// Watches one deploy from outside: when the target answers /health directly, when
+/// the proxy first serves the target, and the peak RSS of a process.
+struct Observer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Observed>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Observed {
+    healthy_at: Option<Instant>,
+    serving_at: Option<Instant>,
+    peak_rss_kib: u64,
+}
+
+impl Observer {
+    fn start(
+        target_port: u16,
+        proxy: SocketAddr,
+        color: &'static str,
+        pid: Option<u32>,
+    ) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Observed::default();
+            let direct: SocketAddr = ([127, 0, 0, 1], target_port).into();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if seen.healthy_at.is_none()
+                    && get(direct, "/health").is_some_and(|(s, _)| s == 200)
+                {
+                    seen.healthy_at = Some(Instant::now());
+                }
+                if seen.serving_at.is_none()
+                    && get(proxy, "/").is_some_and(|(s, c)| s == 200 && c.as_deref() == Some(color))
+                {
+                    seen.serving_at = Some(Instant::now());
+                }
+                if let Some(pid) = pid {
+                    seen.peak_rss_kib = seen.peak_rss_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        });
+        Observer { stop, thread }
+    }
+
+    fn finish(self) -> Observed {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("observer")
+    }
+}
+
+/// The peak resident set of a process so far (VmHWM).
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A one-shot GET on a fresh connection: status and X-Hello-Color.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let color = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("X-Hello-Color:")
+                .or_else(|| l.strip_prefix("x-hello-color:"))
+        })
+        .map(|v| v.trim().to_owned());
+    Some((status, color))
+}
+
+/// What one deploy of a row measured.
+#[derive(Debug, Clone, Default)]
+struct DeployMeasure {
+    wall: Duration,
+    /// When the switch happened, from the load's start.
+    switch_at: Duration,
+    healthy_to_serving: Option<Duration>,
+    steps: BTreeMap<String, u64>,
+    peak_rss_kib: u64,
+    ok: bool,
+}
+
+struct Row {
+    name: &'static str,
+    deploys: Vec<DeployMeasure>,
+    load: LoadReport,
+}
+
+fn alternate(i: usize) -> &'static str {
+    if i.is_multiple_of(2) { "green" } else { "blue" }
+}
+
+fn cutover_row(opts: &Options, images: &[String; 2]) -> Row {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = format!("bench-cutover-{}", std::process::id());
+    let (listen, blue, green) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("cutover.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"service = "{service}"
+[image]
+ref = "{image}"
+[container]
+port = 8080
+stop_grace = "10s"
+[blue]
+host_port = {blue}
+[green]
+host_port = {green}
+[health]
+path = "/health"
+interval = "20ms"
+first_delay = "10ms"
+deadline = "30s"
+[proxy]
+mode = "managed"
+listen = "127.0.0.1:{listen}"
+[verify]
+expect_header = "X-Hello-Color: {{color}}"
+[drain]
+timeout = "15s"
+"#,
+            image = images[0]
+        ),
+    )
+    .expect("write config");
+    let cutover = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.arg("--config").arg(&config).args(args);
+        cmd
+    };
+    run(cutover(&["deploy", "--image", &images[0]]).stderr(Stdio::null()));
+    let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let load = Load::start(LoadConfig {
+        fast_rate: opts.rate,
+        slow_connections: opts.slow_connections,
+        max_duration: Duration::from_secs(60 * 60),
+        ..LoadConfig::new(proxy)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut deploys = Vec::new();
+    for i in 0..opts.deploys {
+        let color = alternate(i);
+        let port = if color == "blue" { blue } else { green };
+        let image = &images[(i + 1) % 2];
+        let began = Instant::now();
+        let mut child = cutover(&["deploy", "--image", image, "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn cutover");
+        let observer = Observer::start(port, proxy, color, Some(child.id()));
+        let mut m = DeployMeasure::default();
+        let stdout = child.stdout.take().expect("piped");
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if event["event"] == "step-finished" {
+                let step = event["step"].as_str().unwrap_or("?").to_owned();
+                if step == "switch" {
+                    m.switch_at = load.elapsed();
+                }
+                m.steps.insert(step, event["ms"].as_u64().unwrap_or(0));
+            }
+            if event["event"] == "finished" {
+                m.ok = event["outcome"] == "succeeded";
+            }
+        }
+        let status = child.wait().expect("cutover ran");
+        m.wall = began.elapsed();
+        let seen = observer.finish();
+        m.ok &= status.success();
+        m.peak_rss_kib = seen.peak_rss_kib;
+        m.healthy_to_serving = match (seen.healthy_at, seen.serving_at) {
+            (Some(h), Some(s)) => Some(s.saturating_duration_since(h)),
+            _ => None,
+        };
+        eprintln!(
+            "cutover deploy {}/{} → {color}: {:?} ok={}",
+            i + 1,
+            opts.deploys,
+            m.wall,
+            m.ok
+        );
+        deploys.push(m);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let load = load.stop();
+    let _ = cutover(&["down"]).stderr(Stdio::null()).status();
+    Row {
+        name: "cutover",
+        deploys,
+        load,
+    }
+}
+
+fn baseline_row(opts: &Options, images: &[String; 2]) -> Row {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let prefix = dir.path();
+    let service = format!("bench-baseline-{}", std::process::id());
+    let (listen, blue, green) = (free_port(), free_port(), free_port());
+    // The write-up's nginx.conf (shared/seed), on loopback, logs under the prefix.
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"worker_processes auto;
+pid {prefix}/nginx.pid;
+{user}
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp-body;
+    proxy_temp_path {prefix}/tmp-proxy;
+    fastcgi_temp_path {prefix}/tmp-fastcgi;
+    uwsgi_temp_path {prefix}/tmp-uwsgi;
+    scgi_temp_path {prefix}/tmp-scgi;
+    server {{
+        listen 127.0.0.1:{listen};
+        include {prefix}/service-url.inc;
+        location / {{
+            proxy_pass $service_url;
+            proxy_redirect     off;
+            proxy_http_version 1.1;
+            proxy_set_header   Host $http_host;
+            proxy_set_header   Connection "";
+            proxy_set_header   X-Real-IP $remote_addr;
+            proxy_set_header   X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header   X-Forwarded-Host $server_name;
+        }}
+    }}
+}}
+"#,
+            prefix = prefix.display(),
+            user = if rustix::process::geteuid().is_root() {
+                "user root;"
+            } else {
+                ""
+            },
+        ),
+    )
+    .expect("nginx.conf");
+    std::fs::write(
+        prefix.join("service-url.inc"),
+        format!("set $service_url http://127.0.0.1:{blue};\n"),
+    )
+    .expect("service-url.inc");
+    let script = workspace_root().join("host/benches/baseline/original-deploy.sh");
+    let deploy = |image: &str| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
+            .env("SERVICE", &service)
+            .env("IMAGE", image)
+            .env("BLUE_PORT", blue.to_string())
+            .env("GREEN_PORT", green.to_string())
+            .env("NGINX_PREFIX", prefix)
+            .env("NGINX_CONF", &conf)
+            .env("INTERVAL", opts.baseline_interval.to_string());
+        cmd
+    };
+    // First deploy (blue), not measured; then start nginx on it.
+    run(&mut deploy(&images[0]));
+    run(Command::new("nginx")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg(prefix.join("error.log")));
+    let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let load = Load::start(LoadConfig {
+        fast_rate: opts.rate,
+        slow_connections: opts.slow_connections,
+        max_duration: Duration::from_secs(60 * 60),
+        ..LoadConfig::new(proxy)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let mut deploys = Vec::new();
+    for i in 0..opts.deploys {
+        let color = alternate(i);
+        let port = if color == "blue" { blue } else { green };
+        let began = Instant::now();
+        let observer = Observer::start(port, proxy, color, None);
+        let out = deploy(&images[(i + 1) % 2])
+            .output()
+            .expect("baseline script");
+        let mut m = DeployMeasure {
+            wall: began.elapsed(),
+            ok: out.status.success(),
+            ..Default::default()
+        };
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if let Some(t) = stdout.lines().find_map(|l| l.strip_prefix("@switched ")) {
+            let switched: f64 = t.trim().parse().unwrap_or(0.0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            m.switch_at = load
+                .elapsed()
+                .saturating_sub(Duration::from_secs_f64((now - switched).max(0.0)));
+        }
+        let seen = observer.finish();
+        m.healthy_to_serving = match (seen.healthy_at, seen.serving_at) {
+            (Some(h), Some(s)) => Some(s.saturating_duration_since(h)),
+            _ => None,
+        };
+        eprintln!(
+            "baseline deploy {}/{} → {color}: {:?} ok={}",
+            i + 1,
+            opts.deploys,
+            m.wall,
+            m.ok
+        );
+        deploys.push(m);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let load = load.stop();
+    let _ = Command::new("nginx")
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-s", "quit"])
+        .status();
+    for c in ["blue", "green"] {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &format!("{service}-{c}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Row {
+        name: "baseline (original script)",
+        deploys,
+        load,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn summarize(row: &Row) -> Value {
+    let l = &row.load;
+    let all = Latency::of(&l.samples);
+    let switches: Vec<Duration> = row.deploys.iter().map(|d| d.switch_at).collect();
+    let near = Latency::of(l.near(&switches, Duration::from_secs(2)));
+    let h2s: Vec<f64> = row
+        .deploys
+        .iter()
+        .filter_map(|d| d.healthy_to_serving)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    let walls: Vec<f64> = row
+        .deploys
+        .iter()
+        .map(|d| d.wall.as_secs_f64() * 1000.0)
+        .collect();
+    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
+    for d in &row.deploys {
+        for (k, v) in &d.steps {
+            *steps.entry(k.clone()).or_default() += *v as f64 / row.deploys.len() as f64;
+        }
+    }
+    // cutover's own overhead: wall time minus the app's start-to-healthy wait minus
+    // the drain it chose to wait for in-flight requests.
+    let overhead: Vec<f64> = row
+        .deploys
+        .iter()
+        .filter(|d| !d.steps.is_empty())
+        .map(|d| {
+            let health = *d.steps.get("health").unwrap_or(&0) as f64;
+            let drain = *d.steps.get("drain").unwrap_or(&0) as f64;
+            d.wall.as_secs_f64() * 1000.0 - health - drain
+        })
+        .collect();
+    json!({
+        "row": row.name,
+        "deploys": row.deploys.len(),
+        "deploys_ok": row.deploys.iter().filter(|d| d.ok).count(),
+        "requests": l.samples.len(),
+        "failed": l.failed().len(),
+        "non_2xx": l.non_2xx(),
+        "connection_errors": l.connection_errors(),
+        "timeouts": l.timeouts(),
+        "keepalive_retries": l.keepalive_retries,
+        "slow_ok": l.slow_ok(),
+        "slow_total": l.samples.iter().filter(|s| s.slow).count(),
+        "latency_ms": {"p50": all.p50_ms, "p99": all.p99_ms, "max": all.max_ms},
+        "latency_near_switch_ms": {"p50": near.p50_ms, "p99": near.p99_ms, "max": near.max_ms},
+        "deploy_wall_ms": {"median": median(walls.clone()), "max": walls.iter().cloned().fold(0.0, f64::max)},
+        "healthy_to_serving_ms": {"median": median(h2s.clone()), "max": h2s.iter().cloned().fold(0.0, f64::max), "measured": h2s.len()},
+        "mean_step_ms": steps,
+        "overhead_ms": {"median": median(overhead.clone()), "max": overhead.iter().cloned().fold(0.0, f64::max)},
+        "peak_rss_mib": row.deploys.iter().map(|d| d.peak_rss_kib).max().unwrap_or(0) as f64 / 1024.0,
+    })
+}
+
+fn markdown(rows: &[Value], opts: &Options) -> String {
+    let mut md = format!(
+        "Deploys under load: {} deploys per row, {} req/s short requests on 4 keep-alive connections, \
+         {} connections of slow requests (1–3 s).\n\n",
+        opts.deploys, opts.rate, opts.slow_connections
+    );
+    md.push_str("| | requests | failed (non-2xx / conn / timeout) | slow ok | p50 / p99 / max ms | ±2 s of switch p50 / p99 / max ms | deploy wall median ms | healthy→serving median / max ms | overhead median ms | peak RSS MiB |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let f = |v: &Value| {
+            v.as_f64().map_or("-".to_owned(), |x| {
+                if x.is_nan() {
+                    "-".to_owned()
+                } else {
+                    format!("{x:.0}")
+                }
+            })
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} ({} / {} / {}) | {}/{} | {} / {} / {} | {} / {} / {} | {} | {} / {} | {} | {} |\n",
+            r["row"].as_str().unwrap_or(""),
+            r["requests"], r["failed"], r["non_2xx"], r["connection_errors"], r["timeouts"],
+            r["slow_ok"], r["slow_total"],
+            f(&r["latency_ms"]["p50"]), f(&r["latency_ms"]["p99"]), f(&r["latency_ms"]["max"]),
+            f(&r["latency_near_switch_ms"]["p50"]), f(&r["latency_near_switch_ms"]["p99"]), f(&r["latency_near_switch_ms"]["max"]),
+            f(&r["deploy_wall_ms"]["median"]),
+            f(&r["healthy_to_serving_ms"]["median"]), f(&r["healthy_to_serving_ms"]["max"]),
+            if r["row"] == "cutover" { f(&r["overhead_ms"]["median"]) } else { "-".to_owned() },
+            if r["row"] == "cutover" { format!("{:.1}", r["peak_rss_mib"].as_f64().unwrap_or(0.0)) } else { "-".to_owned() },
+        ));
+    }
+    if let Some(steps) = rows.first().and_then(|r| r["mean_step_ms"].as_object()) {
+        md.push_str("\ncutover mean step times (ms): ");
+        let parts: Vec<String> = steps
+            .iter()
+            .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        md.push_str(&parts.join(", "));
+        md.push('\n');
+    }
+    if rows.len() == 2 {
+        let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) if a > 0.0 => format!("{:.1}×", b / a),
+            _ => "-".to_owned(),
+        };
+        md.push_str(&format!(
+            "\nRatios (baseline ÷ cutover): failed requests {} vs {}; healthy→serving median {}; deploy wall median {}.\n",
+            rows[1]["failed"], rows[0]["failed"],
+            ratio(&rows[0]["healthy_to_serving_ms"]["median"], &rows[1]["healthy_to_serving_ms"]["median"]),
+            ratio(&rows[0]["deploy_wall_ms"]["median"], &rows[1]["deploy_wall_ms"]["median"]),
+        ));
+    }
+    md
+}
+
+fn main() {
+    let opts = options();
+    std::fs::create_dir_all(&opts.out).expect("output dir");
+    let images_service = format!("bench-hello-{}", std::process::id());
+    let images = build_images(&images_service);
+    let cleanup_images = || {
+        for image in &images {
+            let _ = Command::new("docker")
+                .args(["rmi", "-f", image])
+                .stdout(Stdio::null())
+                .status();
+        }
+    };
+    let rows = Mutex::new(Vec::new());
+    rows.lock()
+        .unwrap()
+        .push(summarize(&cutover_row(&opts, &images)));
+    if !opts.skip_baseline {
+        rows.lock()
+            .unwrap()
+            .push(summarize(&baseline_row(&opts, &images)));
+    }
+    cleanup_images();
+    let rows = rows.into_inner().unwrap();
+    let md = markdown(&rows, &opts);
+    std::fs::write(opts.out.join("results.md"), &md).expect("results.md");
+    std::fs::write(
+        opts.out.join("results.json"),
+        serde_json::to_vec_pretty(
+            &json!({"deploys": opts.deploys, "rate": opts.rate, "rows": rows}),
+        )
+        .expect("json"),
+    )
+    .expect("results.json");
+    println!("{md}");
+}
