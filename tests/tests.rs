@@ -4,6 +4,7 @@
 mod support;
 
 mod ci_examples;
+mod crash;
 mod deploy;
 mod docker;
 mod health;

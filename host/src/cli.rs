@@ -302,11 +302,13 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             Ok(report_code(&report))
         }
         Command::Recover { lock_wait } => {
-            let had = deploy::recover(&ctx, *lock_wait).await?;
-            if !had {
-                ctx.reporter
-                    .log(crate::events::Level::Info, "nothing to recover");
-            }
+            use crate::recover::Recovered;
+            let message = match crate::recover::recover(&ctx, *lock_wait).await? {
+                Recovered::Nothing => "nothing to recover".to_owned(),
+                Recovered::Interrupted => "reconciled the interrupted deploy".to_owned(),
+                Recovered::Adopted(color) => format!("adopted {color} as the live colour"),
+            };
+            ctx.reporter.log(crate::events::Level::Info, &message);
             Ok(exit::OK)
         }
         Command::Status => {

@@ -1,5 +1,5 @@
-//! The blue/green state machine: `deploy`, `rollback` and the recovery of a deploy
-//! that a killed runner left half done.
+//! The blue/green state machine: `deploy` and `rollback` (recovering what a killed
+//! runner left half done is in [`crate::recover`]).
 //!
 //! A deploy runs `gate → image → select → clear → start → health → render → validate
 //! → switch → verify → drain → retire → prune → record`. Every step is journaled in
@@ -24,11 +24,12 @@ use crate::ci::CiFacts;
 use crate::config::{Config, ConfigError};
 use crate::docker::{self, ContainerSpec, Docker, DockerError, RegistryAuth};
 use crate::events::{Event, Level, Reporter};
+use crate::fault;
 use crate::git::{GitError, GitFacts};
 use crate::health::{self, HealthError, Prober, VerifyError, VerifySpec};
 use crate::lock::{DeployLock, LockError, Owner};
 use crate::plugin::{PluginError, PluginHost, Plugins, types};
-use crate::proxy::{Proxy, ProxyError, Reload};
+use crate::proxy::{Proxy, ProxyError};
 use crate::secret::Secret;
 use crate::state::{
     DeployRecord, Journal, OperationKind, Outcome, Phase, SavedFile, Slot, State, StateError,
@@ -396,7 +397,7 @@ impl<'a> Run<'a> {
         }
         let mut state = ctx.store.load()?;
         if state.in_progress.is_some() {
-            recover_locked(ctx, &mut state).await?;
+            crate::recover::reconcile(ctx, &mut state).await?;
         }
         let id = new_deploy_id();
         ctx.reporter.emit(&Event::Started {
@@ -433,6 +434,7 @@ impl<'a> Run<'a> {
         self.journal.step = step;
         self.journal.phase = Phase::Started;
         self.save()?;
+        fault::point(fault::When::Before, step);
         self.ctx.reporter.emit(&Event::StepStarted { step });
         Ok(Instant::now())
     }
@@ -451,6 +453,7 @@ impl<'a> Run<'a> {
             Ok(value) => {
                 self.journal.phase = Phase::Finished;
                 self.save()?;
+                fault::point(fault::When::After, step);
                 self.ctx.reporter.emit(&Event::StepFinished {
                     step,
                     ms,
@@ -1129,154 +1132,4 @@ async fn rollback_steps(run: &mut Run<'_>, back: Slot) -> Result<(), Failure> {
         ..back
     };
     cut_over(run, target, previous).await
-}
-
-/// Reconciles a deploy that a killed runner left in the journal (the lock is held).
-///
-/// - Promotion already recorded: finish retiring the old colour.
-/// - The switch may have happened: if the target is healthy, make sure the proxy
-///   serves it and promote it; otherwise restore the saved proxy files.
-/// - Before the switch: put back the saved proxy files if they were rewritten and
-///   remove the half-started container.
-async fn recover_locked(ctx: &Context, state: &mut State) -> Result<(), DeployError> {
-    let Some(journal) = state.in_progress.clone() else {
-        return Ok(());
-    };
-    let began = Instant::now();
-    ctx.reporter.emit(&Event::StepStarted {
-        step: Step::Recover,
-    });
-    ctx.reporter.log(
-        Level::Warn,
-        &format!(
-            "deploy {} (run by {}) was interrupted at `{}` ({:?}); reconciling",
-            journal.deploy_id, journal.owner, journal.step, journal.phase
-        ),
-    );
-    let promoted = journal.target.is_some()
-        && state.live.as_ref().map(|s| &s.deploy_id) == Some(&journal.deploy_id);
-    let summary = if promoted {
-        if let Some(old) = &state.previous {
-            ctx.docker
-                .stop_container(&old.container, ctx.config.container.stop_grace.get())
-                .await?;
-        }
-        "the switch had completed; retired the old colour".to_owned()
-    } else if reached(&journal, Step::Switch) {
-        recover_after_switch(ctx, state, &journal).await?
-    } else {
-        if let Some(saved) = &journal.saved_files
-            && reached(&journal, Step::Validate)
-        {
-            ctx.proxy.write_saved(saved)?;
-        }
-        if let Some(name) = &journal.container {
-            ctx.docker.remove_container(name).await?;
-        }
-        "it had not switched traffic; removed what it started".to_owned()
-    };
-    let record = DeployRecord {
-        id: journal.deploy_id.clone(),
-        kind: journal.kind,
-        started_at: journal.started_at.clone(),
-        finished_at: now_rfc3339(),
-        image_ref: journal.image_ref.clone(),
-        from: None,
-        to: journal.target,
-        outcome: Outcome::Interrupted,
-        reason: Some(format!("interrupted at `{}`; {summary}", journal.step)),
-        steps: journal.steps.clone(),
-    };
-    state.in_progress = None;
-    state.push_record(record, ctx.config.history.deploys);
-    ctx.store.save(state)?;
-    ctx.reporter.emit(&Event::StepFinished {
-        step: Step::Recover,
-        ms: began.elapsed().as_millis() as u64,
-        detail: summary,
-    });
-    Ok(())
-}
-
-fn reached(journal: &Journal, step: Step) -> bool {
-    journal.steps.iter().any(|t| t.step == step) || journal.step == step
-}
-
-async fn recover_after_switch(
-    ctx: &Context,
-    state: &mut State,
-    journal: &Journal,
-) -> Result<String, DeployError> {
-    let (Some(color), Some(container)) = (journal.target, journal.container.as_ref()) else {
-        return Ok("nothing to reconcile".to_owned());
-    };
-    let running = ctx
-        .docker
-        .inspect_container(container)
-        .await?
-        .is_some_and(|c| c.running);
-    let healthy = running && ctx.probe_once(color).await == types::ProbeVerdict::Healthy;
-    if healthy && let Some(written) = &journal.written_files {
-        ctx.proxy.write_saved(written)?;
-        let reload: Reload = ctx.proxy.switch().await?;
-        let _ = reload;
-        health::verify_through_proxy(
-            &VerifySpec::from_config(&ctx.config, color),
-            ctx.config.verify.timeout.get(),
-        )
-        .await?;
-        let previous = state.live.take();
-        state.live = Some(Slot {
-            color,
-            image_id: journal.image_id.clone().unwrap_or_default(),
-            image_ref: journal.image_ref.clone().unwrap_or_default(),
-            image_digest: None,
-            container: container.clone(),
-            upstream: ctx.config.upstream(color).to_string(),
-            deploy_id: journal.deploy_id.clone(),
-            since: now_rfc3339(),
-        });
-        if let Some(old) = &previous {
-            ctx.docker
-                .stop_container(&old.container, ctx.config.container.stop_grace.get())
-                .await?;
-        }
-        state.previous = previous;
-        return Ok(format!(
-            "the target {color} was healthy; finished the switch to it"
-        ));
-    }
-    if let Some(saved) = &journal.saved_files {
-        ctx.proxy.restore(saved).await?;
-    }
-    if journal.kind == OperationKind::Deploy {
-        ctx.docker.remove_container(container).await?;
-    }
-    Ok(format!(
-        "the target {color} was not healthy; restored the previous proxy config"
-    ))
-}
-
-/// `cutover recover`: reconcile an interrupted deploy without starting a new one.
-///
-/// # Errors
-/// [`DeployError`] when the lock is held or reconciling fails.
-pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<bool, DeployError> {
-    ctx.store.ensure_dir()?;
-    let owner = Owner::this_process("recover", CiFacts::from_env().run_url());
-    let lock = DeployLock::acquire(ctx.store.dir(), ctx.service(), owner, lock_wait).await?;
-    if let Some(dead) = &lock.taken_over {
-        ctx.reporter.log(
-            Level::Warn,
-            &format!(
-                "took over the deploy lock left by {} (that process is gone)",
-                dead.describe()
-            ),
-        );
-    }
-    let mut state = ctx.store.load()?;
-    let had = state.in_progress.is_some();
-    recover_locked(ctx, &mut state).await?;
-    drop(lock);
-    Ok(had)
 }

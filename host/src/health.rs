@@ -114,6 +114,20 @@ fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot create the HTTP client: {e}"))
 }
 
+/// One request to `url` (through the proxy) on a fresh connection; the backend the
+/// proxy names in its `X-Cutover-Upstream` header, when it adds one. `status` uses it
+/// to report what nginx really serves, which can differ from its files on disk.
+pub async fn serving_upstream(url: &str, host: Option<&str>) -> Option<String> {
+    let client = client(Duration::from_secs(2)).ok()?;
+    let response = with_host(client.get(url), host).ok()?.send().await.ok()?;
+    response
+        .headers()
+        .get(UPSTREAM_HEADER)?
+        .to_str()
+        .ok()
+        .map(str::to_owned)
+}
+
 fn with_host(
     request: reqwest::RequestBuilder,
     host: Option<&str>,

@@ -486,6 +486,29 @@ mod tests {
     }
 
     #[test]
+    fn writer_killed_mid_write_leaves_the_previous_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path(), "hello");
+        let mut before = State::new("hello");
+        before.push_record(record("d1"), 10);
+        store.save(&before).unwrap();
+        // A writer killed mid-write leaves only its half-written temporary file;
+        // the rename that would publish it never happened.
+        let mut after = before.clone();
+        after.push_record(record("d2"), 10);
+        let bytes = serde_json::to_vec_pretty(&after).unwrap();
+        std::fs::write(
+            dir.path().join(".state.json.tmp-999999"),
+            &bytes[..bytes.len() / 3],
+        )
+        .unwrap();
+        assert_eq!(store.load().unwrap(), before);
+        // And the next writer is not disturbed by the leftover.
+        store.save(&after).unwrap();
+        assert_eq!(store.load().unwrap(), after);
+    }
+
+    #[test]
     fn other_service_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         StateStore::new(dir.path(), "a")

@@ -31,13 +31,17 @@ pub struct ColorStatus {
     pub upstream: String,
 }
 
-/// What the proxy files say.
+/// What the proxy serves and what its files say.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyStatus {
     /// The directory the files live in.
     pub config_dir: String,
-    /// The colour whose upstream the files name, when exactly one does.
+    /// The colour the proxy really sends traffic to: the backend it names in its
+    /// `X-Cutover-Upstream` header when it adds one (the managed nginx does), else
+    /// what its files say.
     pub target: Option<Color>,
+    /// The colour whose upstream the files on disk name, when exactly one does.
+    pub files_target: Option<Color>,
     /// For the managed proxy: whether nginx runs.
     pub running: Option<bool>,
 }
@@ -105,9 +109,27 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         });
     }
 
+    let files_target = proxy_target(ctx);
+    let spec = crate::health::VerifySpec::from_config(&ctx.config, Color::Blue);
+    let served = crate::health::serving_upstream(&spec.url, spec.host.as_deref())
+        .await
+        .and_then(|upstream| {
+            Color::BOTH
+                .into_iter()
+                .find(|c| ctx.config.upstream(*c).to_string() == upstream)
+        });
+    if let (Some(served), Some(files)) = (served, files_target)
+        && served != files
+    {
+        problems.push(format!(
+            "the proxy files name {files}, but nginx still serves {served}: they were written and \
+             never loaded (an interrupted deploy) or edited by hand; run `cutover recover`"
+        ));
+    }
     let proxy = ProxyStatus {
         config_dir: ctx.proxy.config_dir().display().to_string(),
-        target: proxy_target(ctx),
+        target: served.or(files_target),
+        files_target,
         running: (ctx.config.proxy.mode == crate::config::ProxyMode::Managed)
             .then(|| ctx.proxy.is_running()),
     };
@@ -173,7 +195,7 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
 
 /// The colour the proxy files point at: the files the template would write, read
 /// from disk, searched for each colour's `address:port`.
-fn proxy_target(ctx: &Context) -> Option<Color> {
+pub(crate) fn proxy_target(ctx: &Context) -> Option<Color> {
     let files = ctx.render(Color::Blue, None).ok()?;
     let paths: Vec<String> = files.into_iter().map(|f| f.path).collect();
     let current = ctx.proxy.snapshot(&paths).ok()?;

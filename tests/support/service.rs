@@ -182,7 +182,14 @@ timeout = "10s"
 
     /// Runs `cutover <args>` and waits.
     pub fn cutover(&self, args: &[&str]) -> Output {
-        collect(self.command(args).output().expect("run cutover"))
+        self.cutover_env(args, &[])
+    }
+
+    /// Runs `cutover <args>` with extra environment variables and waits.
+    pub fn cutover_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        collect(cmd.output().expect("run cutover"))
     }
 
     /// Deploys the hello app built with `VERSION=<version>`.
