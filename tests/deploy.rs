@@ -166,3 +166,43 @@ fn color_state(status: &Value, color: &str) -> String {
         .map(|c| c["state"].as_str().unwrap().to_owned())
         .unwrap()
 }
+
+#[test]
+fn custom_example_plugin_replaces_a_default_in_a_real_deploy() {
+    // The latency-p95 health policy from examples/plugins, built for wasm32-wasip2,
+    // pinned by digest, replaces builtin:http-status.
+    let wasm = crate::plugins::guests().join("latency_p95.wasm");
+    let digest = cutover::plugin::sha256_hex(&std::fs::read(&wasm).unwrap());
+    let svc = Service::new("e2e-custom");
+    svc.append_config(&format!(
+        "\n[plugins.health-policy]\nsource = {:?}\nsha256 = \"{digest}\"\n\
+         config = {{ window = 3, p95_ms = 250 }}\n",
+        wasm.display().to_string()
+    ));
+    let out = svc.deploy("v1").success();
+    // It needed a full window of three fast probes, and said so in the deploy log.
+    assert!(
+        out.stderr.contains("healthy after 3 probe(s)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+
+    // Its config is checked before anything starts: exit 5, nothing changed.
+    svc.edit_config(|text| text.replace("p95_ms = 250", "p95_ms = 0"));
+    let out = svc.deploy("v2").code(5);
+    assert!(
+        out.stderr.contains("`p95_ms` must be above 0"),
+        "{}",
+        out.stderr
+    );
+    // A policy that can never be met keeps the new colour out of traffic.
+    svc.edit_config(|text| text.replace("p95_ms = 0", "p95_ms = 250, max_attempts = 2"));
+    let out = svc.deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("health policy gave up"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+}

@@ -36,7 +36,7 @@ fn workspace() -> PathBuf {
 }
 
 /// The directory holding the test guests' `.wasm` files, built on first use.
-fn guests() -> &'static Path {
+pub(crate) fn guests() -> &'static Path {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = workspace();
