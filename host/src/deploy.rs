@@ -366,9 +366,12 @@ pub fn new_deploy_id() -> String {
 /// One running deploy or rollback: its journal, timings and the lock it holds.
 struct Run<'a> {
     ctx: &'a Context,
-    lock: DeployLock,
+    /// Held for the whole run; released (and its lease renewal stopped) on drop.
+    _lock: DeployLock,
     state: State,
     journal: Journal,
+    /// The colour live when the run started.
+    from: Option<Color>,
     started: Instant,
 }
 
@@ -422,7 +425,8 @@ impl<'a> Run<'a> {
         };
         Ok(Run {
             ctx,
-            lock,
+            _lock: lock,
+            from: state.live.as_ref().map(|s| s.color),
             state,
             journal,
             started: Instant::now(),
@@ -475,8 +479,6 @@ impl<'a> Run<'a> {
     fn save(&mut self) -> Result<(), DeployError> {
         self.state.in_progress = Some(self.journal.clone());
         self.ctx.store.save(&self.state)?;
-        // Renewing on every journal write keeps the lease fresh without a timer task.
-        self.lock.renew()?;
         Ok(())
     }
 
@@ -487,18 +489,13 @@ impl<'a> Run<'a> {
         reason: Option<String>,
         error_class: Option<ErrorClass>,
     ) -> Result<DeployReport, DeployError> {
-        let from = self.state.previous.as_ref().map(|s| s.color);
         let record = DeployRecord {
             id: self.journal.deploy_id.clone(),
             kind: self.journal.kind,
             started_at: self.journal.started_at.clone(),
             finished_at: now_rfc3339(),
             image_ref: self.journal.image_ref.clone(),
-            from: if outcome == Outcome::Succeeded {
-                from
-            } else {
-                self.state.live.as_ref().map(|s| s.color)
-            },
+            from: self.from,
             to: self.journal.target,
             outcome,
             reason: reason.clone(),
@@ -532,9 +529,19 @@ impl<'a> Run<'a> {
     /// (if any) and records the failure. The live colour and proxy files were never
     /// touched on this path.
     async fn fail_before_switch(self, error: DeployError) -> Result<DeployReport, DeployError> {
-        if let Some(name) = self.journal.container.clone()
-            && let Err(cleanup) = self.ctx.docker.remove_container(&name).await
-        {
+        let undo = match (&self.journal.container, self.journal.kind) {
+            (None, _) => Ok(()),
+            (Some(name), OperationKind::Deploy) => self.ctx.docker.remove_container(name).await,
+            // A rollback brought the previous colour's container back up; it goes
+            // back to stopped, still there for the next attempt.
+            (Some(name), OperationKind::Rollback) => {
+                self.ctx
+                    .docker
+                    .stop_container(name, self.ctx.config.container.stop_grace.get())
+                    .await
+            }
+        };
+        if let Err(cleanup) = undo {
             return Err(DeployError::CleanupFailed {
                 error: Box::new(error),
                 cleanup: cleanup.to_string(),
@@ -1092,6 +1099,7 @@ async fn rollback_steps(run: &mut Run<'_>, back: Slot) -> Result<(), Failure> {
     let color = back.color;
 
     // start: reuse the stopped container when it is still there
+    run.journal.container = Some(back.container.clone());
     let t = run.begin(Step::Start).map_err(pre)?;
     let started = async {
         match ctx.docker.inspect_container(&back.container).await? {

@@ -11,7 +11,7 @@
 //! This module never breaks a lock that a live process holds.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 /// The lock file's name inside the state directory.
 pub const FILE_NAME: &str = "lock";
 
-/// How long an owner's lease runs before it must be renewed.
+/// How long an owner's lease runs before it must be renewed. A background task of
+/// the holder renews it every third of this, however long a step (a build, a health
+/// wait) takes.
 pub const LEASE: Duration = Duration::from_secs(60);
 
 /// Who holds (or held) the lock.
@@ -119,6 +121,7 @@ pub struct DeployLock {
     file: File,
     path: PathBuf,
     owner: Owner,
+    renewer: tokio::task::JoinHandle<()>,
     /// The owner record found in the file when the lock was taken: a holder that died.
     pub taken_over: Option<Owner>,
 }
@@ -165,28 +168,14 @@ impl DeployLock {
             }
         }
         let taken_over = read_owner(&mut file);
-        let mut lock = DeployLock {
+        write_owner(&file, &owner).map_err(io)?;
+        let renewer = tokio::spawn(renew_forever(file.try_clone().map_err(io)?, owner.clone()));
+        Ok(DeployLock {
             file,
             path,
             owner,
+            renewer,
             taken_over,
-        };
-        lock.write_owner().map_err(|source| LockError::Io {
-            path: lock.path.clone(),
-            source,
-        })?;
-        Ok(lock)
-    }
-
-    /// Extends the lease; the deploy calls this between steps.
-    ///
-    /// # Errors
-    /// [`LockError::Io`] when the lock file cannot be written.
-    pub fn renew(&mut self) -> Result<(), LockError> {
-        self.owner.lease_until = lease_from_now();
-        self.write_owner().map_err(|source| LockError::Io {
-            path: self.path.clone(),
-            source,
         })
     }
 
@@ -195,17 +184,38 @@ impl DeployLock {
         &self.owner
     }
 
-    fn write_owner(&mut self) -> std::io::Result<()> {
-        let json = serde_json::to_vec(&self.owner).expect("owner always serializes");
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.write_all(&json)?;
-        self.file.sync_data()
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
+}
+
+/// Rewrites the owner record with a fresh lease every third of [`LEASE`].
+async fn renew_forever(file: File, mut owner: Owner) {
+    let mut tick = tokio::time::interval(LEASE / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        owner.lease_until = lease_from_now();
+        // A failed renewal only makes the record look stale to a refused runner's
+        // message; the flock still protects the service.
+        let _ = write_owner(&file, &owner);
+    }
+}
+
+/// Writes the record at offset 0 and then trims the file, so a reader never sees an
+/// empty file while a holder is alive (pwrite: the cloned handles share an offset).
+fn write_owner(file: &File, owner: &Owner) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let json = serde_json::to_vec(owner).expect("owner always serializes");
+    file.write_all_at(&json, 0)?;
+    file.set_len(json.len() as u64)?;
+    file.sync_data()
 }
 
 impl Drop for DeployLock {
     fn drop(&mut self) {
+        self.renewer.abort();
         // An empty file tells the next holder that this one finished cleanly; the
         // flock itself goes away when the file is closed.
         let _ = self.file.set_len(0);
