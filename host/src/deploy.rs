@@ -220,6 +220,32 @@ impl Context {
         })
     }
 
+    /// Takes the service's deploy lock for `operation`, reporting a takeover from a
+    /// holder that died.
+    ///
+    /// # Errors
+    /// [`DeployError::Lock`] when another live process holds it after `wait`.
+    pub async fn lock(
+        &self,
+        operation: &str,
+        wait: Duration,
+        run_url: Option<String>,
+    ) -> Result<DeployLock, DeployError> {
+        self.store.ensure_dir()?;
+        let owner = Owner::this_process(operation, run_url);
+        let lock = DeployLock::acquire(self.store.dir(), self.service(), owner, wait).await?;
+        if let Some(dead) = &lock.taken_over {
+            self.reporter.log(
+                Level::Warn,
+                &format!(
+                    "took over the deploy lock left by {} (that process is gone)",
+                    dead.describe()
+                ),
+            );
+        }
+        Ok(lock)
+    }
+
     fn service(&self) -> &str {
         &self.config.service
     }
@@ -382,22 +408,11 @@ impl<'a> Run<'a> {
         lock_wait: Duration,
         run_url: Option<String>,
     ) -> Result<Run<'a>, DeployError> {
-        ctx.store.ensure_dir()?;
         let operation = match kind {
             OperationKind::Deploy => "deploy",
             OperationKind::Rollback => "rollback",
         };
-        let owner = Owner::this_process(operation, run_url);
-        let lock = DeployLock::acquire(ctx.store.dir(), ctx.service(), owner, lock_wait).await?;
-        if let Some(dead) = &lock.taken_over {
-            ctx.reporter.log(
-                Level::Warn,
-                &format!(
-                    "took over the deploy lock left by {} (that process is gone)",
-                    dead.describe()
-                ),
-            );
-        }
+        let lock = ctx.lock(operation, lock_wait, run_url).await?;
         let mut state = ctx.store.load()?;
         if state.in_progress.is_some() {
             crate::recover::reconcile(ctx, &mut state).await?;

@@ -7,7 +7,6 @@
 use crate::Color;
 use crate::deploy::{Context, DeployError};
 use crate::events::Level;
-use crate::lock::{DeployLock, Owner};
 use crate::state::State;
 
 /// Stops and removes everything the service runs here.
@@ -15,15 +14,7 @@ use crate::state::State;
 /// # Errors
 /// [`DeployError`] when the lock is held or Docker, nginx or the state file fail.
 pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
-    ctx.store.ensure_dir()?;
-    let owner = Owner::this_process("down", None);
-    let _lock = DeployLock::acquire(
-        ctx.store.dir(),
-        &ctx.config.service,
-        owner,
-        std::time::Duration::ZERO,
-    )
-    .await?;
+    let _lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
     if ctx.config.proxy.mode == crate::config::ProxyMode::Managed {
         ctx.proxy.stop().await?;
     }

@@ -20,7 +20,6 @@ use crate::ci::CiFacts;
 use crate::deploy::{Context, DeployError};
 use crate::events::{Event, Level};
 use crate::health::{self, VerifySpec};
-use crate::lock::{DeployLock, Owner};
 use crate::plugin::types;
 use crate::state::{DeployRecord, Journal, OperationKind, Outcome, Slot, State, Step, now_rfc3339};
 
@@ -190,18 +189,9 @@ pub enum Recovered {
 /// [`DeployError`] when the lock is held, the state file is unreadable, or
 /// reconciling fails.
 pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, DeployError> {
-    ctx.store.ensure_dir()?;
-    let owner = Owner::this_process("recover", CiFacts::from_env().run_url());
-    let lock = DeployLock::acquire(ctx.store.dir(), &ctx.config.service, owner, lock_wait).await?;
-    if let Some(dead) = &lock.taken_over {
-        ctx.reporter.log(
-            Level::Warn,
-            &format!(
-                "took over the deploy lock left by {} (that process is gone)",
-                dead.describe()
-            ),
-        );
-    }
+    let _lock = ctx
+        .lock("recover", lock_wait, CiFacts::from_env().run_url())
+        .await?;
     let mut state = ctx.store.load()?;
     let outcome = if state.in_progress.is_some() {
         reconcile(ctx, &mut state).await?;
