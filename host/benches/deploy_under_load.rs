@@ -413,8 +413,7 @@ http {{
             .env("INTERVAL", opts.baseline_interval.to_string());
         cmd
     };
-    // First deploy (blue), not measured; then start nginx on it.
-    run(&mut deploy(&images[0]));
+    // Start nginx, then the first deploy (blue, not measured) that the load starts on.
     run(Command::new("nginx")
         .arg("-p")
         .arg(prefix)
@@ -422,6 +421,7 @@ http {{
         .arg(&conf)
         .arg("-e")
         .arg(prefix.join("error.log")));
+    run(&mut deploy(&images[0]));
     let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
     let load = Load::start(LoadConfig {
         fast_rate: opts.rate,
@@ -534,8 +534,19 @@ fn summarize(row: &Row) -> Value {
             d.wall.as_secs_f64() * 1000.0 - health - drain
         })
         .collect();
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for sample in l.failed() {
+        let key = match sample.result {
+            load::Outcome::Status(code) => code.to_string(),
+            other => format!("{other:?}"),
+        };
+        *statuses.entry(key).or_default() += 1;
+    }
     json!({
         "row": row.name,
+        "failures_by_kind": statuses,
+        "first_failures_at_ms": l.failed().iter().take(20).map(|s| (s.at.as_millis() as u64, s.slow, s.latency.as_millis() as u64)).collect::<Vec<_>>(),
+        "switch_at_ms": switches.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
         "deploys": row.deploys.len(),
         "deploys_ok": row.deploys.iter().filter(|d| d.ok).count(),
         "requests": l.samples.len(),

@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// The least time between the starts of two slow requests on one connection.
+const SLOW_MIN_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -209,6 +212,13 @@ impl Worker {
                 return;
             }
             let path = if self.slow {
+                // Paced too: a slow request that fails at once must not turn its
+                // connection into a tight loop of failures that swamps the counts.
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                next = Instant::now() + SLOW_MIN_INTERVAL;
                 let (lo, hi) = self.config.slow_ms;
                 let ms = lo + self.next_random() % (hi - lo + 1);
                 format!("/slow?ms={ms}")
