@@ -458,7 +458,7 @@ impl<'a> Run<'a> {
         Ok(Instant::now())
     }
 
-    /// Journals `step` as finished (or emits its failure).
+    /// Records `step` as finished (or emits its failure).
     fn end<T>(
         &mut self,
         step: Step,
@@ -470,8 +470,10 @@ impl<'a> Run<'a> {
         self.journal.steps.push(StepTiming { step, ms });
         match result {
             Ok(value) => {
+                // Not written here: the next step's `begin` (or the final record)
+                // persists it. Recovery treats a step journaled as started as
+                // possibly done, so this saves an fsync pair per step at no risk.
                 self.journal.phase = Phase::Finished;
-                self.save()?;
                 fault::point(fault::When::After, step);
                 self.ctx.reporter.emit(&Event::StepFinished {
                     step,
