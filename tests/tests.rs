@@ -6,6 +6,7 @@ mod support;
 mod ci_examples;
 mod deploy;
 mod docker;
+mod gate;
 mod health;
 mod plugins;
 mod proxy;

@@ -17,6 +17,7 @@ pub mod deploy;
 pub mod docker;
 pub mod down;
 pub mod events;
+pub mod gate;
 pub mod git;
 pub mod health;
 pub mod lock;

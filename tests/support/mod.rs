@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod docker;
+pub mod git;
 pub mod hello;
 pub mod load;
 pub mod service;
