@@ -8,6 +8,7 @@ mod deploy;
 mod docker;
 mod gate;
 mod health;
+mod history;
 mod plugins;
 mod proxy;
 mod zero_downtime;
