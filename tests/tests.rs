@@ -11,4 +11,5 @@ mod health;
 mod history;
 mod plugins;
 mod proxy;
+mod serve;
 mod zero_downtime;
