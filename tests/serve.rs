@@ -264,8 +264,8 @@ impl Fixture {
             .collect()
     }
 
-    /// Asserts that the secret appears nowhere the server writes: its log and its
-    /// state directory.
+    /// Asserts that the secret appears nowhere the server or its deploys write: the
+    /// server's log and state directory, the service's state file and audit log.
     #[track_caller]
     fn assert_secret_never_written(&self) {
         let log = self.server.log_text();
@@ -274,9 +274,13 @@ impl Fixture {
             !log.contains(&self.secret),
             "the secret is in the server log"
         );
-        for entry in std::fs::read_dir(self.conf_dir.path().join(".cutover-serve")).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let serve_state = std::fs::read_dir(self.conf_dir.path().join(".cutover-serve"))
+            .unwrap()
+            .map(|e| e.unwrap().path());
+        let service_state = ["audit.jsonl", "state.json"].map(|f| self.svc.state_dir().join(f));
+        for path in serve_state.chain(service_state) {
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!text.contains(&self.secret), "{}", path.display());
         }
     }
@@ -323,6 +327,17 @@ fn delivery() -> String {
         N.fetch_add(1, Ordering::Relaxed),
         unique_service("x")
     )
+}
+
+/// Prints (for the record) and checks a finished run's webhook-to-deploy latency.
+#[track_caller]
+fn report_latency(what: &str, run: &Value) {
+    let latency = run["start_latency_ms"].as_u64().expect("start latency");
+    let queued = run["queued_ms"].as_u64().expect("queue time");
+    assert!(latency >= queued, "{run}");
+    eprintln!(
+        "serve latency ({what}): accepted -> deploy started {latency} ms, queued {queued} ms"
+    );
 }
 
 fn short(sha: &str) -> &str {
@@ -402,11 +417,7 @@ fn signed_push_deploys_its_sha_and_everything_else_is_refused() {
     assert_eq!(run["commit"], sha.as_str());
     assert_eq!(run["ref"], "refs/heads/main");
     assert_eq!(run["actor"], "dev");
-    let latency = run["start_latency_ms"].as_u64().expect("start latency");
-    eprintln!(
-        "serve: webhook accepted -> deploy started: {latency} ms (queued {} ms)",
-        run["queued_ms"]
-    );
+    report_latency("push", &run);
 
     // Replays: the same delivery; the same body under a new delivery id (the header
     // is not signed); the same delivery id with another body.
@@ -489,6 +500,7 @@ fn gate_sees_a_pushed_tag_and_shutdown_waits_for_the_running_deploy() {
     assert_eq!(denied["exit_code"], 3);
     let reason = denied["reason"].as_str().unwrap();
     assert!(reason.contains("HEAD has no tags"), "{reason}");
+    report_latency("trigger, denied", &denied);
 
     // Tag the commit (annotated, as a release would be) and push the tag: GitHub
     // sends the tag object's sha as `after`.
@@ -581,6 +593,9 @@ fn burst_of_five_pushes_runs_one_queues_one_and_ends_on_the_newest() {
     assert_eq!(last["state"], "finished");
     assert_eq!(last["outcome"], "succeeded", "{last}");
     for run in &runs {
+        if run["state"] == "finished" {
+            report_latency("burst", run);
+        }
         if run["state"] == "superseded" {
             assert_eq!(run["deploy_id"], Value::Null, "a superseded push never ran");
         }

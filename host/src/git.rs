@@ -2,8 +2,10 @@
 //! commit subject, dirty tree, and the repository's identity.
 //!
 //! The facts come from the `git` binary, run with argv (never a shell) and a scrubbed
-//! environment so a hook's `GIT_DIR` or a pager cannot change the answer. This module
-//! only reads: it never fetches, checks out or writes to the repository.
+//! environment ([`command`]) so a hook's `GIT_DIR`, a pager or a credential prompt
+//! cannot change the answer or hang. Collecting facts only reads: it never fetches,
+//! checks out or writes to the repository (`cutover serve` does that, with the same
+//! [`command`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,23 +148,31 @@ impl Git<'_> {
     }
 
     fn output(&self, args: &[&str]) -> Result<std::process::Output, GitError> {
-        Command::new("git")
-            .arg("-C")
-            .arg(self.dir)
+        command(self.dir)
             .args(args)
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .env_remove("GIT_INDEX_FILE")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_PAGER", "cat")
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null())
             .output()
             .map_err(|source| GitError::Spawn {
                 dir: self.dir.to_owned(),
                 source,
             })
     }
+}
+
+/// `git -C <dir>` with a scrubbed environment: no inherited `GIT_DIR`/work tree/index,
+/// no pager, no credential prompt (it would hang a CI job or the server), C locale
+/// (messages are matched), stdin closed. Add the arguments and run it.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_PAGER", "cat")
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null());
+    cmd
 }
 
 #[cfg(test)]

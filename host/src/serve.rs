@@ -1092,18 +1092,10 @@ async fn deploy_push(app: &App, worker: &Worker, mut run: DeployRun) -> DeployRu
 
 /// `git` in the checkout, with the secret removed from its environment.
 fn git(app: &App, dir: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("git");
-    cmd.arg("-C")
-        .arg(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("LC_ALL", "C")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove(&app.secret_env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = crate::git::command(dir);
+    cmd.env_remove(&app.secret_env);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
     cmd
 }
 
