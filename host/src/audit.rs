@@ -260,7 +260,7 @@ pub fn to_table(entries: &[Entry]) -> String {
             e.deploy_id,
             e.time,
             kind,
-            e.outcome,
+            e.outcome.as_str(),
             e.target.map_or("-".to_owned(), |c| c.to_string()),
             sha,
             secs,
@@ -309,6 +309,10 @@ mod tests {
         let table = to_table(&log.read().unwrap());
         assert!(table.contains("denied"), "{table}");
         assert!(table.contains("cicd"), "{table}");
+        // Columns line up: `TO` sits above the target colour in every row.
+        let lines: Vec<&str> = table.lines().collect();
+        let to = lines[0].find(" TO ").unwrap() + 1;
+        assert_eq!(&lines[1][to..to + 5], "green", "{table}");
     }
 
     #[test]
