@@ -2,10 +2,14 @@
 //! `<state_dir>/audit.jsonl`: who ran it (CI facts or the local user), the git sha,
 //! the image, the target colour, the outcome, per-step timings and the gate's reason.
 //!
-//! Entries are only ever appended (one `write` of a whole line on an `O_APPEND` file,
-//! so concurrent writers cannot interleave within a line). The log is rotated to
-//! `audit.jsonl.1` when it passes a size cap, so it cannot grow without bound; the
-//! rotated file is still read by `cutover history`. It never records a secret.
+//! Entries are only ever appended (one `write` of a whole line on an `O_APPEND` file).
+//! Writers take an exclusive lock on `audit.jsonl.lock` around "rotate if full, then
+//! append", because the deploy lock is already released when a run's entry is written
+//! and two rotations racing would drop a whole file of history. The log is rotated to
+//! `audit.jsonl.1` when it reaches [`MAX_BYTES`], and a reason is cut to
+//! [`MAX_REASON_BYTES`], so the two files together never exceed about
+//! 2 × ([`MAX_BYTES`] + one entry); `cutover history` reads both. It never records a
+//! secret: actors, shas, image names and reasons only.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -23,6 +27,10 @@ pub const FILE_NAME: &str = "audit.jsonl";
 
 /// The size at which the log is rotated.
 pub const MAX_BYTES: u64 = 1024 * 1024;
+
+/// The longest reason kept in an entry; longer ones (a compiler's or nginx's whole
+/// output) are cut, so one entry cannot defeat the size cap.
+pub const MAX_REASON_BYTES: usize = 4096;
 
 /// Who ran a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,35 +130,55 @@ impl AuditLog {
         self
     }
 
-    fn rotated(&self) -> PathBuf {
+    fn sibling(&self, suffix: &str) -> PathBuf {
         let mut name = self.path.clone().into_os_string();
-        name.push(".1");
+        name.push(suffix);
         PathBuf::from(name)
     }
 
-    /// Appends one entry, rotating first when the log is over its cap.
+    fn rotated(&self) -> PathBuf {
+        self.sibling(".1")
+    }
+
+    /// The log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry, rotating first when the log has reached its cap.
     ///
     /// # Errors
-    /// [`AuditError`] when the file cannot be rotated or written.
+    /// [`AuditError`] when the file cannot be locked, rotated or written.
     pub fn append(&self, entry: &Entry) -> Result<(), AuditError> {
-        let err = |source| AuditError {
-            path: self.path.clone(),
-            source,
-        };
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= self.max_bytes) {
-            std::fs::rename(&self.path, self.rotated()).map_err(err)?;
-        }
-        let mut line = serde_json::to_vec(entry).expect("entries always serialize");
-        line.push(b'\n');
         use std::os::unix::fs::OpenOptionsExt;
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| AuditError { path, source }
+        };
+        let lock_path = self.sibling(".lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(err(&lock_path))?;
+        // Released when `lock` is dropped at the end of this function.
+        lock.lock().map_err(err(&lock_path))?;
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= self.max_bytes) {
+            std::fs::rename(&self.path, self.rotated()).map_err(err(&self.path))?;
+        }
+        let mut line = serde_json::to_vec(&bounded(entry))
+            .map_err(|e| err(&self.path)(std::io::Error::other(e)))?;
+        line.push(b'\n');
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&self.path)
-            .map_err(err)?;
-        file.write_all(&line).map_err(err)?;
-        file.sync_data().map_err(err)
+            .map_err(err(&self.path))?;
+        file.write_all(&line).map_err(err(&self.path))?;
+        file.sync_data().map_err(err(&self.path))
     }
 
     /// Every entry, oldest first (the rotated file, then the current one). Lines that
@@ -169,6 +197,22 @@ impl AuditLog {
             entries.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
         }
         Ok(entries)
+    }
+}
+
+/// `entry` with its reason cut to [`MAX_REASON_BYTES`] (on a character boundary).
+fn bounded(entry: &Entry) -> std::borrow::Cow<'_, Entry> {
+    match &entry.reason {
+        Some(reason) if reason.len() > MAX_REASON_BYTES => {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut short = entry.clone();
+            short.reason = Some(format!("{}… (cut)", &reason[..end]));
+            std::borrow::Cow::Owned(short)
+        }
+        _ => std::borrow::Cow::Borrowed(entry),
     }
 }
 
@@ -199,7 +243,7 @@ pub fn entry_for(
 pub fn to_table(entries: &[Entry]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:<8} {}\n",
+        "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:>7} {}\n",
         "DEPLOY", "TIME", "KIND", "OUTCOME", "TO", "SHA", "SECONDS", "BY"
     );
     for e in entries {
@@ -207,16 +251,16 @@ pub fn to_table(entries: &[Entry]) -> String {
             OperationKind::Deploy => "deploy",
             OperationKind::Rollback => "rollback",
         };
-        let secs: u64 = e.steps.iter().map(|s| s.ms).sum::<u64>() / 1000;
+        let secs = e.steps.iter().map(|s| s.ms).sum::<u64>() as f64 / 1000.0;
         let sha = e.git_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let by = format!("{}:{}", e.actor.via, e.actor.name.as_deref().unwrap_or("?"));
         let _ = writeln!(
             out,
-            "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:<8} {}",
+            "{:<24} {:<20} {:<8} {:<11} {:<6} {:<12} {:>7.1} {}",
             e.deploy_id,
             e.time,
             kind,
-            e.outcome,
+            e.outcome.as_str(),
             e.target.map_or("-".to_owned(), |c| c.to_string()),
             sha,
             secs,
@@ -265,6 +309,10 @@ mod tests {
         let table = to_table(&log.read().unwrap());
         assert!(table.contains("denied"), "{table}");
         assert!(table.contains("cicd"), "{table}");
+        // Columns line up: `TO` sits above the target colour in every row.
+        let lines: Vec<&str> = table.lines().collect();
+        let to = lines[0].find(" TO ").unwrap() + 1;
+        assert_eq!(&lines[1][to..to + 5], "green", "{table}");
     }
 
     #[test]
@@ -284,6 +332,61 @@ mod tests {
             "the oldest entries were dropped with the rotation"
         );
         assert_eq!(log.read().unwrap().last().unwrap().deploy_id, "d9");
+    }
+
+    #[test]
+    fn both_files_together_stay_under_twice_the_cap_plus_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 2000;
+        let log = AuditLog::new(dir.path()).with_max_bytes(cap);
+        let mut long = entry("huge");
+        long.reason = Some("é".repeat(MAX_REASON_BYTES));
+        let max_line = serde_json::to_vec(&bounded(&long)).unwrap().len() as u64 + 1;
+        for i in 0..200 {
+            let e = if i % 7 == 0 {
+                long.clone()
+            } else {
+                entry(&format!("d{i}"))
+            };
+            log.append(&e).unwrap();
+            let current = std::fs::metadata(log.path()).unwrap().len();
+            let rotated = std::fs::metadata(log.rotated()).map_or(0, |m| m.len());
+            assert!(current < cap + max_line, "after {i}: current {current}");
+            assert!(rotated < cap + max_line, "after {i}: rotated {rotated}");
+        }
+        let entries = log.read().unwrap();
+        assert_eq!(entries.last().unwrap().deploy_id, "d199");
+        let cut = entries.iter().find(|e| e.deploy_id == "huge").unwrap();
+        let reason = cut.reason.as_deref().unwrap();
+        assert!(reason.len() <= MAX_REASON_BYTES + 16, "{}", reason.len());
+        assert!(reason.ends_with("(cut)"));
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 3, "the log, one rotated file and the lock file");
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        // One rotation in the middle of the run (at 60 of 100 entries): without the
+        // writers' lock, two writers can both rotate and drop a whole file.
+        let line = serde_json::to_vec(&entry("t0-00")).unwrap().len() as u64 + 1;
+        let log = AuditLog::new(dir.path()).with_max_bytes(60 * line);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        log.append(&entry(&format!("t{t}-{i:02}"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(log.rotated().exists(), "the log rotated once");
+        let entries = log.read().unwrap();
+        assert_eq!(entries.len(), 100, "every line is whole and kept");
     }
 
     #[test]

@@ -246,18 +246,23 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         };
     }
     if let Command::Serve { file } = &cli.command {
+        use crate::serve::ServeError;
         let config = crate::serve::ServeConfig::load(file)?;
+        // One JSON object per line on stderr: journald and log shippers keep the
+        // fields (delivery id, repository, sha, deploy id) searchable.
         let _ = tracing_subscriber::fmt()
             .json()
+            .with_current_span(true)
             .with_writer(std::io::stderr)
             .try_init();
         return match crate::serve::run(config).await {
             Ok(()) => Ok(exit::OK),
             Err(e) => Err(Failure {
                 code: match e {
-                    crate::serve::ServeError::Config(_)
-                    | crate::serve::ServeError::MissingSecret(_) => exit::CONFIG,
-                    _ => exit::ENVIRONMENT,
+                    ServeError::Config(_)
+                    | ServeError::MissingSecret(_)
+                    | ServeError::Checkout { .. } => exit::CONFIG,
+                    ServeError::Listen { .. } | ServeError::State { .. } => exit::ENVIRONMENT,
                 },
                 error: e.into(),
             }),

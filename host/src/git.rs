@@ -2,8 +2,10 @@
 //! commit subject, dirty tree, and the repository's identity.
 //!
 //! The facts come from the `git` binary, run with argv (never a shell) and a scrubbed
-//! environment so a hook's `GIT_DIR` or a pager cannot change the answer. This module
-//! only reads: it never fetches, checks out or writes to the repository.
+//! environment ([`command`]) so a hook's `GIT_DIR`, a pager or a credential prompt
+//! cannot change the answer or hang. Collecting facts only reads: it never fetches,
+//! checks out or writes to the repository (`cutover serve` does that, with the same
+//! [`command`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,14 +31,28 @@ pub struct GitFacts {
     pub dirty: bool,
 }
 
-/// The `git` binary could not be run at all.
+/// git could not tell what the checkout is.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot run `git` to read the checkout at {}: {source}; install git or run cutover outside a repository", dir.display())]
-pub struct GitError {
-    /// The directory git was asked about.
-    pub dir: PathBuf,
-    /// Why the binary could not be started.
-    pub source: std::io::Error,
+pub enum GitError {
+    /// The `git` binary could not be started.
+    #[error("cannot run `git` to read the checkout at {}: {source}; install git or run cutover outside a repository", dir.display())]
+    Spawn {
+        /// The directory git was asked about.
+        dir: PathBuf,
+        /// Why the binary could not be started.
+        source: std::io::Error,
+    },
+    /// git ran but refused the repository for another reason than "not a repository"
+    /// (e.g. "dubious ownership" when cutover runs as another user than the checkout's
+    /// owner, or a broken `.git/config`). Treating that as "no repository" would make
+    /// the gate deny with a misleading "HEAD has no tags".
+    #[error("git cannot read the checkout at {}: {message}; fix the repository (or mark it safe with `git config --global --add safe.directory <dir>`) and retry", dir.display())]
+    Unreadable {
+        /// The directory git was asked about.
+        dir: PathBuf,
+        /// git's own message.
+        message: String,
+    },
 }
 
 impl GitFacts {
@@ -47,14 +63,23 @@ impl GitFacts {
     /// [`GitError`] only when the `git` binary cannot be started.
     pub fn collect(dir: &Path) -> Result<GitFacts, GitError> {
         let git = Git { dir };
-        let Some(root) = git.run(&["rev-parse", "--show-toplevel"])? else {
-            return Ok(GitFacts::default());
-        };
-        let root = PathBuf::from(root);
+        let probe = git.output(&["rev-parse", "--show-toplevel"])?;
+        if !probe.status.success() {
+            let message = String::from_utf8_lossy(&probe.stderr).trim().to_owned();
+            if message.contains("not a git repository") {
+                return Ok(GitFacts::default());
+            }
+            return Err(GitError::Unreadable {
+                dir: dir.to_owned(),
+                message,
+            });
+        }
+        let root = PathBuf::from(String::from_utf8_lossy(&probe.stdout).trim());
         let head_sha = git.run(&["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])?;
         let branch = git.run(&["symbolic-ref", "--quiet", "--short", "HEAD"])?;
         let repository = git
             .run(&["config", "--get", "remote.origin.url"])?
+            .map(|url| without_credentials(&url))
             .or_else(|| root.file_name().map(|n| n.to_string_lossy().into_owned()));
         let (tags, subject) = if head_sha.is_some() {
             let mut tags: Vec<String> = git
@@ -92,36 +117,62 @@ impl GitFacts {
     }
 }
 
+/// `url` without a `user:password@` part: a remote cloned with a token in its URL
+/// must not hand that token to a plugin, a log line or the audit log.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // scp-like `git@host:path`: the user is a name, never a secret.
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 struct Git<'a> {
     dir: &'a Path,
 }
 
 impl Git<'_> {
-    /// Runs git; `Ok(None)` when it fails or prints nothing (no repo, no HEAD,
-    /// detached HEAD for symbolic-ref, no remote): each of those is a fact, not an error.
+    /// Runs git; `Ok(None)` when it fails or prints nothing (no HEAD, detached HEAD
+    /// for symbolic-ref, no remote): each of those is a fact, not an error.
     fn run(&self, args: &[&str]) -> Result<Option<String>, GitError> {
-        let output = Command::new("git")
-            .arg("-C")
-            .arg(self.dir)
-            .args(args)
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
-            .env_remove("GIT_INDEX_FILE")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_PAGER", "cat")
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|source| GitError {
-                dir: self.dir.to_owned(),
-                source,
-            })?;
+        let output = self.output(args)?;
         if !output.status.success() {
             return Ok(None);
         }
         let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         Ok((!text.is_empty()).then_some(text))
     }
+
+    fn output(&self, args: &[&str]) -> Result<std::process::Output, GitError> {
+        command(self.dir)
+            .args(args)
+            .output()
+            .map_err(|source| GitError::Spawn {
+                dir: self.dir.to_owned(),
+                source,
+            })
+    }
+}
+
+/// `git -C <dir>` with a scrubbed environment: no inherited `GIT_DIR`/work tree/index,
+/// no pager, no credential prompt (it would hang a CI job or the server), C locale
+/// (messages are matched), stdin closed. Add the arguments and run it.
+pub fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_PAGER", "cat")
+        .env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null());
+    cmd
 }
 
 #[cfg(test)]
@@ -217,6 +268,43 @@ mod tests {
         let facts = repo.facts();
         assert!(facts.dirty);
         assert!(facts.short_sha().unwrap().ends_with("-dirty"));
+    }
+
+    #[test]
+    fn broken_repository_is_an_error_not_an_empty_checkout() {
+        let repo = Repo::new();
+        std::fs::write(repo.dir.path().join(".git/config"), "[core\n").unwrap();
+        let err = GitFacts::collect(repo.dir.path()).unwrap_err();
+        assert!(matches!(err, GitError::Unreadable { .. }), "{err:?}");
+        assert!(err.to_string().contains("bad config"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_the_origin_url_are_dropped() {
+        assert_eq!(
+            without_credentials("https://ci:ghp_token@github.com/team/app.git"),
+            "https://github.com/team/app.git"
+        );
+        assert_eq!(
+            without_credentials("https://github.com/team/a@b.git"),
+            "https://github.com/team/a@b.git"
+        );
+        assert_eq!(
+            without_credentials("git@github.com:team/app.git"),
+            "git@github.com:team/app.git"
+        );
+        let repo = Repo::new();
+        repo.git(&[
+            "remote",
+            "add",
+            "origin",
+            "https://u:s3cret@example.com/app.git",
+        ]);
+        let facts = repo.facts();
+        assert_eq!(
+            facts.repository.as_deref(),
+            Some("https://example.com/app.git")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod docker;
 pub mod down;
 pub mod events;
 pub mod fault;
+pub mod gate;
 pub mod git;
 pub mod health;
 pub mod lock;

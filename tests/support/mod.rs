@@ -8,12 +8,15 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod docker;
+pub mod git;
 pub mod hello;
 pub mod load;
 pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};
-pub use hello::{HttpResponse, build_hello_image, hello_context, http_get, wait_for_http};
+pub use hello::{
+    HttpResponse, build_hello_image, hello_context, http_get, http_request, wait_for_http,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -174,6 +174,12 @@ timeout = "10s"
             .args(args)
             .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
             .env_remove("CUTOVER_CONFIG")
+            // The facts of whatever CI runs the tests must not reach the deploys.
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITLAB_CI")
+            .env_remove("JENKINS_URL")
+            .env_remove("JENKINS_HOME")
+            .env_remove("CUTOVER_SERVE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

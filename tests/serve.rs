@@ -1,0 +1,644 @@
+//! `cutover serve` end to end: the real binary on a loopback port with its secret in
+//! its environment; a local bare repository as the "remote"; the server's checkout a
+//! clone of it whose `cutover.toml` deploys the hello app (real Docker, managed
+//! nginx); signed GitHub push payloads and generic triggers posted over loopback.
+//!
+//! Each fixture kills its server on drop, then takes the service down (`cutover down
+//! --images` through the `Service` guard) and removes its repositories.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cutover::serve::ServeConfig;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::support::git::Repo;
+use crate::support::service::{Service, plugin_cache_dir};
+use crate::support::{HttpResponse, free_port, http_request, unique_service};
+
+const SECRET_ENV: &str = "CUTOVER_TEST_WEBHOOK_SECRET";
+const MAX_BODY: usize = 64 * 1024;
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A deploy here builds an image and waits for health: seconds, not minutes, but the
+/// machine is shared with the other tests.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A running `cutover serve`; killed (and reaped) on drop.
+struct ServeProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl ServeProcess {
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit code.
+    fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A server, the service it deploys, the bare "remote" and a developer's clone.
+/// Field order is drop order: the server dies before the service is taken down.
+struct Fixture {
+    server: ServeProcess,
+    svc: Service,
+    work: Repo,
+    _origin: Repo,
+    _work_dir: tempfile::TempDir,
+    conf_dir: tempfile::TempDir,
+    /// The repository's name as configured (GitHub's `owner/name`).
+    name: String,
+    secret: String,
+    base_config: String,
+}
+
+impl Fixture {
+    /// `gate` is appended to the repository's `cutover.toml`.
+    fn start(prefix: &str, gate: &str) -> Fixture {
+        let svc = Service::new(prefix);
+        let base_config = std::fs::read_to_string(svc.config_path()).unwrap() + gate;
+        // The checkout supplies the config from now on.
+        std::fs::remove_file(svc.config_path()).unwrap();
+
+        let origin = Repo::bare();
+        let work_dir = tempfile::tempdir().unwrap();
+        let work = Repo::clone_into(&origin, &work_dir.path().join("app"));
+        std::fs::write(work.path().join(".gitignore"), ".cutover/\n").unwrap();
+        work.git(&["add", ".gitignore"]);
+        let name = format!("Team/{}", unique_service("app"));
+        // Commit the first config, push, and make the server's checkout a clone.
+        let first = base_config.replace("VERSION = \"dev\"", "VERSION = \"v0\"");
+        work.commit("cutover.toml", &first, "v0");
+        work.git(&["push", "-q", "origin", "main"]);
+        Repo::clone_into(&origin, svc.dir.path());
+
+        let conf_dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let conf = conf_dir.path().join("cutover-serve.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen = \"{addr}\"\nsecret_env = \"{SECRET_ENV}\"\nmax_body_bytes = {MAX_BODY}\n\
+                 lock_wait = \"2m\"\nshutdown_grace = \"4m\"\n\n[[repository]]\nname = \"{name}\"\n\
+                 checkout = \"{checkout}\"\n",
+                checkout = svc.dir.path().display(),
+            ),
+        )
+        .unwrap();
+        let secret = format!("whsec-{}", unique_service("s"));
+        let log = conf_dir.path().join("server.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("serve")
+            .arg(&conf)
+            .env(SECRET_ENV, &secret)
+            .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
+            .env_remove("CUTOVER_CONFIG")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITLAB_CI")
+            .env_remove("JENKINS_URL")
+            .env_remove("JENKINS_HOME")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start cutover serve");
+        let mut server = ServeProcess { child, addr, log };
+        wait_until_serving(&mut server);
+        Fixture {
+            server,
+            svc,
+            work,
+            _origin: origin,
+            _work_dir: work_dir,
+            conf_dir,
+            name,
+            secret,
+            base_config,
+        }
+    }
+
+    /// Commits a config deploying `version` and pushes it; returns the commit's sha.
+    fn push_version(&self, version: &str) -> String {
+        let text = self
+            .base_config
+            .replace("VERSION = \"dev\"", &format!("VERSION = \"{version}\""));
+        let sha = self.work.commit("cutover.toml", &text, version);
+        self.work.git(&["push", "-q", "origin", "main"]);
+        sha
+    }
+
+    fn signature(&self, secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    /// A GitHub push payload for `after` on `git_ref`.
+    fn push_payload(&self, repository: &str, git_ref: &str, after: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "ref": git_ref,
+            "before": "0000000000000000000000000000000000000000",
+            "after": after,
+            "created": false,
+            "deleted": false,
+            "forced": false,
+            "repository": { "full_name": repository, "name": "app" },
+            "pusher": { "name": "dev", "email": "dev@example.com" },
+            "sender": { "login": "dev" },
+            "head_commit": { "id": after, "message": "change" },
+            "commits": [],
+        }))
+        .unwrap()
+    }
+
+    /// POSTs `body` to `path` with `headers`.
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        http_request(self.server.addr, "POST", path, &all, body, HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.server.log_text()))
+    }
+
+    /// Posts a push event signed with the server's secret.
+    fn github(&self, event: &str, delivery: &str, body: &[u8]) -> HttpResponse {
+        let signature = self.signature(&self.secret, body);
+        self.post(
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &signature),
+                ("User-Agent", "GitHub-Hookshot/test"),
+            ],
+            body,
+        )
+    }
+
+    /// Posts a signed push of `sha` on `git_ref` for the configured repository.
+    fn push_event(&self, git_ref: &str, sha: &str, delivery: &str) -> HttpResponse {
+        self.github(
+            "push",
+            delivery,
+            &self.push_payload(&self.name, git_ref, sha),
+        )
+    }
+
+    /// `GET /deploys`'s list.
+    fn deploys(&self) -> Vec<Value> {
+        let r = http_request(self.server.addr, "GET", "/deploys", &[], b"", HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET /deploys: {e}\n{}", self.server.log_text()));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        v["deploys"].as_array().unwrap().clone()
+    }
+
+    fn run_of(&self, delivery: &str) -> Option<Value> {
+        self.deploys()
+            .into_iter()
+            .find(|r| r["delivery"] == delivery)
+    }
+
+    /// Polls until the run of `delivery` is in one of `states`; returns it.
+    #[track_caller]
+    fn wait_state(&self, delivery: &str, states: &[&str]) -> Value {
+        let deadline = Instant::now() + DEPLOY_TIMEOUT;
+        loop {
+            if let Some(run) = self.run_of(delivery)
+                && states.contains(&run["state"].as_str().unwrap_or(""))
+            {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "delivery {delivery} not {states:?} within {DEPLOY_TIMEOUT:?}: {:?}\nserver log:\n{}",
+                self.run_of(delivery),
+                self.server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The service's audit log entries.
+    fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.svc.state_dir().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The server's log as JSON lines; every line must be JSON.
+    fn log_events(&self) -> Vec<Value> {
+        self.server
+            .log_text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Asserts that the secret appears nowhere the server or its deploys write: the
+    /// server's log and state directory, the service's state file and audit log.
+    #[track_caller]
+    fn assert_secret_never_written(&self) {
+        let log = self.server.log_text();
+        assert!(!log.is_empty(), "the server logs something");
+        assert!(
+            !log.contains(&self.secret),
+            "the secret is in the server log"
+        );
+        let serve_state = std::fs::read_dir(self.conf_dir.path().join(".cutover-serve"))
+            .unwrap()
+            .map(|e| e.unwrap().path());
+        let service_state = ["audit.jsonl", "state.json"].map(|f| self.svc.state_dir().join(f));
+        for path in serve_state.chain(service_state) {
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!text.contains(&self.secret), "{}", path.display());
+        }
+    }
+}
+
+/// Waits (bounded) until `/healthz` answers; panics with the log if the server exits.
+fn wait_until_serving(server: &mut ServeProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!(
+                "cutover serve exited with {status} before serving:\n{}",
+                server.log_text()
+            );
+        }
+        if let Ok(r) = http_request(
+            server.addr,
+            "GET",
+            "/healthz",
+            &[],
+            b"",
+            Duration::from_secs(2),
+        ) && r.status == 200
+        {
+            assert_eq!(r.body.trim(), "ok");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cutover serve did not answer on {} within 30 s:\n{}",
+            server.addr,
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A delivery id unique in this test process.
+fn delivery() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "d{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        unique_service("x")
+    )
+}
+
+/// Prints (for the record) and checks a finished run's webhook-to-deploy latency.
+#[track_caller]
+fn report_latency(what: &str, run: &Value) {
+    let latency = run["start_latency_ms"].as_u64().expect("start latency");
+    let queued = run["queued_ms"].as_u64().expect("queue time");
+    assert!(latency >= queued, "{run}");
+    eprintln!(
+        "serve latency ({what}): accepted -> deploy started {latency} ms, queued {queued} ms"
+    );
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..12]
+}
+
+#[test]
+fn signed_push_deploys_its_sha_and_everything_else_is_refused() {
+    let f = Fixture::start("serve-push", "");
+    let sha = f.push_version("v1");
+    let body = f.push_payload(&f.name, "refs/heads/main", &sha);
+    let id = delivery();
+
+    // Refused before anything is queued: a wrong secret, a malformed signature, no
+    // signature, a signature over another body, too large (declared or streamed).
+    let signed = f.signature(&f.secret, &body);
+    let post = |signature: Option<&str>, extra: &[(&str, &str)], payload: &[u8]| {
+        let mut headers = vec![
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", id.as_str()),
+        ];
+        headers.extend(signature.map(|s| ("X-Hub-Signature-256", s)));
+        headers.extend_from_slice(extra);
+        f.post("/hooks/github", &headers, payload)
+    };
+    let tampered = f.push_payload(&f.name, "refs/heads/main", &"b".repeat(40));
+    for (what, r) in [
+        (
+            "a wrong secret",
+            post(Some(&f.signature("not the secret", &body)), &[], &body),
+        ),
+        ("a malformed signature", post(Some("sha256=zz"), &[], &body)),
+        ("no signature", post(None, &[], &body)),
+        (
+            "a signature over another body",
+            post(Some(&signed), &[], &tampered),
+        ),
+    ] {
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+    }
+    // Declared too large: refused on the header, before the body is read.
+    let too_long = (MAX_BODY + 1).to_string();
+    let r = post(Some(&signed), &[("Content-Length", &too_long)], b"");
+    assert_eq!(r.status, 413, "{}", r.body);
+    // Streamed too large (chunked, no length): refused once the limit is passed.
+    let mut chunked = format!("{:x}\r\n", MAX_BODY + 1).into_bytes();
+    chunked.extend(std::iter::repeat_n(b' ', MAX_BODY + 1));
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let r = post(Some(&signed), &[("Transfer-Encoding", "chunked")], &chunked);
+    assert_eq!(r.status, 413, "{}", r.body);
+    // Unknown repository, correctly signed.
+    let other = f.push_payload("team/unknown", "refs/heads/main", &sha);
+    let r = f.github("push", &delivery(), &other);
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("team/unknown"), "{}", r.body);
+    // Ping and other events do not deploy.
+    assert_eq!(
+        f.github("ping", &delivery(), b"{\"zen\":\"ok\"}").status,
+        200
+    );
+    assert_eq!(f.github("issues", &delivery(), b"{}").status, 202);
+    assert!(f.deploys().is_empty(), "nothing was queued");
+    assert!(f.audit().is_empty(), "nothing ran");
+
+    // The real push, and the same body again.
+    let r = f.github("push", &id, &body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let run = f.wait_state(&id, &["finished"]);
+    assert_eq!(
+        run["outcome"],
+        "succeeded",
+        "{run}\n{}",
+        f.server.log_text()
+    );
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["sha"], sha.as_str());
+    assert_eq!(run["commit"], sha.as_str());
+    assert_eq!(run["ref"], "refs/heads/main");
+    assert_eq!(run["actor"], "dev");
+    report_latency("push", &run);
+
+    // Replays: the same delivery; the same body under a new delivery id (the header
+    // is not signed); the same delivery id with another body.
+    let mut changed: Value = serde_json::from_slice(&body).unwrap();
+    changed["before"] = json!("1".repeat(40));
+    let changed = serde_json::to_vec(&changed).unwrap();
+    for (what, r) in [
+        ("same delivery", f.github("push", &id, &body)),
+        (
+            "same body, new delivery id",
+            f.github("push", &delivery(), &body),
+        ),
+        (
+            "same delivery id, other body",
+            f.github("push", &id, &changed),
+        ),
+    ] {
+        assert_eq!(r.status, 200, "{what}: {}", r.body);
+        assert!(r.body.contains("duplicate"), "{what}: {}", r.body);
+    }
+
+    // What ran: that sha, recorded in the audit log, live through nginx.
+    let audit = f.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let entry = &audit[0];
+    assert_eq!(entry["deploy_id"], run["deploy_id"]);
+    assert_eq!(entry["git_sha"], sha.as_str());
+    assert_eq!(entry["outcome"], "succeeded");
+    assert_eq!(entry["actor"]["via"], "cutover-serve");
+    assert_eq!(entry["actor"]["name"], "dev");
+    let image = entry["image"].as_str().unwrap();
+    assert!(
+        image.starts_with(&format!("{}:{}", f.svc.name, short(&sha))),
+        "{image}"
+    );
+    assert_eq!(f.svc.status()["live"]["image_ref"], image);
+    assert_eq!(f.svc.get("/").body.trim(), "hello v1 from blue");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(f.deploys().len(), 1, "replays queued nothing");
+    assert_eq!(f.audit().len(), 1, "replays ran nothing");
+
+    // Logs: JSON lines that carry the delivery id; never the secret.
+    let events = f.log_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "deploy started"
+                && e["span"]["delivery"] == id.as_str()),
+        "{}",
+        f.server.log_text()
+    );
+    f.assert_secret_never_written();
+}
+
+#[test]
+fn gate_sees_a_pushed_tag_and_shutdown_waits_for_the_running_deploy() {
+    let mut f = Fixture::start(
+        "serve-tag",
+        "\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n",
+    );
+    let sha = f.push_version("v1");
+
+    // A branch push (through the generic trigger): the commit has no tag yet.
+    let trigger = serde_json::to_vec(&json!({
+        "repository": f.name.to_lowercase(),
+        "ref": "refs/heads/main",
+        "sha": sha,
+        "delivery": "trigger-1",
+        "actor": "release-bot",
+    }))
+    .unwrap();
+    let r = f.post(
+        "/hooks/trigger",
+        &[("X-Hub-Signature-256", &f.signature(&f.secret, &trigger))],
+        &trigger,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let denied = f.wait_state("trigger-1", &["finished"]);
+    assert_eq!(denied["outcome"], "denied", "{denied}");
+    assert_eq!(denied["exit_code"], 3);
+    let reason = denied["reason"].as_str().unwrap();
+    assert!(reason.contains("HEAD has no tags"), "{reason}");
+    report_latency("trigger, denied", &denied);
+
+    // Tag the commit (annotated, as a release would be) and push the tag: GitHub
+    // sends the tag object's sha as `after`.
+    f.work.git(&["tag", "-a", "v1-cicd", "-m", "release v1"]);
+    f.work.git(&["push", "-q", "origin", "v1-cicd"]);
+    let tag_object = f.work.rev("v1-cicd");
+    assert_ne!(tag_object, sha);
+    let id = delivery();
+    let r = f.push_event("refs/tags/v1-cicd", &tag_object, &id);
+    assert_eq!(r.status, 202, "{}", r.body);
+    f.wait_state(&id, &["running"]);
+
+    // Stop the server while the deploy runs: it must finish, then the server exits 0.
+    let code = f.server.terminate(DEPLOY_TIMEOUT);
+    assert_eq!(code, Some(0), "{}", f.server.log_text());
+    let audit = f.audit();
+    assert_eq!(audit.len(), 2, "{audit:?}");
+    assert_eq!(audit[0]["outcome"], "denied");
+    assert_eq!(audit[0]["git_sha"], sha.as_str());
+    assert_eq!(audit[0]["actor"]["name"], "release-bot");
+    assert_eq!(audit[1]["outcome"], "succeeded", "{}", f.server.log_text());
+    assert_eq!(
+        audit[1]["git_sha"],
+        sha.as_str(),
+        "the tag was peeled to its commit"
+    );
+    assert_eq!(f.svc.get("/").body.trim(), "hello v1 from blue");
+
+    // The log shows the order: shutdown requested, then the deploy finished.
+    let events = f.log_events();
+    let at = |message: &str, delivery: Option<&str>| {
+        events
+            .iter()
+            .position(|e| {
+                e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+                    && delivery.is_none_or(|d| e["span"]["delivery"] == d)
+            })
+            .unwrap_or_else(|| panic!("no `{message}` in the log:\n{}", f.server.log_text()))
+    };
+    assert!(at("shutting down", None) < at("deploy finished", Some(&id)));
+    assert!(at("deploy finished", Some(&id)) < at("stopped", None));
+    f.assert_secret_never_written();
+}
+
+#[test]
+fn burst_of_five_pushes_runs_one_queues_one_and_ends_on_the_newest() {
+    let f = Fixture::start("serve-burst", "");
+    let mut pushes = Vec::new();
+    let mut worst = (0, 0);
+    let mut check = |runs: &[Value]| {
+        let count = |state: &str| runs.iter().filter(|r| r["state"] == state).count();
+        let (running, queued) = (count("running"), count("queued"));
+        assert!(running <= 1 && queued <= 1, "{runs:#?}");
+        worst = (worst.0.max(running), worst.1.max(queued));
+    };
+    for k in 1..=5 {
+        let sha = f.push_version(&format!("v{k}"));
+        let id = delivery();
+        let r = f.push_event("refs/heads/main", &sha, &id);
+        assert_eq!(r.status, 202, "{}", r.body);
+        check(&f.deploys());
+        pushes.push((id, sha));
+    }
+    let deadline = Instant::now() + DEPLOY_TIMEOUT * 2;
+    let runs = loop {
+        let runs = f.deploys();
+        check(&runs);
+        if runs
+            .iter()
+            .all(|r| r["state"] == "finished" || r["state"] == "superseded")
+        {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not settle: {runs:#?}\n{}",
+            f.server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(runs.len(), 5, "{runs:#?}");
+    assert_eq!(worst, (1, 1), "a deploy ran while another push waited");
+    let (last_id, last_sha) = pushes.last().unwrap();
+    let last = runs
+        .iter()
+        .find(|r| r["delivery"] == last_id.as_str())
+        .unwrap();
+    assert_eq!(last["state"], "finished");
+    assert_eq!(last["outcome"], "succeeded", "{last}");
+    for run in &runs {
+        if run["state"] == "finished" {
+            report_latency("burst", run);
+        }
+        if run["state"] == "superseded" {
+            assert_eq!(run["deploy_id"], Value::Null, "a superseded push never ran");
+        }
+    }
+    let ran: Vec<&Value> = runs.iter().filter(|r| r["state"] == "finished").collect();
+    assert!(
+        ran.len() >= 2 && ran.len() < 5,
+        "first and newest ran, some were skipped: {runs:#?}"
+    );
+
+    // The live version is the newest sha.
+    assert_eq!(f.svc.get("/").body.trim().split(' ').nth(1), Some("v5"));
+    let live = f.svc.status()["live"]["image_ref"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(live.contains(&format!(":{}", short(last_sha))), "{live}");
+    let audit = f.audit();
+    assert_eq!(audit.len(), ran.len());
+    assert_eq!(audit.last().unwrap()["git_sha"], last_sha.as_str());
+
+    // From the server's own log: deploys never overlapped.
+    let mut running = 0;
+    for event in f.log_events() {
+        match event["fields"]["message"].as_str() {
+            Some("deploy taken from the queue") => {
+                running += 1;
+                assert_eq!(running, 1, "two deploys at once:\n{}", f.server.log_text());
+            }
+            Some("deploy finished") => running -= 1,
+            _ => {}
+        }
+    }
+    f.assert_secret_never_written();
+}
+
+#[test]
+fn example_serve_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serve/cutover-serve.toml");
+    let config = ServeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.secret_env, "CUTOVER_WEBHOOK_SECRET");
+    assert!(!config.repositories.is_empty());
+    for repo in &config.repositories {
+        assert!(repo.checkout.is_absolute(), "{}", repo.checkout.display());
+    }
+}
