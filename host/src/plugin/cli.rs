@@ -107,7 +107,7 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
     let name = file.display().to_string();
     // Compile once to learn the kind; the typed load below hits the cache (or, without
     // one, compiles again, which only costs time).
-    let (component, _, _) = host.component(&name, None, &wasm, &digest)?;
+    let component = host.component(&name, None, &wasm, &digest)?.component;
     let kind = exported_kind(host, &component).ok_or_else(|| PluginError::UnknownWorld {
         plugin: name.clone(),
     })?;

@@ -174,22 +174,19 @@ impl PluginHost {
             .take()
     }
 
-    /// Compiles `wasm` (whose sha256 is `sha256`), or loads it from the cache.
-    fn component(
+    /// The compiled component for wasm with digest `sha256`, from the cache.
+    fn cached(&self, sha256: &str) -> Option<Component> {
+        self.cache.as_ref()?.load(&self.engine, sha256)
+    }
+
+    /// Compiles `wasm` (whose sha256 is `sha256`) and stores the result in the cache.
+    fn compile(
         &self,
         plugin: &str,
         kind: Option<PluginKind>,
         wasm: &[u8],
         sha256: &str,
-    ) -> Result<(Component, Origin, Duration), PluginError> {
-        let started = Instant::now();
-        if let Some(component) = self
-            .cache
-            .as_ref()
-            .and_then(|cache| cache.load(&self.engine, sha256))
-        {
-            return Ok((component, Origin::Cache, started.elapsed()));
-        }
+    ) -> Result<Component, PluginError> {
         let compile_error = |detail: String| PluginError::Compile {
             plugin: plugin.to_owned(),
             kind,
@@ -217,8 +214,35 @@ impl PluginHost {
             // A failed store only costs the next run a compile.
             let _ = cache.store(sha256, &component);
         }
-        Ok((component, Origin::Compiled, started.elapsed()))
+        Ok(component)
     }
+
+    /// The component for `wasm`: from the cache, else compiled now.
+    fn component(
+        &self,
+        plugin: &str,
+        kind: Option<PluginKind>,
+        wasm: &[u8],
+        sha256: &str,
+    ) -> Result<Compiled, PluginError> {
+        let started = Instant::now();
+        let (component, origin) = match self.cached(sha256) {
+            Some(component) => (component, Origin::Cache),
+            None => (self.compile(plugin, kind, wasm, sha256)?, Origin::Compiled),
+        };
+        Ok(Compiled {
+            component,
+            origin,
+            took: started.elapsed(),
+        })
+    }
+}
+
+/// A compiled component, where it came from and how long that took.
+struct Compiled {
+    component: Component,
+    origin: Origin,
+    took: Duration,
 }
 
 #[cfg(test)]

@@ -364,9 +364,11 @@ impl Sandbox {
 
     /// Runs `f` (instantiate and call) in a fresh store under this plugin's limits.
     ///
-    /// When the calling thread is inside a tokio runtime the call runs on a short-lived
-    /// thread of its own: wasmtime-wasi's synchronous bindings drive their host futures
-    /// with `Handle::block_on`, which panics on a runtime thread.
+    /// wasmtime-wasi's synchronous bindings drive their host futures with tokio's
+    /// `Handle::block_on`, which panics on a thread that is running async tasks (a
+    /// plugin writing to stderr would crash the deploy). Inside a multi-thread runtime
+    /// the call therefore runs in `block_in_place`, inside a current-thread runtime on
+    /// a short-lived thread of its own; outside tokio it runs right here.
     ///
     /// # Errors
     /// The [`PluginError`] for a trap, timeout, exhausted fuel or memory cap.
@@ -374,18 +376,20 @@ impl Sandbox {
         &self,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R> + Send,
     ) -> Result<(R, CallStats), PluginError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.call_here(f);
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.call_here(f),
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.call_here(f)),
+            Ok(_) => std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("cutover-plugin".to_owned())
+                    .spawn_scoped(scope, || self.call_here(f))
+                    .map_err(|e| self.trap(format!("cannot start a thread for the call: {e}")))?;
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }),
         }
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("cutover-plugin".to_owned())
-                .spawn_scoped(scope, || self.call_here(f))
-                .map_err(|e| self.trap(format!("cannot start a thread for the call: {e}")))?;
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
     }
 
     fn call_here<R>(
