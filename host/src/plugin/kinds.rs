@@ -222,8 +222,8 @@ fn resolve(kind: PluginKind, spec: &PluginSpec, base_dir: &Path) -> Result<Resol
     })
 }
 
-/// The kind whose decision function `component` exports, if any.
-pub(crate) fn exported_kind(host: &PluginHost, component: &Component) -> Option<PluginKind> {
+/// The kinds whose decision function `component` exports, in deploy order.
+pub(crate) fn exported_kinds(host: &PluginHost, component: &Component) -> Vec<PluginKind> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(&host.engine).map(|(name, _)| name).collect();
     [
@@ -233,16 +233,9 @@ pub(crate) fn exported_kind(host: &PluginHost, component: &Component) -> Option<
         ("render", PluginKind::ProxyTemplate),
     ]
     .into_iter()
-    .find(|(export, _)| names.contains(export))
+    .filter(|(export, _)| names.contains(export))
     .map(|(_, kind)| kind)
-}
-
-/// The limits `spec` sets for `kind` (defaults for what it leaves out).
-///
-/// # Errors
-/// [`PluginError::InvalidLimit`] for a value outside its hard bound.
-pub fn limits_for(kind: PluginKind, limits: &LimitsConfig) -> Result<Limits, PluginError> {
-    Limits::from_config(kind, limits)
+    .collect()
 }
 
 /// Compiles (or loads from the cache), links and validates a plugin as world `P`.
@@ -281,8 +274,9 @@ fn link<P: WorldPre>(
         kind,
         detail,
     };
-    if let Some(other) = exported_kind(host, &component)
-        && other != kind
+    let kinds = exported_kinds(host, &component);
+    if let Some(&other) = kinds.first()
+        && !kinds.contains(&kind)
     {
         return Err(wrong_world(format!(
             "it was built for the {other} world; configure it under [plugins.{other}], or \

@@ -31,7 +31,7 @@ use wasmtime::{Engine, OptLevel, WasmBacktraceDetails};
 pub use bindings::types;
 pub use cache::sha256_hex;
 pub use error::PluginError;
-pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin, limits_for};
+pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
 pub use limits::{BOUNDS, Bound, Limits};
 
 use crate::config::PluginKind;
@@ -84,7 +84,7 @@ impl Drop for EpochTicker {
 
 /// Where a compiled plugin came from, for the load log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+enum Origin {
     /// Loaded from the compiled-code cache.
     Cache,
     /// Compiled now.
