@@ -1,6 +1,7 @@
 //! Plugin start-up and decision costs, through the real host: cold start (compile all
-//! four built-ins), warm start (all four from the compiled-code cache), and one
-//! decision (fresh store + instantiate + call) per kind.
+//! four built-ins), warm start (all four from the compiled-code cache), one decision
+//! (fresh store + instantiate + call) per kind, and how long the default fuel budget
+//! lets a runaway plugin spin.
 //!
 //! Run with `cargo bench -p cutover --bench plugins`.
 
@@ -12,8 +13,12 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use cutover::config::{Config, PluginKind, PluginSpec};
 use cutover::events::{Reporter, Silent};
 use cutover::plugin::{
-    GatePlugin, HealthPlugin, PluginHost, Plugins, SelectorPlugin, TemplatePlugin, builtin, sample,
+    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, Plugins, SelectorPlugin,
+    TemplatePlugin, builtin, sample,
 };
+
+#[path = "../wasm_build.rs"]
+mod wasm_build;
 
 fn config() -> Config {
     let text = "service = \"hello\"\n[image]\nref = \"hello:1\"\n[container]\nport = 8080\n\
@@ -153,5 +158,33 @@ fn decision(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, start, decision);
+/// How long the default fuel budget lets a runaway plugin spin: the hostile test
+/// guest's busy loop, stopped by fuel well before the 100 ms deadline.
+fn runaway(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = wasm_build::build(
+        &root,
+        &["hostile-health"],
+        "plugin",
+        &root.join("target").join("test-guests"),
+    )
+    .expect("build the hostile guest");
+    let wasm = std::fs::read(dir.join("hostile_health.wasm")).expect("guest");
+    let host = PluginHost::uncached().expect("host");
+    let limits = Limits::default();
+    let plugin =
+        HealthPlugin::load_bytes(&host, "loop", &wasm, "loop", limits, silent()).expect("load");
+    let input = sample::health_input();
+    let mut group = c.benchmark_group("limits");
+    group.sample_size(10);
+    group.bench_function("busy loop until out of fuel (default budget)", |b| {
+        b.iter(|| match plugin.evaluate(&input) {
+            Err(PluginError::OutOfFuel { .. }) => {}
+            other => panic!("expected out of fuel, got {other:?}"),
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, start, decision, runaway);
 criterion_main!(benches);
