@@ -312,7 +312,7 @@ fn link<P: WorldPre>(
         pre,
         sandbox: Sandbox {
             engine: host.engine.clone(),
-            _ticker: Arc::clone(&host.ticker),
+            shared: Arc::clone(&host.shared),
             name: Arc::from(name.as_str()),
             kind,
             limits,

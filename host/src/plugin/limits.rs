@@ -46,6 +46,10 @@ pub struct Bound {
 /// the 100 ms deadline. A plugin that needs more raises `fuel` in its limits.
 const DEFAULT_FUEL: u64 = 50_000_000;
 
+/// The largest memory cap `memory_mib` accepts, in bytes: the size of each slot of
+/// the host's instance pool.
+pub(crate) const MAX_MEMORY_BYTES: usize = 1024 << 20;
+
 /// Deadline, fuel, memory, output and log bounds, in that order.
 pub const BOUNDS: [Bound; 5] = [
     Bound {
@@ -67,7 +71,7 @@ pub const BOUNDS: [Bound; 5] = [
         default: 32,
         // A Rust guest starts with about 1.1 MiB (its 1 MiB stack and data).
         min: 2,
-        max: 1024,
+        max: (MAX_MEMORY_BYTES >> 20) as u64,
         what: "linear memory cap, in MiB",
     },
     Bound {
