@@ -430,6 +430,38 @@ fn plugins_load_defaults_to_the_builtins() {
 }
 
 #[test]
+fn more_concurrent_calls_than_pooled_instances_wait_for_a_slot() {
+    // The host pools 16 instances. 40 calls that each hold theirs for 20 ms overlap
+    // for certain; without the wait, the 17th would fail to get an instance.
+    let spinning = hostile(
+        "loop",
+        Limits {
+            deadline: Duration::from_millis(20),
+            ..deadline_only()
+        },
+    )
+    .unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..40 {
+            scope.spawn(|| {
+                let err = spinning.evaluate(&sample::health_input()).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        PluginError::Timeout {
+                            deadline_ms: 20,
+                            ..
+                        }
+                    ),
+                    "{err:?}"
+                );
+            });
+        }
+    });
+    good_plugin_still_works();
+}
+
+#[test]
 fn unknown_builtin_builtin_of_another_kind_and_bad_limits_are_refused() {
     let err = Plugins::load(
         host(),
@@ -736,6 +768,19 @@ fn plugin_logs_become_escaped_events_and_are_capped() {
     );
     assert!(events.iter().any(|e| matches!(e,
         Event::Log { level: Level::Warn, message, .. } if message.contains("dropped"))));
+    good_plugin_still_works();
+}
+
+#[test]
+fn every_call_starts_from_a_fresh_instance() {
+    // Pooled instances are reused across calls; none of a call's state may survive.
+    let counter = hostile("count", Limits::default()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            counter.evaluate(&sample::health_input()).unwrap(),
+            HealthVerdict::NotYet("call 1, heap 1000".to_owned())
+        );
+    }
     good_plugin_still_works();
 }
 

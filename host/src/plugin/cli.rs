@@ -13,7 +13,7 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 use super::builtin::BUILTINS;
-use super::kinds::exported_kind;
+use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
 use super::types::{GateDecision, HealthVerdict};
 use super::{
@@ -107,10 +107,13 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
     let name = file.display().to_string();
     // Compile once to learn the kind; the typed load below hits the cache (or, without
     // one, compiles again, which only costs time).
-    let (component, _, _) = host.component(&name, None, &wasm, &digest)?;
-    let kind = exported_kind(host, &component).ok_or_else(|| PluginError::UnknownWorld {
-        plugin: name.clone(),
-    })?;
+    let component = host.component(&name, None, &wasm, &digest)?.component;
+    let kind = exported_kinds(host, &component)
+        .first()
+        .copied()
+        .ok_or_else(|| PluginError::UnknownWorld {
+            plugin: name.clone(),
+        })?;
     let mut text = String::new();
     let _ = writeln!(text, "file:    {name} ({} bytes)", wasm.len());
     let _ = writeln!(text, "sha256:  {digest}");

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
@@ -21,7 +22,7 @@ use super::types::{
     self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
     TemplateInput,
 };
-use super::{Limits, Origin, PluginError, PluginHost, sha256_hex};
+use super::{Compiled, Limits, Origin, PluginError, PluginHost, sha256_hex};
 use crate::config::{Config, LimitsConfig, PluginKind, PluginSpec};
 use crate::events::{Event, Level, Reporter};
 
@@ -221,8 +222,8 @@ fn resolve(kind: PluginKind, spec: &PluginSpec, base_dir: &Path) -> Result<Resol
     })
 }
 
-/// The kind whose decision function `component` exports, if any.
-pub(crate) fn exported_kind(host: &PluginHost, component: &Component) -> Option<PluginKind> {
+/// The kinds whose decision function `component` exports, in deploy order.
+pub(crate) fn exported_kinds(host: &PluginHost, component: &Component) -> Vec<PluginKind> {
     let ty = component.component_type();
     let names: Vec<&str> = ty.exports(&host.engine).map(|(name, _)| name).collect();
     [
@@ -232,19 +233,12 @@ pub(crate) fn exported_kind(host: &PluginHost, component: &Component) -> Option<
         ("render", PluginKind::ProxyTemplate),
     ]
     .into_iter()
-    .find(|(export, _)| names.contains(export))
+    .filter(|(export, _)| names.contains(export))
     .map(|(_, kind)| kind)
+    .collect()
 }
 
-/// The limits `spec` sets for `kind` (defaults for what it leaves out).
-///
-/// # Errors
-/// [`PluginError::InvalidLimit`] for a value outside its hard bound.
-pub fn limits_for(kind: PluginKind, limits: &LimitsConfig) -> Result<Limits, PluginError> {
-    Limits::from_config(kind, limits)
-}
-
-/// Compiles, links and validates a resolved plugin as world `P`.
+/// Compiles (or loads from the cache), links and validates a plugin as world `P`.
 fn load<P: WorldPre>(
     host: &PluginHost,
     resolved: Resolved,
@@ -252,17 +246,37 @@ fn load<P: WorldPre>(
     limits: Limits,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Loaded<P>, PluginError> {
+    let compiled = host.component(
+        &resolved.name,
+        Some(P::KIND),
+        &resolved.wasm,
+        &resolved.sha256,
+    )?;
+    link(host, resolved.name, compiled, config, limits, reporter)
+}
+
+/// Links a compiled plugin as world `P` and has it validate its config.
+fn link<P: WorldPre>(
+    host: &PluginHost,
+    name: String,
+    Compiled {
+        component,
+        origin,
+        took,
+    }: Compiled,
+    config: String,
+    limits: Limits,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Loaded<P>, PluginError> {
     let kind = P::KIND;
-    let name = resolved.name;
     let wrong_world = |detail: String| PluginError::WrongWorld {
         plugin: name.clone(),
         kind,
         detail,
     };
-    let (component, origin, took) =
-        host.component(&name, Some(kind), &resolved.wasm, &resolved.sha256)?;
-    if let Some(other) = exported_kind(host, &component)
-        && other != kind
+    let kinds = exported_kinds(host, &component);
+    if let Some(&other) = kinds.first()
+        && !kinds.contains(&kind)
     {
         return Err(wrong_world(format!(
             "it was built for the {other} world; configure it under [plugins.{other}], or \
@@ -298,7 +312,7 @@ fn load<P: WorldPre>(
         pre,
         sandbox: Sandbox {
             engine: host.engine.clone(),
-            _ticker: Arc::clone(&host.ticker),
+            shared: Arc::clone(&host.shared),
             name: Arc::from(name.as_str()),
             kind,
             limits,
@@ -578,11 +592,14 @@ pub struct Plugins {
 
 impl Plugins {
     /// Loads all four (the built-in default for each kind the config leaves out),
-    /// checks file digests and worlds, and has each plugin validate its config. The
-    /// four load in parallel; when several fail, the first kind's error is returned.
+    /// checks file digests and worlds, and has each plugin validate its config.
+    /// Sources, digests and limits of all four are checked before anything is
+    /// compiled; plugins missing from the compiled-code cache compile in parallel.
     ///
     /// # Errors
-    /// The first [`PluginError`] in deploy order (gate, selector, health, template).
+    /// The first [`PluginError`] found, in deploy order (gate, selector, health,
+    /// template) within each stage (sources and limits, compiling, linking and
+    /// validating the config).
     pub fn load(
         host: &PluginHost,
         config: &Config,
@@ -595,9 +612,10 @@ impl Plugins {
                 message: note,
             });
         }
-        let base = config.base_dir();
-        let specs = PluginKind::ALL.map(|kind| {
-            config
+        // Cheap checks of all four first: a typo in the last entry should not wait
+        // for three compiles.
+        let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
+            let spec = config
                 .plugins
                 .get(kind)
                 .cloned()
@@ -606,32 +624,82 @@ impl Plugins {
                     sha256: None,
                     limits: LimitsConfig::default(),
                     config: toml::Table::new(),
-                })
+                });
+            Ok::<_, PluginError>(Pending {
+                kind,
+                resolved: resolve(kind, &spec, config.base_dir())?,
+                limits: Limits::from_config(kind, &spec.limits)?,
+                config: spec.config_json(),
+            })
         });
-        let [gate, selector, health, template] = &specs;
-        let (gate, selector, health, template) = std::thread::scope(|scope| {
-            let r = Arc::clone(&reporter);
-            let gate =
-                scope.spawn(move || load_spec::<gate::DeployGatePre<_>>(host, gate, base, r));
-            let r = Arc::clone(&reporter);
-            let selector = scope.spawn(move || {
-                load_spec::<selector::TargetSelectorPre<_>>(host, selector, base, r)
-            });
-            let r = Arc::clone(&reporter);
-            let health =
-                scope.spawn(move || load_spec::<health::HealthPolicyPre<_>>(host, health, base, r));
-            // The calling thread loads the fourth rather than idling.
-            let template =
-                load_spec::<template::ProxyTemplatePre<_>>(host, template, base, reporter);
-            (join(gate), join(selector), join(health), template)
-        });
+        let pending = [gate?, selector?, health?, template?];
+        let [gate, selector, health, template] = compile_all(host, &pending);
+        let [pg, ps, ph, pt] = pending;
         Ok(Plugins {
-            gate: GatePlugin(gate?),
-            selector: SelectorPlugin(selector?),
-            health: HealthPlugin(health?),
-            template: TemplatePlugin(template?),
+            gate: GatePlugin(pg.link(host, gate?, &reporter)?),
+            selector: SelectorPlugin(ps.link(host, selector?, &reporter)?),
+            health: HealthPlugin(ph.link(host, health?, &reporter)?),
+            template: TemplatePlugin(pt.link(host, template?, &reporter)?),
         })
     }
+}
+
+/// One `[plugins.<kind>]` entry, resolved and checked, not yet compiled.
+struct Pending {
+    kind: PluginKind,
+    resolved: Resolved,
+    limits: Limits,
+    config: String,
+}
+
+impl Pending {
+    fn link<P: WorldPre>(
+        self,
+        host: &PluginHost,
+        compiled: Compiled,
+        reporter: &Arc<dyn Reporter>,
+    ) -> Result<Loaded<P>, PluginError> {
+        link(
+            host,
+            self.resolved.name,
+            compiled,
+            self.config,
+            self.limits,
+            Arc::clone(reporter),
+        )
+    }
+}
+
+/// The compiled component of each entry, in order. Cache hits are loaded one after
+/// another on this thread (loading maps memory, and parallel mapping contends on
+/// the process's memory map: measured slower); misses compile in parallel, one
+/// thread each, since compiling is CPU-bound and dominates a cold start.
+fn compile_all<const N: usize>(
+    host: &PluginHost,
+    pending: &[Pending; N],
+) -> [Result<Compiled, PluginError>; N] {
+    std::thread::scope(|scope| {
+        let slots = pending.each_ref().map(|p| {
+            let started = Instant::now();
+            let r = &p.resolved;
+            match host.cached(&r.sha256) {
+                Some(component) => Ok(Compiled {
+                    component,
+                    origin: Origin::Cache,
+                    took: started.elapsed(),
+                }),
+                None => Err(scope.spawn(move || {
+                    host.compile(&r.name, Some(p.kind), &r.wasm, &r.sha256)
+                        .map(|component| Compiled {
+                            component,
+                            origin: Origin::Compiled,
+                            took: started.elapsed(),
+                        })
+                })),
+            }
+        });
+        slots.map(|slot| slot.or_else(join))
+    })
 }
 
 #[cfg(test)]

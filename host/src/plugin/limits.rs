@@ -39,11 +39,16 @@ pub struct Bound {
     pub what: &'static str,
 }
 
-/// Measured with the built-ins (see `tests/plugins.rs`): a decision costs under 100k
-/// fuel and validating a config under 20k. 50 million leaves three orders of
-/// magnitude for heavier custom policies while stopping a runaway plugin in about
-/// 50 ms on this class of machine, before the deadline.
+/// Sized by measurement (`cutover plugin check` prints a call's fuel): a built-in's
+/// decision or config check costs 3k to 15k fuel, so 50 million leaves over three
+/// orders of magnitude for heavier custom policies, while a runaway plugin is stopped
+/// after about 5 to 10 ms of CPU (bench `limits/`), deterministically and long before
+/// the 100 ms deadline. A plugin that needs more raises `fuel` in its limits.
 const DEFAULT_FUEL: u64 = 50_000_000;
+
+/// The largest memory cap `memory_mib` accepts, in bytes: the size of each slot of
+/// the host's instance pool.
+pub(crate) const MAX_MEMORY_BYTES: usize = 1024 << 20;
 
 /// Deadline, fuel, memory, output and log bounds, in that order.
 pub const BOUNDS: [Bound; 5] = [
@@ -66,7 +71,7 @@ pub const BOUNDS: [Bound; 5] = [
         default: 32,
         // A Rust guest starts with about 1.1 MiB (its 1 MiB stack and data).
         min: 2,
-        max: 1024,
+        max: (MAX_MEMORY_BYTES >> 20) as u64,
         what: "linear memory cap, in MiB",
     },
     Bound {

@@ -10,7 +10,7 @@
 //! never lets a plugin's text reach a terminal unescaped.
 
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -33,6 +33,14 @@ const STDERR_KEEP: usize = 2048;
 /// messages is capped too.
 const LOG_CALL_COST: usize = 32;
 
+/// Core instances, memories and tables one call may create, and the most elements a
+/// table may hold: the store's limits and the pool's per-component maxima. A Rust
+/// wasip2 plugin needs 3 core instances, 1 memory and 2 tables.
+pub(crate) const MAX_CORE_INSTANCES: u32 = 32;
+pub(crate) const MAX_MEMORIES: u32 = 2;
+pub(crate) const MAX_TABLES: u32 = 16;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 /// Random bytes a plugin may ask for in one call (WASI's default is 64 MiB of host
 /// memory, outside the plugin's memory cap).
 const MAX_RANDOM_BYTES: u64 = 64 * 1024;
@@ -42,8 +50,8 @@ const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 #[derive(Clone)]
 pub(crate) struct Sandbox {
     pub(crate) engine: Engine,
-    /// Keeps the epoch advancing, so deadlines fire, for as long as the plugin lives.
-    pub(crate) _ticker: Arc<super::EpochTicker>,
+    /// The epoch ticker (so deadlines fire) and the call slots of the host.
+    pub(crate) shared: Arc<super::Shared>,
     pub(crate) name: Arc<str>,
     pub(crate) kind: PluginKind,
     pub(crate) limits: Limits,
@@ -125,20 +133,19 @@ impl ResourceLimiter for MemoryCap {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a policy needs a few hundred.
-        Ok(desired <= 100_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
     fn instances(&self) -> usize {
-        64
+        MAX_CORE_INSTANCES as usize
     }
 
     fn tables(&self) -> usize {
-        64
+        MAX_TABLES as usize
     }
 
     fn memories(&self) -> usize {
-        8
+        MAX_MEMORIES as usize
     }
 }
 
@@ -364,9 +371,11 @@ impl Sandbox {
 
     /// Runs `f` (instantiate and call) in a fresh store under this plugin's limits.
     ///
-    /// When the calling thread is inside a tokio runtime the call runs on a short-lived
-    /// thread of its own: wasmtime-wasi's synchronous bindings drive their host futures
-    /// with `Handle::block_on`, which panics on a runtime thread.
+    /// wasmtime-wasi's synchronous bindings drive their host futures with tokio's
+    /// `Handle::block_on`, which panics on a thread that is running async tasks (a
+    /// plugin writing to stderr would crash the deploy). Inside a multi-thread runtime
+    /// the call therefore runs in `block_in_place`, inside a current-thread runtime on
+    /// a short-lived thread of its own; outside tokio it runs right here.
     ///
     /// # Errors
     /// The [`PluginError`] for a trap, timeout, exhausted fuel or memory cap.
@@ -374,18 +383,20 @@ impl Sandbox {
         &self,
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R> + Send,
     ) -> Result<(R, CallStats), PluginError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return self.call_here(f);
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.call_here(f),
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.call_here(f)),
+            Ok(_) => std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new()
+                    .name("cutover-plugin".to_owned())
+                    .spawn_scoped(scope, || self.call_here(f))
+                    .map_err(|e| self.trap(format!("cannot start a thread for the call: {e}")))?;
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }),
         }
-        std::thread::scope(|scope| {
-            let worker = std::thread::Builder::new()
-                .name("cutover-plugin".to_owned())
-                .spawn_scoped(scope, || self.call_here(f))
-                .map_err(|e| self.trap(format!("cannot start a thread for the call: {e}")))?;
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
     }
 
     fn call_here<R>(
@@ -393,6 +404,9 @@ impl Sandbox {
         f: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<(R, CallStats), PluginError> {
         let started = Instant::now();
+        // Declared before the store, so the slot is given back after the store (and
+        // its pooled instance) is dropped.
+        let _slot = self.shared.slots.acquire();
         let mut store = self
             .new_store()
             .map_err(|e| self.trap(format!("cannot create a store: {}", chain(&e))))?;
@@ -456,6 +470,41 @@ impl Sandbox {
     }
 }
 
+/// A counting semaphore over the instance pool's slots: a call waits for a free slot
+/// instead of failing when more calls run at once than the pool holds.
+pub(crate) struct CallSlots {
+    free: Mutex<u32>,
+    freed: Condvar,
+}
+
+/// A held call slot, given back on drop.
+pub(crate) struct Slot<'a>(&'a CallSlots);
+
+impl CallSlots {
+    pub(crate) fn new(slots: u32) -> CallSlots {
+        CallSlots {
+            free: Mutex::new(slots),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn acquire(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// An error and its causes on one line.
 pub(crate) fn chain(error: &wasmtime::Error) -> String {
     let parts: Vec<String> = error
@@ -468,6 +517,28 @@ pub(crate) fn chain(error: &wasmtime::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_slots_make_the_extra_caller_wait() {
+        let slots = Arc::new(CallSlots::new(1));
+        let held = slots.acquire();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let slots = Arc::clone(&slots);
+            std::thread::spawn(move || {
+                let _slot = slots.acquire();
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "no slot was free"
+        );
+        drop(held);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the slot was handed over");
+        waiter.join().unwrap();
+    }
 
     #[test]
     fn printable_escapes_control_characters() {

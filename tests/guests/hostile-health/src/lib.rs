@@ -2,7 +2,7 @@
 //! can prove the sandbox contains it. The config is the bare mode name, not JSON.
 //!
 //! Modes: `ok`, `reject` (refuses its config), `loop`, `alloc`, `huge`, `snoop`,
-//! `sleep`, `panic`, `exit`, `log`, `log-flood`, `escape`.
+//! `sleep`, `wait-for-time`, `panic`, `exit`, `log`, `log-flood`, `escape`, `count`.
 
 #![allow(clippy::too_many_arguments)]
 
@@ -79,6 +79,16 @@ impl Guest for Hostile {
                     log(LogLevel::Info, &line);
                 }
                 HealthVerdict::Healthy
+            }
+            "count" => {
+                // Counts calls in a static and on the heap: a fresh instance per call
+                // must start both from scratch.
+                static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                static HEAP: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+                let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let mut heap = HEAP.lock().unwrap_or_else(|e| e.into_inner());
+                heap.extend_from_slice(&[7; 1000]);
+                HealthVerdict::NotYet(format!("call {calls}, heap {}", heap.len()))
             }
             "escape" => HealthVerdict::Failed("clear \u{1b}[2J screen\nforged line".to_owned()),
             other => HealthVerdict::Failed(format!("unknown mode {other:?}")),
