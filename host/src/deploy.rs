@@ -291,24 +291,7 @@ impl Context {
 
     /// The gate's input from the checkout beside the config and the CI environment.
     pub fn gate_input(&self, git: &GitFacts, ci: &CiFacts) -> types::GateInput {
-        types::GateInput {
-            service: self.service().to_owned(),
-            repository: git.repository.clone(),
-            branch: git.branch.clone(),
-            head_sha: git.head_sha.clone(),
-            tags: git.tags.clone(),
-            commit_subject: git.subject.clone(),
-            dirty: git.dirty,
-            ci_system: ci.system.map(str::to_owned),
-            ci_variables: ci
-                .variables
-                .iter()
-                .map(|(k, v)| types::KeyValue {
-                    key: (*k).to_owned(),
-                    value: v.clone(),
-                })
-                .collect(),
-        }
+        crate::gate::gate_input(self.service(), git, ci)
     }
 
     /// The proxy-template input for sending traffic to `target`.
@@ -593,7 +576,7 @@ pub async fn deploy(
     ci: &CiFacts,
     options: &DeployOptions,
 ) -> Result<DeployReport, DeployError> {
-    let mut run = Run::start(ctx, OperationKind::Deploy, options.lock_wait, ci.run_url()).await?;
+    let mut run = Run::start(ctx, OperationKind::Deploy, options.lock_wait, run_label(ci)).await?;
     let report = match deploy_steps(&mut run, git, ci, options).await {
         Ok(Flow::Denied(reason)) => run.finish(Outcome::Denied, Some(reason), None),
         Ok(Flow::Done) => run.finish(Outcome::Succeeded, None, None),
@@ -601,6 +584,15 @@ pub async fn deploy(
     }?;
     audit(ctx, &report, OperationKind::Deploy, git, ci);
     Ok(report)
+}
+
+/// What names the CI run in the lock owner: its URL, else its id (a webhook
+/// delivery for `cutover serve`).
+fn run_label(ci: &CiFacts) -> Option<String> {
+    ci.run_url().or_else(|| {
+        ci.get("run-id")
+            .map(|id| format!("{} run {id}", ci.system.unwrap_or("ci")))
+    })
 }
 
 /// Appends the finished run to the audit log; a failure to log is a warning, never a
@@ -1091,7 +1083,7 @@ pub async fn rollback(
     lock_wait: Duration,
     ci: &CiFacts,
 ) -> Result<DeployReport, DeployError> {
-    let mut run = Run::start(ctx, OperationKind::Rollback, lock_wait, ci.run_url()).await?;
+    let mut run = Run::start(ctx, OperationKind::Rollback, lock_wait, run_label(ci)).await?;
     let Some(back) = run.state.previous.clone() else {
         let error = DeployError::Refused(
             "nothing to roll back to: no earlier colour is recorded in the state file".to_owned(),
