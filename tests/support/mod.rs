@@ -8,8 +8,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod docker;
+pub mod guests;
 pub mod hello;
 pub mod load;
+pub mod nginx;
 pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};
