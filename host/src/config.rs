@@ -712,6 +712,9 @@ impl Config {
         }
         match self.proxy.mode {
             ProxyMode::Managed => {
+                let state_dir = self.state_dir();
+                check_nginx_path(&std::path::absolute(&state_dir).unwrap_or(state_dir))
+                    .map_err(|m| self.invalid("state_dir", m))?;
                 if self.proxy.listen.is_none() {
                     return Err(self.invalid(
                         "proxy.listen",
@@ -860,20 +863,47 @@ fn check_service_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Image references are passed to Docker as data, never through a shell, but a
-/// reference with whitespace or control characters can only be a mistake.
-fn check_image_ref(reference: &str) -> Result<(), String> {
-    if reference.is_empty()
-        || reference.len() > 255
-        || reference
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+/// Checks an image reference (from the config or the command line) against the
+/// characters Docker's reference grammar allows: letters, digits and `. _ - / : @`.
+/// References are passed to Docker as data, never through a shell, but anything else
+/// (whitespace, quotes, `$`, `;`, non-ASCII) can only be a mistake or an attack, and
+/// is better refused with this message than with the engine's "invalid reference
+/// format" after a build.
+///
+/// # Errors
+/// A message naming the reference and what is wrong with it.
+pub fn check_image_ref(reference: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "such as \"registry:5000/team/app:1.2\"";
+    if reference.is_empty() || reference.len() > 255 {
+        return Err(format!(
+            "expected an image reference of 1 to 255 characters {EXAMPLE}, found {reference:?}"
+        ));
+    }
+    if let Some(c) = reference
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')))
     {
         return Err(format!(
-            "expected an image reference such as \"registry:5000/app:1.2\", found {reference:?}"
+            "expected an image reference {EXAMPLE} (letters, digits and `. _ - / : @`), found {reference:?}, which holds {c:?}"
         ));
     }
     Ok(())
+}
+
+/// The managed nginx's config names paths under the state directory in double-quoted
+/// strings, which cannot hold these characters safely (`$` would start a variable).
+fn check_nginx_path(path: &Path) -> Result<(), String> {
+    let text = path.to_string_lossy();
+    match text
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '\\' | '$'))
+    {
+        Some(c) => Err(format!(
+            "the managed nginx's files would live under {text:?}, which holds {c:?}; nginx's config cannot name such a path safely. \
+             Choose a `state_dir` without quotes, backslashes, `$` or control characters (an absolute path if the config's own directory has them)"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// serde reports "unknown field `x`" and "missing field `x`" against the parent path;
