@@ -208,6 +208,13 @@ impl ProxyError {
 }
 
 impl ProxyError {
+    /// True for a failed restore that did put the previous files back, but whose
+    /// config test or reload then failed: nginx may still serve the files it had
+    /// before the switch, which only a request through it can tell.
+    pub fn previous_files_restored(&self) -> bool {
+        matches!(self, ProxyError::Restore { error, .. } if error.is_after_restored_files())
+    }
+
     /// Whether this failure, inside a restore, came after the previous files were
     /// already back on disk (their test or the reload failed, not the writing).
     fn is_after_restored_files(&self) -> bool {
@@ -1017,6 +1024,41 @@ mod tests {
             restored: true,
         };
         assert!(!test.is_environment());
+    }
+
+    #[test]
+    fn a_restore_that_only_failed_to_reload_says_the_files_are_back() {
+        let reload = ProxyError::Restore {
+            cause: "the switch had to be undone".into(),
+            dir: "/etc/nginx/conf.d".into(),
+            error: Box::new(ProxyError::Reload {
+                command: "false".into(),
+                output: "refused".into(),
+            }),
+        };
+        assert!(reload.previous_files_restored());
+        assert!(
+            reload.to_string().contains(
+                "the previous proxy files were put back, but making nginx serve them failed"
+            ),
+            "{reload}"
+        );
+        let write = ProxyError::Restore {
+            cause: "the switch had to be undone".into(),
+            dir: "/etc/nginx/conf.d".into(),
+            error: Box::new(ProxyError::Remove {
+                path: "/etc/nginx/conf.d/a.inc".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+        };
+        assert!(!write.previous_files_restored());
+        assert!(write.is_environment());
+        assert!(
+            write
+                .to_string()
+                .contains("putting the previous proxy files back failed too"),
+            "{write}"
+        );
     }
 
     #[test]
