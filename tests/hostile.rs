@@ -548,7 +548,7 @@ fn template_output_that_escapes_the_config_dir_is_refused_before_anything_is_wri
             !steps_started(&out).iter().any(|s| s == "validate"),
             "{mode}: nothing may be written: {text}"
         );
-        svc.assert_unchanged(&before, "failed");
+        svc.assert_unchanged(&before, &["failed"]);
     }
     assert!(!outside.exists());
     assert_eq!(std::fs::read("/etc/nginx/nginx.conf").ok(), system_conf);
@@ -563,7 +563,7 @@ fn template_output_that_hijacks_traffic_is_caught_by_verify_and_rolled_back() {
     let out = deploy_with_plugin(&svc, &table).code(exit::DEPLOY_FAILED.into());
     let text = all_output(&out);
     assert!(text.contains("302"), "{text}");
-    svc.assert_unchanged(&before, "rolled-back");
+    svc.assert_unchanged(&before, &["rolled-back"]);
 }
 
 #[test]
@@ -586,7 +586,7 @@ fn builtin_template_refuses_values_that_inject_nginx_syntax() {
         out.stderr
     );
     std::fs::write(svc.config_path(), &original).unwrap();
-    svc.assert_unchanged(&before, "failed");
+    svc.assert_unchanged(&before, &["failed"]);
 
     // A template path outside the config dir is a config error, found before anything
     // starts.
@@ -600,7 +600,7 @@ fn builtin_template_refuses_values_that_inject_nginx_syntax() {
     assert!(all_output(&out).contains("`file`"), "{}", all_output(&out));
     assert!(steps_started(&out).is_empty(), "{}", out.stdout);
     std::fs::write(svc.config_path(), &original).unwrap();
-    svc.assert_unchanged(&before, "failed");
+    svc.assert_unchanged(&before, &["failed"]);
 }
 
 #[test]
@@ -622,7 +622,7 @@ fn a_selector_that_errors_traps_or_picks_the_live_colour_aborts_before_anything_
             !steps.iter().any(|s| s == "clear" || s == "start"),
             "{mode}: nothing may start after a failed selection: {steps:?}"
         );
-        svc.assert_unchanged(&before, "failed");
+        svc.assert_unchanged(&before, &["failed"]);
     }
 }
 
@@ -652,7 +652,7 @@ fn a_gate_that_loops_errors_or_traps_fails_the_deploy_and_nothing_runs() {
         let text = all_output(&out);
         assert!(text.contains(expected), "{mode}: {text}");
         assert_eq!(steps_started(&out), ["gate"], "{mode}: {text}");
-        svc.assert_unchanged(&before, "failed");
+        svc.assert_unchanged(&before, &["failed"]);
     }
 }
 
