@@ -12,7 +12,7 @@ use cutover::cli::exit;
 
 use crate::support::hello_context;
 use crate::support::load::{Load, LoadConfig, LoadReport};
-use crate::support::nginx::{ExternalNginx, Immutable};
+use crate::support::nginx::{ExternalNginx, Immutable, fill_up};
 use crate::support::service::{Output, Service};
 
 /// A service with v1 deployed to blue and serving.
@@ -311,6 +311,30 @@ fn health_that_fails_during_verify_is_rolled_back() {
     assert_mentions(&out, &["restoring the previous proxy config", "503"]);
     svc.assert_unchanged(&before, &["rolled-back"]);
     assert_no_request_failed(&report);
+}
+
+#[test]
+fn full_disk_keeps_the_previous_proxy_file_and_blue_serving() {
+    let mut svc = Service::new("f-enospc");
+    let nginx = ExternalNginx::start_with(([127, 0, 0, 1], svc.blue).into(), Some("64k"));
+    svc.use_external(&nginx, &nginx.argv(&["-s", "reload"]));
+    svc.deploy("v1").success();
+    fill_up(&nginx.conf_d);
+    // The filler is not a rendered file: it stays out of the comparison.
+    let mut before = svc.baseline();
+    before.files.remove("zz-filler");
+
+    let out = svc.deploy("v2").code(exit::ENVIRONMENT.into());
+    assert_mentions(
+        &out,
+        &[
+            "service-url.inc",
+            "No space left on device",
+            "previous contents are unchanged",
+        ],
+    );
+    std::fs::remove_file(nginx.conf_d.join("zz-filler")).unwrap();
+    svc.assert_unchanged(&before, &["failed"]);
 }
 
 #[test]

@@ -121,8 +121,10 @@ impl Drop for Immutable {
 /// free loopback port and includes `conf.d/*.inc` inside `location /`, which sets
 /// `$service_url` (what cutover's default template writes). Stopped on drop.
 pub struct ExternalNginx {
-    // Fields drop in order: nginx must be stopped while its pid file still exists.
+    // Fields drop in order: nginx must be stopped while its pid file still exists,
+    // and a tmpfs unmounted before its directory is removed.
     _guard: NginxGuard,
+    _tmpfs: Option<Tmpfs>,
     /// Its prefix: `nginx.conf`, `nginx.pid`, `error.log`, temp files.
     pub dir: tempfile::TempDir,
     /// Where the rendered files go.
@@ -136,10 +138,17 @@ pub struct ExternalNginx {
 impl ExternalNginx {
     /// Starts it with `service-url.inc` pointing at `upstream`.
     pub fn start(upstream: SocketAddr) -> ExternalNginx {
+        ExternalNginx::start_with(upstream, None)
+    }
+
+    /// As [`ExternalNginx::start`], with `conf.d` on a tmpfs of `size` (e.g. `"64k"`)
+    /// when given, so a test can fill it up.
+    pub fn start_with(upstream: SocketAddr, conf_d_size: Option<&str>) -> ExternalNginx {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let conf_d = root.join("conf.d");
         std::fs::create_dir(&conf_d).expect("create conf.d");
+        let tmpfs = conf_d_size.map(|size| Tmpfs::mount(&conf_d, size));
         let listen: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
         let p = |name: &str| root.join(name).display().to_string();
         let conf = format!(
@@ -190,6 +199,7 @@ impl ExternalNginx {
             listen,
             base,
             _guard: guard,
+            _tmpfs: tmpfs,
         }
     }
 
@@ -204,4 +214,47 @@ impl ExternalNginx {
     pub fn pid_file(&self) -> PathBuf {
         self.dir.path().join("nginx.pid")
     }
+}
+
+/// A tmpfs mounted on a directory for the life of the guard.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},mode=0755"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs on {} failed; this test needs root with CAP_SYS_ADMIN (CI runs as root)",
+            dir.display()
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: nothing may keep the directory busy past the test.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem holding `dir` until a write fails with "no space left".
+pub fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let mut filler = std::fs::File::create(dir.join("zz-filler")).expect("create the filler");
+    let chunk = [0u8; 4096];
+    // Bounded: the tmpfs this is used on holds a few pages.
+    for _ in 0..100_000 {
+        if let Err(e) = filler.write_all(&chunk).and_then(|()| filler.sync_all()) {
+            assert_eq!(e.raw_os_error(), Some(28), "expected ENOSPC, got {e}");
+            return;
+        }
+    }
+    panic!("{} did not fill up", dir.display());
 }
