@@ -890,19 +890,30 @@ pub fn check_image_ref(reference: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The managed nginx's config names paths under the state directory in double-quoted
-/// strings, which cannot hold these characters safely (`$` would start a variable).
-fn check_nginx_path(path: &Path) -> Result<(), String> {
-    let text = path.to_string_lossy();
-    match text
-        .chars()
+/// The first character of `text` that an nginx double-quoted string cannot hold
+/// safely: `"` and `\\` would end or escape it, `$` would start a variable, control
+/// characters cannot be written portably. Shared with the managed nginx's renderer.
+pub(crate) fn nginx_unsafe_char(text: &str) -> Option<char> {
+    text.chars()
         .find(|c| c.is_control() || matches!(c, '"' | '\\' | '$'))
-    {
-        Some(c) => Err(format!(
-            "the managed nginx's files would live under {text:?}, which holds {c:?}; nginx's config cannot name such a path safely. \
-             Choose a `state_dir` without quotes, backslashes, `$` or control characters (an absolute path if the config's own directory has them)"
+}
+
+/// The managed nginx's config names paths under the state directory in double-quoted
+/// strings; refuses a directory such a string cannot hold.
+fn check_nginx_path(path: &Path) -> Result<(), String> {
+    let fix = "Choose a `state_dir` without quotes, backslashes, `$` or control characters \
+               (an absolute path if the config's own directory has them)";
+    match path.to_str() {
+        None => Err(format!(
+            "the managed nginx's files would live under {}, which is not UTF-8; nginx's config cannot name it. {fix}",
+            path.display()
         )),
-        None => Ok(()),
+        Some(text) => match nginx_unsafe_char(text) {
+            Some(c) => Err(format!(
+                "the managed nginx's files would live under {text:?}, which holds {c:?}; nginx's config cannot name such a path safely. {fix}"
+            )),
+            None => Ok(()),
+        },
     }
 }
 

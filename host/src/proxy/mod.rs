@@ -98,7 +98,7 @@ pub enum ProxyError {
         /// Whether the files that failed were replaced by the previous ones.
         restored: bool,
     },
-    /// The reload failed; the new files are on disk.
+    /// The reload failed (after a switch wrote new files, or a restore put old ones back).
     #[error(
         "reloading nginx with `{command}` failed:\n{output}\nnginx may not serve the files on disk; fix the reload command (`proxy.reload_command`) or the nginx it reloads"
     )]
@@ -205,9 +205,7 @@ impl ProxyError {
             _ => false,
         }
     }
-}
 
-impl ProxyError {
     /// True for a failed restore that did put the previous files back, but whose
     /// config test or reload then failed: nginx may still serve the files it had
     /// before the switch, which only a request through it can tell.
@@ -339,7 +337,8 @@ pub struct Proxy {
     /// How long a restore waits for the workers of the undone config (`drain.timeout`).
     drain_timeout: Duration,
     /// Environment variables no program run here may inherit (the registry
-    /// password's): the managed nginx lives on long after the deploy.
+    /// password's): none of them needs it, and the managed nginx would keep a copy in
+    /// its memory for as long as it runs.
     hidden_env: Vec<String>,
 }
 
