@@ -171,7 +171,7 @@ fn color_state(status: &Value, color: &str) -> String {
 fn custom_example_plugin_replaces_a_default_in_a_real_deploy() {
     // The latency-p95 health policy from examples/plugins, built for wasm32-wasip2,
     // pinned by digest, replaces builtin:http-status.
-    let wasm = crate::plugins::guests().join("latency_p95.wasm");
+    let wasm = crate::support::guests::guests().join("latency_p95.wasm");
     let digest = cutover::plugin::sha256_hex(&std::fs::read(&wasm).unwrap());
     let svc = Service::new("e2e-custom");
     svc.append_config(&format!(

@@ -3,9 +3,7 @@
 //! guests that must be contained (each followed by a call on a good plugin), the
 //! compiled-code cache, the plugin-author CLI, and the frozen WIT contract.
 //!
-//! Guest crates (`tests/guests/*`, `examples/plugins/latency-p95`) are built once per
-//! test process for wasm32-wasip2 into `target/test-guests`, a target directory of
-//! their own, so the build never waits on the lock of the cargo running the tests.
+//! Guest crates are built once per test process by `support::guests`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -22,38 +20,13 @@ use cutover::plugin::{
     TemplatePlugin, sample, sha256_hex,
 };
 
-#[path = "../host/wasm_build.rs"]
-mod wasm_build;
+use crate::support::guests::{guest, guests};
 
 /// The sha256 of the released `wit/v0.1.0/plugin.wit`.
 const WIT_V0_1_0_SHA256: &str = "66ed2e8839fb7433c9d6b9f49f36accc72325801de528cd5ec046f55bb1d61c5";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .to_owned()
-}
-
-/// The directory holding the test guests' `.wasm` files, built on first use.
-pub(crate) fn guests() -> &'static Path {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = workspace();
-        wasm_build::build(
-            &root,
-            &["hostile-health", "hostile-template", "latency-p95"],
-            "plugin",
-            &root.join("target").join("test-guests"),
-        )
-    })
-    .as_deref()
-    .unwrap_or_else(|e| panic!("building the test guests failed: {e}"))
-}
-
-fn guest(name: &str) -> Vec<u8> {
-    let path = guests().join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    crate::support::workspace_root().to_owned()
 }
 
 /// One host for the tests that do not test the host's own construction; its cache

@@ -4,7 +4,7 @@
 //! from `tests/health.rs`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cutover::Color;
@@ -15,6 +15,9 @@ use cutover::proxy::{Proxy, ProxyError, ReloadKind};
 use cutover::state::SavedFile;
 
 use crate::health::backend::Backend;
+use crate::support::nginx::{
+    ExternalNginx as External, Immutable, NginxGuard, alive, children, master_pid,
+};
 
 const SERVICE_URL: &str = "service-url.inc";
 
@@ -24,71 +27,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Stops (SIGTERM, then SIGKILL) the nginx whose pid file this names, however the test
-/// ends.
-struct NginxGuard {
-    pid_file: PathBuf,
-}
-
-impl Drop for NginxGuard {
-    fn drop(&mut self) {
-        let Some(pid) = master_pid(&self.pid_file) else {
-            return;
-        };
-        let workers = children(pid);
-        let target = rustix::process::Pid::from_raw(pid).unwrap();
-        let _ = rustix::process::kill_process(target, rustix::process::Signal::TERM);
-        for _ in 0..500 {
-            if !alive(pid) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for p in std::iter::once(pid).chain(workers) {
-            if let Some(p) = rustix::process::Pid::from_raw(p) {
-                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-            }
-        }
-    }
-}
-
-fn master_pid(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .starts_with("nginx: master")
-        .then_some(pid)
-}
-
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-fn alive(pid: i32) -> bool {
-    stat_fields(pid).is_some_and(|f| f[0] != "Z")
-}
-
-/// The nginx workers of a master, as the kernel lists them.
-fn children(master: i32) -> Vec<i32> {
-    let mut out: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&pid| stat_fields(pid).is_some_and(|f| f[0] != "Z" && f[1] == master.to_string()))
-        .collect();
-    out.sort();
-    out
 }
 
 fn service_url(addr: SocketAddr) -> ProxyFile {
@@ -501,78 +439,10 @@ async fn listen_address_in_use_fails_to_start() {
     assert!(err.to_string().contains("Address already in use"), "{err}");
 }
 
-/// An nginx the test configures and starts itself, for external mode.
-struct External {
-    // Fields drop in order: nginx must be stopped while its pid file still exists.
-    _guard: NginxGuard,
-    dir: tempfile::TempDir,
-    conf_d: PathBuf,
-    listen: SocketAddr,
-    base: Vec<String>,
-}
-
+/// How the proxy tests drive the external nginx.
 impl External {
-    async fn start(first: &Backend) -> External {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        let conf_d = root.join("conf.d");
-        std::fs::create_dir(&conf_d).unwrap();
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let p = |name: &str| root.join(name).display().to_string();
-        let conf = format!(
-            "{user}pid {pid};\nerror_log {err};\nevents {{}}\nhttp {{\n access_log off;\n\
-             client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;\n\
-             uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n\
-             server {{ listen {listen};\n  location / {{ include {conf_d}/*.inc; proxy_pass $service_url;\n\
-             add_header X-Cutover-Upstream $upstream_addr always; }} }}\n}}\n",
-            user = if is_root() { "user root;\n" } else { "" },
-            pid = p("nginx.pid"),
-            err = p("error.log"),
-            t = root.display(),
-            conf_d = conf_d.display(),
-        );
-        std::fs::write(root.join("nginx.conf"), conf).unwrap();
-        std::fs::write(conf_d.join(SERVICE_URL), service_url(first.addr).contents).unwrap();
-        let base: Vec<String> = vec![
-            "nginx".into(),
-            "-p".into(),
-            p(""),
-            "-c".into(),
-            p("nginx.conf"),
-            "-e".into(),
-            p("error.log"),
-        ];
-        let guard = NginxGuard {
-            pid_file: root.join("nginx.pid"),
-        };
-        let status = tokio::process::Command::new(&base[0])
-            .args(&base[1..])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-        // nginx writes its pid file after it daemonized.
-        for _ in 0..500 {
-            if master_pid(&guard.pid_file).is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        External {
-            dir,
-            conf_d,
-            listen,
-            base,
-            _guard: guard,
-        }
-    }
-
     fn config(&self, reload: Option<Vec<String>>) -> Config {
-        let argv = |extra: &[&str]| {
-            let mut v = self.base.clone();
-            v.extend(extra.iter().map(|s| s.to_string()));
-            v
-        };
+        let argv = |extra: &[&str]| self.argv(extra);
         let reload = reload.unwrap_or_else(|| argv(&["-s", "reload"]));
         let text = format!(
             "service = \"proxytest\"\n[image]\nref = \"x:1\"\n[container]\nport = 8080\n\
@@ -603,7 +473,7 @@ impl External {
 async fn external_nginx_switches_with_argv_commands_and_drains_by_pid_file() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let nginx = External::start(&blue).await;
+    let nginx = External::start(blue.addr);
     let proxy = Proxy::new(&nginx.config(None));
     assert!(proxy.is_running());
     health::verify_through_proxy(&nginx.spec(&blue, Color::Blue), Duration::from_secs(5))
@@ -638,7 +508,7 @@ async fn external_nginx_switches_with_argv_commands_and_drains_by_pid_file() {
 async fn external_reload_failure_is_reported_and_restore_recovers() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let nginx = External::start(&blue).await;
+    let nginx = External::start(blue.addr);
     let failing = Proxy::new(&nginx.config(Some(vec![
         "/bin/sh".into(),
         "-c".into(),
@@ -670,7 +540,7 @@ async fn external_reload_failure_is_reported_and_restore_recovers() {
 #[tokio::test]
 async fn external_config_test_failure_keeps_files() {
     let blue = Backend::start("blue").await;
-    let nginx = External::start(&blue).await;
+    let nginx = External::start(blue.addr);
     let proxy = Proxy::new(&nginx.config(None));
     let before = read_dir_sorted(&nginx.conf_d);
     let previous = proxy.snapshot(&[SERVICE_URL.to_owned()]).unwrap();
@@ -685,46 +555,6 @@ async fn external_config_test_failure_keeps_files() {
         "{err}"
     );
     assert_eq!(read_dir_sorted(&nginx.conf_d), before);
-}
-
-/// Makes a directory refuse new entries, for root too: `chattr +i` (root ignores
-/// permission bits, but not the immutable attribute). Undone on drop so the temporary
-/// directory can be removed.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        if is_root() {
-            let status = std::process::Command::new("chattr")
-                .arg("+i")
-                .arg(dir)
-                .status()
-                .expect("chattr (e2fsprogs) runs");
-            assert!(
-                status.success(),
-                "chattr +i {} failed; this test needs a filesystem with the immutable attribute (ext4, xfs, btrfs)",
-                dir.display()
-            );
-        } else {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
-        }
-        Immutable(dir.to_owned())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        if is_root() {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(&self.0)
-                .status();
-        } else {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
-        }
-    }
 }
 
 fn external_without_nginx(dir: &Path) -> Proxy {

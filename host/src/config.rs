@@ -712,6 +712,9 @@ impl Config {
         }
         match self.proxy.mode {
             ProxyMode::Managed => {
+                let state_dir = self.state_dir();
+                check_nginx_path(&std::path::absolute(&state_dir).unwrap_or(state_dir))
+                    .map_err(|m| self.invalid("state_dir", m))?;
                 if self.proxy.listen.is_none() {
                     return Err(self.invalid(
                         "proxy.listen",
@@ -860,20 +863,58 @@ fn check_service_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Image references are passed to Docker as data, never through a shell, but a
-/// reference with whitespace or control characters can only be a mistake.
-fn check_image_ref(reference: &str) -> Result<(), String> {
-    if reference.is_empty()
-        || reference.len() > 255
-        || reference
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+/// Checks an image reference (from the config or the command line) against the
+/// characters Docker's reference grammar allows: letters, digits and `. _ - / : @`.
+/// References are passed to Docker as data, never through a shell, but anything else
+/// (whitespace, quotes, `$`, `;`, non-ASCII) can only be a mistake or an attack, and
+/// is better refused with this message than with the engine's "invalid reference
+/// format" after a build.
+///
+/// # Errors
+/// A message naming the reference and what is wrong with it.
+pub fn check_image_ref(reference: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "such as \"registry:5000/team/app:1.2\"";
+    if reference.is_empty() || reference.len() > 255 {
+        return Err(format!(
+            "expected an image reference of 1 to 255 characters {EXAMPLE}, found {reference:?}"
+        ));
+    }
+    if let Some(c) = reference
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@')))
     {
         return Err(format!(
-            "expected an image reference such as \"registry:5000/app:1.2\", found {reference:?}"
+            "expected an image reference {EXAMPLE} (letters, digits and `. _ - / : @`), found {reference:?}, which holds {c:?}"
         ));
     }
     Ok(())
+}
+
+/// The first character of `text` that an nginx double-quoted string cannot hold
+/// safely: `"` and `\\` would end or escape it, `$` would start a variable, control
+/// characters cannot be written portably. Shared with the managed nginx's renderer.
+pub(crate) fn nginx_unsafe_char(text: &str) -> Option<char> {
+    text.chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '\\' | '$'))
+}
+
+/// The managed nginx's config names paths under the state directory in double-quoted
+/// strings; refuses a directory such a string cannot hold.
+fn check_nginx_path(path: &Path) -> Result<(), String> {
+    let fix = "Choose a `state_dir` without quotes, backslashes, `$` or control characters \
+               (an absolute path if the config's own directory has them)";
+    match path.to_str() {
+        None => Err(format!(
+            "the managed nginx's files would live under {}, which is not UTF-8; nginx's config cannot name it. {fix}",
+            path.display()
+        )),
+        Some(text) => match nginx_unsafe_char(text) {
+            Some(c) => Err(format!(
+                "the managed nginx's files would live under {text:?}, which holds {c:?}; nginx's config cannot name such a path safely. {fix}"
+            )),
+            None => Ok(()),
+        },
+    }
 }
 
 /// serde reports "unknown field `x`" and "missing field `x`" against the parent path;

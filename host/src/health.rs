@@ -107,6 +107,10 @@ impl Prober {
 fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
+        // A probe or a verification judges the answer of the address it asked, never
+        // one a `Location` header points to: a redirect to another host must not make
+        // a broken target or a hijacking proxy config look healthy.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .pool_max_idle_per_host(0)
         .tcp_nodelay(true)

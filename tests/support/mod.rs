@@ -9,8 +9,10 @@
 
 pub mod docker;
 pub mod git;
+pub mod guests;
 pub mod hello;
 pub mod load;
+pub mod nginx;
 pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::nginx::ExternalNginx;
 use super::{DockerCleanup, HttpResponse, free_port, hello_context, http_get, unique_service};
 
 /// The outcome of one `cutover` run.
@@ -63,10 +64,26 @@ pub fn plugin_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache")
 }
 
+/// What was serving before a fault, to prove afterwards that nothing changed.
+#[derive(Debug)]
+pub struct Baseline {
+    /// The body of `GET /` through nginx.
+    pub body: String,
+    /// Every rendered proxy file, byte for byte.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// The live colour's container, as `name id`.
+    pub live_container: String,
+}
+
 /// A service under test.
 pub struct Service {
     pub name: String,
     pub dir: tempfile::TempDir,
+    /// The directory holding `cutover.toml` (the temp dir, or a subdirectory of it).
+    pub base: PathBuf,
+    /// Where the proxy's rendered files are (the managed nginx's `conf.d` unless
+    /// [`Service::use_external`] pointed it elsewhere).
+    pub conf_d: PathBuf,
     pub listen: u16,
     pub blue: u16,
     pub green: u16,
@@ -76,10 +93,20 @@ pub struct Service {
 impl Service {
     /// A fresh service with its own name, ports and state directory.
     pub fn new(prefix: &str) -> Service {
+        Service::new_in(prefix, "")
+    }
+
+    /// As [`Service::new`], with the config (and so the state directory) in `subdir`
+    /// of the temp dir, e.g. a name with spaces.
+    pub fn new_in(prefix: &str, subdir: &str) -> Service {
         let name = unique_service(prefix);
         let cleanup = DockerCleanup::new(&name);
         let dir = tempfile::tempdir().expect("temp dir");
+        let base = dir.path().join(subdir);
+        std::fs::create_dir_all(&base).expect("create the config directory");
         let svc = Service {
+            conf_d: base.join(".cutover/nginx/conf.d"),
+            base,
             listen: free_port(),
             blue: free_port(),
             green: free_port(),
@@ -135,11 +162,11 @@ timeout = "10s"
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("cutover.toml")
+        self.base.join("cutover.toml")
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join(".cutover")
+        self.base.join(".cutover")
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -203,6 +230,16 @@ timeout = "10s"
         self.cutover(&["deploy", "--build-arg", &format!("VERSION={version}")])
     }
 
+    /// Starts `cutover <args>` with extra environment variables, without waiting.
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let child = self
+            .command(args)
+            .envs(env.iter().copied())
+            .spawn()
+            .expect("spawn cutover");
+        Running { child }
+    }
+
     /// Starts a deploy without waiting for it.
     pub fn spawn_deploy(&self, version: &str) -> Running {
         let child = self
@@ -237,11 +274,109 @@ timeout = "10s"
             .unwrap_or_else(|e| panic!("GET {path} through nginx: {e}"))
     }
 
-    /// Every file in the managed nginx's rendered-config directory, by name.
+    /// Records what serves now: the live colour must be answering through nginx.
+    #[track_caller]
+    pub fn baseline(&self) -> Baseline {
+        let r = self.get("/");
+        assert_eq!(
+            r.status, 200,
+            "the live colour serves before the fault: {}",
+            r.body
+        );
+        let live = self.status()["live"]["color"]
+            .as_str()
+            .expect("a live colour before the fault")
+            .to_owned();
+        Baseline {
+            body: r.body,
+            files: self.proxy_files(),
+            live_container: self.container_of(&live),
+        }
+    }
+
+    /// Asserts that what served at `before` still serves, unchanged: the same answer
+    /// through nginx, byte-identical proxy files, the same live container, no
+    /// container left in the idle slot, and a status report without problems or an
+    /// interrupted deploy whose last record has one of `outcomes`.
+    #[track_caller]
+    pub fn assert_unchanged(&self, before: &Baseline, outcomes: &[&str]) {
+        let r = self.get("/");
+        assert_eq!(
+            (r.status, &r.body),
+            (200, &before.body),
+            "the live colour must keep answering through nginx"
+        );
+        assert!(
+            self.proxy_files() == before.files,
+            "the proxy files must be byte-identical"
+        );
+        let st = self.status();
+        assert!(st["problems"].as_array().unwrap().is_empty(), "{st:#}");
+        assert!(st["interrupted"].is_null(), "{st:#}");
+        let live = st["live"]["color"].as_str().expect("still a live colour");
+        assert_eq!(st["proxy"]["target"], live, "{st:#}");
+        assert_eq!(self.container_of(live), before.live_container);
+        let idle = if live == "blue" { "green" } else { "blue" };
+        let idle_state = st["colors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["color"] == idle)
+            .map(|c| c["state"].as_str().unwrap().to_owned());
+        assert_ne!(
+            idle_state.as_deref(),
+            Some("running"),
+            "the failed deploy's container must not be left running: {st:#}"
+        );
+        let last = st["recent"]
+            .as_array()
+            .unwrap()
+            .last()
+            .and_then(|r| r["outcome"].as_str())
+            .unwrap_or_default();
+        assert!(outcomes.contains(&last), "last outcome {last:?}: {st:#}");
+    }
+
+    /// The `name id` of `color`'s container.
+    fn container_of(&self, color: &str) -> String {
+        let prefix = format!("{}-{color} ", self.name);
+        self.containers()
+            .into_iter()
+            .find(|c| c.starts_with(&prefix))
+            .map(|c| c.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| panic!("no {color} container: {:?}", self.containers()))
+    }
+
+    /// Switches the config to external mode against `nginx`, an nginx the test
+    /// started, with `reload` as `proxy.reload_command`; [`Service::get`] and
+    /// [`Service::proxy_files`] follow.
+    pub fn use_external(&mut self, nginx: &ExternalNginx, reload: &[String]) {
+        let managed = format!(
+            "[proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:{}\"\n",
+            self.listen
+        );
+        let external = format!(
+            "[proxy]\nmode = \"external\"\nconfig_dir = {:?}\npid_file = {:?}\n\
+             test_command = {:?}\nreload_command = {reload:?}\n",
+            nginx.conf_d,
+            nginx.pid_file(),
+            nginx.argv(&["-t", "-q"]),
+        );
+        let verify = format!("[verify]\nurl = \"http://{}/\"\n", nginx.listen);
+        self.edit_config(|text| {
+            assert!(text.contains(&managed), "the config is in managed mode");
+            text.replace(&managed, &external)
+                .replace("[verify]\n", &verify)
+        });
+        self.listen = nginx.listen.port();
+        self.conf_d = nginx.conf_d.clone();
+    }
+
+    /// Every file in the proxy's rendered-config directory, by name.
     pub fn proxy_files(&self) -> BTreeMap<String, Vec<u8>> {
-        let dir = self.state_dir().join("nginx/conf.d");
+        let dir = &self.conf_d;
         let mut files = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).expect("conf.d exists") {
+        for entry in std::fs::read_dir(dir).expect("conf.d exists") {
             let entry = entry.expect("dir entry");
             let name = entry.file_name().to_string_lossy().into_owned();
             files.insert(name, std::fs::read(entry.path()).expect("read file"));

@@ -116,15 +116,61 @@ impl std::fmt::Display for RunError {
     }
 }
 
-/// Runs `argv` with stdin closed, at most `timeout`.
-pub(crate) async fn run(argv: &Argv, timeout: Duration) -> Result<Finished, RunError> {
+/// Finds `program` the way `exec` would: a name with a `/` is a path, a bare name is
+/// looked up in `PATH`. The result must be an executable file.
+///
+/// # Errors
+/// `NotFound` (or `PermissionDenied` for a file that is not executable).
+pub(crate) fn find_program(program: &std::ffi::OsStr) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = std::path::Path::new(program);
+    if program.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "empty program name",
+        ));
+    }
+    if program.as_encoded_bytes().contains(&b'/') {
+        return if executable(path) {
+            Ok(path.to_owned())
+        } else if path.exists() {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the file is not an executable program",
+            ))
+        } else {
+            Err(io::Error::new(io::ErrorKind::NotFound, "no such file"))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(path))
+        .find(|candidate| executable(candidate))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))
+}
+
+/// Runs `argv` with stdin closed, at most `timeout`, without the environment
+/// variables named in `hidden_env`.
+pub(crate) async fn run(
+    argv: &Argv,
+    timeout: Duration,
+    hidden_env: &[String],
+) -> Result<Finished, RunError> {
     let Some((program, args)) = argv.0.split_first() else {
         return Err(RunError::Spawn(io::Error::new(
             io::ErrorKind::InvalidInput,
             "empty command",
         )));
     };
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    for var in hidden_env {
+        command.env_remove(var);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -193,7 +239,7 @@ mod tests {
     #[tokio::test]
     async fn captures_output_and_status() {
         let argv = Argv::new(["sh", "-c", "echo out; echo err >&2; exit 3"]);
-        let done = run(&argv, Duration::from_secs(5)).await.unwrap();
+        let done = run(&argv, Duration::from_secs(5), &[]).await.unwrap();
         assert_eq!(done.status.code(), Some(3));
         assert_eq!(done.message(), "err\nout");
     }
@@ -202,7 +248,7 @@ mod tests {
     async fn missing_program_is_reported_as_missing() {
         let argv = Argv::new(["/nonexistent/cutover-no-such-program"]);
         assert!(matches!(
-            run(&argv, Duration::from_secs(5)).await,
+            run(&argv, Duration::from_secs(5), &[]).await,
             Err(RunError::Missing(_))
         ));
     }
@@ -212,7 +258,7 @@ mod tests {
         let start = std::time::Instant::now();
         let argv = Argv::new(["sleep", "30"]);
         assert!(matches!(
-            run(&argv, Duration::from_millis(200)).await,
+            run(&argv, Duration::from_millis(200), &[]).await,
             Err(RunError::Timeout)
         ));
         assert!(start.elapsed() < Duration::from_secs(5));
@@ -223,7 +269,7 @@ mod tests {
         // The background sleep inherits stdout and outlives the shell.
         let argv = Argv::new(["sh", "-c", "sleep 5 & echo started"]);
         let start = std::time::Instant::now();
-        let done = run(&argv, Duration::from_secs(10)).await.unwrap();
+        let done = run(&argv, Duration::from_secs(10), &[]).await.unwrap();
         assert!(done.status.success());
         assert_eq!(done.stdout.trim(), "started");
         assert!(
@@ -231,6 +277,32 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn hidden_variables_are_not_inherited() {
+        let argv = Argv::new(["env"]);
+        let all = run(&argv, Duration::from_secs(5), &[]).await.unwrap();
+        assert!(all.stdout.contains("PATH="), "{}", all.stdout);
+        let hidden = run(&argv, Duration::from_secs(5), &["PATH".to_owned()])
+            .await
+            .unwrap();
+        assert!(!hidden.stdout.contains("\nPATH="), "{}", hidden.stdout);
+        assert!(!hidden.stdout.starts_with("PATH="), "{}", hidden.stdout);
+    }
+
+    #[test]
+    fn programs_are_found_like_exec_finds_them() {
+        assert!(find_program("sh".as_ref()).is_ok());
+        assert!(find_program("/bin/sh".as_ref()).is_ok());
+        let missing = find_program("/nonexistent/nginx".as_ref()).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        let missing = find_program("cutover-no-such-program".as_ref()).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        let plain = tempfile::NamedTempFile::new().unwrap();
+        let not_executable = find_program(plain.path().as_os_str()).unwrap_err();
+        assert_eq!(not_executable.kind(), io::ErrorKind::PermissionDenied);
+        assert!(find_program("".as_ref()).is_err());
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
         if file.contents.contains('\0') {
             return Err(invalid(&file.path, "the contents contain a NUL byte"));
         }
+        check_blocks(&file.contents).map_err(|reason| invalid(&file.path, reason))?;
         total += file.contents.len();
     }
     if total > MAX_TOTAL_BYTES {
@@ -131,6 +132,89 @@ pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
+}
+
+/// Refuses contents whose `{ }` blocks do not balance, read the way nginx's lexer
+/// reads them (quoted strings, `\` escapes, `#` comments and `${var}` do not count).
+/// Each file is included inside a block of the main config; one that closed more
+/// blocks than it opened would escape it (say, out of `location /` to add a server of
+/// its own), and one that left a block open would swallow what follows. nginx's test
+/// would refuse both too, but only after the file was written; this refuses it first.
+fn check_blocks(contents: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut opened_at = Vec::new();
+    let mut line = 1usize;
+    let mut quote: Option<char> = None;
+    let (mut escaped, mut comment, mut variable_name) = (false, false, false);
+    // nginx only starts a comment or a quoted string at the start of a word.
+    let mut word_start = true;
+    let mut after_dollar = false;
+    for c in contents.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        let dollar = std::mem::replace(&mut after_dollar, false);
+        if comment {
+            comment = c != '\n';
+            word_start = true;
+            continue;
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == '\\' {
+            escaped = true;
+            word_start = false;
+            continue;
+        }
+        if let Some(q) = quote {
+            quote = (c != q).then_some(q);
+            continue;
+        }
+        if variable_name {
+            variable_name = c != '}';
+            continue;
+        }
+        match c {
+            '#' if word_start => comment = true,
+            '"' | '\'' if word_start => quote = Some(c),
+            '{' if dollar => variable_name = true,
+            '{' => {
+                depth += 1;
+                opened_at.push(line);
+                word_start = true;
+            }
+            '}' => {
+                if depth == 0 {
+                    return Err(format!(
+                        "line {line}: `}}` closes a block it did not open; a rendered file must not escape the block it is included in"
+                    ));
+                }
+                depth -= 1;
+                opened_at.pop();
+                word_start = true;
+            }
+            ';' => word_start = true,
+            c if c.is_whitespace() => word_start = true,
+            '$' => {
+                after_dollar = true;
+                word_start = false;
+            }
+            _ => word_start = false,
+        }
+    }
+    if let Some(q) = quote {
+        return Err(format!(
+            "a string opened with {q} is never closed; it would swallow the rest of nginx's config"
+        ));
+    }
+    match opened_at.first() {
+        Some(at) => Err(format!(
+            "the block opened at line {at} is never closed; it would swallow the rest of nginx's config"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Reads the current contents of `paths` under `dir` (none for an absent file).
@@ -411,6 +495,32 @@ mod tests {
         assert!(refusal(&lots).contains("files"));
         assert!(refusal(&[file("a.inc", ""), file("a.inc", "")]).contains("twice"));
         assert!(refusal(&[]).contains("no files"));
+    }
+
+    #[test]
+    fn refuses_contents_that_escape_or_swallow_their_block() {
+        let escape = refusal(&[file(
+            "service-url.inc",
+            "set $service_url http://127.0.0.1:1;\n}\nserver { listen 1; }\nlocation /x {\n",
+        )]);
+        assert!(
+            escape.contains("line 2: `}` closes a block it did not open"),
+            "{escape}"
+        );
+        let open = refusal(&[file("a.conf", "server {\n  listen 1;\n")]);
+        assert!(open.contains("opened at line 1 is never closed"), "{open}");
+        let quote = refusal(&[file("a.conf", "return 200 \"abc;\n")]);
+        assert!(quote.contains("never closed"), "{quote}");
+        // Braces nginx does not read as blocks are fine.
+        check_files(&[
+            file(
+                "a.conf",
+                "# } a comment\nmap $uri $x { default \"}\"; '~{' 1; }\n\
+                 location ~ \"^/a{2}$\" { return 200 ${x}ok\\}; }\nset $a#b 1;\n",
+            ),
+            file("b.inc", "set $service_url http://127.0.0.1:1;\n"),
+        ])
+        .unwrap();
     }
 
     #[test]

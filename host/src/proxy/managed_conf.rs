@@ -71,10 +71,7 @@ fn quoted(path: &Path) -> Result<String, String> {
     let text = path
         .to_str()
         .ok_or_else(|| format!("{} is not UTF-8", path.display()))?;
-    if text
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '"' | '\\' | '$'))
-    {
+    if crate::config::nginx_unsafe_char(text).is_some() {
         return Err(format!(
             "{text:?} contains a quote, backslash, `$` or control character, which nginx's config cannot hold safely; choose another state_dir"
         ));

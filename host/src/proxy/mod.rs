@@ -98,9 +98,9 @@ pub enum ProxyError {
         /// Whether the files that failed were replaced by the previous ones.
         restored: bool,
     },
-    /// The reload failed; the new files are on disk.
+    /// The reload failed (after a switch wrote new files, or a restore put old ones back).
     #[error(
-        "reloading nginx with `{command}` failed:\n{output}\nThe new files are written but may not be in effect; restore the previous files or fix the reload command (`proxy.reload_command`)"
+        "reloading nginx with `{command}` failed:\n{output}\nnginx may not serve the files on disk; fix the reload command (`proxy.reload_command`) or the nginx it reloads"
     )]
     Reload {
         /// The reload command (or the signal sent).
@@ -168,7 +168,12 @@ pub enum ProxyError {
     },
     /// Putting the previous files back failed, so the proxy may be left on new files.
     #[error(
-        "{cause}; then putting the previous proxy files back failed too: {error}. Check {} by hand before the next deploy",
+        "{cause}; then {}: {error}. Check {} by hand before the next deploy",
+        if error.is_after_restored_files() {
+            "the previous proxy files were put back, but making nginx serve them failed"
+        } else {
+            "putting the previous proxy files back failed too"
+        },
         dir.display()
     )]
     Restore {
@@ -183,7 +188,8 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// True when the problem is the machine (nginx missing, cannot start, a command
-    /// hangs or cannot run), not the deploy: the CLI maps it to the "environment
+    /// hangs or cannot run, the config directory cannot be written: disk full,
+    /// read-only or immutable), not the deploy: the CLI maps it to the "environment
     /// problem" exit code.
     pub fn is_environment(&self) -> bool {
         match self {
@@ -192,10 +198,31 @@ impl ProxyError {
             | ProxyError::Command { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Start { .. }
+            | ProxyError::Write(_)
+            | ProxyError::Remove { .. }
             | ProxyError::Layout { .. } => true,
             ProxyError::Restore { error, .. } => error.is_environment(),
             _ => false,
         }
+    }
+
+    /// True for a failed restore that did put the previous files back, but whose
+    /// config test or reload then failed: nginx may still serve the files it had
+    /// before the switch, which only a request through it can tell.
+    pub fn previous_files_restored(&self) -> bool {
+        matches!(self, ProxyError::Restore { error, .. } if error.is_after_restored_files())
+    }
+
+    /// Whether this failure, inside a restore, came after the previous files were
+    /// already back on disk (their test or the reload failed, not the writing).
+    fn is_after_restored_files(&self) -> bool {
+        !matches!(
+            self,
+            ProxyError::Write(_)
+                | ProxyError::Remove { .. }
+                | ProxyError::InvalidFile { .. }
+                | ProxyError::Restore { .. }
+        )
     }
 }
 
@@ -307,6 +334,12 @@ pub struct Proxy {
     /// The pid file of the nginx whose workers a drain watches.
     pid_file: Option<PathBuf>,
     command_timeout: Duration,
+    /// How long a restore waits for the workers of the undone config (`drain.timeout`).
+    drain_timeout: Duration,
+    /// Environment variables no program run here may inherit (the registry
+    /// password's): none of them needs it, and the managed nginx would keep a copy in
+    /// its memory for as long as it runs.
+    hidden_env: Vec<String>,
 }
 
 impl Proxy {
@@ -315,6 +348,13 @@ impl Proxy {
         let p = &config.proxy;
         let nginx = p.nginx.clone();
         let command_timeout = p.command_timeout.get();
+        let drain_timeout = config.drain.timeout.get();
+        let hidden_env: Vec<String> = config
+            .image
+            .registry
+            .iter()
+            .map(|r| r.password_env.clone())
+            .collect();
         match p.mode {
             ProxyMode::Managed => {
                 let layout = Layout::new(&config.state_dir());
@@ -350,6 +390,8 @@ impl Proxy {
                     }),
                     nginx,
                     command_timeout,
+                    drain_timeout,
+                    hidden_env,
                 }
             }
             ProxyMode::External => {
@@ -371,6 +413,8 @@ impl Proxy {
                     pid_file: p.pid_file.as_ref().map(|f| config.resolve(f)),
                     nginx,
                     command_timeout,
+                    drain_timeout,
+                    hidden_env,
                 }
             }
         }
@@ -646,9 +690,11 @@ impl Proxy {
     }
 
     /// Puts `previous` back, tests it and reloads (used when verification fails after
-    /// a switch). When the managed nginx had no files before (the first deploy
-    /// started it), the files are removed and that nginx is stopped instead, since it
-    /// has nothing valid to serve.
+    /// a switch), then waits (at most `drain.timeout`) until the workers that served
+    /// the undone config have finished their requests, so the caller can remove the
+    /// target they were sending them to. When the managed nginx had no files before
+    /// (the first deploy started it), the files are removed and that nginx is stopped
+    /// gracefully instead, since it has nothing valid to serve.
     ///
     /// # Errors
     /// [`ProxyError::Restore`] wrapping what failed: writing, the config test or the
@@ -664,7 +710,31 @@ impl Proxy {
             return self.stop().await.map_err(wrap);
         }
         self.test().await.map_err(wrap)?;
-        self.switch().await.map_err(wrap)?;
+        let reload = self.switch().await.map_err(wrap)?;
+        self.drain(&reload, self.drain_timeout).await;
+        Ok(())
+    }
+
+    /// Checks, before a deploy starts anything, that the programs this proxy runs
+    /// exist: the nginx binary in managed mode, the test and reload commands' programs
+    /// in external mode. Runs nothing.
+    ///
+    /// # Errors
+    /// [`ProxyError::NginxMissing`] or [`ProxyError::CommandMissing`] naming the
+    /// program and the config key to fix.
+    pub fn preflight(&self) -> Result<(), ProxyError> {
+        let argvs = match self.mode {
+            ProxyMode::Managed => vec![(self.managed_start_argv(), Purpose::Start)],
+            ProxyMode::External => vec![
+                (self.test_command.clone(), Purpose::Test),
+                (self.reload_command.clone(), Purpose::Reload),
+            ],
+        };
+        for (argv, purpose) in &argvs {
+            if let Err(source) = command::find_program(argv.program()) {
+                return Err(self.missing(argv, *purpose, source));
+            }
+        }
         Ok(())
     }
 
@@ -819,21 +889,33 @@ impl Proxy {
         Ok(())
     }
 
+    fn managed_start_argv(&self) -> Argv {
+        self.managed
+            .as_ref()
+            .map_or_else(|| Argv::new([self.nginx.as_os_str()]), |m| m.start.clone())
+    }
+
+    /// The error for a program that cannot be run.
+    fn missing(&self, argv: &Argv, purpose: Purpose, source: std::io::Error) -> ProxyError {
+        if argv.program() == self.nginx.as_os_str() {
+            ProxyError::NginxMissing {
+                program: self.nginx.clone(),
+                source,
+            }
+        } else {
+            ProxyError::CommandMissing {
+                key: purpose.key(),
+                command: argv.to_string(),
+                source,
+            }
+        }
+    }
+
     async fn run(&self, argv: &Argv, purpose: Purpose) -> Result<command::Finished, ProxyError> {
-        command::run(argv, self.command_timeout)
+        command::run(argv, self.command_timeout, &self.hidden_env)
             .await
             .map_err(|e| match e {
-                RunError::Missing(source) if argv.program() == self.nginx.as_os_str() => {
-                    ProxyError::NginxMissing {
-                        program: self.nginx.clone(),
-                        source,
-                    }
-                }
-                RunError::Missing(source) => ProxyError::CommandMissing {
-                    key: purpose.key(),
-                    command: argv.to_string(),
-                    source,
-                },
+                RunError::Missing(source) => self.missing(argv, purpose, source),
                 RunError::Timeout => ProxyError::Timeout {
                     command: argv.to_string(),
                     after: self.command_timeout,
@@ -941,6 +1023,41 @@ mod tests {
             restored: true,
         };
         assert!(!test.is_environment());
+    }
+
+    #[test]
+    fn a_restore_that_only_failed_to_reload_says_the_files_are_back() {
+        let reload = ProxyError::Restore {
+            cause: "the switch had to be undone".into(),
+            dir: "/etc/nginx/conf.d".into(),
+            error: Box::new(ProxyError::Reload {
+                command: "false".into(),
+                output: "refused".into(),
+            }),
+        };
+        assert!(reload.previous_files_restored());
+        assert!(
+            reload.to_string().contains(
+                "the previous proxy files were put back, but making nginx serve them failed"
+            ),
+            "{reload}"
+        );
+        let write = ProxyError::Restore {
+            cause: "the switch had to be undone".into(),
+            dir: "/etc/nginx/conf.d".into(),
+            error: Box::new(ProxyError::Remove {
+                path: "/etc/nginx/conf.d/a.inc".into(),
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            }),
+        };
+        assert!(!write.previous_files_restored());
+        assert!(write.is_environment());
+        assert!(
+            write
+                .to_string()
+                .contains("putting the previous proxy files back failed too"),
+            "{write}"
+        );
     }
 
     #[test]
