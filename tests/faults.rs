@@ -104,7 +104,6 @@ fn nginx_binary_missing_exits_7_and_blue_keeps_serving() {
 }
 
 #[test]
-#[ignore = "needs fix in deploy.rs: call `ctx.proxy.preflight()` before the image step (see the report)"]
 fn nginx_binary_missing_is_found_before_any_container_starts() {
     let svc = serving("f-nonginx-early");
     set_in(&svc, "proxy", "nginx = \"/nonexistent/nginx\"");
@@ -189,7 +188,6 @@ fn failed_reload_in_external_mode_is_rolled_back_and_exits_4() {
 }
 
 #[test]
-#[ignore = "needs fix in deploy.rs: when restore fails with `previous_files_restored()`, restore_after should verify the previous colour through the proxy and report RolledBack (see the report)"]
 fn reload_command_that_always_fails_is_rolled_back_and_exits_4() {
     let mut svc = Service::new("f-reload-always");
     let nginx = ExternalNginx::start(([127, 0, 0, 1], svc.blue).into());

@@ -283,7 +283,7 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
     let ctx = Context::open(config, &plugin_host, reporter).await?;
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
-            GitFacts::collect(ctx.config.base_dir())?,
+            GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())?,
             CiFacts::from_env(),
         ))
     };
@@ -293,6 +293,12 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             build_args,
             image,
         } => {
+            if let Some(image) = image {
+                crate::config::check_image_ref(image).map_err(|message| Failure {
+                    error: anyhow::anyhow!("--image {image:?}: {message}"),
+                    code: exit::CONFIG,
+                })?;
+            }
             let (git, ci) = facts()?;
             let options = DeployOptions {
                 lock_wait: *lock_wait,

@@ -584,6 +584,16 @@ impl Config {
         self.base_dir().join(path)
     }
 
+    /// The environment variables that hold secrets for this config (the registry
+    /// password). Child processes that do not need them get them removed.
+    pub fn secret_env_vars(&self) -> Vec<String> {
+        self.image
+            .registry
+            .iter()
+            .map(|r| r.password_env.clone())
+            .collect()
+    }
+
     /// The slot config for `color`.
     pub fn color(&self, color: crate::Color) -> &ColorConfig {
         match color {

@@ -576,6 +576,8 @@ pub async fn deploy(
     ci: &CiFacts,
     options: &DeployOptions,
 ) -> Result<DeployReport, DeployError> {
+    // A missing nginx (or reload program) is found before anything is built or started.
+    ctx.proxy.preflight()?;
     let mut run = Run::start(ctx, OperationKind::Deploy, options.lock_wait, run_label(ci)).await?;
     let report = match deploy_steps(&mut run, git, ci, options).await {
         Ok(Flow::Denied(reason)) => run.finish(Outcome::Denied, Some(reason), None),
@@ -837,10 +839,32 @@ async fn restore_after(run: &mut Run<'_>, saved: &[SavedFile], error: DeployErro
         "restoring the previous proxy config after the failure",
     );
     if let Err(cleanup) = ctx.proxy.restore(saved).await {
-        return Failure::Fatal(DeployError::CleanupFailed {
-            error: Box::new(error),
-            cleanup: cleanup.to_string(),
-        });
+        // The previous files are back but nginx would not reload: when it still
+        // serves the previous colour (the failed reload never took), the deploy is
+        // rolled back all the same.
+        let previous = run.state.live.as_ref().map(|s| s.color);
+        let still_serving = match previous {
+            Some(color) if cleanup.previous_files_restored() => health::verify_through_proxy(
+                &VerifySpec::from_config(&ctx.config, color),
+                ctx.config.verify.timeout.get(),
+            )
+            .await
+            .is_ok(),
+            _ => false,
+        };
+        if !still_serving {
+            return Failure::Fatal(DeployError::CleanupFailed {
+                error: Box::new(error),
+                cleanup: cleanup.to_string(),
+            });
+        }
+        ctx.reporter.log(
+            Level::Warn,
+            &format!(
+                "{cleanup}; the proxy still serves {} from the previous files",
+                previous.map_or_else(String::new, |c| c.to_string())
+            ),
+        );
     }
     if run.journal.kind == OperationKind::Deploy
         && let Some(name) = &run.journal.container
@@ -1083,6 +1107,7 @@ pub async fn rollback(
     lock_wait: Duration,
     ci: &CiFacts,
 ) -> Result<DeployReport, DeployError> {
+    ctx.proxy.preflight()?;
     let mut run = Run::start(ctx, OperationKind::Rollback, lock_wait, run_label(ci)).await?;
     let Some(back) = run.state.previous.clone() else {
         let error = DeployError::Refused(
@@ -1097,7 +1122,8 @@ pub async fn rollback(
         Ok(()) => run.finish(Outcome::Succeeded, None, None),
         Err(failure) => run.fail(failure).await,
     }?;
-    let git = GitFacts::collect(ctx.config.base_dir()).unwrap_or_default();
+    let git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())
+        .unwrap_or_default();
     audit(ctx, &report, OperationKind::Rollback, &git, ci);
     Ok(report)
 }

@@ -62,7 +62,16 @@ impl GitFacts {
     /// # Errors
     /// [`GitError`] only when the `git` binary cannot be started.
     pub fn collect(dir: &Path) -> Result<GitFacts, GitError> {
-        let git = Git { dir };
+        Self::collect_hiding(dir, &[])
+    }
+
+    /// As [`GitFacts::collect`], with the environment variables named in `hidden`
+    /// (the config's secrets) removed from git's environment: git needs none of them.
+    ///
+    /// # Errors
+    /// As [`GitFacts::collect`].
+    pub fn collect_hiding(dir: &Path, hidden: &[String]) -> Result<GitFacts, GitError> {
+        let git = Git { dir, hidden };
         let probe = git.output(&["rev-parse", "--show-toplevel"])?;
         if !probe.status.success() {
             let message = String::from_utf8_lossy(&probe.stderr).trim().to_owned();
@@ -133,6 +142,7 @@ fn without_credentials(url: &str) -> String {
 
 struct Git<'a> {
     dir: &'a Path,
+    hidden: &'a [String],
 }
 
 impl Git<'_> {
@@ -148,13 +158,14 @@ impl Git<'_> {
     }
 
     fn output(&self, args: &[&str]) -> Result<std::process::Output, GitError> {
-        command(self.dir)
-            .args(args)
-            .output()
-            .map_err(|source| GitError::Spawn {
-                dir: self.dir.to_owned(),
-                source,
-            })
+        let mut cmd = command(self.dir);
+        for var in self.hidden {
+            cmd.env_remove(var);
+        }
+        cmd.args(args).output().map_err(|source| GitError::Spawn {
+            dir: self.dir.to_owned(),
+            source,
+        })
     }
 }
 

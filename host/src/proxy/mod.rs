@@ -349,12 +349,7 @@ impl Proxy {
         let nginx = p.nginx.clone();
         let command_timeout = p.command_timeout.get();
         let drain_timeout = config.drain.timeout.get();
-        let hidden_env: Vec<String> = config
-            .image
-            .registry
-            .iter()
-            .map(|r| r.password_env.clone())
-            .collect();
+        let hidden_env = config.secret_env_vars();
         match p.mode {
             ProxyMode::Managed => {
                 let layout = Layout::new(&config.state_dir());
