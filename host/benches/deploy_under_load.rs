@@ -135,10 +135,12 @@ fn build_images(service: &str) -> [String; 2] {
 }
 
 /// Watches one deploy from outside: when the target answers /health directly, when
-/// the proxy first serves the target, and the peak RSS of a process.
+/// the proxy first serves the target, and the peak RSS of a process. Each runs on its
+/// own thread, so a probe that hangs (docker-proxy accepts before the app listens)
+/// cannot delay the other.
 struct Observer {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Observed>,
+    threads: Vec<std::thread::JoinHandle<Observed>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -146,6 +148,34 @@ struct Observed {
     healthy_at: Option<Instant>,
     serving_at: Option<Instant>,
     peak_rss_kib: u64,
+}
+
+impl Observed {
+    fn merge(self, other: Observed) -> Observed {
+        Observed {
+            healthy_at: self.healthy_at.or(other.healthy_at),
+            serving_at: self.serving_at.or(other.serving_at),
+            peak_rss_kib: self.peak_rss_kib.max(other.peak_rss_kib),
+        }
+    }
+}
+
+/// Polls `check` every 2 ms until it records something or the observer stops.
+fn watch(
+    stop: Arc<AtomicBool>,
+    mut check: impl FnMut(&mut Observed) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Observed> {
+    std::thread::spawn(move || {
+        let mut seen = Observed::default();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if check(&mut seen) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        seen
+    })
 }
 
 impl Observer {
@@ -156,35 +186,39 @@ impl Observer {
         pid: Option<u32>,
     ) -> Observer {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Observed::default();
-            let direct: SocketAddr = ([127, 0, 0, 1], target_port).into();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                if seen.healthy_at.is_none()
-                    && get(direct, "/health").is_some_and(|(s, _)| s == 200)
-                {
+        let direct: SocketAddr = ([127, 0, 0, 1], target_port).into();
+        let mut threads = vec![
+            watch(stop.clone(), move |seen| {
+                let ok = get(direct, "/health").is_some_and(|(s, _)| s == 200);
+                if ok {
                     seen.healthy_at = Some(Instant::now());
                 }
-                if seen.serving_at.is_none()
-                    && get(proxy, "/").is_some_and(|(s, c)| s == 200 && c.as_deref() == Some(color))
-                {
+                ok
+            }),
+            watch(stop.clone(), move |seen| {
+                let ok =
+                    get(proxy, "/").is_some_and(|(s, c)| s == 200 && c.as_deref() == Some(color));
+                if ok {
                     seen.serving_at = Some(Instant::now());
                 }
-                if let Some(pid) = pid {
-                    seen.peak_rss_kib = seen.peak_rss_kib.max(vm_hwm_kib(pid).unwrap_or(0));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            seen
-        });
-        Observer { stop, thread }
+                ok
+            }),
+        ];
+        if let Some(pid) = pid {
+            threads.push(watch(stop.clone(), move |seen| {
+                seen.peak_rss_kib = seen.peak_rss_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+                false
+            }));
+        }
+        Observer { stop, threads }
     }
 
     fn finish(self) -> Observed {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("observer")
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("observer"))
+            .fold(Observed::default(), Observed::merge)
     }
 }
 
@@ -200,8 +234,8 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// A one-shot GET on a fresh connection: status and X-Hello-Color.
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
@@ -331,11 +365,13 @@ timeout = "15s"
             _ => None,
         };
         eprintln!(
-            "cutover deploy {}/{} → {color}: {:?} ok={}",
+            "cutover deploy {}/{} → {color}: {:?} ok={} healthy@{:?} serving@{:?}",
             i + 1,
             opts.deploys,
             m.wall,
-            m.ok
+            m.ok,
+            seen.healthy_at.map(|t| t.duration_since(began)),
+            seen.serving_at.map(|t| t.duration_since(began))
         );
         deploys.push(m);
     }
