@@ -791,15 +791,17 @@ async fn cut_over(
 
     // drain
     let t = run.begin(Step::Drain).map_err(Failure::Fatal)?;
-    let drained = if previous.is_some() {
-        ctx.proxy
-            .drain(&reload, ctx.config.drain.timeout.get())
-            .await
-    } else {
-        Default::default()
+    let drained = match &previous {
+        Some(_) => Some(
+            ctx.proxy
+                .drain(&reload, ctx.config.drain.timeout.get())
+                .await,
+        ),
+        None => None,
     };
     run.end(Step::Drain, t, Ok::<_, DeployError>(drained), |d| {
-        d.to_string()
+        d.as_ref()
+            .map_or_else(|| "nothing served before".to_owned(), ToString::to_string)
     })
     .map_err(Failure::Fatal)?;
 
