@@ -809,7 +809,7 @@ fn proxy_files_outside_the_config_dir_are_refused_before_anything_is_written() {
             "\"/etc/nginx/nginx.conf\" is not a relative path",
         ),
         ("nul", "control character"),
-        ("many", "100 files"),
+        ("many", "one of 100 rendered files"),
         ("duplicate", "appears twice"),
     ] {
         let err = template(mode)

@@ -330,12 +330,11 @@ impl Context {
         target: Color,
         previous: Option<Color>,
     ) -> Result<Vec<types::ProxyFile>, DeployError> {
-        let files = self
+        // The plugin host has already checked the files with `proxy::check_rendered`.
+        Ok(self
             .plugins
             .template
-            .render(&self.template_input(target, previous))?;
-        self.proxy.check_files(&files)?;
-        Ok(files)
+            .render(&self.template_input(target, previous))?)
     }
 
     /// The registry credentials, when a registry is configured.

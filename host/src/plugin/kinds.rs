@@ -26,12 +26,6 @@ use super::{Compiled, Limits, Origin, PluginError, PluginHost, sha256_hex};
 use crate::config::{Config, LimitsConfig, PluginKind, PluginSpec};
 use crate::events::{Event, Level, Reporter};
 
-/// The most files a proxy template may return.
-const MAX_PROXY_FILES: usize = 16;
-
-/// The longest proxy file path accepted, in bytes.
-const MAX_PROXY_PATH: usize = 255;
-
 impl From<crate::Color> for types::Color {
     fn from(color: crate::Color) -> Self {
         match color {
@@ -521,54 +515,16 @@ impl TemplatePlugin {
         let files = answer.map_err(|reason| self.0.refused(reason))?;
         let size = files.iter().map(|f| f.path.len() + f.contents.len()).sum();
         self.0.check_size(size)?;
-        check_proxy_files(&files).map_err(|detail| self.0.invalid(detail))?;
+        // The proxy module owns what may be written into nginx's config directory;
+        // its refusal becomes this plugin's invalid-output error.
+        crate::proxy::check_rendered(&files).map_err(|e| match e {
+            crate::proxy::ProxyError::InvalidFile { path, reason } => self
+                .0
+                .invalid(format!("file {:?} {reason}", printable(&path))),
+            other => self.0.invalid(other.to_string()),
+        })?;
         Ok((files, stats))
     }
-}
-
-/// Why `files` must not be written, if they must not.
-fn check_proxy_files(files: &[ProxyFile]) -> Result<(), String> {
-    if files.is_empty() {
-        return Err("no files: a proxy template must return at least one".to_owned());
-    }
-    if files.len() > MAX_PROXY_FILES {
-        return Err(format!(
-            "{} files, more than the {MAX_PROXY_FILES} allowed",
-            files.len()
-        ));
-    }
-    for (i, file) in files.iter().enumerate() {
-        let shown = printable(&file.path);
-        let ok_chars = file
-            .path
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
-        let ok_parts = file
-            .path
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
-        if file.path.is_empty() || file.path.len() > MAX_PROXY_PATH || !ok_chars || !ok_parts {
-            return Err(format!(
-                "file path {shown:?} is not a relative path inside the proxy's config directory \
-                 (letters, digits, `.`, `_`, `-` and `/`; no `..`, no leading `/`; at most \
-                 {MAX_PROXY_PATH} bytes)"
-            ));
-        }
-        if files[..i].iter().any(|other| other.path == file.path) {
-            return Err(format!("file path {shown:?} appears twice"));
-        }
-        if let Some(c) = file
-            .contents
-            .chars()
-            .find(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-        {
-            return Err(format!(
-                "file {shown:?} contains the control character {:?}",
-                c.escape_default().to_string()
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A scoped thread's result; a panic in it continues in the caller.
@@ -705,52 +661,6 @@ fn compile_all<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn file(path: &str, contents: &str) -> ProxyFile {
-        ProxyFile {
-            path: path.to_owned(),
-            contents: contents.to_owned(),
-        }
-    }
-
-    #[test]
-    fn proxy_files_inside_the_config_dir_are_accepted() {
-        assert_eq!(
-            check_proxy_files(&[
-                file("service-url.inc", "set $u x;\n"),
-                file("sites/app.conf", "\t# x\r\n")
-            ]),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn proxy_files_escaping_the_config_dir_are_refused() {
-        for bad in [
-            "../nginx.conf",
-            "/etc/nginx/nginx.conf",
-            "a/../../b",
-            "./a",
-            "a//b",
-            "",
-            "a\0b",
-            "a\nb",
-            "a b",
-            "a\\b",
-            "é.conf",
-        ] {
-            let err = check_proxy_files(&[file(bad, "")]).unwrap_err();
-            assert!(err.contains("not a relative path"), "{bad:?}: {err}");
-            assert!(!err.contains('\n') && !err.contains('\0'), "{err}");
-        }
-        let err = check_proxy_files(&[file("a", ""), file("a", "")]).unwrap_err();
-        assert!(err.contains("twice"), "{err}");
-        let err = check_proxy_files(&[file("a", "x\0y")]).unwrap_err();
-        assert!(err.contains("control character"), "{err}");
-        let many: Vec<ProxyFile> = (0..17).map(|i| file(&format!("f{i}"), "")).collect();
-        assert!(check_proxy_files(&many).unwrap_err().contains("17 files"));
-        assert!(check_proxy_files(&[]).is_err());
-    }
 
     #[test]
     fn colors_convert_both_ways() {

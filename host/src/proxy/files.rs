@@ -35,52 +35,48 @@ fn invalid(path: &str, reason: impl Into<String>) -> ProxyError {
 
 /// Checks one path relative to the config directory.
 pub(crate) fn check_path(path: &str) -> Result<(), ProxyError> {
+    // Every refusal says the same first words, so a user (and a test) recognises an
+    // escaping or malformed path whatever the detail.
+    let refuse = |detail: String| {
+        invalid(
+            path,
+            format!("is not a relative path inside the proxy's config directory: {detail}"),
+        )
+    };
     if path.is_empty() {
-        return Err(invalid(path, "the path is empty"));
+        return Err(refuse("it is empty".to_owned()));
     }
     if path.len() > MAX_PATH_BYTES {
-        return Err(invalid(
-            path,
-            format!("the path is longer than {MAX_PATH_BYTES} bytes"),
-        ));
+        return Err(refuse(format!("it is longer than {MAX_PATH_BYTES} bytes")));
     }
     if path.contains('\0') {
-        return Err(invalid(path, "the path contains a NUL byte"));
+        return Err(refuse("it contains a NUL byte".to_owned()));
     }
     if path.starts_with('/') {
-        return Err(invalid(
-            path,
-            "the path is absolute; it must be relative to the proxy's config directory",
-        ));
+        return Err(refuse("it is absolute".to_owned()));
     }
     let parts: Vec<&str> = path.split('/').collect();
+    if parts.contains(&"..") {
+        return Err(refuse("it contains `..`".to_owned()));
+    }
     if parts.len() > MAX_DEPTH {
-        return Err(invalid(
-            path,
-            format!("the path is nested deeper than {MAX_DEPTH} levels"),
-        ));
+        return Err(refuse(format!(
+            "it is nested deeper than {MAX_DEPTH} levels"
+        )));
     }
     for part in parts {
-        if part == ".." {
-            return Err(invalid(
-                path,
-                "the path contains `..`; it must stay inside the config directory",
-            ));
-        }
         // Leading dots would also collide with atomic_file's temporary names.
         if part.is_empty() || part.starts_with('.') {
-            return Err(invalid(
-                path,
-                "every path component must be a non-empty name that does not start with `.`",
+            return Err(refuse(
+                "every component must be a non-empty name that does not start with `.`".to_owned(),
             ));
         }
         if !part
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         {
-            return Err(invalid(
-                path,
-                "file names may only use a-z, A-Z, 0-9, `.`, `-` and `_`",
+            return Err(refuse(
+                "names may only use a-z, A-Z, 0-9, `.`, `-` and `_`".to_owned(),
             ));
         }
     }
@@ -92,14 +88,14 @@ pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
     if files.is_empty() {
         return Err(invalid(
             "",
-            "the template rendered no files; the proxy would have nothing to switch to",
+            "is missing: the template rendered no files, so the proxy would have nothing to switch to",
         ));
     }
     if files.len() > MAX_FILES {
         return Err(invalid(
             &files[0].path,
             format!(
-                "the template rendered {} files; at most {MAX_FILES} are accepted",
+                "is one of {} rendered files; at most {MAX_FILES} are accepted",
                 files.len()
             ),
         ));
@@ -108,27 +104,38 @@ pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
     for (i, file) in files.iter().enumerate() {
         check_path(&file.path)?;
         if files[..i].iter().any(|f| f.path == file.path) {
-            return Err(invalid(&file.path, "the template rendered this path twice"));
+            return Err(invalid(&file.path, "appears twice in the render"));
         }
         if file.contents.len() > MAX_FILE_BYTES {
             return Err(invalid(
                 &file.path,
                 format!(
-                    "the file has {} bytes; at most {MAX_FILE_BYTES} are accepted",
+                    "has {} bytes; at most {MAX_FILE_BYTES} are accepted",
                     file.contents.len()
                 ),
             ));
         }
-        if file.contents.contains('\0') {
-            return Err(invalid(&file.path, "the contents contain a NUL byte"));
+        if let Some(c) = file
+            .contents
+            .chars()
+            .find(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(invalid(
+                &file.path,
+                format!(
+                    "contains the control character {:?}",
+                    c.escape_default().to_string()
+                ),
+            ));
         }
-        check_blocks(&file.contents).map_err(|reason| invalid(&file.path, reason))?;
+        check_blocks(&file.contents)
+            .map_err(|reason| invalid(&file.path, format!("is not well-formed nginx: {reason}")))?;
         total += file.contents.len();
     }
     if total > MAX_TOTAL_BYTES {
         return Err(invalid(
             &files[0].path,
-            format!("the files total {total} bytes; at most {MAX_TOTAL_BYTES} are accepted"),
+            format!("brings the files to {total} bytes; at most {MAX_TOTAL_BYTES} are accepted"),
         ));
     }
     Ok(())
@@ -483,12 +490,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_contents_and_floods() {
-        assert!(refusal(&[file("a.inc", "x\0y")]).contains("NUL"));
+        assert!(refusal(&[file("a.inc", "x\0y")]).contains("control character"));
         let huge = "x".repeat(MAX_FILE_BYTES + 1);
         assert!(refusal(&[file("a.inc", &huge)]).contains("at most"));
         let big = "x".repeat(MAX_FILE_BYTES);
         let many: Vec<ProxyFile> = (0..5).map(|i| file(&format!("f{i}.conf"), &big)).collect();
-        assert!(refusal(&many).contains("total"));
+        assert!(refusal(&many).contains("brings the files to"));
         let lots: Vec<ProxyFile> = (0..=MAX_FILES)
             .map(|i| file(&format!("f{i}.conf"), ""))
             .collect();

@@ -142,7 +142,7 @@ pub enum ProxyError {
     },
     /// The template produced a file cutover refuses to write.
     #[error(
-        "the proxy template produced an unusable file {path:?}: {reason}; fix the proxy-template plugin or its config"
+        "the proxy template produced an unusable file {path:?}, which {reason}; fix the proxy-template plugin or its config"
     )]
     InvalidFile {
         /// The path as rendered.
@@ -224,6 +224,17 @@ impl ProxyError {
                 | ProxyError::Restore { .. }
         )
     }
+}
+
+/// Checks rendered files before anything is written: relative paths inside the
+/// config directory (no `..`, not absolute, a plain alphabet), no duplicates, bounded
+/// count and sizes, no control characters, and `{ }` blocks that balance the way
+/// nginx reads them. The proxy-template plugin host calls it on every render.
+///
+/// # Errors
+/// [`ProxyError::InvalidFile`] naming the file and what is wrong.
+pub fn check_rendered(files: &[ProxyFile]) -> Result<(), ProxyError> {
+    files::check_files(files)
 }
 
 /// What a switch did, kept until the drain so it knows which workers to wait for.
@@ -436,15 +447,6 @@ impl Proxy {
         self.pid_file.as_deref()
     }
 
-    /// Refuses rendered files that could escape the config directory or flood it:
-    /// absolute paths, `..`, NUL bytes, odd names, duplicates, too many or too large.
-    ///
-    /// # Errors
-    /// [`ProxyError::InvalidFile`] naming the first bad file.
-    pub fn check_files(&self, files: &[ProxyFile]) -> Result<(), ProxyError> {
-        files::check_files(files)
-    }
-
     /// The current contents of `paths` (relative to the config directory; none for a
     /// file that does not exist), to be kept for a restore.
     ///
@@ -471,7 +473,7 @@ impl Proxy {
         files: &[ProxyFile],
         previous: &[SavedFile],
     ) -> Result<(), ProxyError> {
-        self.check_files(files)?;
+        check_rendered(files)?;
         self.prepare()?;
         // Whatever `previous` does not cover is restored to what is on disk now.
         let missing: Vec<String> = files
