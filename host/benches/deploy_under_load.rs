@@ -9,6 +9,9 @@
 //! `target/bench-deploy/`) and prints the Markdown table. Loopback only; every loop is
 //! bounded in count and time.
 
+#[path = "../../tests/support/hello.rs"]
+#[allow(dead_code)]
+mod hello;
 #[path = "../../tests/support/load.rs"]
 mod load;
 
@@ -68,8 +71,11 @@ fn options() -> Options {
     o
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// The workspace root (also what the shared `hello` support module asks for).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent directory")
 }
 
 fn free_port() -> u16 {
@@ -91,32 +97,7 @@ fn run(cmd: &mut Command) -> String {
 
 /// Builds the static hello binary and the two images both rows deploy.
 fn build_images(service: &str) -> [String; 2] {
-    let root = workspace_root();
-    let triple = "x86_64-unknown-linux-gnu";
-    let target_dir = root.join("target/hello-static");
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "hello", "--target", triple])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env(
-                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-                "-C target-feature=+crt-static",
-            ),
-    );
-    let context = tempfile::tempdir().expect("temp dir");
-    std::fs::copy(
-        root.join("examples/hello/image/Dockerfile"),
-        context.path().join("Dockerfile"),
-    )
-    .expect("Dockerfile");
-    std::fs::copy(
-        target_dir.join(triple).join("release/hello"),
-        context.path().join("hello"),
-    )
-    .expect("hello binary");
+    let context = hello::hello_context();
     ["v1", "v2"].map(|v| {
         let tag = format!("{service}:{v}");
         run(Command::new("docker")
@@ -129,7 +110,7 @@ fn build_images(service: &str) -> [String; 2] {
             ])
             .arg(format!("cutover.service={service}"))
             .args(["-t", &tag])
-            .arg(context.path()));
+            .arg(context));
         tag
     })
 }
