@@ -821,3 +821,25 @@ fn the_registry_password_appears_in_no_output_file_error_or_process() {
         &password,
     );
 }
+
+/// With the state file gone, the record no longer says which colour is live; the
+/// host still asks nginx which colour serves and refuses a selector that picks it.
+#[test]
+fn a_selector_cannot_replace_the_serving_colour_even_when_the_state_file_is_lost() {
+    let svc = Service::new("h-lost-state");
+    svc.deploy("v1").success();
+    std::fs::remove_file(svc.state_file()).unwrap();
+    let table = plugin_table("target-selector", "hostile_selector", "blue");
+    let out = deploy_with_plugin(&svc, &table).code(exit::DEPLOY_FAILED.into());
+    let text = all_output(&out);
+    assert!(text.contains("the colour serving traffic now"), "{text}");
+    assert!(text.contains("cutover recover"), "{text}");
+    assert!(
+        !steps_started(&out)
+            .iter()
+            .any(|s| s == "clear" || s == "start"),
+        "{text}"
+    );
+    let r = svc.get("/");
+    assert_eq!(r.body.trim(), "hello v1 from blue");
+}

@@ -969,10 +969,14 @@ async fn select_target(ctx: &Context, live: Option<Color>) -> Result<Color, Depl
         live: live.map(Into::into),
         slots,
     })?;
-    if Some(target) == live {
+    // Checked against both the record and nginx itself: a state file that lost track
+    // of the live colour must not let a deploy replace the container serving traffic.
+    let serving = crate::status::served_color(ctx).await;
+    if Some(target) == live || Some(target) == serving {
         return Err(DeployError::Refused(format!(
             "the target-selector plugin `{}` chose `{target}`, the colour serving traffic now; \
-             deploying there would take the service down. Fix the plugin or its config",
+             deploying there would take the service down. Fix the plugin or its config \
+             (or run `cutover recover` if the state file lost track of the live colour)",
             ctx.plugins.selector.name()
         )));
     }

@@ -110,14 +110,7 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
     }
 
     let files_target = proxy_target(ctx);
-    let spec = crate::health::VerifySpec::from_config(&ctx.config, Color::Blue);
-    let served = crate::health::serving_upstream(&spec.url, spec.host.as_deref())
-        .await
-        .and_then(|upstream| {
-            Color::BOTH
-                .into_iter()
-                .find(|c| ctx.config.upstream(*c).to_string() == upstream)
-        });
+    let served = served_color(ctx).await;
     if let (Some(served), Some(files)) = (served, files_target)
         && served != files
     {
@@ -191,6 +184,17 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         recent,
         problems,
     })
+}
+
+/// The colour nginx really sends traffic to, asked through nginx itself: the backend
+/// it names in `X-Cutover-Upstream` (the managed nginx adds that header; an external
+/// one may). None when the proxy does not answer or names neither colour.
+pub(crate) async fn served_color(ctx: &Context) -> Option<Color> {
+    let spec = crate::health::VerifySpec::from_config(&ctx.config, Color::Blue);
+    let upstream = crate::health::serving_upstream(&spec.url, spec.host.as_deref()).await?;
+    Color::BOTH
+        .into_iter()
+        .find(|c| ctx.config.upstream(*c).to_string() == upstream)
 }
 
 /// The colour the proxy files point at: the files the template would write, read
