@@ -78,6 +78,15 @@ fn workspace_root() -> &'static Path {
         .expect("host/ has a parent directory")
 }
 
+/// Runs its closure when dropped, so a panicking run still cleans up what it started.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -298,6 +307,12 @@ timeout = "15s"
         cmd.arg("--config").arg(&config).args(args);
         cmd
     };
+    let _down = OnDrop(|| {
+        let _ = cutover(&["down"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    });
     run(cutover(&["deploy", "--image", &images[0]]).stderr(Stdio::null()));
     let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
     let load = Load::start(LoadConfig {
@@ -358,7 +373,6 @@ timeout = "15s"
     }
     std::thread::sleep(Duration::from_secs(1));
     let load = load.stop();
-    let _ = cutover(&["down"]).stderr(Stdio::null()).status();
     Row {
         name: "cutover",
         deploys,
@@ -430,6 +444,22 @@ http {{
             .env("INTERVAL", opts.baseline_interval.to_string());
         cmd
     };
+    let _cleanup = OnDrop(|| {
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "quit"])
+            .status();
+        for c in ["blue", "green"] {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &format!("{service}-{c}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    });
     // Start nginx, then the first deploy (blue, not measured) that the load starts on.
     run(Command::new("nginx")
         .arg("-p")
@@ -488,20 +518,6 @@ http {{
     }
     std::thread::sleep(Duration::from_secs(1));
     let load = load.stop();
-    let _ = Command::new("nginx")
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-s", "quit"])
-        .status();
-    for c in ["blue", "green"] {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &format!("{service}-{c}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
     Row {
         name: "baseline (original script)",
         deploys,
@@ -644,14 +660,14 @@ fn main() {
     std::fs::create_dir_all(&opts.out).expect("output dir");
     let images_service = format!("bench-hello-{}", std::process::id());
     let images = build_images(&images_service);
-    let cleanup_images = || {
+    let _images = OnDrop(|| {
         for image in &images {
             let _ = Command::new("docker")
                 .args(["rmi", "-f", image])
                 .stdout(Stdio::null())
                 .status();
         }
-    };
+    });
     let rows = Mutex::new(Vec::new());
     rows.lock()
         .unwrap()
@@ -661,7 +677,6 @@ fn main() {
             .unwrap()
             .push(summarize(&baseline_row(&opts, &images)));
     }
-    cleanup_images();
     let rows = rows.into_inner().unwrap();
     let md = markdown(&rows, &opts);
     std::fs::write(opts.out.join("results.md"), &md).expect("results.md");
