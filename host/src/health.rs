@@ -119,11 +119,15 @@ fn client(timeout: Duration) -> Result<reqwest::Client, String> {
 }
 
 /// One request to `url` (through the proxy) on a fresh connection; the backend the
-/// proxy names in its `X-Cutover-Upstream` header, when it adds one. `status` uses it
-/// to report what nginx really serves, which can differ from its files on disk.
+/// proxy names in its `X-Cutover-Upstream` header, when it adds one and the backend
+/// really answered (a 502 also names the upstream nginx tried). `status` uses it to
+/// report what nginx really serves, which can differ from its files on disk.
 pub async fn serving_upstream(url: &str, host: Option<&str>) -> Option<String> {
     let client = client(Duration::from_secs(2)).ok()?;
     let response = with_host(client.get(url), host).ok()?.send().await.ok()?;
+    if response.status().is_server_error() {
+        return None;
+    }
     response
         .headers()
         .get(UPSTREAM_HEADER)?
