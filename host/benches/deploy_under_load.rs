@@ -141,6 +141,11 @@ struct Observed {
 }
 
 impl Observed {
+    /// From the target answering its health check to the proxy serving it.
+    fn healthy_to_serving(&self) -> Option<Duration> {
+        Some(self.serving_at?.saturating_duration_since(self.healthy_at?))
+    }
+
     fn merge(self, other: Observed) -> Observed {
         Observed {
             healthy_at: self.healthy_at.or(other.healthy_at),
@@ -263,6 +268,18 @@ struct Row {
     load: LoadReport,
 }
 
+/// The same load for both rows, given a second to settle before the first deploy.
+fn start_load(opts: &Options, proxy: SocketAddr) -> Load {
+    let load = Load::start(LoadConfig {
+        fast_rate: opts.rate,
+        slow_connections: opts.slow_connections,
+        max_duration: Duration::from_secs(60 * 60),
+        ..LoadConfig::new(proxy)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    load
+}
+
 fn alternate(i: usize) -> &'static str {
     if i.is_multiple_of(2) { "green" } else { "blue" }
 }
@@ -315,13 +332,7 @@ timeout = "15s"
     });
     run(cutover(&["deploy", "--image", &images[0]]).stderr(Stdio::null()));
     let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
-    let load = Load::start(LoadConfig {
-        fast_rate: opts.rate,
-        slow_connections: opts.slow_connections,
-        max_duration: Duration::from_secs(60 * 60),
-        ..LoadConfig::new(proxy)
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    let load = start_load(opts, proxy);
     let mut deploys = Vec::new();
     for i in 0..opts.deploys {
         let color = alternate(i);
@@ -356,10 +367,7 @@ timeout = "15s"
         let seen = observer.finish();
         m.ok &= status.success();
         m.peak_rss_kib = seen.peak_rss_kib;
-        m.healthy_to_serving = match (seen.healthy_at, seen.serving_at) {
-            (Some(h), Some(s)) => Some(s.saturating_duration_since(h)),
-            _ => None,
-        };
+        m.healthy_to_serving = seen.healthy_to_serving();
         eprintln!(
             "cutover deploy {}/{} → {color}: {:?} ok={} healthy@{:?} serving@{:?}",
             i + 1,
@@ -470,13 +478,7 @@ http {{
         .arg(prefix.join("error.log")));
     run(&mut deploy(&images[0]));
     let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
-    let load = Load::start(LoadConfig {
-        fast_rate: opts.rate,
-        slow_connections: opts.slow_connections,
-        max_duration: Duration::from_secs(60 * 60),
-        ..LoadConfig::new(proxy)
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    let load = start_load(opts, proxy);
     let mut deploys = Vec::new();
     for i in 0..opts.deploys {
         let color = alternate(i);
@@ -503,10 +505,7 @@ http {{
                 .saturating_sub(Duration::from_secs_f64((now - switched).max(0.0)));
         }
         let seen = observer.finish();
-        m.healthy_to_serving = match (seen.healthy_at, seen.serving_at) {
-            (Some(h), Some(s)) => Some(s.saturating_duration_since(h)),
-            _ => None,
-        };
+        m.healthy_to_serving = seen.healthy_to_serving();
         eprintln!(
             "baseline deploy {}/{} → {color}: {:?} ok={}",
             i + 1,
