@@ -229,3 +229,38 @@ fn corrupt_state_file_is_reported_and_status_still_reads_reality() {
     svc.deploy("v2").success();
     assert_eq!(serving_color(&svc), "green");
 }
+
+/// Regression: a rollback killed after it restarted the previous colour left that
+/// container running after `recover` (a rollback that failed by itself stopped it).
+#[test]
+fn interrupted_rollback_leaves_no_restarted_container_running() {
+    let svc = Service::new("crash-rollback");
+    svc.deploy("v1").success();
+    svc.deploy("v2").success();
+    let out = svc.cutover_env(&["rollback"], &[("CUTOVER_FAULT", "before:health")]);
+    killed(&out, "before:health");
+    let status = svc.status();
+    let blue = status["colors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["color"] == "blue")
+        .cloned();
+    assert_eq!(
+        blue.unwrap()["state"],
+        "running",
+        "the rollback had restarted blue: {status}"
+    );
+
+    svc.cutover(&["recover"]).success();
+    let status = svc.status();
+    assert!(problems(&status).is_empty(), "{status}");
+    assert_eq!(status["live"]["color"], "green", "{status}");
+    assert_eq!(serving_color(&svc), "green");
+    for c in status["colors"].as_array().unwrap() {
+        assert_eq!(c["state"] == "running", c["color"] == "green", "{status}");
+    }
+    // And a later rollback still works: blue was stopped, not removed.
+    svc.cutover(&["rollback"]).success();
+    assert_eq!(serving_color(&svc), "blue");
+}

@@ -206,3 +206,82 @@ fn custom_example_plugin_replaces_a_default_in_a_real_deploy() {
     );
     assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
 }
+
+/// Regression: `plan` drifted from `deploy`: it left the registry prefix off the image
+/// and skipped the "never pick the colour that serves" check, so it could show a
+/// target a deploy would refuse.
+#[test]
+fn plan_and_deploy_agree_on_target_image_and_files() {
+    let password = format!("pw-{}", crate::support::unique_service("p"));
+    let registry = crate::support::TestRegistry::start("cutover", &password);
+    let svc = Service::new("e2e-plan-agree");
+    let var = "CUTOVER_TEST_PLAN_PASSWORD";
+    svc.append_config(&format!(
+        "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
+        registry.addr
+    ));
+    let env = [(var, password.as_str())];
+    svc.cutover_env(&["deploy", "--build-arg", "VERSION=v1"], &env)
+        .success();
+
+    let plan = svc
+        .cutover_env(&["plan", "--output", "json"], &env)
+        .success();
+    let plan: Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    let out = svc
+        .cutover_env(
+            &["deploy", "--build-arg", "VERSION=v2", "--output", "json"],
+            &env,
+        )
+        .success();
+    let st = svc.status();
+    assert_eq!(plan["target"], st["live"]["color"], "{plan}\n{st}");
+    // The same reference but for the deploy id, which only the deploy knows.
+    let planned = plan["image"].as_str().unwrap();
+    let deployed = st["live"]["image_ref"].as_str().unwrap();
+    let (prefix, _) = planned
+        .rsplit_once(cutover::plan::PLANNED_ID)
+        .unwrap_or_else(|| panic!("planned image {planned:?} names the deploy id"));
+    let prefix = prefix.rsplit_once(" as ").map_or(prefix, |(_, r)| r);
+    assert!(
+        prefix.starts_with(&format!("{}/", registry.addr)),
+        "plan shows the registry prefix: {planned}"
+    );
+    assert!(deployed.starts_with(prefix), "{deployed} vs plan {planned}");
+    // The files plan showed are the files deploy wrote.
+    let written = String::from_utf8(svc.proxy_files().into_values().next().unwrap()).unwrap();
+    for added in plan["proxy_diff"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix('+'))
+        .filter(|l| !l.starts_with("++"))
+    {
+        assert!(
+            written.contains(added),
+            "{added:?} not in {written}\n{}",
+            out.stdout
+        );
+    }
+
+    // With the state file lost, a selector that picks the colour nginx serves: plan
+    // shows the refusal deploy would make, and deploy makes it.
+    std::fs::remove_file(svc.state_file()).unwrap();
+    svc.append_config(&crate::support::guests::plugin_table(
+        "target-selector",
+        "hostile_selector",
+        "green",
+    ));
+    let plan = svc
+        .cutover_env(&["plan", "--output", "json"], &env)
+        .success();
+    let plan: Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    assert!(plan["target"].is_null(), "{plan}");
+    let refusal = plan["target_error"].as_str().unwrap();
+    assert!(refusal.contains("serving traffic now"), "{refusal}");
+    let out = svc
+        .cutover_env(&["deploy", "--build-arg", "VERSION=v3"], &env)
+        .code(4);
+    assert!(out.stderr.contains("serving traffic now"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+}

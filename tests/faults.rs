@@ -350,3 +350,41 @@ fn unwritable_proxy_directory_keeps_the_previous_file_and_blue_serving() {
     );
     svc.assert_unchanged(&before, &["failed"]);
 }
+
+/// Regression: a Docker outage during the health wait exited 4 ("deploy failed", the
+/// Docker error flattened into a string) instead of 7 (environment).
+#[test]
+fn docker_outage_during_the_health_wait_exits_7_and_blue_keeps_serving() {
+    let svc = serving("fault-docker-outage");
+    // Green takes long enough to start that the wait is surely under way when the
+    // link goes; the deadline is far beyond that.
+    svc.set_container_env("HELLO_STARTUP_DELAY_MS", "20000");
+    let link = crate::support::docker_link::DockerLink::start();
+    let host = link.docker_host();
+    let running = svc.spawn_env(
+        &["deploy", "--build-arg", "VERSION=v2"],
+        &[("DOCKER_HOST", host.as_str())],
+    );
+    let started = std::time::Instant::now();
+    while !svc.containers().iter().any(|c| c.contains("-green ")) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "green never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    link.cut();
+    let out = running.wait().code(7);
+    assert_mentions(&out, &["Docker engine", "docker.sock", "cutover recover"]);
+    let r = svc.get("/");
+    assert!(r.body.contains("hello v1"), "blue still serves: {}", r.body);
+
+    // Once the engine answers again, recovery removes what the deploy started.
+    svc.cutover(&["recover"]).success();
+    assert!(
+        !svc.containers().iter().any(|c| c.contains("-green ")),
+        "{:?}",
+        svc.containers()
+    );
+}

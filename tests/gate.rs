@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use cutover::ci::CiFacts;
 use cutover::config::Config;
+use cutover::config::PluginKind;
 use cutover::events::Silent;
 use cutover::gate::gate_input;
 use cutover::git::GitFacts;
@@ -68,11 +69,18 @@ fn judge_with(dir: &Path, ci: &CiFacts) -> Verdict {
     let mut facts_and_input = None;
     for gate in ["", ORIGINAL_RULE] {
         let config = Config::load(&write_config(dir, gate)).expect("config loads");
-        let plugins = Plugins::load(host(), &config, Arc::new(Silent)).expect("plugins load");
-        assert_eq!(plugins.gate.name(), "builtin:tag-pattern");
+        let plugins = Plugins::load(host(), &config, &PluginKind::ALL, Arc::new(Silent))
+            .expect("plugins load");
+        assert_eq!(plugins.gate().unwrap().name(), "builtin:tag-pattern");
         let facts = GitFacts::collect(config.base_dir()).expect("git runs");
         let input = gate_input(&config.service, &facts, ci);
-        decisions.push(plugins.gate.decide(&input).expect("gate answers"));
+        decisions.push(
+            plugins
+                .gate()
+                .unwrap()
+                .decide(&input)
+                .expect("gate answers"),
+        );
         facts_and_input = Some((facts, input));
     }
     let (facts, input) = facts_and_input.expect("two rounds");
@@ -309,11 +317,11 @@ fn glob_pattern_must_match_the_whole_tag() {
         "[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"release-*\" }\n",
     ))
     .unwrap();
-    let plugins = Plugins::load(host(), &config, Arc::new(Silent)).unwrap();
+    let plugins = Plugins::load(host(), &config, &PluginKind::ALL, Arc::new(Silent)).unwrap();
     let decide = || {
         let facts = GitFacts::collect(repo.path()).unwrap();
         let input = gate_input(&config.service, &facts, &CiFacts::default());
-        plugins.gate.decide(&input).unwrap()
+        plugins.gate().unwrap().decide(&input).unwrap()
     };
     assert!(matches!(decide(), GateDecision::Deny(_)));
     repo.git(&["tag", "release-1"]);

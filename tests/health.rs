@@ -1,8 +1,6 @@
 //! Health probes and the through-the-proxy check against real HTTP servers on
 //! loopback. Also home of the small test backend the proxy tests share.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,6 +8,7 @@ use cutover::Color;
 use cutover::config::{Config, HealthConfig};
 use cutover::events::Recorder;
 use cutover::health::{self, HealthError, Prober, VerifyError, VerifySpec};
+use cutover::plugin::PluginError;
 use cutover::plugin::types::{HealthInput, HealthVerdict};
 
 use self::backend::Backend;
@@ -162,14 +161,14 @@ pub(crate) fn health_config(extra: &str) -> HealthConfig {
         .health
 }
 
-type Running = Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'static>>;
+type Running = health::StillRunningFuture<'static>;
 
 fn always_running() -> impl FnMut() -> Running + Send {
     || Box::pin(async { Ok(true) })
 }
 
 /// The default policy's rule: healthy on a 2xx.
-fn two_xx(input: &HealthInput) -> Result<HealthVerdict, String> {
+fn two_xx(input: &HealthInput) -> Result<HealthVerdict, PluginError> {
     Ok(match input.probe.status {
         Some(s) if (200..300).contains(&s) => HealthVerdict::Healthy,
         Some(s) => HealthVerdict::NotYet(format!("status {s}")),
@@ -343,7 +342,13 @@ async fn a_judge_error_is_not_a_health_verdict() {
     let app = Backend::start("blue").await;
     let health = health_config("interval = \"10ms\"");
     let prober = Prober::new(app.addr, &health);
-    let judge = |_: &HealthInput| Err("plugin trapped: unreachable".to_owned());
+    let judge = |_: &HealthInput| {
+        Err(PluginError::Refused {
+            plugin: "builtin:http-status".to_owned(),
+            kind: cutover::config::PluginKind::HealthPolicy,
+            reason: "refused on purpose".to_owned(),
+        })
+    };
     let err = health::wait_healthy(
         &prober,
         &health,

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Color;
 use crate::ci::CiFacts;
-use crate::git::GitFacts;
-use crate::state::{OperationKind, Outcome, StepTiming};
+use crate::operation::{OperationKind, Outcome, StepTiming};
 
 /// The log's file name in the state directory.
 pub const FILE_NAME: &str = "audit.jsonl";
@@ -213,29 +212,6 @@ fn bounded(entry: &Entry) -> std::borrow::Cow<'_, Entry> {
             std::borrow::Cow::Owned(short)
         }
         _ => std::borrow::Cow::Borrowed(entry),
-    }
-}
-
-/// Builds the entry for a finished deploy report.
-pub fn entry_for(
-    report: &crate::deploy::DeployReport,
-    kind: OperationKind,
-    git: &GitFacts,
-    ci: &CiFacts,
-    digest: Option<String>,
-) -> Entry {
-    Entry {
-        deploy_id: report.id.clone(),
-        time: crate::state::now_rfc3339(),
-        kind,
-        actor: Actor::from_facts(ci),
-        git_sha: git.head_sha.clone(),
-        image: report.image_ref.clone(),
-        digest,
-        target: report.target,
-        outcome: report.outcome,
-        reason: report.reason.clone(),
-        steps: report.steps.clone(),
     }
 }
 

@@ -14,12 +14,15 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::ci::CiFacts;
+use crate::config::PluginKind;
 use crate::config::{self, Config};
-use crate::deploy::{self, Context, DeployError, DeployOptions, DeployReport, ErrorClass};
+use crate::context::Context;
+use crate::deploy::{self, DeployOptions, DeployReport};
+use crate::error::{DeployError, ErrorClass};
 use crate::events::{Format, Printer, Reporter};
 use crate::git::GitFacts;
+use crate::operation::Outcome;
 use crate::plugin::PluginHost;
-use crate::state::Outcome;
 
 /// The exit codes, documented in the README.
 pub mod exit {
@@ -91,7 +94,14 @@ pub enum Command {
         lock_wait: Duration,
     },
     /// Show what a deploy would do, changing nothing.
-    Plan,
+    Plan {
+        /// As `deploy --build-arg`.
+        #[arg(long = "build-arg", value_parser = parse_key_value)]
+        build_args: Vec<(String, String)>,
+        /// As `deploy --image`.
+        #[arg(long)]
+        image: Option<String>,
+    },
     /// Reconcile a deploy that was interrupted (the next deploy also does this first).
     Recover {
         /// Wait this long for another deploy's lock.
@@ -172,7 +182,7 @@ pub async fn run(cli: Cli) -> u8 {
     let printer = Printer::new(format);
     // Commands that print one report keep stdout for it.
     let printer = match cli.command {
-        Command::Status | Command::Plan | Command::History { .. } => printer.reporting(),
+        Command::Status | Command::Plan { .. } | Command::History { .. } => printer.reporting(),
         _ => printer,
     };
     let reporter: Arc<dyn Reporter> = Arc::new(printer);
@@ -280,7 +290,7 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         return Ok(exit::OK);
     }
     let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
-    let ctx = Context::open(config, &plugin_host, reporter).await?;
+    let ctx = Context::open(config, &plugin_host, plugins_used(&cli.command), reporter).await?;
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
             GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())?,
@@ -293,18 +303,8 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             build_args,
             image,
         } => {
-            if let Some(image) = image {
-                crate::config::check_image_ref(image).map_err(|message| Failure {
-                    error: anyhow::anyhow!("--image {image:?}: {message}"),
-                    code: exit::CONFIG,
-                })?;
-            }
+            let options = deploy_options(*lock_wait, build_args, image.as_ref())?;
             let (git, ci) = facts()?;
-            let options = DeployOptions {
-                lock_wait: *lock_wait,
-                build_args: build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
-                image: image.clone(),
-            };
             let report = deploy::deploy(&ctx, &git, &ci, &options).await?;
             Ok(report_code(&report))
         }
@@ -332,9 +332,10 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                 exit::FAILURE
             })
         }
-        Command::Plan => {
+        Command::Plan { build_args, image } => {
+            let options = deploy_options(Duration::ZERO, build_args, image.as_ref())?;
             let (git, ci) = facts()?;
-            let plan = crate::plan::plan(&ctx, &git, &ci).await?;
+            let plan = crate::plan::plan(&ctx, &git, &ci, &options).await?;
             print_report(cli.output, &plan, || plan.to_text());
             Ok(exit::OK)
         }
@@ -346,6 +347,46 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             unreachable!("handled above")
         }
     }
+}
+
+/// The plugins each command calls, and only those: a broken plugin that a command
+/// does not use must not stop it (`rollback`, `down` and `recover` are what you need
+/// when something is broken).
+fn plugins_used(command: &Command) -> &'static [PluginKind] {
+    use PluginKind::{DeployGate, HealthPolicy, ProxyTemplate, TargetSelector};
+    match command {
+        Command::Deploy { .. } | Command::Plan { .. } => {
+            &[DeployGate, TargetSelector, HealthPolicy, ProxyTemplate]
+        }
+        // Health to judge the colour coming back, the template to find what the
+        // proxy files name (recover's adoption, status's report).
+        Command::Rollback { .. } | Command::Recover { .. } | Command::Status => {
+            &[HealthPolicy, ProxyTemplate]
+        }
+        Command::Down { .. }
+        | Command::History { .. }
+        | Command::Serve { .. }
+        | Command::Plugin { .. } => &[],
+    }
+}
+
+/// The options `deploy` and `plan` share, with `--image` checked.
+fn deploy_options(
+    lock_wait: Duration,
+    build_args: &[(String, String)],
+    image: Option<&String>,
+) -> Result<DeployOptions, Failure> {
+    if let Some(image) = image {
+        crate::config::check_image_ref(image).map_err(|message| Failure {
+            error: anyhow::anyhow!("--image {image:?}: {message}"),
+            code: exit::CONFIG,
+        })?;
+    }
+    Ok(DeployOptions {
+        lock_wait,
+        build_args: build_args.iter().cloned().collect::<BTreeMap<_, _>>(),
+        image: image.cloned(),
+    })
 }
 
 fn report_code(report: &DeployReport) -> u8 {

@@ -5,7 +5,10 @@
 //! saying nothing is live, so the next deploy starts from blue.
 
 use crate::Color;
-use crate::deploy::{Context, DeployError};
+use crate::config::ProxyMode;
+use crate::context::Context;
+use crate::engine;
+use crate::error::DeployError;
 use crate::events::Level;
 use crate::state::State;
 
@@ -15,22 +18,18 @@ use crate::state::State;
 /// [`DeployError`] when the lock is held or Docker, nginx or the state file fail.
 pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
     let _lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
-    if ctx.config.proxy.mode == crate::config::ProxyMode::Managed {
+    let managed = ctx.config.proxy.mode == ProxyMode::Managed;
+    if managed {
         ctx.proxy.stop().await?;
     }
     for color in Color::BOTH {
-        let name = crate::docker::container_name(&ctx.config.service, color);
-        ctx.docker.remove_container(&name).await?;
+        ctx.engine.clear(color).await?;
     }
-    if let Some(network) = &ctx.config.container.network {
-        ctx.docker.remove_network(&network.name).await?;
-    }
+    ctx.engine.remove_extras().await?;
     if images {
-        for image in ctx.docker.list_service_images(&ctx.config.service).await? {
-            if let Err(e) = ctx.docker.remove_image(&image.id).await {
-                ctx.reporter
-                    .log(Level::Warn, &format!("kept image {}: {e}", image.id));
-            }
+        let (_, kept) = engine::prune_images(ctx.engine.as_ref(), 0, &[]).await?;
+        for why in kept {
+            ctx.reporter.log(Level::Warn, &why);
         }
     }
     let mut state = match ctx.store.load() {
@@ -41,12 +40,25 @@ pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
     state.previous = None;
     state.in_progress = None;
     ctx.store.save(&state)?;
-    ctx.reporter.log(
-        Level::Info,
-        &format!(
-            "{} is down: containers removed, proxy stopped",
-            ctx.config.service
-        ),
-    );
+    let service = &ctx.config.service;
+    if managed {
+        ctx.reporter.log(
+            Level::Info,
+            &format!(
+                "{service} is down: both colours' containers removed, the managed nginx stopped"
+            ),
+        );
+    } else {
+        // cutover never starts or stops a proxy it does not own: say what is left.
+        ctx.reporter.log(
+            Level::Warn,
+            &format!(
+                "{service} is down: both colours' containers removed. Your nginx still runs and \
+                 still routes to them through {} (nothing listens there now): remove that file \
+                 or its `include`, and reload nginx",
+                ctx.proxy.config_dir().display()
+            ),
+        );
+    }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::Color;
-use crate::state::{Outcome, Step};
+use crate::operation::{Outcome, Step};
 
 /// Severity of a log event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -4,7 +4,7 @@
 //! a CI runner can die. Without the feature every call compiles to nothing, so a
 //! released binary cannot be made to crash this way.
 
-use crate::state::Step;
+use crate::operation::Step;
 
 /// Where in a step the fault fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,7 +18,9 @@ use tokio::time::Instant;
 
 use crate::Color;
 use crate::config::{Config, HealthConfig, ProxyMode};
+use crate::docker::DockerError;
 use crate::events::{Level, Reporter};
+use crate::plugin::PluginError;
 use crate::plugin::types::{self, HealthInput, HealthVerdict, KeyValue, ProbeResult};
 
 /// The body prefix kept per probe, as the WIT contract says.
@@ -314,20 +316,25 @@ pub enum HealthError {
         /// The last probe, if any was made.
         last: Option<ProbeResult>,
     },
-    /// The health-policy plugin failed (trap, timeout, bad output).
-    #[error("the health-policy plugin failed: {0}")]
-    Judge(String),
-    /// Whether the container still runs could not be found out.
-    #[error("cannot tell whether the container still runs: {0}")]
-    Running(String),
+    /// The health-policy plugin failed (trap, timeout, bad output); kept as the
+    /// plugin's own error so its class (e.g. a config error) survives.
+    #[error(transparent)]
+    Judge(Box<PluginError>),
+    /// Whether the container still runs could not be found out (the engine went
+    /// away); kept as the engine's own error, an environment problem.
+    #[error(transparent)]
+    Engine(Box<DockerError>),
 }
 
+/// The answer to [`StillRunning`].
+pub type StillRunningFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<bool, DockerError>> + Send + 'a>>;
+
 /// Asks whether the container being probed still runs.
-pub type StillRunning<'a> =
-    dyn FnMut() -> Pin<Box<dyn Future<Output = Result<bool, String>> + Send + 'a>> + Send + 'a;
+pub type StillRunning<'a> = dyn FnMut() -> StillRunningFuture<'a> + Send + 'a;
 
 /// Judges one probe (the health-policy plugin behind a closure).
-pub type Judge<'a> = dyn Fn(&HealthInput) -> Result<HealthVerdict, String> + Send + Sync + 'a;
+pub type Judge<'a> = dyn Fn(&HealthInput) -> Result<HealthVerdict, PluginError> + Send + Sync + 'a;
 
 /// Probes until the judge says healthy, it says failed, the container stops running,
 /// or `health.deadline` passes. The first probe comes after `health.first_delay`,
@@ -360,7 +367,10 @@ pub async fn wait_healthy(
     };
     tokio::time::sleep_until((start + health.first_delay.get()).min(deadline)).await;
     loop {
-        if !still_running().await.map_err(HealthError::Running)? {
+        if !still_running()
+            .await
+            .map_err(|e| HealthError::Engine(Box::new(e)))?
+        {
             return Err(HealthError::Exited {
                 service: service.to_owned(),
                 color,
@@ -381,7 +391,7 @@ pub async fn wait_healthy(
             probe: probe.clone(),
             history: history.iter().cloned().collect(),
         };
-        match judge(&input).map_err(HealthError::Judge)? {
+        match judge(&input).map_err(|e| HealthError::Judge(Box::new(e)))? {
             HealthVerdict::Healthy => {
                 return Ok(HealthReport {
                     attempts,

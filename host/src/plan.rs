@@ -8,9 +8,14 @@ use serde::Serialize;
 
 use crate::Color;
 use crate::ci::CiFacts;
-use crate::deploy::{Context, DeployError};
+use crate::context::Context;
+use crate::deploy::{self, DeployOptions};
+use crate::error::DeployError;
 use crate::git::GitFacts;
 use crate::plugin::types;
+
+/// Stands for the deploy id in a planned image tag.
+pub const PLANNED_ID: &str = "<deploy-id>";
 
 /// What a deploy would do.
 #[derive(Debug, Clone, Serialize)]
@@ -33,35 +38,26 @@ pub struct Plan {
     pub proxy_diff: String,
 }
 
-/// Works out the plan.
+/// Works out the plan for a deploy with `options`.
 ///
 /// # Errors
 /// [`DeployError`] when Docker cannot be queried, the state file cannot be read or
 /// a plugin fails.
-pub async fn plan(ctx: &Context, git: &GitFacts, ci: &CiFacts) -> Result<Plan, DeployError> {
+pub async fn plan(
+    ctx: &Context,
+    git: &GitFacts,
+    ci: &CiFacts,
+    options: &DeployOptions,
+) -> Result<Plan, DeployError> {
     let state = ctx.store.load()?;
     let live = state.live.as_ref().map(|s| s.color);
-    let (allowed, gate_reason) = match ctx.plugins.gate.decide(&ctx.gate_input(git, ci))? {
+    let (allowed, gate_reason) = match ctx.plugins.gate()?.decide(&ctx.gate_input(git, ci))? {
         types::GateDecision::Allow(r) => (true, r),
         types::GateDecision::Deny(r) => (false, r),
     };
-    let image = match (&ctx.config.image.reference, &ctx.config.image.build) {
-        (Some(reference), _) => reference.clone(),
-        (None, Some(build)) => format!(
-            "build {} (Dockerfile {}) as {}:{}-<deploy id>",
-            ctx.config.resolve(&build.context).display(),
-            build.dockerfile,
-            ctx.config.service,
-            git.short_sha().unwrap_or_else(|| "<no git>".to_owned()),
-        ),
-        (None, None) => String::new(),
-    };
-    let slots = ctx.slot_statuses().await?;
-    let (target, target_error) = match ctx.plugins.selector.select(&types::SelectorInput {
-        service: ctx.config.service.clone(),
-        live: live.map(Into::into),
-        slots,
-    }) {
+    // The same functions a deploy calls; only the deploy id is not known yet.
+    let image = deploy::image::source(&ctx.config, git, PLANNED_ID, options)?.to_string();
+    let (target, target_error) = match deploy::steps::select_target(ctx, live).await {
         Ok(color) => (Some(color), None),
         Err(e) => (None, Some(e.to_string())),
     };

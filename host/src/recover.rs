@@ -1,33 +1,139 @@
 //! Reconciling what a killed runner left behind, and rebuilding the record from
 //! reality when the state file was lost.
 //!
-//! The journal in the state file says which step an interrupted deploy had reached.
-//! Recovery decides from that and from what Docker and the proxy show now:
+//! [`decide`] is the whole policy, a pure function of the journal, the state file
+//! and two observations (is the target healthy, had it been promoted):
 //! - the target had been promoted to live: finish retiring the old colour;
 //! - traffic may already have moved (the switch had started): if the target is
 //!   healthy, make sure the proxy serves it and promote it; otherwise put the saved
 //!   proxy files back and reload;
 //! - before the switch: put back any proxy files it rewrote (nginx never loaded
-//!   them) and remove the container it started.
+//!   them) and undo its start.
 //!
-//! Recovery runs under the deploy lock, first thing in every deploy and rollback, or
-//! on its own as `cutover recover`. It never stops the colour that serves traffic.
+//! "Undo the start" is the same as when a run fails by itself: a deploy's new
+//! container is removed; a rollback's restarted colour is stopped again (it stays
+//! for the next attempt). Recovery runs under the deploy lock, first thing in every
+//! deploy and rollback, or on its own as `cutover recover`. It never stops the
+//! colour that serves traffic.
 
 use std::time::{Duration, Instant};
 
 use crate::Color;
 use crate::ci::CiFacts;
-use crate::deploy::{Context, DeployError};
+use crate::context::Context;
+use crate::engine::PreparedImage;
+use crate::error::DeployError;
 use crate::events::{Event, Level};
 use crate::health::{self, VerifySpec};
+use crate::operation::{OperationKind, Outcome, Step};
 use crate::plugin::types;
-use crate::state::{DeployRecord, Journal, OperationKind, Outcome, Slot, State, Step, now_rfc3339};
+use crate::state::{Journal, SavedFile, State};
+
+/// How to undo a run's start step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// It started nothing.
+    Nothing,
+    /// A deploy's new instance: remove it.
+    Remove(Color),
+    /// A rollback's restarted colour: stop it again, keeping it for the next try.
+    Stop(Color),
+}
+
+impl Undo {
+    /// What undoes the start step of `journal`'s run.
+    pub fn for_run(journal: &Journal) -> Undo {
+        match (journal.container.is_some(), journal.target, journal.kind) {
+            (true, Some(color), OperationKind::Deploy) => Undo::Remove(color),
+            (true, Some(color), OperationKind::Rollback) => Undo::Stop(color),
+            _ => Undo::Nothing,
+        }
+    }
+
+    /// Does it.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine refuses.
+    pub async fn run(self, ctx: &Context) -> Result<(), DeployError> {
+        match self {
+            Undo::Nothing => {}
+            Undo::Remove(color) => ctx.engine.clear(color).await?,
+            Undo::Stop(color) => ctx.engine.stop(color).await?,
+        }
+        Ok(())
+    }
+}
+
+/// What is true now that the journal cannot say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// The run's target runs and one probe of it is healthy.
+    pub target_healthy: bool,
+}
+
+/// What recovery does about an interrupted run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The target had been promoted: stop the colour that served before, if any.
+    RetireOld(Option<Color>),
+    /// The switch had started and the target is healthy: write the run's files,
+    /// test, reload, verify, promote it, drain and stop the old colour.
+    FinishSwitch(Color),
+    /// The switch had started but the target is not healthy: restore the saved
+    /// files (when there are any), reload, and undo the start.
+    SwitchBack {
+        /// Whether there are saved files to put back.
+        restore: bool,
+        /// How to undo the start.
+        undo: Undo,
+    },
+    /// It had not switched: rewrite the saved files if it wrote any (nginx never
+    /// loaded them), and undo the start.
+    Undo {
+        /// Whether the saved files must be written back.
+        rewrite: bool,
+        /// How to undo the start.
+        undo: Undo,
+    },
+}
+
+/// The recovery policy: see the module docs.
+pub fn decide(journal: &Journal, state: &State, observed: Observed) -> Action {
+    let promoted = state
+        .live
+        .as_ref()
+        .is_some_and(|live| live.deploy_id == journal.deploy_id);
+    if promoted {
+        let old = state
+            .previous
+            .as_ref()
+            .map(|s| s.color)
+            .filter(|c| Some(*c) != journal.target);
+        return Action::RetireOld(old);
+    }
+    let undo = Undo::for_run(journal);
+    if journal.reached(Step::Switch) {
+        return match journal.target {
+            Some(color) if observed.target_healthy && journal.written_files.is_some() => {
+                Action::FinishSwitch(color)
+            }
+            _ => Action::SwitchBack {
+                restore: journal.saved_files.is_some(),
+                undo,
+            },
+        };
+    }
+    Action::Undo {
+        rewrite: journal.reached(Step::Validate) && journal.saved_files.is_some(),
+        undo,
+    }
+}
 
 /// Reconciles the deploy recorded in `state.in_progress`, if any; the caller holds
 /// the lock. The state is saved with the journal closed as `interrupted`.
 ///
 /// # Errors
-/// [`DeployError`] when Docker or the proxy fail while putting things right; the
+/// [`DeployError`] when the engine or the proxy fail while putting things right; the
 /// journal then stays, so the next run tries again.
 pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployError> {
     let Some(journal) = state.in_progress.clone() else {
@@ -44,130 +150,119 @@ pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployErr
             journal.deploy_id, journal.owner, journal.step
         ),
     );
-    let promoted = state
-        .live
-        .as_ref()
-        .is_some_and(|live| live.deploy_id == journal.deploy_id);
-    let summary = if promoted {
-        if let Some(old) = &state.previous {
-            stop(ctx, &old.container).await?;
-        }
-        "the switch had completed; retired the old colour".to_owned()
-    } else if reached(&journal, Step::Switch) {
-        after_switch(ctx, state, &journal).await?
-    } else {
-        if reached(&journal, Step::Validate)
-            && let Some(saved) = &journal.saved_files
-        {
-            // Written but never loaded: nginx still runs the previous config.
-            ctx.proxy.write_saved(saved)?;
-        }
-        if journal.kind == OperationKind::Deploy
-            && let Some(name) = &journal.container
-        {
-            ctx.docker.remove_container(name).await?;
-        }
-        "it had not switched traffic; removed what it started".to_owned()
+    let observed = Observed {
+        target_healthy: match journal.target {
+            Some(color) if journal.reached(Step::Switch) => target_healthy(ctx, color).await?,
+            _ => false,
+        },
     };
-    let record = DeployRecord {
-        id: journal.deploy_id.clone(),
-        kind: journal.kind,
-        started_at: journal.started_at.clone(),
-        finished_at: now_rfc3339(),
-        image_ref: journal.image_ref.clone(),
-        from: None,
-        to: journal.target,
-        outcome: Outcome::Interrupted,
-        reason: Some(format!("interrupted at `{}`; {summary}", journal.step)),
-        steps: journal.steps.clone(),
-    };
+    let summary = act(ctx, state, &journal, decide(&journal, state, observed)).await?;
+    let record = journal.record(
+        Outcome::Interrupted,
+        Some(format!("interrupted at `{}`; {summary}", journal.step)),
+    );
     state.in_progress = None;
     state.push_record(record, ctx.config.history.deploys);
     ctx.store.save(state)?;
     ctx.reporter.emit(&Event::StepFinished {
         step: Step::Recover,
-        ms: began.elapsed().as_millis() as u64,
+        ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
         detail: summary,
     });
     Ok(())
 }
 
-/// Whether the journal shows `step` as started (or done).
-fn reached(journal: &Journal, step: Step) -> bool {
-    journal.step == step || journal.steps.iter().any(|t| t.step == step)
+async fn target_healthy(ctx: &Context, color: Color) -> Result<bool, DeployError> {
+    let running = ctx.engine.inspect(color).await?.is_some_and(|i| i.running);
+    Ok(running && ctx.probe_once(color).await == types::ProbeVerdict::Healthy)
 }
 
-async fn stop(ctx: &Context, container: &str) -> Result<(), DeployError> {
-    ctx.docker
-        .stop_container(container, ctx.config.container.stop_grace.get())
-        .await?;
-    Ok(())
-}
-
-/// The switch had started: move forward to a healthy target, else back.
-async fn after_switch(
+/// Carries out `action`; returns what was done, for the record.
+async fn act(
     ctx: &Context,
     state: &mut State,
     journal: &Journal,
+    action: Action,
 ) -> Result<String, DeployError> {
-    let (Some(color), Some(container)) = (journal.target, journal.container.as_ref()) else {
-        return Ok("nothing had been started".to_owned());
-    };
-    let running = ctx
-        .docker
-        .inspect_container(container)
-        .await?
-        .is_some_and(|c| c.running);
-    let healthy = running && ctx.probe_once(color).await == types::ProbeVerdict::Healthy;
-    if healthy && let Some(written) = &journal.written_files {
-        ctx.proxy.write_saved(written)?;
-        ctx.proxy.test().await?;
-        let reload = ctx.proxy.switch().await?;
-        health::verify_through_proxy(
-            &VerifySpec::from_config(&ctx.config, color),
-            ctx.config.verify.timeout.get(),
-        )
-        .await?;
-        let image_id = match (
-            &journal.image_id,
-            ctx.docker.inspect_container(container).await?,
-        ) {
-            (Some(id), _) => id.clone(),
-            (None, Some(info)) => info.image_id,
-            (None, None) => String::new(),
-        };
-        let previous = state.live.take();
-        state.live = Some(Slot {
-            color,
-            image_id,
-            image_ref: journal.image_ref.clone().unwrap_or_default(),
-            image_digest: None,
-            container: container.clone(),
-            upstream: ctx.config.upstream(color).to_string(),
-            deploy_id: journal.deploy_id.clone(),
-            since: now_rfc3339(),
-        });
-        state.previous = previous.clone();
-        ctx.store.save(state)?;
-        if let Some(old) = previous.filter(|old| old.color != color) {
-            ctx.proxy
-                .drain(&reload, ctx.config.drain.timeout.get())
-                .await;
-            stop(ctx, &old.container).await?;
+    let saved = || journal.saved_files.as_deref().unwrap_or_default();
+    match action {
+        Action::RetireOld(old) => {
+            if let Some(old) = old {
+                ctx.engine.stop(old).await?;
+            }
+            Ok("the switch had completed; retired the old colour".to_owned())
         }
-        return Ok(format!(
-            "the target {color} was healthy; finished the switch to it"
-        ));
+        Action::FinishSwitch(color) => {
+            let written = journal.written_files.as_deref().unwrap_or_default();
+            finish_switch(ctx, state, journal, color, written).await?;
+            Ok(format!(
+                "the target {color} was healthy; finished the switch to it"
+            ))
+        }
+        Action::SwitchBack { restore, undo } => {
+            if restore {
+                ctx.proxy.restore(saved()).await?;
+            }
+            undo.run(ctx).await?;
+            Ok(format!(
+                "the target {} was not healthy; restored the previous proxy config",
+                journal
+                    .target
+                    .map_or_else(|| "-".to_owned(), |c| c.to_string())
+            ))
+        }
+        Action::Undo { rewrite, undo } => {
+            if rewrite {
+                ctx.proxy.write_saved(saved())?;
+            }
+            undo.run(ctx).await?;
+            Ok("it had not switched traffic; undid what it started".to_owned())
+        }
     }
-    if let Some(saved) = &journal.saved_files {
-        ctx.proxy.restore(saved).await?;
+}
+
+/// Forward to a healthy target: its files, test, reload, verify, promote, drain,
+/// retire the old colour.
+async fn finish_switch(
+    ctx: &Context,
+    state: &mut State,
+    journal: &Journal,
+    color: Color,
+    written: &[SavedFile],
+) -> Result<(), DeployError> {
+    ctx.proxy.write_saved(written)?;
+    ctx.proxy.test().await?;
+    let reload = ctx.proxy.switch().await?;
+    health::verify_through_proxy(
+        &VerifySpec::from_config(&ctx.config, color),
+        ctx.config.verify.timeout.get(),
+    )
+    .await?;
+    let image_id = match &journal.image_id {
+        Some(id) => id.clone(),
+        None => ctx
+            .engine
+            .inspect(color)
+            .await?
+            .map(|i| i.image_id)
+            .unwrap_or_default(),
+    };
+    let image = PreparedImage {
+        id: image_id,
+        reference: journal.image_ref.clone().unwrap_or_default(),
+        digest: None,
+    };
+    let previous = state.live.take();
+    state.live = Some(ctx.slot(color, image, &journal.deploy_id));
+    state.previous = previous.clone();
+    ctx.store.save(state)?;
+    if let Some(old) = previous.filter(|old| old.color != color) {
+        ctx.proxy
+            .drain(&reload, ctx.config.drain.timeout.get())
+            .await;
+        ctx.engine.stop(old.color).await?;
     }
-    if journal.kind == OperationKind::Deploy {
-        ctx.docker.remove_container(container).await?;
-    }
-    Ok(format!(
-        "the target {color} was not healthy; restored the previous proxy config"
-    ))
+    Ok(())
 }
 
 /// What `cutover recover` did.
@@ -200,28 +295,18 @@ pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, De
         Recovered::Nothing
     };
     if state.live.is_none()
-        && let Some(color) = crate::status::proxy_target(ctx)
-        && let Some(info) = ctx
-            .docker
-            .inspect_container(&crate::docker::container_name(&ctx.config.service, color))
-            .await?
-        && info.running
+        && let Some(color) = crate::observe::files_target(ctx)
+        && let Some(instance) = ctx.engine.inspect(color).await?
+        && instance.running
         && ctx.probe_once(color).await == types::ProbeVerdict::Healthy
     {
-        state.live = Some(Slot {
-            color,
-            image_id: info.image_id.clone(),
-            image_ref: info.image.clone(),
-            image_digest: None,
-            container: info.name.trim_start_matches('/').to_owned(),
-            upstream: ctx.config.upstream(color).to_string(),
-            deploy_id: info
-                .labels
-                .get(crate::docker::LABEL_DEPLOY)
-                .cloned()
-                .unwrap_or_default(),
-            since: now_rfc3339(),
-        });
+        let image = PreparedImage {
+            id: instance.image_id,
+            reference: instance.image,
+            digest: None,
+        };
+        let deploy_id = instance.deploy_id.unwrap_or_default();
+        state.live = Some(ctx.slot(color, image, &deploy_id));
         ctx.store.save(&state)?;
         ctx.reporter.log(
             Level::Warn,
@@ -232,4 +317,157 @@ pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, De
         return Ok(Recovered::Adopted(color));
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operation::StepTiming;
+    use crate::state::Slot;
+
+    fn journal(kind: OperationKind, step: Step, done: &[Step]) -> Journal {
+        Journal {
+            deploy_id: "d2".to_owned(),
+            kind,
+            started_at: String::new(),
+            owner: "ci pid 1".to_owned(),
+            step,
+            from: Some(Color::Blue),
+            target: Some(Color::Green),
+            container: Some("hello-green".to_owned()),
+            image_id: Some("sha256:2".to_owned()),
+            image_ref: Some("hello:2".to_owned()),
+            saved_files: Some(vec![SavedFile {
+                path: "service-url.inc".to_owned(),
+                contents: Some("blue".to_owned()),
+            }]),
+            written_files: Some(vec![SavedFile {
+                path: "service-url.inc".to_owned(),
+                contents: Some("green".to_owned()),
+            }]),
+            steps: done
+                .iter()
+                .map(|&step| StepTiming { step, ms: 1 })
+                .collect(),
+        }
+    }
+
+    fn slot(color: Color, deploy_id: &str) -> Slot {
+        Slot {
+            color,
+            image_id: String::new(),
+            image_ref: String::new(),
+            image_digest: None,
+            container: format!("hello-{color}"),
+            upstream: String::new(),
+            deploy_id: deploy_id.to_owned(),
+            since: String::new(),
+        }
+    }
+
+    fn blue_live() -> State {
+        let mut state = State::new("hello");
+        state.live = Some(slot(Color::Blue, "d1"));
+        state
+    }
+
+    const HEALTHY: Observed = Observed {
+        target_healthy: true,
+    };
+    const UNHEALTHY: Observed = Observed {
+        target_healthy: false,
+    };
+
+    #[test]
+    fn killed_after_promote_retires_the_old_colour() {
+        let mut state = blue_live();
+        state.previous = state.live.take();
+        state.live = Some(slot(Color::Green, "d2"));
+        let j = journal(OperationKind::Deploy, Step::Drain, &[Step::Verify]);
+        assert_eq!(
+            decide(&j, &state, UNHEALTHY),
+            Action::RetireOld(Some(Color::Blue))
+        );
+    }
+
+    #[test]
+    fn killed_during_switch_with_a_healthy_target_finishes_the_switch() {
+        let j = journal(OperationKind::Deploy, Step::Switch, &[Step::Validate]);
+        assert_eq!(
+            decide(&j, &blue_live(), HEALTHY),
+            Action::FinishSwitch(Color::Green)
+        );
+    }
+
+    #[test]
+    fn killed_during_verify_with_an_unhealthy_target_switches_back() {
+        let j = journal(OperationKind::Deploy, Step::Verify, &[Step::Switch]);
+        assert_eq!(
+            decide(&j, &blue_live(), UNHEALTHY),
+            Action::SwitchBack {
+                restore: true,
+                undo: Undo::Remove(Color::Green)
+            }
+        );
+    }
+
+    #[test]
+    fn killed_after_validate_rewrites_the_saved_files_and_removes_the_container() {
+        let j = journal(OperationKind::Deploy, Step::Validate, &[Step::Render]);
+        assert_eq!(
+            decide(&j, &blue_live(), HEALTHY),
+            Action::Undo {
+                rewrite: true,
+                undo: Undo::Remove(Color::Green)
+            }
+        );
+    }
+
+    #[test]
+    fn killed_before_validate_leaves_the_proxy_files_alone() {
+        let mut j = journal(OperationKind::Deploy, Step::Health, &[Step::Start]);
+        j.saved_files = None;
+        j.written_files = None;
+        assert_eq!(
+            decide(&j, &blue_live(), UNHEALTHY),
+            Action::Undo {
+                rewrite: false,
+                undo: Undo::Remove(Color::Green)
+            }
+        );
+    }
+
+    #[test]
+    fn interrupted_rollback_stops_its_restarted_container() {
+        let j = journal(OperationKind::Rollback, Step::Health, &[Step::Start]);
+        assert_eq!(
+            decide(&j, &blue_live(), UNHEALTHY),
+            Action::Undo {
+                rewrite: false,
+                undo: Undo::Stop(Color::Green)
+            }
+        );
+        let j = journal(OperationKind::Rollback, Step::Verify, &[Step::Switch]);
+        assert_eq!(
+            decide(&j, &blue_live(), UNHEALTHY),
+            Action::SwitchBack {
+                restore: true,
+                undo: Undo::Stop(Color::Green)
+            }
+        );
+    }
+
+    #[test]
+    fn killed_before_anything_started_undoes_nothing() {
+        let mut j = journal(OperationKind::Deploy, Step::Gate, &[]);
+        j.container = None;
+        j.target = None;
+        assert_eq!(
+            decide(&j, &blue_live(), UNHEALTHY),
+            Action::Undo {
+                rewrite: false,
+                undo: Undo::Nothing
+            }
+        );
+    }
 }

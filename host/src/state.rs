@@ -6,7 +6,6 @@
 //! cutover did and intended; it is not the truth about what runs. `status` and
 //! recovery compare it with Docker and the proxy files. It never holds a secret.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Color;
 use crate::atomic_file;
+use crate::operation::{OperationKind, Outcome, Step, StepTiming};
 
 /// The name of the state file inside the state directory.
 pub const FILE_NAME: &str = "state.json";
@@ -69,71 +69,6 @@ pub enum StateError {
     },
 }
 
-/// One step of a deploy, in the order the state machine runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Step {
-    /// Reconcile what an interrupted deploy left behind.
-    Recover,
-    /// Ask the deploy-gate plugin.
-    Gate,
-    /// Build or pull the image (and push it when a registry is configured).
-    Image,
-    /// Ask the target-selector plugin.
-    Select,
-    /// Stop and remove the target slot's old container.
-    Clear,
-    /// Create and start the target container.
-    Start,
-    /// Probe the target until the health-policy plugin says healthy.
-    Health,
-    /// Ask the proxy-template plugin for the files.
-    Render,
-    /// Write the files and run the proxy's config test.
-    Validate,
-    /// Reload the proxy gracefully.
-    Switch,
-    /// Check through the proxy that the target serves.
-    Verify,
-    /// Wait for in-flight requests on the old colour.
-    Drain,
-    /// Stop the old colour.
-    Retire,
-    /// Remove old images beyond those kept for rollback.
-    Prune,
-    /// Write the outcome to the state file.
-    Record,
-}
-
-impl Step {
-    /// The step's name in output and in the state file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Recover => "recover",
-            Step::Gate => "gate",
-            Step::Image => "image",
-            Step::Select => "select",
-            Step::Clear => "clear",
-            Step::Start => "start",
-            Step::Health => "health",
-            Step::Render => "render",
-            Step::Validate => "validate",
-            Step::Switch => "switch",
-            Step::Verify => "verify",
-            Step::Drain => "drain",
-            Step::Retire => "retire",
-            Step::Prune => "prune",
-            Step::Record => "record",
-        }
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A colour's deployment as cutover left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
@@ -156,16 +91,6 @@ pub struct Slot {
     pub since: String,
 }
 
-/// Whether a journal entry marks the start or the end of a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// The step was about to run.
-    Started,
-    /// The step completed.
-    Finished,
-}
-
 /// A proxy file as it was before the switch, so it can be restored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedFile {
@@ -175,18 +100,9 @@ pub struct SavedFile {
     pub contents: Option<String>,
 }
 
-/// What kind of operation a journal or record describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OperationKind {
-    /// `cutover deploy`.
-    Deploy,
-    /// `cutover rollback`.
-    Rollback,
-}
-
-/// The deploy in progress, written before and after every step so that a runner
-/// killed at any point can be reconciled by the next one.
+/// The deploy in progress, saved as each step starts (so a step saved as started may
+/// also have finished) so that a runner killed at any point can be reconciled by the
+/// next one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     /// The deploy's id.
@@ -199,8 +115,9 @@ pub struct Journal {
     pub owner: String,
     /// The last step journaled.
     pub step: Step,
-    /// Whether that step had started or finished.
-    pub phase: Phase,
+    /// The colour that served when the run started.
+    #[serde(default)]
+    pub from: Option<Color>,
     /// The colour being deployed, once selected.
     pub target: Option<Color>,
     /// The container started for the target, once created.
@@ -217,48 +134,28 @@ pub struct Journal {
     pub steps: Vec<StepTiming>,
 }
 
-/// How a deploy ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    /// Traffic moved to the target.
-    Succeeded,
-    /// The gate said no; nothing changed.
-    Denied,
-    /// Failed before the switch; what it started was removed; nothing else changed.
-    Failed,
-    /// Switched, then verification failed and the previous proxy config was restored.
-    RolledBack,
-    /// The runner died mid-deploy; a later run reconciled it.
-    Interrupted,
-}
-
-impl Outcome {
-    /// The outcome's name in output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Denied => "denied",
-            Outcome::Failed => "failed",
-            Outcome::RolledBack => "rolled-back",
-            Outcome::Interrupted => "interrupted",
+impl Journal {
+    /// The record of this run, ended now with `outcome`: the one place a
+    /// [`DeployRecord`] is made.
+    pub fn record(&self, outcome: Outcome, reason: Option<String>) -> DeployRecord {
+        DeployRecord {
+            id: self.deploy_id.clone(),
+            kind: self.kind,
+            started_at: self.started_at.clone(),
+            finished_at: now_rfc3339(),
+            image_ref: self.image_ref.clone(),
+            from: self.from,
+            to: self.target,
+            outcome,
+            reason,
+            steps: self.steps.clone(),
         }
     }
-}
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    /// Whether the run had started `step` (or finished it) when it was last saved.
+    pub fn reached(&self, step: Step) -> bool {
+        self.step == step || self.steps.iter().any(|t| t.step == step)
     }
-}
-
-/// How long one step took.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepTiming {
-    /// The step.
-    pub step: Step,
-    /// Its wall time in milliseconds.
-    pub ms: u64,
 }
 
 /// One finished deploy.

@@ -7,8 +7,10 @@
 use serde::Serialize;
 
 use crate::Color;
-use crate::deploy::{Context, DeployError};
+use crate::context::Context;
+use crate::error::DeployError;
 use crate::lock::{self, Owner};
+use crate::observe;
 use crate::plugin::types;
 use crate::state::{DeployRecord, Journal, Slot};
 
@@ -87,10 +89,9 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
 
     let mut colors = Vec::new();
     for color in Color::BOTH {
-        let name = crate::docker::container_name(&ctx.config.service, color);
-        let info = ctx.docker.inspect_container(&name).await?;
-        let health = match &info {
-            Some(c) if c.running => match ctx.probe_once(color).await {
+        let instance = ctx.engine.inspect(color).await?;
+        let health = match &instance {
+            Some(i) if i.running => match ctx.probe_once(color).await {
                 types::ProbeVerdict::Healthy => "healthy",
                 _ => "unhealthy",
             },
@@ -98,19 +99,19 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         };
         colors.push(ColorStatus {
             color,
-            container: name,
-            state: info
+            container: ctx.engine.slot_name(color),
+            state: instance
                 .as_ref()
-                .map_or("absent".to_owned(), |c| c.status.clone()),
-            image: info.as_ref().map(|c| c.image.clone()),
-            image_id: info.as_ref().map(|c| c.image_id.clone()),
+                .map_or("absent".to_owned(), |i| i.status.clone()),
+            image: instance.as_ref().map(|i| i.image.clone()),
+            image_id: instance.as_ref().map(|i| i.image_id.clone()),
             health: health.to_owned(),
             upstream: ctx.config.upstream(color).to_string(),
         });
     }
 
-    let files_target = proxy_target(ctx);
-    let served = served_color(ctx).await;
+    let files_target = observe::files_target(ctx);
+    let served = observe::served_color(ctx).await;
     if let (Some(served), Some(files)) = (served, files_target)
         && served != files
     {
@@ -184,34 +185,6 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         recent,
         problems,
     })
-}
-
-/// The colour nginx really sends traffic to, asked through nginx itself: the backend
-/// it names in `X-Cutover-Upstream` (the managed nginx adds that header; an external
-/// one may). None when the proxy does not answer or names neither colour.
-pub(crate) async fn served_color(ctx: &Context) -> Option<Color> {
-    let spec = crate::health::VerifySpec::from_config(&ctx.config, Color::Blue);
-    let upstream = crate::health::serving_upstream(&spec.url, spec.host.as_deref()).await?;
-    Color::BOTH
-        .into_iter()
-        .find(|c| ctx.config.upstream(*c).to_string() == upstream)
-}
-
-/// The colour the proxy files point at: the files the template would write, read
-/// from disk, searched for each colour's `address:port`.
-pub(crate) fn proxy_target(ctx: &Context) -> Option<Color> {
-    let files = ctx.render(Color::Blue, None).ok()?;
-    let paths: Vec<String> = files.into_iter().map(|f| f.path).collect();
-    let current = ctx.proxy.snapshot(&paths).ok()?;
-    let text: String = current.into_iter().filter_map(|f| f.contents).collect();
-    let named: Vec<Color> = Color::BOTH
-        .into_iter()
-        .filter(|c| text.contains(&ctx.config.upstream(*c).to_string()))
-        .collect();
-    match named.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    }
 }
 
 impl StatusReport {

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod docker;
+pub mod docker_link;
 pub mod git;
 pub mod guests;
 pub mod hello;

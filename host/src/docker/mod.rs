@@ -118,6 +118,17 @@ pub struct RegistryAuth {
 }
 
 impl RegistryAuth {
+    /// Whether `reference` names this registry (Docker's rule: the first path
+    /// component is a registry host when it has a `.` or `:` or is `localhost`;
+    /// otherwise the image is on Docker Hub).
+    pub fn applies_to(&self, reference: &str) -> bool {
+        let host = match reference.split_once('/') {
+            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
+            _ => "docker.io",
+        };
+        host.eq_ignore_ascii_case(&self.server)
+    }
+
     fn credentials(&self) -> DockerCredentials {
         DockerCredentials {
             username: Some(self.username.clone()),

@@ -12,6 +12,12 @@ use crate::config::PluginKind;
 /// Loading or calling a plugin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// A command asked for a plugin it did not load.
+    #[error("the {kind} plugin was not loaded for this command; this is a bug in cutover")]
+    NotLoaded {
+        /// The kind asked for.
+        kind: PluginKind,
+    },
     /// `source = "builtin:<name>"` names no built-in plugin.
     #[error(
         "[plugins.{kind}] source = \"builtin:{name}\": there is no such built-in plugin; \
@@ -259,7 +265,8 @@ impl PluginError {
             | PluginError::MemoryLimit { kind, .. }
             | PluginError::OutputTooLarge { kind, .. }
             | PluginError::InvalidOutput { kind, .. }
-            | PluginError::InvalidLimit { kind, .. } => Some(*kind),
+            | PluginError::InvalidLimit { kind, .. }
+            | PluginError::NotLoaded { kind } => Some(*kind),
             PluginError::UnknownWorld { .. }
             | PluginError::Engine { .. }
             | PluginError::Output(_) => None,

@@ -534,70 +534,128 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// The four plugins a deploy uses.
+/// The plugins a command uses: each kind is loaded only when the command asks for it,
+/// so a broken plugin a command does not call never blocks it.
 pub struct Plugins {
-    /// Allows or denies the deploy.
-    pub gate: GatePlugin,
-    /// Chooses the colour.
-    pub selector: SelectorPlugin,
-    /// Judges health probes.
-    pub health: HealthPlugin,
-    /// Renders the proxy config.
-    pub template: TemplatePlugin,
+    gate: Option<GatePlugin>,
+    selector: Option<SelectorPlugin>,
+    health: Option<HealthPlugin>,
+    template: Option<TemplatePlugin>,
 }
 
 impl Plugins {
-    /// Loads all four (the built-in default for each kind the config leaves out),
-    /// checks file digests and worlds, and has each plugin validate its config.
-    /// Sources, digests and limits of all four are checked before anything is
-    /// compiled; plugins missing from the compiled-code cache compile in parallel.
+    /// Loads the plugins of `kinds`. TEMPORARY shim: loads all four when any is asked.
     ///
     /// # Errors
-    /// The first [`PluginError`] found, in deploy order (gate, selector, health,
-    /// template) within each stage (sources and limits, compiling, linking and
-    /// validating the config).
+    /// The first [`PluginError`] found.
     pub fn load(
         host: &PluginHost,
         config: &Config,
+        kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Plugins, PluginError> {
-        if let Some(note) = host.take_cache_note() {
-            reporter.emit(&Event::Log {
-                level: Level::Debug,
-                source: "cutover".to_owned(),
-                message: note,
+        if kinds.is_empty() {
+            return Ok(Plugins {
+                gate: None,
+                selector: None,
+                health: None,
+                template: None,
             });
         }
-        // Cheap checks of all four first: a typo in the last entry should not wait
-        // for three compiles.
-        let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
-            let spec = config
-                .plugins
-                .get(kind)
-                .cloned()
-                .unwrap_or_else(|| PluginSpec {
-                    source: builtin::default_for(kind).source(),
-                    sha256: None,
-                    limits: LimitsConfig::default(),
-                    config: toml::Table::new(),
-                });
-            Ok::<_, PluginError>(Pending {
-                kind,
-                resolved: resolve(kind, &spec, config.base_dir())?,
-                limits: Limits::from_config(kind, &spec.limits)?,
-                config: spec.config_json(),
-            })
-        });
-        let pending = [gate?, selector?, health?, template?];
-        let [gate, selector, health, template] = compile_all(host, &pending);
-        let [pg, ps, ph, pt] = pending;
+        let (g, s, h, t) = load_all(host, config, reporter)?;
+        let want = |k| kinds.contains(&k);
         Ok(Plugins {
-            gate: GatePlugin(pg.link(host, gate?, &reporter)?),
-            selector: SelectorPlugin(ps.link(host, selector?, &reporter)?),
-            health: HealthPlugin(ph.link(host, health?, &reporter)?),
-            template: TemplatePlugin(pt.link(host, template?, &reporter)?),
+            gate: want(PluginKind::DeployGate).then_some(g),
+            selector: want(PluginKind::TargetSelector).then_some(s),
+            health: want(PluginKind::HealthPolicy).then_some(h),
+            template: want(PluginKind::ProxyTemplate).then_some(t),
         })
     }
+
+    /// The deploy gate.
+    ///
+    /// # Errors
+    /// When this command did not load it (a cutover bug).
+    pub fn gate(&self) -> Result<&GatePlugin, PluginError> {
+        self.gate.as_ref().ok_or(PluginError::NotLoaded {
+            kind: PluginKind::DeployGate,
+        })
+    }
+
+    /// The target selector.
+    ///
+    /// # Errors
+    /// When this command did not load it (a cutover bug).
+    pub fn selector(&self) -> Result<&SelectorPlugin, PluginError> {
+        self.selector.as_ref().ok_or(PluginError::NotLoaded {
+            kind: PluginKind::TargetSelector,
+        })
+    }
+
+    /// The health policy.
+    ///
+    /// # Errors
+    /// When this command did not load it (a cutover bug).
+    pub fn health(&self) -> Result<&HealthPlugin, PluginError> {
+        self.health.as_ref().ok_or(PluginError::NotLoaded {
+            kind: PluginKind::HealthPolicy,
+        })
+    }
+
+    /// The proxy template.
+    ///
+    /// # Errors
+    /// When this command did not load it (a cutover bug).
+    pub fn template(&self) -> Result<&TemplatePlugin, PluginError> {
+        self.template.as_ref().ok_or(PluginError::NotLoaded {
+            kind: PluginKind::ProxyTemplate,
+        })
+    }
+}
+
+type AllFour = (GatePlugin, SelectorPlugin, HealthPlugin, TemplatePlugin);
+
+fn load_all(
+    host: &PluginHost,
+    config: &Config,
+    reporter: Arc<dyn Reporter>,
+) -> Result<AllFour, PluginError> {
+    if let Some(note) = host.take_cache_note() {
+        reporter.emit(&Event::Log {
+            level: Level::Debug,
+            source: "cutover".to_owned(),
+            message: note,
+        });
+    }
+    // Cheap checks of all four first: a typo in the last entry should not wait
+    // for three compiles.
+    let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
+        let spec = config
+            .plugins
+            .get(kind)
+            .cloned()
+            .unwrap_or_else(|| PluginSpec {
+                source: builtin::default_for(kind).source(),
+                sha256: None,
+                limits: LimitsConfig::default(),
+                config: toml::Table::new(),
+            });
+        Ok::<_, PluginError>(Pending {
+            kind,
+            resolved: resolve(kind, &spec, config.base_dir())?,
+            limits: Limits::from_config(kind, &spec.limits)?,
+            config: spec.config_json(),
+        })
+    });
+    let pending = [gate?, selector?, health?, template?];
+    let [gate, selector, health, template] = compile_all(host, &pending);
+    let [pg, ps, ph, pt] = pending;
+    Ok((
+        GatePlugin(pg.link(host, gate?, &reporter)?),
+        SelectorPlugin(ps.link(host, selector?, &reporter)?),
+        HealthPlugin(ph.link(host, health?, &reporter)?),
+        TemplatePlugin(pt.link(host, template?, &reporter)?),
+    ))
 }
 
 /// One `[plugins.<kind>]` entry, resolved and checked, not yet compiled.

@@ -1,0 +1,229 @@
+//! [`Context`]: everything a command works with — the config and the handles to the
+//! world (the container engine, the plugins the command uses, the proxy, the state
+//! file and where events go) — plus the questions several commands ask of them.
+//!
+//! It holds handles; it does not run a deploy. The state machine is in `deploy`,
+//! recovery in `recover`, the read-only views in `status` and `observe`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Color;
+use crate::ci::CiFacts;
+use crate::config::{Config, PluginKind};
+use crate::docker::{Docker, RegistryAuth};
+use crate::engine::{DockerHost, Engine, PreparedImage};
+use crate::error::DeployError;
+use crate::events::{Level, Reporter};
+use crate::git::GitFacts;
+use crate::health::Prober;
+use crate::lock::{DeployLock, Owner};
+use crate::plugin::{PluginHost, Plugins, types};
+use crate::proxy::Proxy;
+use crate::secret::Secret;
+use crate::state::{Slot, StateStore, now_rfc3339};
+
+/// Everything a command needs: the config and the handles to the world.
+pub struct Context {
+    /// The deploy config.
+    pub config: Config,
+    /// The container engine that runs the colours.
+    pub engine: Box<dyn Engine>,
+    /// The policy plugins this command uses.
+    pub plugins: Plugins,
+    /// The proxy.
+    pub proxy: Proxy,
+    /// The state file.
+    pub store: StateStore,
+    /// Where events go.
+    pub reporter: Arc<dyn Reporter>,
+}
+
+impl Context {
+    /// Loads the plugins of `kinds` (only those: a broken plugin the command does not
+    /// call must not block it) and connects to the engine.
+    ///
+    /// # Errors
+    /// [`DeployError`] when a plugin cannot be loaded or rejects its config, or the
+    /// engine is unreachable.
+    pub async fn open(
+        config: Config,
+        plugin_host: &PluginHost,
+        kinds: &[PluginKind],
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Context, DeployError> {
+        let plugins = Plugins::load(plugin_host, &config, kinds, reporter.clone())?;
+        let engine = Box::new(DockerHost::new(Docker::connect().await?, config.clone()));
+        let proxy = Proxy::new(&config);
+        let store = StateStore::new(&config.state_dir(), &config.service);
+        Ok(Context {
+            config,
+            engine,
+            plugins,
+            proxy,
+            store,
+            reporter,
+        })
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    /// Takes the service's deploy lock for `operation`, reporting a takeover from a
+    /// holder that died.
+    ///
+    /// # Errors
+    /// [`DeployError::Lock`] when another live process holds it after `wait`.
+    pub async fn lock(
+        &self,
+        operation: &str,
+        wait: Duration,
+        run_url: Option<String>,
+    ) -> Result<DeployLock, DeployError> {
+        self.store.ensure_dir()?;
+        let owner = Owner::this_process(operation, run_url);
+        let lock = DeployLock::acquire(self.store.dir(), self.service(), owner, wait).await?;
+        if let Some(dead) = &lock.taken_over {
+            self.reporter.log(
+                Level::Warn,
+                &format!(
+                    "took over the deploy lock left by {} (that process is gone)",
+                    dead.describe()
+                ),
+            );
+        }
+        Ok(lock)
+    }
+
+    /// What each slot really is, for the selector and for `status`.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine cannot be asked.
+    pub async fn slot_statuses(&self) -> Result<Vec<types::SlotStatus>, DeployError> {
+        let mut slots = Vec::with_capacity(2);
+        for color in Color::BOTH {
+            let instance = self.engine.inspect(color).await?;
+            let running = instance.as_ref().is_some_and(|i| i.running);
+            let last_probe = if running {
+                self.probe_once(color).await
+            } else {
+                types::ProbeVerdict::Unknown
+            };
+            slots.push(types::SlotStatus {
+                color: color.into(),
+                container_present: instance.is_some(),
+                running,
+                image: instance.map(|i| i.image),
+                last_probe,
+            });
+        }
+        Ok(slots)
+    }
+
+    /// One probe of `color`, judged by the health policy as if it were the first.
+    pub async fn probe_once(&self, color: Color) -> types::ProbeVerdict {
+        let Ok(policy) = self.plugins.health() else {
+            return types::ProbeVerdict::Unknown;
+        };
+        let prober = Prober::new(self.config.upstream(color), &self.config.health);
+        let probe = prober.probe().await;
+        let input = types::HealthInput {
+            service: self.service().to_owned(),
+            color: color.into(),
+            attempt: 1,
+            elapsed_ms: 0,
+            probe,
+            history: Vec::new(),
+        };
+        match policy.evaluate(&input) {
+            Ok(types::HealthVerdict::Healthy) => types::ProbeVerdict::Healthy,
+            _ => types::ProbeVerdict::Unhealthy,
+        }
+    }
+
+    /// The gate's input from the checkout beside the config and the CI environment.
+    pub fn gate_input(&self, git: &GitFacts, ci: &CiFacts) -> types::GateInput {
+        crate::gate::gate_input(self.service(), git, ci)
+    }
+
+    /// The proxy-template input for sending traffic to `target`.
+    pub fn template_input(&self, target: Color, previous: Option<Color>) -> types::TemplateInput {
+        let upstream = |color: Color| {
+            let addr = self.config.upstream(color);
+            types::Upstream {
+                color: color.into(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+            }
+        };
+        types::TemplateInput {
+            service: self.service().to_owned(),
+            target: upstream(target),
+            previous: previous.map(upstream),
+            variables: self
+                .config
+                .proxy
+                .variables
+                .iter()
+                .map(|(k, v)| types::KeyValue {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Renders the proxy files for `target`; the plugin host has already checked
+    /// them with `proxy::check_rendered`.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the plugin fails or its output is refused.
+    pub fn render(
+        &self,
+        target: Color,
+        previous: Option<Color>,
+    ) -> Result<Vec<types::ProxyFile>, DeployError> {
+        let template = self.plugins.template()?;
+        Ok(template.render(&self.template_input(target, previous))?)
+    }
+
+    /// The registry credentials, when a registry is configured.
+    ///
+    /// # Errors
+    /// [`DeployError::MissingEnv`] when the password variable is not set.
+    pub fn registry_auth(&self) -> Result<Option<RegistryAuth>, DeployError> {
+        let Some(registry) = &self.config.image.registry else {
+            return Ok(None);
+        };
+        let password = std::env::var(&registry.password_env)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| DeployError::MissingEnv {
+                var: registry.password_env.clone(),
+                key: "image.registry.password_env".to_owned(),
+                file: self.config.file.clone(),
+            })?;
+        Ok(Some(RegistryAuth {
+            server: registry.server.clone(),
+            username: registry.username.clone(),
+            password: Secret::new(password),
+        }))
+    }
+
+    /// The record of `image` running in `color`'s slot for `deploy_id`, serving from
+    /// now: the one place a [`Slot`] is made.
+    pub fn slot(&self, color: Color, image: PreparedImage, deploy_id: &str) -> Slot {
+        Slot {
+            color,
+            image_id: image.id,
+            image_ref: image.reference,
+            image_digest: image.digest,
+            container: self.engine.slot_name(color),
+            upstream: self.config.upstream(color).to_string(),
+            deploy_id: deploy_id.to_owned(),
+            since: now_rfc3339(),
+        }
+    }
+}

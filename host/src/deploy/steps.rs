@@ -1,0 +1,354 @@
+//! The steps of a deploy, one line each, in the order they run; and the shared tail
+//! (render → validate → switch → verify → promote → drain → retire → prune) that a
+//! rollback runs too. What each step does is in the small functions below the lists.
+
+use super::DeployOptions;
+use super::image;
+use super::run::{Failure, Run};
+use crate::Color;
+use crate::ci::CiFacts;
+use crate::context::Context;
+use crate::engine::{self, PreparedImage};
+use crate::error::DeployError;
+use crate::events::{Event, Level};
+use crate::git::GitFacts;
+use crate::health::{self, HealthReport, VerifyReport, VerifySpec};
+use crate::operation::Step;
+use crate::plugin::types::{self, GateDecision};
+use crate::proxy::{DrainReport, Reload};
+use crate::state::{SavedFile, Slot};
+
+/// How a deploy's steps ended when nothing failed.
+pub(super) enum Flow {
+    /// Traffic moved to the target.
+    Done,
+    /// The gate said no, with this reason.
+    Denied(String),
+}
+
+#[rustfmt::skip] // one line per step: the list is the point
+/// The deploy: gate → image → select → clear → start → health, then [`cut_over`].
+pub(super) async fn deploy(
+    run: &mut Run<'_>,
+    git: &GitFacts,
+    ci: &CiFacts,
+    options: &DeployOptions,
+) -> Result<Flow, Failure> {
+    use Failure::BeforeSwitch as pre;
+    let ctx = run.ctx;
+    let id = run.journal.deploy_id.clone();
+
+    let decision = run.step(Step::Gate, gate(ctx, git, ci), describe_gate).await.map_err(pre)?;
+    if let GateDecision::Deny(reason) = decision {
+        return Ok(Flow::Denied(reason));
+    }
+    let image = run.step(Step::Image, prepare_image(ctx, git, &id, options), |i| i.reference.clone()).await.map_err(pre)?;
+    (run.journal.image_id, run.journal.image_ref) = (Some(image.id.clone()), Some(image.reference.clone()));
+    let target = run.step(Step::Select, select_target(ctx, run.live()), Color::to_string).await.map_err(pre)?;
+    run.journal.target = Some(target);
+    run.step(Step::Clear, clear(ctx, target), String::clone).await.map_err(pre)?;
+    run.journal.container = Some(ctx.engine.slot_name(target));
+    run.step(Step::Start, start(ctx, target, &image, &id), String::clone).await.map_err(pre)?;
+    run.step(Step::Health, wait_healthy(ctx, target), describe_health).await.map_err(pre)?;
+
+    cut_over(run, ctx.slot(target, image, &id)).await?;
+    Ok(Flow::Done)
+}
+
+#[rustfmt::skip] // one line per step: the list is the point
+/// The shared tail of deploy and rollback: render → validate → switch → verify →
+/// promote → drain → retire → prune. `target` is healthy when this is called.
+pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Failure> {
+    use Failure::BeforeSwitch as pre;
+    use Failure::Fatal as fatal;
+    let ctx = run.ctx;
+    let color = target.color;
+    let previous = run.state.live.clone();
+
+    let files = run.step(Step::Render, render(ctx, color, previous.as_ref()), |f| describe_files(f)).await.map_err(pre)?;
+    let saved = journal_files(run, &files).map_err(pre)?;
+    run.step(Step::Validate, validate(ctx, &files, &saved), |()| "config test passed".to_owned()).await.map_err(pre)?;
+    let switched = run.step(Step::Switch, switch(ctx), |_| format!("traffic → {color}")).await;
+    let reload = restore_on_error(run, &saved, switched).await?;
+    let verified = run.step(Step::Verify, verify(ctx, color), |v| format!("proxy serves {color} ({} request(s))", v.attempts)).await;
+    restore_on_error(run, &saved, verified).await?;
+
+    promote(run, target, previous.clone()).map_err(fatal)?;
+    run.step(Step::Drain, drain(ctx, &reload, previous.is_some()), describe_drain).await.map_err(fatal)?;
+    warn_on_error(ctx, run.step(Step::Retire, retire(ctx, previous.as_ref()), String::clone).await);
+    warn_on_error(ctx, run.step(Step::Prune, prune(ctx, images_in_use(&run.state)), |n| format!("{n} old image(s) removed")).await);
+    Ok(())
+}
+
+async fn gate(ctx: &Context, git: &GitFacts, ci: &CiFacts) -> Result<GateDecision, DeployError> {
+    Ok(ctx.plugins.gate()?.decide(&ctx.gate_input(git, ci))?)
+}
+
+fn describe_gate(decision: &GateDecision) -> String {
+    match decision {
+        GateDecision::Allow(r) => format!("allowed: {r}"),
+        GateDecision::Deny(r) => format!("denied: {r}"),
+    }
+}
+
+async fn prepare_image(
+    ctx: &Context,
+    git: &GitFacts,
+    deploy_id: &str,
+    options: &DeployOptions,
+) -> Result<PreparedImage, DeployError> {
+    let source = image::source(&ctx.config, git, deploy_id, options)?;
+    let auth = ctx.registry_auth()?;
+    let reporter = ctx.reporter.clone();
+    let mut on_line = move |line: &str| {
+        reporter.emit(&Event::Log {
+            level: Level::Debug,
+            source: "docker build".to_owned(),
+            message: line.to_owned(),
+        });
+    };
+    Ok(ctx
+        .engine
+        .prepare_image(&source, auth.as_ref(), &mut on_line)
+        .await?)
+}
+
+/// Asks the selector, then refuses a colour that serves traffic: checked against both
+/// the record and nginx itself, so a state file that lost track of the live colour
+/// cannot let a deploy replace the container serving traffic. `plan` calls this too.
+///
+/// # Errors
+/// [`DeployError::SelectedLive`] for the colour that serves; the engine's or the
+/// plugin's error.
+pub async fn select_target(ctx: &Context, live: Option<Color>) -> Result<Color, DeployError> {
+    let selector = ctx.plugins.selector()?;
+    let target = selector.select(&types::SelectorInput {
+        service: ctx.service().to_owned(),
+        live: live.map(Into::into),
+        slots: ctx.slot_statuses().await?,
+    })?;
+    let serving = crate::observe::served_color(ctx).await;
+    if Some(target) == live || Some(target) == serving {
+        return Err(DeployError::SelectedLive {
+            plugin: selector.name().to_owned(),
+            color: target,
+        });
+    }
+    Ok(target)
+}
+
+async fn clear(ctx: &Context, color: Color) -> Result<String, DeployError> {
+    ctx.engine.clear(color).await?;
+    Ok(format!("{} removed", ctx.engine.slot_name(color)))
+}
+
+async fn start(
+    ctx: &Context,
+    color: Color,
+    image: &PreparedImage,
+    deploy_id: &str,
+) -> Result<String, DeployError> {
+    let id = ctx.engine.start(color, image, deploy_id).await?;
+    Ok(format!(
+        "{} ({})",
+        ctx.engine.slot_name(color),
+        &id[..id.len().min(12)]
+    ))
+}
+
+/// Probes `color` until the health policy says healthy; on failure shows the app's
+/// last log lines, usually the fastest way to the cause.
+pub(super) async fn wait_healthy(ctx: &Context, color: Color) -> Result<HealthReport, DeployError> {
+    let policy = ctx.plugins.health()?;
+    let prober = health::Prober::new(ctx.config.upstream(color), &ctx.config.health);
+    let judge = |input: &types::HealthInput| policy.evaluate(input);
+    let mut still_running = || -> health::StillRunningFuture<'_> {
+        Box::pin(async move { Ok(ctx.engine.inspect(color).await?.is_some_and(|i| i.running)) })
+    };
+    let result = health::wait_healthy(
+        &prober,
+        &ctx.config.health,
+        ctx.service(),
+        color,
+        &judge,
+        &mut still_running,
+        ctx.reporter.as_ref(),
+    )
+    .await;
+    if result.is_err()
+        && let Ok(logs) = ctx.engine.logs(color, 20).await
+        && !logs.trim().is_empty()
+    {
+        ctx.reporter.emit(&Event::Log {
+            level: Level::Warn,
+            source: ctx.engine.slot_name(color),
+            message: format!("last log lines:\n{}", logs.trim_end()),
+        });
+    }
+    Ok(result?)
+}
+
+pub(super) fn describe_health(report: &HealthReport) -> String {
+    format!("healthy after {} probe(s)", report.attempts)
+}
+
+async fn render(
+    ctx: &Context,
+    color: Color,
+    previous: Option<&Slot>,
+) -> Result<Vec<types::ProxyFile>, DeployError> {
+    ctx.render(color, previous.map(|s| s.color))
+}
+
+fn describe_files(files: &[types::ProxyFile]) -> String {
+    let names: Vec<_> = files.iter().map(|f| f.path.as_str()).collect();
+    names.join(", ")
+}
+
+/// Records in the journal the files as they are and as they will be, before any is
+/// written, so recovery can put them back or finish the switch.
+fn journal_files(
+    run: &mut Run<'_>,
+    files: &[types::ProxyFile],
+) -> Result<Vec<SavedFile>, DeployError> {
+    let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let saved = run.ctx.proxy.snapshot(&paths)?;
+    run.journal.saved_files = Some(saved.clone());
+    run.journal.written_files = Some(
+        files
+            .iter()
+            .map(|f| SavedFile {
+                path: f.path.clone(),
+                contents: Some(f.contents.clone()),
+            })
+            .collect(),
+    );
+    Ok(saved)
+}
+
+/// Writes the files and tests them; a failing test puts the old ones back.
+async fn validate(
+    ctx: &Context,
+    files: &[types::ProxyFile],
+    saved: &[SavedFile],
+) -> Result<(), DeployError> {
+    Ok(ctx.proxy.write_and_test(files, saved).await?)
+}
+
+async fn switch(ctx: &Context) -> Result<Reload, DeployError> {
+    Ok(ctx.proxy.switch().await?)
+}
+
+async fn verify(ctx: &Context, color: Color) -> Result<VerifyReport, DeployError> {
+    Ok(health::verify_through_proxy(
+        &VerifySpec::from_config(&ctx.config, color),
+        ctx.config.verify.timeout.get(),
+    )
+    .await?)
+}
+
+/// From here on the target is live, whatever happens next.
+fn promote(run: &mut Run<'_>, mut target: Slot, previous: Option<Slot>) -> Result<(), DeployError> {
+    target.since = crate::state::now_rfc3339();
+    run.state.previous = previous;
+    run.state.live = Some(target);
+    run.save()
+}
+
+async fn drain(
+    ctx: &Context,
+    reload: &Reload,
+    served_before: bool,
+) -> Result<Option<DrainReport>, DeployError> {
+    if !served_before {
+        return Ok(None);
+    }
+    Ok(Some(
+        ctx.proxy
+            .drain(reload, ctx.config.drain.timeout.get())
+            .await,
+    ))
+}
+
+fn describe_drain(report: &Option<DrainReport>) -> String {
+    report
+        .as_ref()
+        .map_or_else(|| "nothing served before".to_owned(), ToString::to_string)
+}
+
+async fn retire(ctx: &Context, previous: Option<&Slot>) -> Result<String, DeployError> {
+    let Some(old) = previous else {
+        return Ok("nothing to retire".to_owned());
+    };
+    ctx.engine.stop(old.color).await?;
+    Ok(format!("{} stopped", old.container))
+}
+
+/// The images of the live and the rollback colour, which pruning never removes.
+fn images_in_use(state: &crate::state::State) -> Vec<String> {
+    [&state.live, &state.previous]
+        .into_iter()
+        .flatten()
+        .map(|s| s.image_id.clone())
+        .collect()
+}
+
+/// Removes images beyond the newest `image.keep`, never one in `in_use`.
+async fn prune(ctx: &Context, in_use: Vec<String>) -> Result<usize, DeployError> {
+    let in_use: Vec<&str> = in_use.iter().map(String::as_str).collect();
+    let (removed, kept) =
+        engine::prune_images(ctx.engine.as_ref(), ctx.config.image.keep, &in_use).await?;
+    for why in kept {
+        ctx.reporter.log(Level::Warn, &why);
+    }
+    Ok(removed)
+}
+
+/// After the switch, a step that fails no longer leaves things as they were.
+fn warn_on_error<T>(ctx: &Context, result: Result<T, DeployError>) {
+    if let Err(error) = result {
+        ctx.reporter.log(Level::Warn, &error.to_string());
+    }
+}
+
+/// A failed switch or verify: put the previous proxy files back, reload, and undo
+/// what the run started.
+async fn restore_on_error<T>(
+    run: &mut Run<'_>,
+    saved: &[SavedFile],
+    result: Result<T, DeployError>,
+) -> Result<T, Failure> {
+    let error = match result {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    let ctx = run.ctx;
+    ctx.reporter.log(
+        Level::Warn,
+        "restoring the previous proxy config after the failure",
+    );
+    if let Err(cleanup) = ctx.proxy.restore(saved).await {
+        // The previous files are back but nginx would not reload: when it still
+        // serves the previous colour (the failed reload never took), the deploy is
+        // rolled back all the same.
+        let previous = run.state.live.as_ref().map(|s| s.color);
+        let still_serving = match previous {
+            Some(color) if cleanup.previous_files_restored() => verify(ctx, color).await.is_ok(),
+            _ => false,
+        };
+        if !still_serving {
+            return Err(Failure::Fatal(error.then_cleanup_failed(cleanup)));
+        }
+        ctx.reporter.log(
+            Level::Warn,
+            &format!(
+                "{cleanup}; the proxy still serves {} from the previous files",
+                previous.map_or_else(String::new, |c| c.to_string())
+            ),
+        );
+    }
+    if let Err(cleanup) = crate::recover::Undo::for_run(&run.journal).run(ctx).await {
+        return Err(Failure::Fatal(error.then_cleanup_failed(cleanup)));
+    }
+    Err(Failure::RolledBack(error))
+}

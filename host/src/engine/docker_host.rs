@@ -1,0 +1,205 @@
+//! [`DockerHost`]: the engine of one Docker host, where each colour is one container
+//! named `<service>-<colour>` with its own host port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+
+use super::{Engine, EngineError, ImageSource, Instance, OnLine, PreparedImage};
+use crate::Color;
+use crate::config::Config;
+use crate::docker::{self, ContainerSpec, Docker, RegistryAuth};
+
+/// One Docker engine running both colours of a service as containers.
+pub struct DockerHost {
+    docker: Docker,
+    config: Config,
+}
+
+impl DockerHost {
+    /// The engine for `config`'s service on `docker`.
+    pub fn new(docker: Docker, config: Config) -> DockerHost {
+        DockerHost { docker, config }
+    }
+
+    fn service(&self) -> &str {
+        &self.config.service
+    }
+
+    /// The container `color` runs as: the config's container settings, this slot's
+    /// port and address, and the labels and environment that name the deploy.
+    fn container_spec(&self, color: Color, image_id: &str, deploy_id: &str) -> ContainerSpec {
+        let config = &self.config;
+        let slot = config.color(color);
+        let mut labels = config.container.labels.clone();
+        labels.extend(docker::service_labels(
+            &config.service,
+            Some(color),
+            deploy_id,
+        ));
+        let mut env: Vec<(String, String)> = config
+            .container
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push(("CUTOVER_SERVICE".to_owned(), config.service.clone()));
+        env.push(("CUTOVER_COLOR".to_owned(), color.to_string()));
+        env.push(("CUTOVER_DEPLOY_ID".to_owned(), deploy_id.to_owned()));
+        ContainerSpec {
+            name: self.slot_name(color),
+            image: image_id.to_owned(),
+            labels,
+            env,
+            binds: config.container.volumes.clone(),
+            port: config.container.port,
+            publish: slot
+                .host_port
+                .map(|port| SocketAddr::new(slot.host_ip, port)),
+            network: config.container.network.as_ref().map(|n| n.name.clone()),
+            ip: slot.ip,
+            command: config.container.command.clone(),
+            stop_grace: config.container.stop_grace.get(),
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for DockerHost {
+    fn describe(&self) -> String {
+        self.docker.host().to_owned()
+    }
+
+    fn slot_name(&self, color: Color) -> String {
+        docker::container_name(self.service(), color)
+    }
+
+    async fn inspect(&self, color: Color) -> Result<Option<Instance>, EngineError> {
+        let info = self
+            .docker
+            .inspect_container(&self.slot_name(color))
+            .await?;
+        Ok(info.map(|c| Instance {
+            deploy_id: c.labels.get(docker::LABEL_DEPLOY).cloned(),
+            name: c.name,
+            running: c.running,
+            status: c.status,
+            image: c.image,
+            image_id: c.image_id,
+        }))
+    }
+
+    async fn prepare_image(
+        &self,
+        source: &ImageSource,
+        auth: Option<&RegistryAuth>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<PreparedImage, EngineError> {
+        match source {
+            ImageSource::Pull { reference } => {
+                // Only the registry the reference names gets the credentials.
+                let auth = auth.filter(|a| a.applies_to(reference));
+                let info = match (self.docker.inspect_image(reference).await?, auth) {
+                    (Some(info), None) => info,
+                    _ => self.docker.pull_image(reference, auth).await?,
+                };
+                Ok(PreparedImage {
+                    id: info.id,
+                    reference: reference.clone(),
+                    digest: info.digests.first().cloned(),
+                })
+            }
+            ImageSource::Build {
+                context,
+                dockerfile,
+                args,
+                reference,
+            } => {
+                // Only the service label: the legacy builder turns each label into a
+                // build step, and a per-deploy label would defeat its cache.
+                let labels =
+                    BTreeMap::from([(docker::LABEL_SERVICE.to_owned(), self.service().to_owned())]);
+                let info = self
+                    .docker
+                    .build_image(
+                        &docker::BuildRequest {
+                            context,
+                            dockerfile,
+                            args,
+                            tag: reference,
+                            labels: &labels,
+                        },
+                        on_line,
+                    )
+                    .await?;
+                let digest = match auth {
+                    Some(auth) => self.docker.push_image(reference, auth).await?,
+                    None => None,
+                };
+                Ok(PreparedImage {
+                    id: info.id,
+                    reference: reference.clone(),
+                    digest,
+                })
+            }
+        }
+    }
+
+    async fn clear(&self, color: Color) -> Result<(), EngineError> {
+        self.docker.remove_container(&self.slot_name(color)).await
+    }
+
+    async fn start(
+        &self,
+        color: Color,
+        image: &PreparedImage,
+        deploy_id: &str,
+    ) -> Result<String, EngineError> {
+        if let Some(network) = &self.config.container.network {
+            self.docker.ensure_network(network, self.service()).await?;
+        }
+        let spec = self.container_spec(color, &image.id, deploy_id);
+        self.docker.run_container(&spec).await
+    }
+
+    async fn resume(&self, color: Color) -> Result<(), EngineError> {
+        self.docker.start_container(&self.slot_name(color)).await
+    }
+
+    async fn stop(&self, color: Color) -> Result<(), EngineError> {
+        self.docker
+            .stop_container(
+                &self.slot_name(color),
+                self.config.container.stop_grace.get(),
+            )
+            .await
+    }
+
+    async fn logs(&self, color: Color, lines: usize) -> Result<String, EngineError> {
+        self.docker
+            .container_logs(&self.slot_name(color), lines)
+            .await
+    }
+
+    async fn service_images(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .docker
+            .list_service_images(self.service())
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect())
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
+        self.docker.remove_image(id).await
+    }
+
+    async fn remove_extras(&self) -> Result<(), EngineError> {
+        if let Some(network) = &self.config.container.network {
+            self.docker.remove_network(&network.name).await?;
+        }
+        Ok(())
+    }
+}

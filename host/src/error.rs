@@ -1,0 +1,212 @@
+//! Why a command could not do its job, and how that maps to advice and an exit code.
+//!
+//! Every library error a command can meet ends up as a [`DeployError`]; its
+//! [`ErrorClass`] decides the exit code in `cli`. The variants stay typed all the way
+//! up (a Docker outage during the health wait is still a Docker error, not a string),
+//! so the class is decided by what failed, never by matching on message text.
+
+use std::path::PathBuf;
+
+use crate::Color;
+use crate::config::ConfigError;
+use crate::docker::DockerError;
+use crate::git::GitError;
+use crate::health::{HealthError, VerifyError};
+use crate::lock::LockError;
+use crate::plugin::PluginError;
+use crate::proxy::ProxyError;
+use crate::state::StateError;
+
+/// How an error should be reported and which exit code it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The config file or a value derived from it is wrong: the user edits the config.
+    Config,
+    /// Another deploy holds the lock.
+    LockHeld,
+    /// Docker, nginx or git is missing or unreachable: the machine needs fixing.
+    Environment,
+    /// The deploy failed (app, plugin, health, verify) and the previous colour still
+    /// serves.
+    DeployFailed,
+    /// Something failed and cutover could not put things back: a human must look.
+    Critical,
+}
+
+/// Why a command could not do its job.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state file cannot be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The lock is held or unusable.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A Docker operation failed.
+    #[error(transparent)]
+    Docker(Box<DockerError>),
+    /// A proxy operation failed.
+    #[error(transparent)]
+    Proxy(Box<ProxyError>),
+    /// A plugin failed or refused.
+    #[error(transparent)]
+    Plugin(Box<PluginError>),
+    /// The target never became healthy.
+    #[error(transparent)]
+    Health(Box<HealthError>),
+    /// The proxy did not serve the target after the switch.
+    #[error(transparent)]
+    Verify(Box<VerifyError>),
+    /// git could not be run.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A required environment variable (e.g. the registry password) is missing.
+    #[error(
+        "environment variable `{var}` (named by `{key}` in {}) is not set; export it before running cutover",
+        file.display()
+    )]
+    MissingEnv {
+        /// The variable.
+        var: String,
+        /// The config key naming it.
+        key: String,
+        /// The config file.
+        file: PathBuf,
+    },
+    /// The config says neither how to build the image nor which one to pull.
+    #[error(
+        "{}: `image` names neither `build` nor `ref`; add `[image.build]` with a `context`, or `image.ref`, or pass --image",
+        file.display()
+    )]
+    NoImage {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// The target-selector chose the colour that serves traffic now.
+    #[error(
+        "the target-selector plugin `{plugin}` chose `{color}`, the colour serving traffic now; \
+         deploying there would take the service down. Fix the plugin or its config \
+         (or run `cutover recover` if the state file lost track of the live colour)"
+    )]
+    SelectedLive {
+        /// The selector plugin's name.
+        plugin: String,
+        /// The colour it chose.
+        color: Color,
+    },
+    /// `rollback` with no earlier colour recorded.
+    #[error(
+        "nothing to roll back to: no earlier colour is recorded in the state file; \
+         `cutover status` shows what runs"
+    )]
+    NothingToRollBack,
+    /// A failure, plus a second failure while undoing it.
+    #[error(
+        "{error}; then, while putting things back: {cleanup}. Run `cutover status`, and `cutover recover` once the cause is fixed"
+    )]
+    CleanupFailed {
+        /// The first failure.
+        error: Box<DeployError>,
+        /// What failed while undoing it.
+        cleanup: Box<DeployError>,
+    },
+}
+
+/// Boxed so that every `Result<_, DeployError>` stays small on the happy path.
+macro_rules! boxed_from {
+    ($($variant:ident($ty:ty)),* $(,)?) => {$(
+        impl From<$ty> for DeployError {
+            fn from(error: $ty) -> DeployError {
+                DeployError::$variant(Box::new(error))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Docker(DockerError),
+    Proxy(ProxyError),
+    Plugin(PluginError),
+    Verify(VerifyError),
+);
+
+impl From<HealthError> for DeployError {
+    /// The health wait passes through what failed underneath it (the engine, the
+    /// plugin) as that error, so a Docker outage mid-wait is still an environment
+    /// error and a plugin's config error still a config error.
+    fn from(error: HealthError) -> DeployError {
+        match error {
+            HealthError::Engine(e) => DeployError::Docker(e),
+            HealthError::Judge(e) => DeployError::Plugin(e),
+            other => DeployError::Health(Box::new(other)),
+        }
+    }
+}
+
+impl DeployError {
+    /// The class that decides the exit code and the advice.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DeployError::Config(_)
+            | DeployError::MissingEnv { .. }
+            | DeployError::NoImage { .. } => ErrorClass::Config,
+            DeployError::Lock(LockError::Held { .. }) => ErrorClass::LockHeld,
+            DeployError::Lock(_) | DeployError::State(_) | DeployError::Git(_) => {
+                ErrorClass::Environment
+            }
+            DeployError::Docker(e) if e.is_environment() => ErrorClass::Environment,
+            DeployError::Proxy(e) if e.is_environment() => ErrorClass::Environment,
+            DeployError::Plugin(e) if e.is_config_error() => ErrorClass::Config,
+            // The machine is unreachable, so undoing failed for the same reason the
+            // deploy did: the live colour was never touched, and the journal stays
+            // for `recover` once the machine answers again.
+            DeployError::CleanupFailed { error, cleanup }
+                if error.class() == ErrorClass::Environment
+                    && cleanup.class() == ErrorClass::Environment =>
+            {
+                ErrorClass::Environment
+            }
+            DeployError::CleanupFailed { .. } => ErrorClass::Critical,
+            _ => ErrorClass::DeployFailed,
+        }
+    }
+
+    /// `self`, then `cleanup` failing while undoing it.
+    pub fn then_cleanup_failed(self, cleanup: impl Into<DeployError>) -> DeployError {
+        DeployError::CleanupFailed {
+            error: Box::new(self),
+            cleanup: Box::new(cleanup.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreachable_docker() -> DockerError {
+        DockerError::Unreachable {
+            host: "unix:///nowhere.sock".to_owned(),
+            message: "connection refused".to_owned(),
+        }
+    }
+
+    #[test]
+    fn docker_outage_during_the_health_wait_is_an_environment_error() {
+        let error = DeployError::from(HealthError::Engine(Box::new(unreachable_docker())));
+        assert!(matches!(error, DeployError::Docker(_)), "{error:?}");
+        assert_eq!(error.class(), ErrorClass::Environment);
+    }
+
+    #[test]
+    fn outage_that_also_stops_the_cleanup_stays_an_environment_error() {
+        let error =
+            DeployError::from(unreachable_docker()).then_cleanup_failed(unreachable_docker());
+        assert_eq!(error.class(), ErrorClass::Environment);
+        let error = DeployError::NothingToRollBack.then_cleanup_failed(unreachable_docker());
+        assert_eq!(error.class(), ErrorClass::Critical);
+    }
+}

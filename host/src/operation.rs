@@ -1,0 +1,126 @@
+//! The vocabulary of one deploy or rollback that every module shares: what kind of
+//! operation it is, its steps in the order the state machine runs them, how long each
+//! took and how it ended.
+//!
+//! It owns names and their spelling in output, the state file and the audit log, and
+//! nothing else: no I/O, no dependency on any other module of the crate.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What kind of operation a journal or record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationKind {
+    /// `cutover deploy`.
+    Deploy,
+    /// `cutover rollback`.
+    Rollback,
+}
+
+/// One step of a deploy, in the order the state machine runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Reconcile what an interrupted deploy left behind.
+    Recover,
+    /// Ask the deploy-gate plugin.
+    Gate,
+    /// Build or pull the image (and push it when a registry is configured).
+    Image,
+    /// Ask the target-selector plugin.
+    Select,
+    /// Stop and remove the target slot's old container.
+    Clear,
+    /// Create and start the target container.
+    Start,
+    /// Probe the target until the health-policy plugin says healthy.
+    Health,
+    /// Ask the proxy-template plugin for the files.
+    Render,
+    /// Write the files and run the proxy's config test.
+    Validate,
+    /// Reload the proxy gracefully.
+    Switch,
+    /// Check through the proxy that the target serves.
+    Verify,
+    /// Wait for in-flight requests on the old colour.
+    Drain,
+    /// Stop the old colour.
+    Retire,
+    /// Remove old images beyond those kept for rollback.
+    Prune,
+}
+
+impl Step {
+    /// The step's name in output and in the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Recover => "recover",
+            Step::Gate => "gate",
+            Step::Image => "image",
+            Step::Select => "select",
+            Step::Clear => "clear",
+            Step::Start => "start",
+            Step::Health => "health",
+            Step::Render => "render",
+            Step::Validate => "validate",
+            Step::Switch => "switch",
+            Step::Verify => "verify",
+            Step::Drain => "drain",
+            Step::Retire => "retire",
+            Step::Prune => "prune",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a deploy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Traffic moved to the target.
+    Succeeded,
+    /// The gate said no; nothing changed.
+    Denied,
+    /// Failed before the switch; what it started was removed; nothing else changed.
+    Failed,
+    /// Switched, then verification failed and the previous proxy config was restored.
+    RolledBack,
+    /// The runner died mid-deploy; a later run reconciled it.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The outcome's name in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled-back",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long one step took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTiming {
+    /// The step.
+    pub step: Step,
+    /// Its wall time in milliseconds.
+    pub ms: u64,
+}
