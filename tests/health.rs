@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cutover::Color;
 use cutover::config::{Config, HealthConfig};
 use cutover::events::Recorder;
-use cutover::health::{self, HealthError, Prober, VerifyError, VerifySpec};
+use cutover::health::{self, HealthError, Prober, UpstreamCheck, VerifyError, VerifySpec};
 use cutover::plugin::PluginError;
 use cutover::plugin::types::{HealthInput, HealthVerdict};
 
@@ -409,7 +409,7 @@ fn spec(addr: std::net::SocketAddr, color: Color) -> VerifySpec {
         expect_header: Some("X-Backend: {color}".to_owned()),
         expect_body: Some("backend {color}".to_owned()),
         color,
-        expect_upstream: None,
+        expect_upstream: UpstreamCheck::Ignore,
     }
 }
 
@@ -447,7 +447,7 @@ async fn verify_needs_the_upstream_header_when_asked() {
     // The backend does not add X-Cutover-Upstream: only the managed nginx does.
     let app = Backend::start("green").await;
     let spec = VerifySpec {
-        expect_upstream: Some(app.addr),
+        expect_upstream: UpstreamCheck::Required(app.addr),
         ..spec(app.addr, Color::Green)
     };
     let err = health::verify_through_proxy(&spec, Duration::from_millis(100))

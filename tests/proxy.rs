@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cutover::Color;
 use cutover::config::Config;
-use cutover::health::{self, VerifySpec};
+use cutover::health::{self, UpstreamCheck, VerifySpec};
 use cutover::plugin::types::ProxyFile;
 use cutover::proxy::{Proxy, ProxyError, ReloadKind};
 use cutover::state::SavedFile;
@@ -78,7 +78,7 @@ impl Managed {
             expect_header: None,
             expect_body: None,
             color,
-            expect_upstream: Some(target.addr),
+            expect_upstream: UpstreamCheck::Required(target.addr),
         }
     }
 
@@ -464,7 +464,7 @@ impl External {
             expect_header: None,
             expect_body: Some("backend {color}".to_owned()),
             color,
-            expect_upstream: Some(target.addr),
+            expect_upstream: UpstreamCheck::Required(target.addr),
         }
     }
 }
@@ -502,6 +502,71 @@ async fn external_nginx_switches_with_argv_commands_and_drains_by_pid_file() {
     // cutover never stops an nginx it does not own.
     proxy.stop().await.unwrap();
     assert!(proxy.is_running());
+}
+
+/// The verify spec a deploy would use against `nginx`, with `blue` and `green` as the
+/// colours' upstreams and no `{color}` in `verify.expect_*`.
+fn deploy_spec(nginx: &External, blue: &Backend, green: &Backend, color: Color) -> VerifySpec {
+    let text = format!(
+        "service = \"proxytest\"\n[image]\nref = \"x:1\"\n[container]\nport = 8080\n\
+         [blue]\nupstream = \"{}\"\n[green]\nupstream = \"{}\"\n\
+         [proxy]\nmode = \"external\"\nconfig_dir = {:?}\n[verify]\nurl = \"http://{}/\"\n",
+        blue.addr, green.addr, nginx.conf_d, nginx.listen
+    );
+    let config = Config::parse(&text, &nginx.dir.path().join("cutover.toml")).unwrap();
+    VerifySpec::from_config(&config, color)
+}
+
+#[tokio::test]
+async fn external_verify_without_upstream_header_does_not_claim_the_colour() {
+    // Both colours answer alike, and this nginx (like the original write-up's) does
+    // not name the upstream: a verify "for green" passes while blue still serves.
+    let blue = Backend::start("app").await;
+    let green = Backend::start("app").await;
+    let nginx = External::start_without_upstream_header(blue.addr);
+    let spec = deploy_spec(&nginx, &blue, &green, Color::Green);
+    assert_eq!(
+        health::colour_hint(&spec).await,
+        Some(health::UPSTREAM_HINT)
+    );
+    let report = health::verify_through_proxy(&spec, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.proof, health::VerifyProof::Unproven);
+    let line = report.to_string();
+    assert!(!line.contains("serves"), "{line}");
+    assert!(line.contains("cannot tell blue from green"), "{line}");
+    assert!(
+        line.contains("add_header X-Cutover-Upstream $upstream_addr always;"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn external_verify_uses_the_upstream_header_when_nginx_sends_it() {
+    let blue = Backend::start("app").await;
+    let green = Backend::start("app").await;
+    let nginx = External::start(blue.addr);
+    // nginx still serves blue: verifying green must not pass.
+    let spec = deploy_spec(&nginx, &blue, &green, Color::Green);
+    assert_eq!(health::colour_hint(&spec).await, None);
+    let err = health::verify_through_proxy(&spec, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("x-cutover-upstream: {}", blue.addr)),
+        "{err}"
+    );
+    let spec = deploy_spec(&nginx, &blue, &green, Color::Blue);
+    let report = health::verify_through_proxy(&spec, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.proof, health::VerifyProof::Upstream);
+    assert!(
+        report.to_string().starts_with("proxy serves blue"),
+        "{report}"
+    );
 }
 
 #[tokio::test]

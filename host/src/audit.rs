@@ -167,15 +167,24 @@ impl AuditLog {
         if std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= self.max_bytes) {
             std::fs::rename(&self.path, self.rotated()).map_err(err(&self.path))?;
         }
-        let mut line = serde_json::to_vec(&bounded(entry))
-            .map_err(|e| err(&self.path)(std::io::Error::other(e)))?;
-        line.push(b'\n');
         let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
             .open(&self.path)
             .map_err(err(&self.path))?;
+        // A crash mid-write leaves a torn last line; appending to it would glue the new
+        // entry onto the fragment and the reader would skip both. Ending the fragment
+        // first keeps the new entry on a line of its own.
+        let mut line = if ends_torn(&file).map_err(err(&self.path))? {
+            vec![b'\n']
+        } else {
+            Vec::new()
+        };
+        serde_json::to_writer(&mut line, &bounded(entry))
+            .map_err(|e| err(&self.path)(std::io::Error::other(e)))?;
+        line.push(b'\n');
         file.write_all(&line).map_err(err(&self.path))?;
         file.sync_data().map_err(err(&self.path))
     }
@@ -197,6 +206,18 @@ impl AuditLog {
         }
         Ok(entries)
     }
+}
+
+/// True when `file` is not empty and does not end with a newline.
+fn ends_torn(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    file.read_exact_at(&mut last, len - 1)?;
+    Ok(last != *b"\n")
 }
 
 /// `entry` with its reason cut to [`MAX_REASON_BYTES`] (on a character boundary).
@@ -376,5 +397,32 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"deploy_id\":\"tor").unwrap();
         assert_eq!(log.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn entry_after_a_torn_line_is_not_swallowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path());
+        log.append(&entry("a")).unwrap();
+        log.append(&entry("b")).unwrap();
+        // A crash in the middle of writing `b`: cut the file inside its line.
+        let len = std::fs::metadata(log.path()).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(log.path())
+            .unwrap()
+            .set_len(len - 20)
+            .unwrap();
+        log.append(&entry("c")).unwrap();
+        let ids: Vec<_> = log
+            .read()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.deploy_id)
+            .collect();
+        assert_eq!(ids, ["a", "c"], "the torn `b` is skipped, `c` is kept");
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.ends_with('\n'));
     }
 }

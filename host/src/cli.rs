@@ -231,13 +231,29 @@ fn class_code(class: ErrorClass) -> u8 {
 }
 
 fn report_error(error: &anyhow::Error, output: OutputFormat) {
+    let text = one_line(error);
     match output {
         OutputFormat::Json => {
-            let line = serde_json::json!({ "event": "error", "error": format!("{error:#}") });
+            let line = serde_json::json!({ "event": "error", "error": text });
             println!("{line}");
         }
-        OutputFormat::Human => eprintln!("error: {error:#}"),
+        OutputFormat::Human => eprintln!("error: {text}"),
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text is already
+/// there: many of our errors write their source into their own message (to put the
+/// fix after it), and anyhow's `{:#}` would print it a second time.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> {
@@ -421,6 +437,25 @@ fn print_report<T: serde::Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_config_file_says_the_os_error_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        let error = anyhow::Error::from(Config::load(&path).unwrap_err());
+        let text = one_line(&error);
+        assert_eq!(
+            text,
+            format!(
+                "cannot read config file {}: No such file or directory (os error 2); \
+                 create it or pass another file with --config",
+                path.display()
+            )
+        );
+        // A cause the message does not already hold is still shown.
+        let wrapped = anyhow::Error::from(std::io::Error::other("disk gone")).context("saving");
+        assert_eq!(one_line(&wrapped), "saving: disk gone");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

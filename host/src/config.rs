@@ -20,7 +20,7 @@ pub const DEFAULT_FILE: &str = "cutover.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {}: {source}; pass the right file with --config", path.display())]
+    #[error("cannot read config file {}: {source}; create it or pass another file with --config", path.display())]
     Read {
         /// The file cutover tried to read.
         path: PathBuf,
@@ -479,12 +479,47 @@ impl Duration {
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(de)?;
-        humantime::parse_duration(&text).map(Duration).map_err(|e| {
-            serde::de::Error::custom(format!(
+        de.deserialize_any(DurationVisitor)
+    }
+}
+
+/// Reads a duration string; a bare number gets its own message, since `timeout = 10`
+/// is the likeliest slip and serde's "expected a string" does not say what to write.
+struct DurationVisitor;
+
+impl DurationVisitor {
+    fn number<E: serde::de::Error>(n: impl fmt::Display) -> E {
+        E::custom(format!(
+            "expected a duration such as \"{n}s\" or \"{n}ms\" (a string with a unit), found the number {n}"
+        ))
+    }
+}
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"500ms\", \"10s\" or \"2m\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text).map(Duration).map_err(|e| {
+            E::custom(format!(
                 "expected a duration such as \"500ms\", \"10s\" or \"2m\", found {text:?} ({e})"
             ))
         })
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+        Err(Self::number(n))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+        Err(Self::number(n))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Duration, E> {
+        Err(Self::number(n))
     }
 }
 
@@ -753,6 +788,9 @@ impl Config {
                 }
             }
         }
+        if let Some(listen) = self.proxy.listen {
+            self.check_listen_is_free(listen)?;
+        }
         for (key, cmd) in [
             ("proxy.test_command", &self.proxy.test_command),
             ("proxy.reload_command", &self.proxy.reload_command),
@@ -790,6 +828,37 @@ impl Config {
             if let Some(spec) = self.plugins.get(kind) {
                 self.check_plugin(kind, spec)?;
             }
+        }
+        Ok(())
+    }
+
+    /// nginx cannot listen where a colour is published or reached: one of the two
+    /// would fail to bind, or nginx would proxy to itself.
+    fn check_listen_is_free(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let clash = |addr: SocketAddr| {
+            addr.port() == listen.port()
+                && (addr.ip() == listen.ip()
+                    || addr.ip().is_unspecified()
+                    || listen.ip().is_unspecified())
+        };
+        for color in crate::Color::BOTH {
+            let slot = self.color(color);
+            let published = slot
+                .host_port
+                .map(|port| SocketAddr::new(slot.host_ip, port));
+            let (keys, addr) = match (published, slot.upstream) {
+                (Some(addr), _) if clash(addr) => {
+                    (format!("`{color}.host_ip`:`{color}.host_port`"), addr)
+                }
+                (_, Some(addr)) if clash(addr) => (format!("`{color}.upstream`"), addr),
+                _ => continue,
+            };
+            return Err(self.invalid(
+                "proxy.listen",
+                format!(
+                    "{listen} is also where {color} lives ({keys} = {addr}); nginx and the {color} container cannot share it: give `proxy.listen` or `{color}.host_port` another port"
+                ),
+            ));
         }
         Ok(())
     }
@@ -1100,6 +1169,59 @@ listen = "127.0.0.1:8080"
         ))
         .unwrap();
         assert_eq!(c.proxy.pid_file, Some(PathBuf::from("/run/nginx.pid")));
+    }
+
+    #[test]
+    fn proxy_listen_on_a_colours_port_is_refused() {
+        let msg = error_of(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:18082"));
+        assert!(msg.contains("/repo/cutover.toml"), "{msg}");
+        assert!(msg.contains("key `proxy.listen`"), "{msg}");
+        assert!(msg.contains("`green.host_ip`:`green.host_port`"), "{msg}");
+        assert!(msg.contains("another port"), "{msg}");
+        // A wildcard listen address takes the port on every address.
+        let msg = error_of(&format!(
+            "{}\n[blue]\nhost_port = 9000\n",
+            MINIMAL.replace("127.0.0.1:8080", "0.0.0.0:9000")
+        ));
+        assert!(msg.contains("`blue.host_ip`:`blue.host_port`"), "{msg}");
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[green]\nupstream = \"127.0.0.1:8080\"\n"
+        ));
+        assert!(msg.contains("`green.upstream`"), "{msg}");
+        // Another address on the same port is fine.
+        parse(&format!(
+            "{MINIMAL}\n[blue]\nhost_ip = \"127.0.0.2\"\nhost_port = 8080\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn missing_config_file_names_it_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        let msg = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "cannot read config file {}: No such file or directory (os error 2); \
+                 create it or pass another file with --config",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn duration_written_as_a_number_says_what_to_write() {
+        let msg = error_of(&format!("{MINIMAL}\n[verify]\ntimeout = 10\n"));
+        assert!(msg.contains("/repo/cutover.toml"), "{msg}");
+        assert!(msg.contains("key `verify.timeout`"), "{msg}");
+        assert!(msg.contains("a duration such as \"10s\""), "{msg}");
+        assert!(msg.contains("found the number 10"), "{msg}");
+        let msg = error_of(&format!("{MINIMAL}\n[health]\ninterval = 0.5\n"));
+        assert!(msg.contains("key `health.interval`"), "{msg}");
+        assert!(msg.contains("a duration such as"), "{msg}");
+        let msg = error_of(&format!("{MINIMAL}\n[health]\ninterval = true\n"));
+        assert!(msg.contains("a duration such as \"500ms\""), "{msg}");
     }
 
     #[test]

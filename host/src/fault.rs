@@ -1,7 +1,7 @@
 //! Test-only fault injection: with the `fault-injection` feature, the environment
 //! variable `CUTOVER_FAULT=before:<step>` or `after:<step>` makes the process kill
-//! itself with SIGKILL right after the journal records that point, the harshest way
-//! a CI runner can die. Without the feature every call compiles to nothing, so a
+//! itself with SIGKILL at that point, the harshest way a CI runner can die. Only
+//! `before:` comes right after a journal write; see [`When`] for what is on disk. Without the feature every call compiles to nothing, so a
 //! released binary cannot be made to crash this way.
 
 use crate::operation::Step;
@@ -9,9 +9,13 @@ use crate::operation::Step;
 /// Where in a step the fault fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum When {
-    /// After the step is journaled as started, before it does anything.
+    /// After the step is journaled (and saved) as started, before it does anything.
     Before,
-    /// After the step is journaled as finished.
+    /// After the step's work succeeded, before its "finished" event is emitted. The
+    /// state file still says the step started: its finish is saved only by the next
+    /// step's start or the final record, so a kill here leaves the same file as a
+    /// kill in the last moment of the step's work, and recovery must treat a started
+    /// step as possibly done.
     After,
 }
 

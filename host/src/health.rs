@@ -29,6 +29,9 @@ pub const BODY_PREFIX_BYTES: usize = 4 * 1024;
 pub const HISTORY: usize = 32;
 /// The header the managed nginx adds to name the backend that answered.
 pub const UPSTREAM_HEADER: &str = "x-cutover-upstream";
+/// What an external nginx needs so that verify can tell the colours apart.
+pub const UPSTREAM_HINT: &str =
+    "add `add_header X-Cutover-Upstream $upstream_addr always;` to the location";
 /// How often verification asks the proxy again.
 const VERIFY_POLL: Duration = Duration::from_millis(3);
 /// At most this much body is read to look for `verify.expect_body`.
@@ -136,6 +139,18 @@ pub async fn serving_upstream(url: &str, host: Option<&str>) -> Option<String> {
         .to_str()
         .ok()
         .map(str::to_owned)
+}
+
+/// [`UPSTREAM_HINT`] when verification with `spec` could not tell the colours apart:
+/// the spec cannot, and the proxy, asked once now, names no upstream.
+pub async fn colour_hint(spec: &VerifySpec) -> Option<&'static str> {
+    if spec.tells_colours_apart() {
+        return None;
+    }
+    match serving_upstream(&spec.url, spec.host.as_deref()).await {
+        Some(_) => None,
+        None => Some(UPSTREAM_HINT),
+    }
 }
 
 fn with_host(
@@ -440,16 +455,28 @@ pub struct VerifySpec {
     pub expect_body: Option<String>,
     /// The colour switched to.
     pub color: Color,
-    /// The `address:port` the `X-Cutover-Upstream` header must name (managed mode,
-    /// where cutover's nginx adds that header).
-    pub expect_upstream: Option<SocketAddr>,
+    /// What the `X-Cutover-Upstream` header must name.
+    pub expect_upstream: UpstreamCheck,
+}
+
+/// How verification uses the `X-Cutover-Upstream` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCheck {
+    /// Not looked at.
+    Ignore,
+    /// When the response carries the header, it must name this `address:port`
+    /// (external mode: the nginx may or may not add it).
+    IfSent(SocketAddr),
+    /// The response must carry the header naming this `address:port` (managed mode,
+    /// where cutover's nginx always adds it).
+    Required(SocketAddr),
 }
 
 impl VerifySpec {
     /// The check `config` asks for after switching to `color`: `verify.url` (by
     /// default the managed listen address and the health path), `verify.host` (else
-    /// `health.host`), the expected header and body, and in managed mode the upstream
-    /// header naming `color`'s address.
+    /// `health.host`), the expected header and body, and the upstream header naming
+    /// `color`'s address: required in managed mode, checked when sent in external.
     pub fn from_config(config: &Config, color: Color) -> VerifySpec {
         let url = config.verify.url.clone().unwrap_or_else(|| {
             let listen = config
@@ -468,9 +495,25 @@ impl VerifySpec {
             expect_header: config.verify.expect_header.clone(),
             expect_body: config.verify.expect_body.clone(),
             color,
-            expect_upstream: (config.proxy.mode == ProxyMode::Managed)
-                .then(|| config.upstream(color)),
+            expect_upstream: match config.proxy.mode {
+                ProxyMode::Managed => UpstreamCheck::Required(config.upstream(color)),
+                ProxyMode::External => UpstreamCheck::IfSent(config.upstream(color)),
+            },
         }
+    }
+
+    /// True when a response can show which colour answered: the upstream header is
+    /// required, or the expected header or body names `{color}`. Otherwise only an
+    /// upstream header the nginx happens to send can.
+    pub fn tells_colours_apart(&self) -> bool {
+        matches!(self.expect_upstream, UpstreamCheck::Required(_)) || self.content_names_color()
+    }
+
+    fn content_names_color(&self) -> bool {
+        [&self.expect_header, &self.expect_body]
+            .into_iter()
+            .flatten()
+            .any(|t| t.contains("{color}"))
     }
 }
 
@@ -483,13 +526,51 @@ fn connectable(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The proxy served the target.
+/// The proxy answered as the spec asks after a switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Requests made, the proving one included.
+    /// The colour switched to.
+    pub color: Color,
+    /// Requests made, the accepted one included.
     pub attempts: u32,
-    /// Time until the proof.
+    /// Time until the accepted answer.
     pub elapsed: Duration,
+    /// What showed that the answer came from `color`.
+    pub proof: VerifyProof,
+}
+
+/// What showed that the target colour answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyProof {
+    /// The proxy's `X-Cutover-Upstream` header named the target's address.
+    Upstream,
+    /// The expected header or body, which names `{color}`, matched.
+    Content,
+    /// Nothing: the proxy answered, but both colours would have answered alike.
+    Unproven,
+}
+
+impl std::fmt::Display for VerifyReport {
+    /// The verify step's detail line, e.g. `proxy serves green (upstream header; 2
+    /// request(s))`, or one saying that nothing told the colours apart.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (color, n) = (self.color, self.attempts);
+        match self.proof {
+            VerifyProof::Upstream => {
+                write!(f, "proxy serves {color} (upstream header; {n} request(s))")
+            }
+            VerifyProof::Content => {
+                write!(
+                    f,
+                    "proxy serves {color} (response names it; {n} request(s))"
+                )
+            }
+            VerifyProof::Unproven => write!(
+                f,
+                "proxy answers ({n} request(s)), but cannot tell blue from green: {UPSTREAM_HINT}"
+            ),
+        }
+    }
 }
 
 /// The proxy did not prove it serves the target.
@@ -524,6 +605,8 @@ struct Proof {
     header: Option<(String, String)>,
     body: Option<String>,
     upstream: Option<String>,
+    upstream_required: bool,
+    content_names_color: bool,
 }
 
 impl Proof {
@@ -549,7 +632,12 @@ impl Proof {
                 .expect_body
                 .as_ref()
                 .map(|b| b.replace("{color}", color)),
-            upstream: spec.expect_upstream.map(|a| a.to_string()),
+            upstream: match spec.expect_upstream {
+                UpstreamCheck::Ignore => None,
+                UpstreamCheck::IfSent(a) | UpstreamCheck::Required(a) => Some(a.to_string()),
+            },
+            upstream_required: matches!(spec.expect_upstream, UpstreamCheck::Required(_)),
+            content_names_color: spec.content_names_color(),
         })
     }
 
@@ -562,13 +650,19 @@ impl Proof {
             parts.push(format!("a body containing {body:?}"));
         }
         if let Some(upstream) = &self.upstream {
-            parts.push(format!("`{UPSTREAM_HEADER}: {upstream}`"));
+            let when = if self.upstream_required {
+                ""
+            } else {
+                " when sent"
+            };
+            parts.push(format!("`{UPSTREAM_HEADER}: {upstream}`{when}"));
         }
         parts.join(", ")
     }
 
-    /// Ok when the response proves it; else what was seen.
-    fn check(&self, status: u16, headers: &HeaderMap, body: &str) -> Result<(), String> {
+    /// What proves the response came from the target when it passes; else what was
+    /// seen.
+    fn check(&self, status: u16, headers: &HeaderMap, body: &str) -> Result<VerifyProof, String> {
         let header = |name: &str| {
             headers
                 .get(name)
@@ -581,9 +675,11 @@ impl Proof {
             ok &= got.as_deref() == Some(value.as_str());
             seen.push(format!("{name}: {}", got.as_deref().unwrap_or("(absent)")));
         }
+        let mut named = false;
         if let Some(upstream) = &self.upstream {
             let got = header(UPSTREAM_HEADER);
-            ok &= got.as_deref() == Some(upstream.as_str());
+            named = got.is_some();
+            ok &= got.as_deref() == Some(upstream.as_str()) || !(named || self.upstream_required);
             seen.push(format!(
                 "{UPSTREAM_HEADER}: {}",
                 got.as_deref().unwrap_or("(absent)")
@@ -593,15 +689,20 @@ impl Proof {
             ok &= body.contains(want.as_str());
         }
         seen.push(format!("body {:?}", excerpt(body)));
-        if ok { Ok(()) } else { Err(seen.join(", ")) }
+        match ok {
+            false => Err(seen.join(", ")),
+            true if named => Ok(VerifyProof::Upstream),
+            true if self.content_names_color => Ok(VerifyProof::Content),
+            true => Ok(VerifyProof::Unproven),
+        }
     }
 }
 
-/// Requests `spec.url` through the proxy until a response proves the target serves
-/// it, at most `timeout`, every few milliseconds. Proof: a 2xx/3xx status, and the
-/// expected header, body and upstream when the spec sets them. Each attempt uses a
-/// fresh connection (`Connection: close`): an old nginx worker may still own a pooled
-/// one.
+/// Requests `spec.url` through the proxy until a response passes, at most `timeout`,
+/// every few milliseconds. A response passes with a 2xx/3xx status and the expected
+/// header, body and upstream the spec sets; the report says whether it really showed
+/// the target answered ([`VerifyProof`]). Each attempt uses a fresh connection
+/// (`Connection: close`): an old nginx worker may still own a pooled one.
 ///
 /// # Errors
 /// [`VerifyError::Timeout`] saying what was expected and what was last seen;
@@ -634,10 +735,12 @@ pub async fn verify_through_proxy(
         })
         .await;
         match outcome {
-            Ok(Ok(())) => {
+            Ok(Ok(proof)) => {
                 return Ok(VerifyReport {
+                    color: spec.color,
                     attempts,
                     elapsed: start.elapsed(),
+                    proof,
                 });
             }
             Ok(Err(what)) => seen = what,
@@ -670,7 +773,7 @@ mod tests {
             expect_header: Some("X-Color: {color}".to_owned()),
             expect_body: Some("color={color}".to_owned()),
             color: Color::Green,
-            expect_upstream: Some("127.0.0.1:18082".parse().unwrap()),
+            expect_upstream: UpstreamCheck::Required("127.0.0.1:18082".parse().unwrap()),
         }
     }
 
@@ -686,7 +789,10 @@ mod tests {
     fn proof_needs_every_part() {
         let proof = Proof::new(&spec()).unwrap();
         let good = headers(&[("x-color", "green"), (UPSTREAM_HEADER, "127.0.0.1:18082")]);
-        assert_eq!(proof.check(200, &good, "v2 color=green"), Ok(()));
+        assert_eq!(
+            proof.check(200, &good, "v2 color=green"),
+            Ok(VerifyProof::Upstream)
+        );
         assert!(proof.check(502, &good, "v2 color=green").is_err());
         assert!(proof.check(200, &good, "v2 color=blue").is_err());
         let wrong = headers(&[("x-color", "green"), (UPSTREAM_HEADER, "127.0.0.1:18081")]);
@@ -719,7 +825,68 @@ mod tests {
         .unwrap();
         let spec = VerifySpec::from_config(&config, Color::Green);
         assert_eq!(spec.url, "http://127.0.0.1:8080/health");
-        assert_eq!(spec.expect_upstream, Some(config.upstream(Color::Green)));
+        assert_eq!(
+            spec.expect_upstream,
+            UpstreamCheck::Required(config.upstream(Color::Green))
+        );
+    }
+
+    #[test]
+    fn external_verify_without_color_cannot_claim_the_colour() {
+        let upstream = "127.0.0.1:18082".parse().unwrap();
+        let plain = VerifySpec {
+            expect_header: None,
+            expect_body: None,
+            expect_upstream: UpstreamCheck::IfSent(upstream),
+            ..spec()
+        };
+        assert!(!plain.tells_colours_apart());
+        let proof = Proof::new(&plain).unwrap();
+        // No upstream header: both colours answer alike, nothing is proven.
+        assert_eq!(
+            proof.check(200, &headers(&[]), "ok"),
+            Ok(VerifyProof::Unproven)
+        );
+        // The nginx names the upstream: it must be the target's.
+        let named = headers(&[(UPSTREAM_HEADER, "127.0.0.1:18082")]);
+        assert_eq!(proof.check(200, &named, "ok"), Ok(VerifyProof::Upstream));
+        let old = headers(&[(UPSTREAM_HEADER, "127.0.0.1:18081")]);
+        assert!(proof.check(200, &old, "ok").is_err());
+        // A body that names the colour proves it without the header.
+        let by_body = VerifySpec {
+            expect_body: Some("color={color}".to_owned()),
+            ..plain.clone()
+        };
+        assert!(by_body.tells_colours_apart());
+        let proof = Proof::new(&by_body).unwrap();
+        assert_eq!(
+            proof.check(200, &headers(&[]), "color=green"),
+            Ok(VerifyProof::Content)
+        );
+
+        let report = |proof| {
+            VerifyReport {
+                color: Color::Green,
+                attempts: 2,
+                elapsed: Duration::ZERO,
+                proof,
+            }
+            .to_string()
+        };
+        let unproven = report(VerifyProof::Unproven);
+        assert!(!unproven.contains("serves"), "{unproven}");
+        assert!(
+            unproven.contains("cannot tell blue from green"),
+            "{unproven}"
+        );
+        assert!(
+            unproven.contains("add_header X-Cutover-Upstream"),
+            "{unproven}"
+        );
+        assert_eq!(
+            report(VerifyProof::Upstream),
+            "proxy serves green (upstream header; 2 request(s))"
+        );
     }
 
     #[test]

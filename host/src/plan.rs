@@ -36,6 +36,8 @@ pub struct Plan {
     pub live: Option<Color>,
     /// A diff of the proxy files: current → what the deploy would write.
     pub proxy_diff: String,
+    /// How to let verify tell blue from green, when it cannot now.
+    pub verify_hint: Option<&'static str>,
 }
 
 /// Works out the plan for a deploy with `options`.
@@ -70,6 +72,8 @@ pub async fn plan(
         }
         None => String::new(),
     };
+    let spec = crate::health::VerifySpec::from_config(&ctx.config, target.unwrap_or(Color::Blue));
+    let verify_hint = crate::health::colour_hint(&spec).await;
     Ok(Plan {
         service: ctx.config.service.clone(),
         allowed,
@@ -79,6 +83,7 @@ pub async fn plan(
         target_error,
         live,
         proxy_diff,
+        verify_hint,
     })
 }
 
@@ -104,6 +109,9 @@ impl Plan {
             if !self.proxy_diff.ends_with('\n') {
                 out.push('\n');
             }
+        }
+        if let Some(hint) = self.verify_hint {
+            out.push_str(&format!("verify  cannot tell blue from green: {hint}\n"));
         }
         out
     }

@@ -144,6 +144,20 @@ impl ExternalNginx {
     /// As [`ExternalNginx::start`], with `conf.d` on a tmpfs of `size` (e.g. `"64k"`)
     /// when given, so a test can fill it up.
     pub fn start_with(upstream: SocketAddr, conf_d_size: Option<&str>) -> ExternalNginx {
+        ExternalNginx::launch(upstream, conf_d_size, true)
+    }
+
+    /// As [`ExternalNginx::start`], laid out like the original write-up's nginx: no
+    /// `X-Cutover-Upstream` header, so nothing in a response names the backend.
+    pub fn start_without_upstream_header(upstream: SocketAddr) -> ExternalNginx {
+        ExternalNginx::launch(upstream, None, false)
+    }
+
+    fn launch(
+        upstream: SocketAddr,
+        conf_d_size: Option<&str>,
+        upstream_header: bool,
+    ) -> ExternalNginx {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
         let conf_d = root.join("conf.d");
@@ -156,12 +170,17 @@ impl ExternalNginx {
              client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;\n\
              uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n\
              server {{ listen {listen};\n  location / {{ include {conf_d}/*.inc; proxy_pass $service_url;\n\
-             add_header X-Cutover-Upstream $upstream_addr always; }} }}\n}}\n",
+             {header} }} }}\n}}\n",
             user = if is_root() { "user root;\n" } else { "" },
             pid = p("nginx.pid"),
             err = p("error.log"),
             t = root.display(),
             conf_d = conf_d.display(),
+            header = if upstream_header {
+                "add_header X-Cutover-Upstream $upstream_addr always;"
+            } else {
+                ""
+            },
         );
         std::fs::write(root.join("nginx.conf"), conf).expect("write nginx.conf");
         std::fs::write(

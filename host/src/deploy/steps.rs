@@ -70,7 +70,7 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     run.step(Step::Validate, validate(ctx, &files, &saved), |()| "config test passed".to_owned()).await.map_err(pre)?;
     let switched = run.step(Step::Switch, switch(ctx), |_| format!("traffic → {color}")).await;
     let reload = restore_on_error(run, &saved, switched).await?;
-    let verified = run.step(Step::Verify, verify(ctx, color), |v| format!("proxy serves {color} ({} request(s))", v.attempts)).await;
+    let verified = run.step(Step::Verify, verify(ctx, color), ToString::to_string).await;
     restore_on_error(run, &saved, verified).await?;
 
     promote(run, target, previous.clone()).map_err(fatal)?;

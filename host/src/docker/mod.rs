@@ -1046,49 +1046,20 @@ fn container_info(c: ContainerInspectResponse) -> ContainerInfo {
 /// Seconds since the epoch of an RFC 3339 time as the engine writes it
 /// (`2024-05-01T12:34:56.123456789Z`, or with a `+hh:mm` offset).
 fn unix_seconds(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(range)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &text[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        rest = fraction.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let (h, m) = rest[1..].split_once(':')?;
-            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60)
+    // humantime reads UTC (`Z`) times only: move an offset into the arithmetic.
+    let (utc, offset) = match text.get(19..)?.find(['+', '-']) {
+        None => (text.to_owned(), 0),
+        Some(at) => {
+            let (local, zone) = text.split_at(19 + at);
+            let (h, m) = zone[1..].split_once(':')?;
+            let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            (format!("{local}Z"), sign * secs)
         }
     };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second - offset)
+    let time = humantime::parse_rfc3339(&utc).ok()?;
+    let secs = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    Some(i64::try_from(secs).ok()? - offset)
 }
 
 /// Splits the builder's output into lines for `on_line` and keeps the last few.

@@ -73,6 +73,7 @@ fn read(file: &Path) -> Result<Vec<u8>, PluginError> {
         kind: None,
         path: file.to_owned(),
         source,
+        config_file: None,
     })
 }
 

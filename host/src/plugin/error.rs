@@ -33,10 +33,17 @@ pub enum PluginError {
     },
     /// The plugin file could not be read.
     #[error(
-        "{}cannot read plugin file {}: {source}; check the path (in cutover.toml, relative \
-         paths are resolved against the config file's directory)",
+        "{}cannot read plugin file {}: {source}; {}",
         kind.map(|k| format!("[plugins.{k}] ")).unwrap_or_default(),
-        path.display()
+        path.display(),
+        match kind {
+            Some(k) => format!(
+                "check `source` under [plugins.{k}]{} (a relative path is resolved \
+                 against the config file's directory)",
+                in_file(config_file)
+            ),
+            None => "check the path".to_owned(),
+        }
     )]
     MissingFile {
         /// The kind being configured, when the file came from the config.
@@ -45,6 +52,8 @@ pub enum PluginError {
         path: PathBuf,
         /// Why reading failed.
         source: std::io::Error,
+        /// The config file that names the plugin, when known.
+        config_file: Option<PathBuf>,
     },
     /// The file's sha256 is not the pinned one.
     #[error(
@@ -102,7 +111,8 @@ pub enum PluginError {
     },
     /// `validate-config` refused the `[plugins.<kind>].config` table.
     #[error(
-        "{kind} plugin {plugin} rejected its config: {reason}; fix [plugins.{kind}.config] in cutover.toml"
+        "{kind} plugin {plugin} rejected its config: {reason}; fix [plugins.{kind}.config]{}",
+        in_file(config_file)
     )]
     ConfigRejected {
         /// The plugin's name.
@@ -111,6 +121,8 @@ pub enum PluginError {
         kind: PluginKind,
         /// The plugin's explanation.
         reason: String,
+        /// The config file holding `[plugins.<kind>.config]`, when there is one.
+        config_file: Option<PathBuf>,
     },
     /// The plugin returned an error instead of a decision (e.g. the selector refused
     /// to pick a colour).
@@ -231,6 +243,14 @@ pub enum PluginError {
     Output(#[source] std::io::Error),
 }
 
+/// ` in <file>` when the config file is known, for messages.
+fn in_file(config_file: &Option<PathBuf>) -> String {
+    config_file
+        .as_ref()
+        .map(|file| format!(" in {}", file.display()))
+        .unwrap_or_default()
+}
+
 impl PluginError {
     /// True when the fix is in the config: a plugin that cannot be loaded as
     /// configured (unknown builtin, missing or mismatching file, wrong world, bad
@@ -248,6 +268,18 @@ impl PluginError {
                 | PluginError::ConfigRejected { .. }
                 | PluginError::InvalidLimit { .. }
         )
+    }
+
+    /// The same error naming `file` as the config the plugin's entry is in, so the
+    /// message points at the file the user really passed (not always `cutover.toml`).
+    #[must_use]
+    pub fn in_config_file(mut self, file: &std::path::Path) -> PluginError {
+        if let PluginError::MissingFile { config_file, .. }
+        | PluginError::ConfigRejected { config_file, .. } = &mut self
+        {
+            *config_file = Some(file.to_owned());
+        }
+        self
     }
 
     /// The plugin kind the error is about, when there is one.

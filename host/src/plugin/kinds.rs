@@ -198,6 +198,7 @@ fn resolve(kind: PluginKind, spec: &PluginSpec, base_dir: &Path) -> Result<Resol
         kind: Some(kind),
         path: path.clone(),
         source,
+        config_file: None,
     })?;
     let actual = sha256_hex(&wasm);
     let expected = spec.sha256.as_deref().unwrap_or("(no `sha256` set)");
@@ -321,6 +322,7 @@ fn link<P: WorldPre>(
             plugin: name,
             kind,
             reason,
+            config_file: None,
         });
     }
     Ok(loaded)
@@ -627,6 +629,7 @@ fn load_all(
             message: note,
         });
     }
+    let in_file = |e: PluginError| e.in_config_file(&config.file);
     // Cheap checks of all four first: a typo in the last entry should not wait
     // for three compiles.
     let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
@@ -642,7 +645,7 @@ fn load_all(
             });
         Ok::<_, PluginError>(Pending {
             kind,
-            resolved: resolve(kind, &spec, config.base_dir())?,
+            resolved: resolve(kind, &spec, config.base_dir()).map_err(in_file)?,
             limits: Limits::from_config(kind, &spec.limits)?,
             config: spec.config_json(),
         })
@@ -651,10 +654,10 @@ fn load_all(
     let [gate, selector, health, template] = compile_all(host, &pending);
     let [pg, ps, ph, pt] = pending;
     Ok((
-        GatePlugin(pg.link(host, gate?, &reporter)?),
-        SelectorPlugin(ps.link(host, selector?, &reporter)?),
-        HealthPlugin(ph.link(host, health?, &reporter)?),
-        TemplatePlugin(pt.link(host, template?, &reporter)?),
+        GatePlugin(pg.link(host, gate?, &reporter).map_err(in_file)?),
+        SelectorPlugin(ps.link(host, selector?, &reporter).map_err(in_file)?),
+        HealthPlugin(ph.link(host, health?, &reporter).map_err(in_file)?),
+        TemplatePlugin(pt.link(host, template?, &reporter).map_err(in_file)?),
     ))
 }
 
@@ -719,6 +722,51 @@ fn compile_all<const N: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_errors_name_the_config_file_actually_used() {
+        let config = Config::parse(
+            &format!(
+                "service = \"hello\"\n[image]\nref = \"hello:1\"\n[container]\nport = 8080\n\
+             [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:8080\"\n\
+             [plugins.health-policy]\nsource = \"gone.wasm\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            ),
+            Path::new("/srv/app/deploy.toml"),
+        )
+        .unwrap();
+        let host = PluginHost::uncached().unwrap();
+        let err = Plugins::load(
+            &host,
+            &config,
+            &PluginKind::ALL,
+            Arc::new(crate::events::Silent),
+        )
+        .err()
+        .expect("the plugin file is missing");
+        let message = err.to_string();
+        assert!(matches!(err, PluginError::MissingFile { .. }), "{err:?}");
+        assert!(message.contains("/srv/app/gone.wasm"), "{message}");
+        assert!(
+            message.contains("under [plugins.health-policy] in /srv/app/deploy.toml"),
+            "{message}"
+        );
+        assert!(!message.contains("cutover.toml"), "{message}");
+
+        let rejected = PluginError::ConfigRejected {
+            plugin: "builtin:tag-pattern".to_owned(),
+            kind: PluginKind::DeployGate,
+            reason: "`pattern` is empty".to_owned(),
+            config_file: None,
+        }
+        .in_config_file(Path::new("/srv/app/deploy.toml"));
+        assert!(
+            rejected
+                .to_string()
+                .ends_with("fix [plugins.deploy-gate.config] in /srv/app/deploy.toml"),
+            "{rejected}"
+        );
+    }
 
     #[test]
     fn colors_convert_both_ways() {

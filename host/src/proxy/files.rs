@@ -336,7 +336,7 @@ pub(crate) fn restore_all(dir: &Path, saved: &[SavedFile]) -> Result<(), ProxyEr
     first.map_or(Ok(()), Err)
 }
 
-/// A unified-style diff from `current` to `next`, file by file.
+/// A unified diff from `current` to `next`, file by file.
 pub(crate) fn diff(current: &[SavedFile], next: &[ProxyFile]) -> String {
     let mut out = String::new();
     for file in next {
@@ -352,101 +352,23 @@ pub(crate) fn diff(current: &[SavedFile], next: &[ProxyFile]) -> String {
             Some(_) => format!("a/{}", file.path),
             None => "/dev/null".to_owned(),
         };
-        let _ = writeln!(out, "--- {from}\n+++ b/{}", file.path);
-        let a: Vec<&str> = old.map_or_else(Vec::new, |t| t.lines().collect());
-        let b: Vec<&str> = file.contents.lines().collect();
-        write_hunks(&mut out, &edit_script(&a, &b));
+        // Rendered files are a few lines; the timeout only bounds a pathological pair,
+        // for which the diff degrades to a coarser but still correct one.
+        let to = format!("b/{}", file.path);
+        let text = similar::TextDiff::configure()
+            .timeout(std::time::Duration::from_millis(500))
+            .diff_lines(old.unwrap_or(""), &file.contents)
+            .unified_diff()
+            .header(&from, &to)
+            .to_string();
+        if text.is_empty() {
+            // A new empty file has no hunk, and the diff then prints no header either.
+            let _ = writeln!(out, "--- {from}\n+++ {to}");
+        } else {
+            out.push_str(&text);
+        }
     }
     out
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op<'a> {
-    Keep(&'a str),
-    Del(&'a str),
-    Add(&'a str),
-}
-
-/// Above this many line pairs the diff shows a full replacement rather than spending
-/// quadratic time; rendered proxy files are a few lines.
-const DIFF_CELLS: usize = 4_000_000;
-
-/// A shortest edit script by longest common subsequence.
-fn edit_script<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Op<'a>> {
-    let (n, m) = (a.len(), b.len());
-    if n.saturating_mul(m) > DIFF_CELLS {
-        let dels = a.iter().map(|l| Op::Del(l));
-        return dels.chain(b.iter().map(|l| Op::Add(l))).collect();
-    }
-    let w = m + 1;
-    // lcs[i * w + j]: length of the LCS of a[i..] and b[j..].
-    let mut lcs = vec![0u32; (n + 1) * w];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i * w + j] = if a[i] == b[j] {
-                lcs[(i + 1) * w + j + 1] + 1
-            } else {
-                lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
-            };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut ops = Vec::with_capacity(n + m);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            ops.push(Op::Keep(a[i]));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
-            ops.push(Op::Del(a[i]));
-            i += 1;
-        } else {
-            ops.push(Op::Add(b[j]));
-            j += 1;
-        }
-    }
-    ops
-}
-
-const CONTEXT: usize = 3;
-
-/// Groups an edit script into `@@ -l,n +l,n @@` hunks with three lines of context.
-fn write_hunks(out: &mut String, ops: &[Op<'_>]) {
-    let changes: Vec<usize> = (0..ops.len())
-        .filter(|&k| !matches!(ops[k], Op::Keep(_)))
-        .collect();
-    let mut k = 0;
-    while k < changes.len() {
-        let start = changes[k].saturating_sub(CONTEXT);
-        let mut last = changes[k];
-        while k + 1 < changes.len() && changes[k + 1] - last <= 2 * CONTEXT + 1 {
-            k += 1;
-            last = changes[k];
-        }
-        let end = (last + CONTEXT + 1).min(ops.len());
-        // Line numbers (1-based) where the hunk starts on each side.
-        let before = &ops[..start];
-        let old_line = before.iter().filter(|o| !matches!(o, Op::Add(_))).count();
-        let new_line = before.iter().filter(|o| !matches!(o, Op::Del(_))).count();
-        let hunk = &ops[start..end];
-        let old_len = hunk.iter().filter(|o| !matches!(o, Op::Add(_))).count();
-        let new_len = hunk.iter().filter(|o| !matches!(o, Op::Del(_))).count();
-        let pos = |line: usize, len: usize| if len == 0 { line } else { line + 1 };
-        let _ = writeln!(
-            out,
-            "@@ -{},{old_len} +{},{new_len} @@",
-            pos(old_line, old_len),
-            pos(new_line, new_len)
-        );
-        for op in hunk {
-            let _ = match op {
-                Op::Keep(l) => writeln!(out, " {l}"),
-                Op::Del(l) => writeln!(out, "-{l}"),
-                Op::Add(l) => writeln!(out, "+{l}"),
-            };
-        }
-        k += 1;
-    }
 }
 
 #[cfg(test)]
@@ -575,6 +497,22 @@ mod tests {
             "--- a/service-url.inc\n+++ b/service-url.inc\n@@ -1,2 +1,2 @@\n\
              -# blue\n-set $service_url http://127.0.0.1:18081;\n\
              +# green\n+set $service_url http://127.0.0.1:18082;\n"
+        );
+    }
+
+    #[test]
+    fn diff_shows_a_change_of_the_final_newline() {
+        let current = vec![SavedFile {
+            path: "a.inc".to_owned(),
+            contents: Some("x\n".to_owned()),
+        }];
+        assert_eq!(
+            diff(&current, &[file("a.inc", "x")]),
+            "--- a/a.inc\n+++ b/a.inc\n@@ -1 +1 @@\n-x\n+x\n\\ No newline at end of file\n"
+        );
+        assert_eq!(
+            diff(&[], &[file("empty.inc", "")]),
+            "--- /dev/null\n+++ b/empty.inc\n"
         );
     }
 
