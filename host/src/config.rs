@@ -662,6 +662,20 @@ impl Config {
                     "expected `host:port` of the registry, e.g. \"127.0.0.1:5000\"",
                 ));
             }
+            // Docker reads `name/app` as the Docker Hub repository `name/app` unless
+            // `name` looks like a host; the credentials would never apply.
+            let server = &registry.server;
+            if !(server.contains(['.', ':'])
+                || server == "localhost"
+                || server.bytes().any(|b| b.is_ascii_uppercase()))
+            {
+                return Err(self.invalid(
+                    "image.registry.server",
+                    format!(
+                        "Docker would read {server:?} as part of a Docker Hub repository name, not as a registry; write it as a host with a `.` or a port, e.g. \"{server}:5000\" or \"{server}.example.com\""
+                    ),
+                ));
+            }
             if registry.password_env.is_empty() {
                 return Err(self.invalid(
                     "image.registry.password_env",
@@ -1130,6 +1144,26 @@ listen = "127.0.0.1:8080"
         ))
         .unwrap();
         assert_eq!(c.proxy.pid_file, Some(PathBuf::from("/run/nginx.pid")));
+    }
+
+    #[test]
+    fn registry_server_must_read_as_a_host_to_docker() {
+        let with = |server: &str| {
+            format!(
+                "{MINIMAL}\n[image.registry]\nserver = \"{server}\"\nusername = \"ci\"\npassword_env = \"PW\"\n"
+            )
+        };
+        for ok in [
+            "127.0.0.1:5000",
+            "registry.example.com",
+            "localhost",
+            "registry:5000",
+        ] {
+            assert!(parse(&with(ok)).is_ok(), "{ok}");
+        }
+        let msg = error_of(&with("registry"));
+        assert!(msg.contains("`image.registry.server`"), "{msg}");
+        assert!(msg.contains("Docker Hub"), "{msg}");
     }
 
     #[test]
