@@ -560,6 +560,71 @@ async fn registry_round_trip_with_credentials_never_shows_the_password() {
     assert!(!registry_log.contains(PASSWORD), "{registry_log}");
 }
 
+#[tokio::test]
+async fn registry_credentials_are_not_sent_with_a_pull_from_another_registry() {
+    const CONFIGURED_USER: &str = "configured-user-Jd4";
+    const CONFIGURED_PW: &str = "configured-pw-Rt7-for-its-own-registry";
+    let service = unique_service("reg-other");
+    let _cleanup = DockerCleanup::new(&service);
+    let configured = TestRegistry::start(CONFIGURED_USER, CONFIGURED_PW);
+    let other = TestRegistry::start("other-user", "other-pw-Mn2");
+    let auth_for = |registry: &TestRegistry| RegistryAuth {
+        server: registry.addr.to_string(),
+        username: registry.username.clone(),
+        password: registry.password.clone(),
+    };
+    let (configured_auth, other_auth) = (auth_for(&configured), auth_for(&other));
+
+    let docker = docker().await;
+    let image = build_hello_image(&docker, &service, "v-other").await;
+    let repo = format!("{}/{service}", other.addr);
+    let reference = format!("{repo}:v-other");
+    docker.tag_image(&image.id, &repo, "v-other").await.unwrap();
+    docker.push_image(&reference, &other_auth).await.unwrap();
+    docker.remove_image(&image.id).await.unwrap();
+
+    // The other registry logs the user of every credential it refuses, so the check
+    // below can fail: here the configured user is (deliberately) sent to it.
+    let misaddressed = RegistryAuth {
+        server: other.addr.to_string(),
+        ..configured_auth.clone()
+    };
+    docker
+        .pull_image(&reference, Some(&misaddressed))
+        .await
+        .unwrap_err();
+    let log = other.log();
+    assert!(
+        log.contains("error authenticating user") && log.contains(CONFIGURED_USER),
+        "{log}"
+    );
+    let seen = log.len();
+
+    // `image.registry` is the configured one; the image is on the other: no
+    // credentials go with the pull, so the other registry refuses it unnamed.
+    let err = docker
+        .pull_image(&reference, Some(&configured_auth))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DockerError::Registry { .. }), "{err:?}");
+    assert!(!err.to_string().contains(CONFIGURED_PW), "{err}");
+    let log = other.log();
+    assert!(
+        !log[seen..].contains(CONFIGURED_USER),
+        "the configured registry's credentials were sent to {}: {}",
+        other.addr,
+        &log[seen..]
+    );
+
+    let pulled = docker
+        .pull_image(&reference, Some(&other_auth))
+        .await
+        .unwrap();
+    assert_eq!(pulled.id, image.id);
+    let log = configured.log() + &other.log();
+    assert!(!log.contains(CONFIGURED_PW), "{log}");
+}
+
 #[test]
 fn hello_example_config_loads() {
     let path = crate::support::workspace_root().join("examples/hello/cutover.toml");

@@ -406,6 +406,7 @@ fn spec(addr: std::net::SocketAddr, color: Color) -> VerifySpec {
     VerifySpec {
         url: format!("http://{addr}/"),
         host: None,
+        ca_file: None,
         expect_header: Some("X-Backend: {color}".to_owned()),
         expect_body: Some("backend {color}".to_owned()),
         color,

@@ -75,6 +75,7 @@ impl Managed {
         VerifySpec {
             url: format!("http://{}/", self.listen),
             host: None,
+            ca_file: None,
             expect_header: None,
             expect_body: None,
             color,
@@ -461,6 +462,7 @@ impl External {
         VerifySpec {
             url: format!("http://{}/", self.listen),
             host: None,
+            ca_file: None,
             expect_header: None,
             expect_body: Some("backend {color}".to_owned()),
             color,

@@ -15,4 +15,5 @@ mod hostile;
 mod plugins;
 mod proxy;
 mod serve;
+mod tls;
 mod zero_downtime;

@@ -295,6 +295,9 @@ pub struct VerifyConfig {
     pub url: Option<String>,
     /// The Host header to send.
     pub host: Option<String>,
+    /// A PEM file of CA certificates to trust for an `https://` URL besides the
+    /// system's roots (a private CA); relative to the config file.
+    pub ca_file: Option<PathBuf>,
     /// A header the response must carry, as `Name: value`; `{color}` is replaced
     /// by the target colour.
     pub expect_header: Option<String>,
@@ -310,6 +313,7 @@ impl Default for VerifyConfig {
         Self {
             url: None,
             host: None,
+            ca_file: None,
             expect_header: None,
             expect_body: None,
             timeout: default_verify_timeout(),
@@ -693,6 +697,20 @@ impl Config {
                     "expected `host:port` of the registry, e.g. \"127.0.0.1:5000\"",
                 ));
             }
+            // Docker reads `name/app` as the Docker Hub repository `name/app` unless
+            // `name` looks like a host; the credentials would never apply.
+            let server = &registry.server;
+            if !(server.contains(['.', ':'])
+                || server == "localhost"
+                || server.bytes().any(|b| b.is_ascii_uppercase()))
+            {
+                return Err(self.invalid(
+                    "image.registry.server",
+                    format!(
+                        "Docker would read {server:?} as part of a Docker Hub repository name, not as a registry; write it as a host with a `.` or a port, e.g. \"{server}:5000\" or \"{server}.example.com\""
+                    ),
+                ));
+            }
             if registry.password_env.is_empty() {
                 return Err(self.invalid(
                     "image.registry.password_env",
@@ -811,7 +829,10 @@ impl Config {
         if let Some(url) = &self.verify.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(self.invalid("verify.url", "expected an http:// URL"));
+            return Err(self.invalid("verify.url", "expected an http:// or https:// URL"));
+        }
+        if let Some(ca_file) = &self.verify.ca_file {
+            check_ca_file(&self.resolve(ca_file)).map_err(|m| self.invalid("verify.ca_file", m))?;
         }
         if let Some(header) = &self.verify.expect_header
             && !header.contains(':')
@@ -994,6 +1015,29 @@ fn check_nginx_path(path: &Path) -> Result<(), String> {
             None => Ok(()),
         },
     }
+}
+
+/// Refuses a CA file that could not serve when the deploy reaches verification (after
+/// the switch): unreadable, not PEM, or without a certificate. Read here so the mistake
+/// stops the deploy before anything starts.
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let expected = "expected a PEM file of CA certificates (`-----BEGIN CERTIFICATE-----`)";
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("cannot read {}: {e}; {expected}", path.display()))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| format!("{} is not valid PEM ({e}); {expected}", path.display()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!(
+            "{} holds no certificate; {expected}",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// serde reports "unknown field `x`" and "missing field `x`" against the parent path;
@@ -1222,6 +1266,54 @@ listen = "127.0.0.1:8080"
         assert!(msg.contains("a duration such as"), "{msg}");
         let msg = error_of(&format!("{MINIMAL}\n[health]\ninterval = true\n"));
         assert!(msg.contains("a duration such as \"500ms\""), "{msg}");
+    }
+
+    #[test]
+    fn registry_server_must_read_as_a_host_to_docker() {
+        let with = |server: &str| {
+            format!(
+                "{MINIMAL}\n[image.registry]\nserver = \"{server}\"\nusername = \"ci\"\npassword_env = \"PW\"\n"
+            )
+        };
+        for ok in [
+            "127.0.0.1:5000",
+            "registry.example.com",
+            "localhost",
+            "registry:5000",
+        ] {
+            assert!(parse(&with(ok)).is_ok(), "{ok}");
+        }
+        let msg = error_of(&with("registry"));
+        assert!(msg.contains("`image.registry.server`"), "{msg}");
+        assert!(msg.contains("Docker Hub"), "{msg}");
+    }
+
+    #[test]
+    fn ca_file_must_hold_pem_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |extra: &str| {
+            Config::parse(
+                &format!("{MINIMAL}\n[verify]\nurl = \"https://127.0.0.1:8443/health\"\n{extra}"),
+                &dir.path().join("cutover.toml"),
+            )
+        };
+        let msg = config("ca_file = \"missing.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`verify.ca_file`"), "{msg}");
+        assert!(msg.contains("missing.pem"), "{msg}");
+        assert!(msg.contains("expected a PEM file"), "{msg}");
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        let msg = config("ca_file = \"empty.pem\"\n").unwrap_err().to_string();
+        assert!(msg.contains("holds no certificate"), "{msg}");
+        let ca = rcgen::CertificateParams::new(Vec::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let c = config("ca_file = \"ca.pem\"\n").unwrap();
+        assert_eq!(c.verify.ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(config("").is_ok(), "https:// needs no ca_file");
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! results to a judge it is given; it never decides health itself and never touches
 //! Docker or nginx. Every wait is driven by tokio's clock and bounded by a deadline,
 //! so nothing here spins or waits forever. Requests go straight to the address given
-//! (environment proxy variables are ignored) over plain HTTP.
+//! (environment proxy variables are ignored): probes of a colour over plain HTTP, the
+//! check through the proxy over HTTP or HTTPS (rustls, trusting the system's roots and
+//! `verify.ca_file`).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -54,7 +57,7 @@ impl Prober {
     pub fn new(target: SocketAddr, health: &HealthConfig) -> Prober {
         let timeout = health.timeout.get();
         Prober {
-            client: client(timeout),
+            client: client(timeout, None),
             url: format!("http://{target}{}", health.path),
             host: health.host.clone(),
             headers: health
@@ -106,11 +109,19 @@ impl Prober {
     }
 }
 
-/// A plain-HTTP client without connection reuse: every probe or check opens its own
+/// An HTTP(S) client without connection reuse: every probe or check opens its own
 /// connection, so it sees the server as it is now (a pooled connection could belong
-/// to an nginx worker that is shutting down).
-fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+/// to an nginx worker that is shutting down). `https://` URLs are verified against the
+/// system's roots plus the CA certificates in `ca_file` (`verify.ca_file`).
+fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_file {
+        for cert in ca_certificates(path)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
         .no_proxy()
         // A probe or a verification judges the answer of the address it asked, never
         // one a `Location` header points to: a redirect to another host must not make
@@ -123,12 +134,48 @@ fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot create the HTTP client: {e}"))
 }
 
+/// reqwest is built with `rustls-no-provider` (ring instead of its default aws-lc-rs),
+/// so rustls needs a process-wide crypto provider before the first client is built.
+/// Installing fails only when one is installed already, which serves as well.
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The CA certificates in the PEM file `path` (`verify.ca_file`).
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let expected = "expected a PEM file of CA certificates (`-----BEGIN CERTIFICATE-----`)";
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "`verify.ca_file`: cannot read {}: {e}; {expected}",
+            path.display()
+        )
+    })?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(format!(
+            "`verify.ca_file`: {} holds no certificate; {expected}",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "`verify.ca_file`: {} is not valid PEM ({e}); {expected}",
+            path.display()
+        )),
+    }
+}
+
 /// One request to `url` (through the proxy) on a fresh connection; the backend the
 /// proxy names in its `X-Cutover-Upstream` header, when it adds one and the backend
 /// really answered (a 502 also names the upstream nginx tried). `status` uses it to
 /// report what nginx really serves, which can differ from its files on disk.
-pub async fn serving_upstream(url: &str, host: Option<&str>) -> Option<String> {
-    let client = client(Duration::from_secs(2)).ok()?;
+pub async fn serving_upstream(spec: &VerifySpec) -> Option<String> {
+    upstream_header(&spec.url, spec.host.as_deref(), spec.ca_file.as_deref()).await
+}
+
+async fn upstream_header(url: &str, host: Option<&str>, ca_file: Option<&Path>) -> Option<String> {
+    let client = client(Duration::from_secs(2), ca_file).ok()?;
     let response = with_host(client.get(url), host).ok()?.send().await.ok()?;
     if response.status().is_server_error() {
         return None;
@@ -147,7 +194,7 @@ pub async fn colour_hint(spec: &VerifySpec) -> Option<&'static str> {
     if spec.tells_colours_apart() {
         return None;
     }
-    match serving_upstream(&spec.url, spec.host.as_deref()).await {
+    match serving_upstream(spec).await {
         Some(_) => None,
         None => Some(UPSTREAM_HINT),
     }
@@ -449,6 +496,9 @@ pub struct VerifySpec {
     pub url: String,
     /// The Host header to send.
     pub host: Option<String>,
+    /// A PEM file of CA certificates trusted for an `https://` URL besides the
+    /// system's roots (`verify.ca_file`, resolved).
+    pub ca_file: Option<PathBuf>,
     /// `Name: value` the response must carry; `{color}` is replaced.
     pub expect_header: Option<String>,
     /// A substring the body must contain; `{color}` is replaced.
@@ -475,8 +525,9 @@ pub enum UpstreamCheck {
 impl VerifySpec {
     /// The check `config` asks for after switching to `color`: `verify.url` (by
     /// default the managed listen address and the health path), `verify.host` (else
-    /// `health.host`), the expected header and body, and the upstream header naming
-    /// `color`'s address: required in managed mode, checked when sent in external.
+    /// `health.host`), `verify.ca_file`, the expected header and body, and the upstream
+    /// header naming `color`'s address: required in managed mode, checked when sent in
+    /// external.
     pub fn from_config(config: &Config, color: Color) -> VerifySpec {
         let url = config.verify.url.clone().unwrap_or_else(|| {
             let listen = config
@@ -492,6 +543,7 @@ impl VerifySpec {
                 .host
                 .clone()
                 .or_else(|| config.health.host.clone()),
+            ca_file: config.verify.ca_file.as_ref().map(|p| config.resolve(p)),
             expect_header: config.verify.expect_header.clone(),
             expect_body: config.verify.expect_body.clone(),
             color,
@@ -712,7 +764,8 @@ pub async fn verify_through_proxy(
     timeout: Duration,
 ) -> Result<VerifyReport, VerifyError> {
     let proof = Proof::new(spec)?;
-    let client = client(VERIFY_REQUEST_TIMEOUT).map_err(VerifyError::Spec)?;
+    let client =
+        client(VERIFY_REQUEST_TIMEOUT, spec.ca_file.as_deref()).map_err(VerifyError::Spec)?;
     let start = Instant::now();
     let deadline = start + timeout;
     let mut attempts = 0u32;
@@ -770,6 +823,7 @@ mod tests {
         VerifySpec {
             url: "http://127.0.0.1:1/".to_owned(),
             host: None,
+            ca_file: None,
             expect_header: Some("X-Color: {color}".to_owned()),
             expect_body: Some("color={color}".to_owned()),
             color: Color::Green,

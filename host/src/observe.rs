@@ -13,7 +13,7 @@ use crate::health::{self, VerifySpec};
 /// one may). None when the proxy does not answer or names neither colour.
 pub async fn served_color(ctx: &Context) -> Option<Color> {
     let spec = VerifySpec::from_config(&ctx.config, Color::Blue);
-    let upstream = health::serving_upstream(&spec.url, spec.host.as_deref()).await?;
+    let upstream = health::serving_upstream(&spec).await?;
     Color::BOTH
         .into_iter()
         .find(|c| ctx.config.upstream(*c).to_string() == upstream)

@@ -277,3 +277,69 @@ pub fn fill_up(dir: &Path) {
     }
     panic!("{} did not fill up", dir.display());
 }
+
+/// An nginx that terminates TLS on a free loopback port with the given certificate
+/// and key and proxies every request to `backend` over plain HTTP, logging each
+/// request to `access.log`. Stopped on drop.
+pub struct TlsProxy {
+    _guard: NginxGuard,
+    /// Its prefix: `nginx.conf`, the certificate and key, logs.
+    pub dir: tempfile::TempDir,
+    /// Where it listens for TLS.
+    pub listen: SocketAddr,
+}
+
+impl TlsProxy {
+    /// Starts it; `cert_pem` is the server's certificate chain, `key_pem` its key.
+    pub fn start(backend: SocketAddr, cert_pem: &str, key_pem: &str) -> TlsProxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let p = |name: &str| root.join(name).display().to_string();
+        std::fs::write(root.join("cert.pem"), cert_pem).expect("write cert.pem");
+        std::fs::write(root.join("key.pem"), key_pem).expect("write key.pem");
+        let listen: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
+        let conf = format!(
+            "{user}pid {pid};\nerror_log {err};\nevents {{}}\nhttp {{\n access_log {access};\n\
+             client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;\n\
+             uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n\
+             server {{ listen {listen} ssl;\n  ssl_certificate {cert}; ssl_certificate_key {key};\n\
+             location / {{ proxy_pass http://{backend}; }} }}\n}}\n",
+            user = if is_root() { "user root;\n" } else { "" },
+            pid = p("nginx.pid"),
+            err = p("error.log"),
+            access = p("access.log"),
+            t = root.display(),
+            cert = p("cert.pem"),
+            key = p("key.pem"),
+        );
+        std::fs::write(root.join("nginx.conf"), conf).expect("write nginx.conf");
+        let guard = NginxGuard {
+            pid_file: root.join("nginx.pid"),
+        };
+        let out = Command::new("nginx")
+            .args(["-p", &p(""), "-c", &p("nginx.conf"), "-e", &p("error.log")])
+            .output()
+            .expect("nginx runs");
+        assert!(
+            out.status.success(),
+            "the TLS nginx did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..500 {
+            if master_pid(&guard.pid_file).is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        TlsProxy {
+            _guard: guard,
+            dir,
+            listen,
+        }
+    }
+
+    /// The requests it logged so far.
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}

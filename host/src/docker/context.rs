@@ -5,6 +5,8 @@
 //! the client must apply it. This module supports the documented syntax: comments,
 //! `*`, `?`, `**`, character classes, `\` escapes and `!` exceptions, with the last
 //! matching line winning and a matching directory excluding everything below it. The
+//! globs are globset's (ripgrep's), told to match the way Docker does; only the rules
+//! around them (parents, exceptions, clean-up of each line) are Docker's own. The
 //! Dockerfile and `.dockerignore` are always sent, as the Docker CLI does. It only
 //! reads the context; it never writes into it. The archive is built in memory, which
 //! suits application contexts (tens of MB), not multi-GB ones.
@@ -12,6 +14,8 @@
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::DockerError;
 
@@ -41,10 +45,16 @@ pub(super) fn archive(dir: &Path, dockerfile: &str) -> Result<Vec<u8>, DockerErr
             io::Error::new(io::ErrorKind::NotFound, "no Dockerfile at this path"),
         ));
     }
-    let ignore = match fs::read_to_string(dir.join(".dockerignore")) {
-        Ok(text) => Ignore::parse(&text),
+    let ignore_file = dir.join(".dockerignore");
+    let ignore = match fs::read_to_string(&ignore_file) {
+        Ok(text) => Ignore::parse(&text).map_err(|message| {
+            context_err(
+                &ignore_file,
+                io::Error::new(io::ErrorKind::InvalidData, message),
+            )
+        })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ignore::default(),
-        Err(e) => return Err(context_err(&dir.join(".dockerignore"), e)),
+        Err(e) => return Err(context_err(&ignore_file, e)),
     };
     let mut walker = Walker {
         ignore,
@@ -119,49 +129,75 @@ impl Walker {
     }
 }
 
-/// Parsed `.dockerignore` rules.
-#[derive(Debug, Default)]
+/// Parsed `.dockerignore` rules: one glob per line in a [`GlobSet`], and whether each
+/// line is an exception.
+#[derive(Debug)]
 struct Ignore {
-    rules: Vec<Rule>,
+    globs: GlobSet,
+    exception: Vec<bool>,
 }
 
-#[derive(Debug)]
-struct Rule {
-    pattern: String,
-    exception: bool,
+impl Default for Ignore {
+    fn default() -> Ignore {
+        Ignore {
+            globs: GlobSet::empty(),
+            exception: Vec::new(),
+        }
+    }
 }
 
 impl Ignore {
-    fn parse(text: &str) -> Ignore {
-        let rules = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .filter_map(|line| {
-                let (exception, pattern) = match line.strip_prefix('!') {
-                    Some(rest) => (true, rest.trim()),
-                    None => (false, line),
-                };
-                let pattern = clean_pattern(pattern);
-                (!pattern.is_empty()).then_some(Rule { pattern, exception })
-            })
-            .collect();
-        Ignore { rules }
+    /// Parses the text of a `.dockerignore`.
+    ///
+    /// # Errors
+    /// A message naming the line whose pattern is malformed (Docker refuses the
+    /// build for it too).
+    fn parse(text: &str) -> Result<Ignore, String> {
+        let mut builder = GlobSetBuilder::new();
+        let mut exception = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (is_exception, pattern) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            let pattern = clean_pattern(pattern);
+            if pattern.is_empty() {
+                continue;
+            }
+            let glob = docker_glob(&pattern).map_err(|e| {
+                format!(
+                    "line {}: {line:?} is not a valid pattern: {}",
+                    number + 1,
+                    e.kind()
+                )
+            })?;
+            builder.add(glob);
+            exception.push(is_exception);
+        }
+        let globs = builder
+            .build()
+            .map_err(|e| format!("cannot compile its patterns: {e}"))?;
+        Ok(Ignore { globs, exception })
     }
 
     fn has_exceptions(&self) -> bool {
-        self.rules.iter().any(|r| r.exception)
+        self.exception.contains(&true)
     }
 
-    /// Whether `path` (relative, `/`-separated) is left out of the context.
+    /// Whether `path` (relative, `/`-separated) is left out of the context: Docker
+    /// applies a pattern to the path and to each of its parent directories, and the
+    /// last line that matches any of them decides.
     fn excludes(&self, path: &str) -> bool {
-        let mut excluded = false;
-        for rule in &self.rules {
-            if matches_or_parent(&rule.pattern, path) {
-                excluded = !rule.exception;
-            }
-        }
-        excluded
+        let parents = path.match_indices('/').map(|(i, _)| &path[..i]);
+        std::iter::once(path)
+            .chain(parents)
+            .flat_map(|candidate| self.globs.matches(candidate))
+            .max()
+            .is_some_and(|last| !self.exception[last])
     }
 }
 
@@ -174,71 +210,52 @@ fn clean_pattern(pattern: &str) -> String {
         .join("/")
 }
 
-/// Docker excludes a path when the pattern matches it or any of its parent directories.
-fn matches_or_parent(pattern: &str, path: &str) -> bool {
-    if glob(pattern.as_bytes(), path.as_bytes()) {
-        return true;
-    }
-    path.match_indices('/')
-        .any(|(i, _)| glob(pattern.as_bytes(), &path.as_bytes()[..i]))
-}
-
-/// Go's `filepath.Match` plus `**` (any number of directories), as Docker uses it.
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p {
-        [] => s.is_empty(),
-        [b'*', b'*', b'/', rest @ ..] => {
-            glob(rest, s)
-                || s.iter()
-                    .enumerate()
-                    .any(|(i, &c)| c == b'/' && glob(rest, &s[i + 1..]))
-        }
-        [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        [b'*', rest @ ..] => {
-            let segment = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
-            (0..=segment).any(|i| glob(rest, &s[i..]))
-        }
-        [b'?', rest @ ..] => matches!(s, [c, tail @ ..] if *c != b'/' && glob(rest, tail)),
-        [b'[', rest @ ..] => match (s, class(rest)) {
-            ([c, tail @ ..], Some((matched, after))) if *c != b'/' => {
-                matched(*c) && glob(after, tail)
+/// A `.dockerignore` pattern as a glob with Docker's meaning: Go's `filepath.Match`
+/// (`*` and `?` stop at `/`, `[...]` classes, `\` escapes) plus `**` across
+/// directories. globset's `{a,b}` alternation is no part of Docker's syntax, so braces
+/// are escaped to stay literal.
+///
+/// One difference is left: a `**` inside a path component (`**.log`, `a**`) matches
+/// like `*` here, where Docker lets it cross directories; `**/*.log` means the same in
+/// both.
+fn docker_glob(pattern: &str) -> Result<Glob, globset::Error> {
+    let mut escaped = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                escaped.push(c);
+                escaped.extend(chars.next());
             }
-            _ => false,
-        },
-        [b'\\', c, rest @ ..] => matches!(s, [x, tail @ ..] if x == c && glob(rest, tail)),
-        [c, rest @ ..] => matches!(s, [x, tail @ ..] if x == c && glob(rest, tail)),
-    }
-}
-
-/// Parses a character class after its `[`: a predicate and the pattern after `]`.
-#[allow(clippy::type_complexity)]
-fn class(p: &[u8]) -> Option<(Box<dyn Fn(u8) -> bool + '_>, &[u8])> {
-    let (negated, body) = match p {
-        [b'^' | b'!', rest @ ..] => (true, rest),
-        _ => (false, p),
-    };
-    let end = body.iter().skip(1).position(|&c| c == b']')? + 1;
-    let items = &body[..end];
-    let matched = move |c: u8| {
-        let mut i = 0;
-        let mut hit = false;
-        while i < items.len() {
-            if i + 2 < items.len() && items[i + 1] == b'-' {
-                hit |= (items[i]..=items[i + 2]).contains(&c);
-                i += 3;
-            } else {
-                hit |= items[i] == c;
-                i += 1;
+            '[' | ']' => {
+                in_class = c == '[';
+                escaped.push(c);
             }
+            '{' | '}' if !in_class => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            _ => escaped.push(c),
         }
-        hit != negated
-    };
-    Some((Box::new(matched), &body[end + 1..]))
+    }
+    GlobBuilder::new(&escaped)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn glob(pattern: &[u8], path: &[u8]) -> bool {
+        let pattern = std::str::from_utf8(pattern).unwrap();
+        docker_glob(pattern)
+            .unwrap_or_else(|e| panic!("{pattern}: {e}"))
+            .compile_matcher()
+            .is_match(std::str::from_utf8(path).unwrap())
+    }
 
     #[test]
     fn glob_semantics() {
@@ -254,6 +271,9 @@ mod tests {
             ("[!a-c]at", "rat"),
             ("\\*", "*"),
             ("target", "target"),
+            ("{a,b}", "{a,b}"),
+            ("a/**/b", "a/b"),
+            ("a/**/b", "a/x/y/b"),
         ];
         for (p, s) in yes {
             assert!(glob(p.as_bytes(), s.as_bytes()), "{p} should match {s}");
@@ -267,6 +287,8 @@ mod tests {
             ("\\*", "x"),
             ("target", "targets"),
             ("*", "a/b"),
+            ("{a,b}", "a"),
+            ("dir/**", "dir"),
         ];
         for (p, s) in no {
             assert!(
@@ -280,7 +302,8 @@ mod tests {
     fn dockerignore_rules() {
         let ignore = Ignore::parse(
             "# comment\n\n/target\n./logs/*.log\n*.tmp\n!keep.tmp\nbuild\n!build/keep.txt\n",
-        );
+        )
+        .unwrap();
         assert!(ignore.excludes("target"));
         assert!(ignore.excludes("target/debug/app"));
         assert!(ignore.excludes("logs/a.log"));
@@ -295,6 +318,20 @@ mod tests {
         assert!(!ignore.excludes("build/keep.txt"));
         assert!(!ignore.excludes("src/main.rs"));
         assert!(ignore.has_exceptions());
+        assert!(!Ignore::default().excludes("anything"));
+    }
+
+    #[test]
+    fn malformed_pattern_names_its_line() {
+        let err = Ignore::parse("target\n[abc\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("[abc"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(dir.path().join(".dockerignore"), "[abc\n").unwrap();
+        let err = archive(dir.path(), "Dockerfile").unwrap_err().to_string();
+        assert!(err.contains(".dockerignore"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]

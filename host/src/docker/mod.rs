@@ -106,7 +106,10 @@ pub struct ImageInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Credentials for one registry. `Debug` shows the password as `***`.
+/// Credentials for one registry. `Debug` shows the password as `***`. They are only
+/// ever sent with a push or pull of an image on that registry (see
+/// [`RegistryAuth::applies_to`]): the engine hands whatever credentials a pull carries
+/// to the registry of the image, whichever that is.
 #[derive(Debug, Clone)]
 pub struct RegistryAuth {
     /// `host:port` of the registry.
@@ -118,15 +121,16 @@ pub struct RegistryAuth {
 }
 
 impl RegistryAuth {
-    /// Whether `reference` names this registry (Docker's rule: the first path
-    /// component is a registry host when it has a `.` or `:` or is `localhost`;
-    /// otherwise the image is on Docker Hub).
+    /// Whether `reference` names an image on this registry, the registry host being
+    /// read as Docker reads it (see [`registry_of`]).
     pub fn applies_to(&self, reference: &str) -> bool {
-        let host = match reference.split_once('/') {
-            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => first,
-            _ => "docker.io",
-        };
-        host.eq_ignore_ascii_case(&self.server)
+        normalize_registry(&self.server).eq_ignore_ascii_case(registry_of(reference))
+    }
+
+    /// The credentials to send with a push or pull of `reference`: none for an image
+    /// on another registry.
+    fn credentials_for(&self, reference: &str) -> Option<DockerCredentials> {
+        self.applies_to(reference).then(|| self.credentials())
     }
 
     fn credentials(&self) -> DockerCredentials {
@@ -402,8 +406,9 @@ impl Docker {
         }
     }
 
-    /// Pushes `reference` (`registry/repo:tag`; `latest` when no tag) with `auth`, and
-    /// returns the digest the registry reported, when it reported one.
+    /// Pushes `reference` (`registry/repo:tag`; `latest` when no tag), with `auth`'s
+    /// credentials when the image is on `auth`'s registry, and returns the digest the
+    /// registry reported, when it reported one.
     ///
     /// # Errors
     /// [`DockerError::NotFound`] when the image is not present locally;
@@ -426,9 +431,9 @@ impl Docker {
         let options = PushImageOptionsBuilder::default()
             .tag(tag.unwrap_or("latest"))
             .build();
-        let mut stream = self
-            .client
-            .push_image(name, Some(options), Some(auth.credentials()));
+        let mut stream =
+            self.client
+                .push_image(name, Some(options), auth.credentials_for(reference));
         let mut digest = None;
         while let Some(item) = stream.next().await {
             match item {
@@ -443,7 +448,8 @@ impl Docker {
         Ok(digest)
     }
 
-    /// Pulls `reference` (with `auth` when given) and returns the pulled image.
+    /// Pulls `reference` and returns the pulled image; with `auth`'s credentials only
+    /// when the image is on `auth`'s registry.
     ///
     /// # Errors
     /// [`DockerError::Registry`] when the registry refuses or lacks the image — its
@@ -458,7 +464,7 @@ impl Docker {
         if !reference.contains('@') {
             options = options.tag(tag.unwrap_or("latest"));
         }
-        let credentials = auth.map(RegistryAuth::credentials);
+        let credentials = auth.and_then(|a| a.credentials_for(reference));
         let mut stream = self
             .client
             .create_image(Some(options.build()), None, credentials);
@@ -955,6 +961,35 @@ fn service_filter(service: &str) -> HashMap<&'static str, Vec<String>> {
     HashMap::from([("label", vec![format!("{LABEL_SERVICE}={service}")])])
 }
 
+/// The registry host of an image reference, as Docker's reference parser finds it:
+/// the first path component when it contains `.` or `:`, is `localhost` or has an
+/// upper-case letter; otherwise Docker Hub (`docker.io`), so `hello:1` and
+/// `team/app:1` are Docker Hub images.
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            normalize_registry(first)
+        }
+        _ => DOCKER_HUB,
+    }
+}
+
+/// Docker Hub as [`registry_of`] names it.
+const DOCKER_HUB: &str = "docker.io";
+
+/// Docker Hub's legacy name, `index.docker.io`, is the same registry as `docker.io`.
+fn normalize_registry(host: &str) -> &str {
+    if host.eq_ignore_ascii_case("index.docker.io") {
+        DOCKER_HUB
+    } else {
+        host
+    }
+}
+
 /// Splits `registry:5000/repo:tag` into name and tag; a digest reference or one
 /// without a tag has no tag.
 fn split_tag(reference: &str) -> (&str, Option<&str>) {
@@ -1312,5 +1347,56 @@ mod tests {
         let debug = format!("{auth:?}");
         assert!(!debug.contains("s3cr3t-pw"), "{debug}");
         assert!(debug.contains("***"), "{debug}");
+    }
+
+    #[test]
+    fn registry_host_is_read_the_way_docker_reads_it() {
+        for (reference, registry) in [
+            ("hello:1", "docker.io"),
+            ("hello", "docker.io"),
+            ("team/app:1", "docker.io"),
+            ("library/nginx@sha256:ab", "docker.io"),
+            ("docker.io/team/app", "docker.io"),
+            ("index.docker.io/team/app", "docker.io"),
+            ("127.0.0.1:5000/app:v1", "127.0.0.1:5000"),
+            ("registry:5000/team/app", "registry:5000"),
+            ("registry.example.com/app", "registry.example.com"),
+            ("localhost/app", "localhost"),
+            ("localhost:5000/app:1", "localhost:5000"),
+            ("Registry/app", "Registry"),
+        ] {
+            assert_eq!(registry_of(reference), registry, "{reference}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_their_registry() {
+        let auth = RegistryAuth {
+            server: "127.0.0.1:5000".into(),
+            username: "ci".into(),
+            password: Secret::new("pw"),
+        };
+        assert!(auth.applies_to("127.0.0.1:5000/app:1"));
+        assert!(
+            auth.credentials_for("127.0.0.1:5000/team/app@sha256:ab")
+                .is_some()
+        );
+        for other in [
+            "127.0.0.1:5001/app:1",
+            "127.0.0.1/app:1",
+            "app:1",
+            "127.0.0.1:5000",
+            "evil.example/127.0.0.1:5000/app",
+        ] {
+            assert!(!auth.applies_to(other), "{other}");
+            assert!(auth.credentials_for(other).is_none(), "{other}");
+        }
+        let hub = RegistryAuth {
+            server: "index.docker.io".into(),
+            ..auth
+        };
+        assert!(hub.applies_to("team/app:1"));
+        assert!(hub.applies_to("docker.io/team/app:1"));
+        assert!(!hub.applies_to("127.0.0.1:5000/app:1"));
     }
 }

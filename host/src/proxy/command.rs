@@ -117,40 +117,33 @@ impl std::fmt::Display for RunError {
 }
 
 /// Finds `program` the way `exec` would: a name with a `/` is a path, a bare name is
-/// looked up in `PATH`. The result must be an executable file.
+/// looked up in `PATH`. The result must be an executable file. The lookup is the
+/// `which` crate's, so `PATH` edge cases (empty entries, relative directories) are
+/// handled as a shell handles them.
 ///
 /// # Errors
 /// `NotFound` (or `PermissionDenied` for a file that is not executable).
 pub(crate) fn find_program(program: &std::ffi::OsStr) -> io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let executable = |path: &std::path::Path| {
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let path = std::path::Path::new(program);
     if program.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             "empty program name",
         ));
     }
-    if program.as_encoded_bytes().contains(&b'/') {
-        return if executable(path) {
-            Ok(path.to_owned())
-        } else if path.exists() {
-            Err(io::Error::new(
+    let is_path = program.as_encoded_bytes().contains(&b'/');
+    which::which(program).map_err(|_| {
+        let path = std::path::Path::new(program);
+        if is_path && path.exists() {
+            io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the file is not an executable program",
-            ))
+            )
+        } else if is_path {
+            io::Error::new(io::ErrorKind::NotFound, "no such file")
         } else {
-            Err(io::Error::new(io::ErrorKind::NotFound, "no such file"))
-        };
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(path))
-        .find(|candidate| executable(candidate))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not found in PATH"))
+            io::Error::new(io::ErrorKind::NotFound, "not found in PATH")
+        }
+    })
 }
 
 /// Runs `argv` with stdin closed, at most `timeout`, without the environment
