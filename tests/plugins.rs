@@ -1014,7 +1014,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let path = guests().join("latency_p95.wasm");
     let text = cli(PluginCommand::Check {
         file: path.clone(),
-        config: Some(r#"{"window":2,"p95_ms":5}"#.to_owned()),
+        plugin_config: Some(r#"{"window":2,"p95_ms":5}"#.to_owned()),
     })
     .unwrap();
     let digest = sha256_hex(&std::fs::read(&path).unwrap());
@@ -1029,7 +1029,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
 
     let err = cli(PluginCommand::Check {
         file: path.clone(),
-        config: None,
+        plugin_config: None,
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::ConfigRejected { .. }), "{err:?}");
@@ -1037,7 +1037,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let (_dir, loop_path) = temp_file("loop.wasm", &guest("hostile_health"));
     let err = cli(PluginCommand::Check {
         file: loop_path,
-        config: Some("loop".to_owned()),
+        plugin_config: Some("loop".to_owned()),
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::OutOfFuel { .. }), "{err:?}");
@@ -1046,13 +1046,57 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     assert_eq!(sha, format!("{digest}  {}\n", path.display()));
 }
 
+/// Runs the built `cutover` binary with `args`, its plugin cache under `target/`.
+fn cutover_binary(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env(
+            "CUTOVER_CACHE_DIR",
+            workspace().join("target").join("test-plugin-cache"),
+        )
+        .env_remove(cutover::cli::PARSE_ONLY_ENV)
+        .output()
+        .expect("run the cutover binary")
+}
+
+#[test]
+fn plugin_check_through_the_binary_does_not_clash_with_the_global_config_flag() {
+    // `plugin check --config <JSON>` once shared its id with the global `--config
+    // <FILE>`: clap panicked with exit 101 on every call.
+    let path = guests().join("latency_p95.wasm");
+    let file = path.to_str().expect("UTF-8 path");
+    let output = cutover_binary(&[
+        "--config",
+        "elsewhere/cutover.toml",
+        "plugin",
+        "check",
+        file,
+        "--plugin-config",
+        r#"{"window": 5, "p95_ms": 250}"#,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("kind:    health-policy"), "{stdout}");
+    assert!(
+        stdout.contains(r#"config:  {"window": 5, "p95_ms": 250} accepted by validate-config"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[plugins.health-policy]"), "{stdout}");
+
+    // A config the plugin rejects is a config error (exit 5) with its reason.
+    let output = cutover_binary(&["plugin", "check", file, "--plugin-config", "{}"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(stderr.contains("p95_ms"), "{stderr}");
+}
+
 #[test]
 fn plugin_check_recognises_each_builtin_kind() {
     for builtin in &cutover::plugin::builtin::BUILTINS {
         let (_dir, path) = temp_file("b.wasm", builtin.wasm());
         let text = cli(PluginCommand::Check {
             file: path,
-            config: None,
+            plugin_config: None,
         })
         .unwrap();
         assert!(
