@@ -8,7 +8,6 @@
 //! side effects and never trusts plugin output: sizes are capped, text is made
 //! printable and proxy file paths are checked before anyone writes them.
 
-#[allow(missing_docs)]
 pub mod bindings;
 pub mod builtin;
 mod cache;
@@ -31,7 +30,7 @@ use wasmtime::{
     WasmBacktraceDetails,
 };
 
-pub use bindings::types;
+pub use bindings::{WIT, WIT_VERSION, types};
 pub use cache::sha256_hex;
 pub use error::PluginError;
 pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
@@ -51,12 +50,6 @@ const POOL_SLOTS: u32 = 16;
 /// Bytes of a plugin's memory kept mapped between calls and reset in place (only
 /// the pages a call dirtied are restored), so the next call takes no page faults.
 const KEEP_RESIDENT: usize = 4 << 20;
-
-/// The version of the WIT contract this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
-
-/// The WIT contract the host implements, for `cutover plugin wit`.
-pub const WIT: &str = include_str!("../../../wit/v0.1.0/plugin.wit");
 
 /// What the host and every plugin it loaded share, so deadlines and the call slots
 /// keep working while any plugin lives.
