@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cutover::config::{Config, LimitsConfig, PluginKind, PluginSpec};
+use cutover::config::{Config, LimitsConfig, PluginSpec};
 use cutover::events::{Event, Level, Recorder, Reporter, Silent};
 use cutover::plugin::cli::{PluginCommand, run};
 use cutover::plugin::types::{
     Color, GateDecision, HealthVerdict, ProbeVerdict, SelectorInput, SlotStatus,
 };
 use cutover::plugin::{
-    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, Plugins, SelectorPlugin,
+    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, sample, sha256_hex,
 };
 

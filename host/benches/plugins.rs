@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use cutover::config::{Config, PluginKind, PluginSpec};
+use cutover::config::{Config, PluginSpec};
 use cutover::events::{Reporter, Silent};
 use cutover::plugin::{
-    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, Plugins, SelectorPlugin,
+    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, builtin, sample,
 };
 

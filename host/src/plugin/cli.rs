@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
+use super::PluginKind;
 use super::builtin::BUILTINS;
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
@@ -20,7 +21,6 @@ use super::{
     BOUNDS, GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, SelectorPlugin,
     TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
 };
-use crate::config::PluginKind;
 use crate::events::{Event, Recorder, Reporter};
 
 /// `cutover plugin <command>`.

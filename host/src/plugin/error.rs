@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::PluginKind;
+use super::PluginKind;
 
 /// Loading or calling a plugin failed.
 #[derive(Debug, thiserror::Error)]

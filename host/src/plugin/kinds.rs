@@ -22,8 +22,8 @@ use super::types::{
     self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
     TemplateInput,
 };
-use super::{Compiled, Limits, Origin, PluginError, PluginHost, sha256_hex};
-use crate::config::{Config, LimitsConfig, PluginKind, PluginSpec};
+use super::{Compiled, Limits, Origin, PluginError, PluginHost, PluginKind, sha256_hex};
+use crate::config::{Config, LimitsConfig, PluginSpec};
 use crate::events::{Event, Level, Reporter};
 
 impl From<crate::Color> for types::Color {

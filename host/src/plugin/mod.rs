@@ -18,6 +18,7 @@ mod limits;
 pub mod sample;
 mod sandbox;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,6 @@ pub use error::PluginError;
 pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
 pub use limits::{BOUNDS, Bound, Limits};
 
-use crate::config::PluginKind;
 use cache::DiskCache;
 use sandbox::{CallSlots, CallState, chain};
 
@@ -50,6 +50,46 @@ const POOL_SLOTS: u32 = 16;
 /// Bytes of a plugin's memory kept mapped between calls and reset in place (only
 /// the pages a call dirtied are restored), so the next call takes no page faults.
 const KEEP_RESIDENT: usize = 4 << 20;
+
+/// The four policy kinds a plugin can implement: one WIT world and one
+/// `[plugins.<kind>]` config entry each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PluginKind {
+    /// Allow or deny a deploy.
+    DeployGate,
+    /// Choose the colour to deploy to.
+    TargetSelector,
+    /// Judge a health probe.
+    HealthPolicy,
+    /// Render the proxy config.
+    ProxyTemplate,
+}
+
+impl PluginKind {
+    /// All kinds, in the order a deploy uses them.
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::DeployGate,
+        PluginKind::TargetSelector,
+        PluginKind::HealthPolicy,
+        PluginKind::ProxyTemplate,
+    ];
+
+    /// The name used in config (`[plugins.<name>]`) and as the WIT world name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::DeployGate => "deploy-gate",
+            PluginKind::TargetSelector => "target-selector",
+            PluginKind::HealthPolicy => "health-policy",
+            PluginKind::ProxyTemplate => "proxy-template",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What the host and every plugin it loaded share, so deadlines and the call slots
 /// keep working while any plugin lives.
