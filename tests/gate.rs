@@ -14,7 +14,7 @@ use cutover::events::Silent;
 use cutover::gate::gate_input;
 use cutover::git::GitFacts;
 use cutover::plugin::types::{GateDecision, GateInput, KeyValue};
-use cutover::plugin::{PluginHost, Plugins};
+use cutover::plugin::{PluginHost, PluginKind, Plugins};
 
 use crate::support::git::Repo;
 
@@ -68,11 +68,13 @@ fn judge_with(dir: &Path, ci: &CiFacts) -> Verdict {
     let mut facts_and_input = None;
     for gate in ["", ORIGINAL_RULE] {
         let config = Config::load(&write_config(dir, gate)).expect("config loads");
-        let plugins = Plugins::load(host(), &config, Arc::new(Silent)).expect("plugins load");
-        assert_eq!(plugins.gate.name(), "builtin:tag-pattern");
+        let plugins = Plugins::load(host(), &config, &PluginKind::ALL, Arc::new(Silent))
+            .expect("plugins load");
+        let gate = plugins.gate().unwrap();
+        assert_eq!(gate.name(), "builtin:tag-pattern");
         let facts = GitFacts::collect(config.base_dir()).expect("git runs");
         let input = gate_input(&config.service, &facts, ci);
-        decisions.push(plugins.gate.decide(&input).expect("gate answers"));
+        decisions.push(gate.decide(&input).expect("gate answers"));
         facts_and_input = Some((facts, input));
     }
     let (facts, input) = facts_and_input.expect("two rounds");
@@ -309,11 +311,11 @@ fn glob_pattern_must_match_the_whole_tag() {
         "[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"release-*\" }\n",
     ))
     .unwrap();
-    let plugins = Plugins::load(host(), &config, Arc::new(Silent)).unwrap();
+    let plugins = Plugins::load(host(), &config, &PluginKind::ALL, Arc::new(Silent)).unwrap();
     let decide = || {
         let facts = GitFacts::collect(repo.path()).unwrap();
         let input = gate_input(&config.service, &facts, &CiFacts::default());
-        plugins.gate.decide(&input).unwrap()
+        plugins.gate().unwrap().decide(&input).unwrap()
     };
     assert!(matches!(decide(), GateDecision::Deny(_)));
     repo.git(&["tag", "release-1"]);

@@ -373,31 +373,45 @@ fn minimal_config(extra: &str) -> Config {
 
 #[test]
 fn plugins_load_defaults_to_the_builtins() {
-    let plugins = Plugins::load(host(), &minimal_config(""), silent()).unwrap();
-    assert_eq!(plugins.gate.name(), "builtin:tag-pattern");
-    assert_eq!(plugins.selector.name(), "builtin:alternate");
-    assert_eq!(plugins.health.name(), "builtin:http-status");
-    assert_eq!(plugins.template.name(), "builtin:nginx-service-url");
+    let plugins = Plugins::load(host(), &minimal_config(""), &PluginKind::ALL, silent()).unwrap();
+    assert_eq!(plugins.gate().unwrap().name(), "builtin:tag-pattern");
+    assert_eq!(plugins.selector().unwrap().name(), "builtin:alternate");
+    assert_eq!(plugins.health().unwrap().name(), "builtin:http-status");
+    assert_eq!(
+        plugins.template().unwrap().name(),
+        "builtin:nginx-service-url"
+    );
     assert!(matches!(
-        plugins.gate.decide(&sample::gate_input()).unwrap(),
+        plugins
+            .gate()
+            .unwrap()
+            .decide(&sample::gate_input())
+            .unwrap(),
         GateDecision::Allow(_)
     ));
     assert_eq!(
-        plugins.selector.select(&sample::selector_input()).unwrap(),
+        plugins
+            .selector()
+            .unwrap()
+            .select(&sample::selector_input())
+            .unwrap(),
         cutover::Color::Green
     );
-    assert_eq!(*plugins.gate.limits(), Limits::default());
+    assert_eq!(*plugins.gate().unwrap().limits(), Limits::default());
 
     let configured = minimal_config(
         "[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n\
          [plugins.deploy-gate.limits]\ndeadline_ms = 50\n",
     );
-    let plugins = Plugins::load(host(), &configured, silent()).unwrap();
-    assert_eq!(plugins.gate.limits().deadline, Duration::from_millis(50));
+    let plugins = Plugins::load(host(), &configured, &PluginKind::ALL, silent()).unwrap();
+    assert_eq!(
+        plugins.gate().unwrap().limits().deadline,
+        Duration::from_millis(50)
+    );
     let mut input = sample::gate_input();
     input.tags.clear();
     assert!(matches!(
-        plugins.gate.decide(&input).unwrap(),
+        plugins.gate().unwrap().decide(&input).unwrap(),
         GateDecision::Deny(_)
     ));
 }
@@ -439,6 +453,7 @@ fn unknown_builtin_builtin_of_another_kind_and_bad_limits_are_refused() {
     let err = Plugins::load(
         host(),
         &minimal_config("[plugins.deploy-gate]\nsource = \"builtin:tag-patern\"\n"),
+        &PluginKind::ALL,
         silent(),
     )
     .err()
@@ -449,6 +464,7 @@ fn unknown_builtin_builtin_of_another_kind_and_bad_limits_are_refused() {
     let err = Plugins::load(
         host(),
         &minimal_config("[plugins.health-policy]\nsource = \"builtin:alternate\"\n"),
+        &PluginKind::ALL,
         silent(),
     )
     .err()
@@ -459,6 +475,7 @@ fn unknown_builtin_builtin_of_another_kind_and_bad_limits_are_refused() {
     let err = Plugins::load(
         host(),
         &minimal_config("[plugins.health-policy]\nsource = \"builtin:http-status\"\nlimits = { memory_mib = 100000 }\n"),
+        &PluginKind::ALL,
         silent(),
     )
     .err()
@@ -482,26 +499,24 @@ fn example_latency_p95_plugin_loads_by_path_with_its_digest() {
         path.display().to_string()
     ));
     let recorder = Arc::new(Recorder::default());
-    let plugins = Plugins::load(host(), &config, recorder.clone()).unwrap();
-    assert_eq!(plugins.health.name(), path.display().to_string());
+    let plugins = Plugins::load(host(), &config, &PluginKind::ALL, recorder.clone()).unwrap();
+    let health = plugins.health().unwrap();
+    assert_eq!(health.name(), path.display().to_string());
 
     // Two probes so far: not yet.
     let mut input = sample::health_input();
     input.history = vec![sample::probe(200, "", 4_000)];
     input.probe = sample::probe(200, "", 3_000);
     assert!(
-        matches!(plugins.health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("2 of 3"))
+        matches!(health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("2 of 3"))
     );
     // Three fast probes: healthy.
     input.history.push(sample::probe(200, "", 2_000));
-    assert_eq!(
-        plugins.health.evaluate(&input).unwrap(),
-        HealthVerdict::Healthy
-    );
+    assert_eq!(health.evaluate(&input).unwrap(), HealthVerdict::Healthy);
     // A slow one in the window: not yet, with the measured p95.
     input.probe = sample::probe(200, "", 9_000);
     assert!(
-        matches!(plugins.health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("p95 latency 9.0 ms"))
+        matches!(health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("p95 latency 9.0 ms"))
     );
     // Its log lines arrive as events attributed to the file.
     assert!(recorder.events().iter().any(|e| matches!(e,
@@ -513,6 +528,7 @@ fn example_latency_p95_plugin_loads_by_path_with_its_digest() {
             "[plugins.health-policy]\nsource = {:?}\nsha256 = \"{digest}\"\n",
             path.display().to_string()
         )),
+        &PluginKind::ALL,
         silent(),
     )
     .err()
@@ -933,7 +949,13 @@ fn a_digest_mismatch_and_a_missing_file_are_refused() {
 
 fn load_messages(host: &PluginHost) -> Vec<String> {
     let recorder = Arc::new(Recorder::default());
-    Plugins::load(host, &minimal_config(""), recorder.clone()).expect("builtins load");
+    Plugins::load(
+        host,
+        &minimal_config(""),
+        &PluginKind::ALL,
+        recorder.clone(),
+    )
+    .expect("builtins load");
     recorder
         .events()
         .into_iter()

@@ -43,7 +43,8 @@ fn start(c: &mut Criterion) {
     let config = config();
     // Returned, so the plugins are dropped outside the timed section: a deploy
     // keeps them until it ends.
-    let load = |host: &PluginHost| Plugins::load(host, &config, silent()).expect("load");
+    let load =
+        |host: &PluginHost| Plugins::load(host, &config, &PluginKind::ALL, silent()).expect("load");
     let mut group = c.benchmark_group("start");
     group.sample_size(10);
 
@@ -54,7 +55,7 @@ fn start(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().expect("cache dir");
     let cached = PluginHost::new(Some(dir.path().to_owned())).expect("host");
-    Plugins::load(&cached, &config, silent()).expect("fill the cache");
+    Plugins::load(&cached, &config, &PluginKind::ALL, silent()).expect("fill the cache");
     group.bench_function("warm: all four from the cache", |b| {
         b.iter_batched(|| (), |()| load(&cached), BatchSize::PerIteration)
     });
@@ -100,7 +101,7 @@ fn start(c: &mut Criterion) {
 
 fn decision(c: &mut Criterion) {
     let host = PluginHost::uncached().expect("host");
-    let plugins = Plugins::load(&host, &config(), silent()).expect("load");
+    let plugins = Plugins::load(&host, &config(), &PluginKind::ALL, silent()).expect("load");
     let gate = sample::gate_input();
     let selector = sample::selector_input();
     let health = sample::health_input();
@@ -108,16 +109,20 @@ fn decision(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decision");
     group.bench_function("deploy-gate decide", |b| {
-        b.iter(|| black_box(plugins.gate.decide(&gate).expect("decide")))
+        let plugin = plugins.gate().expect("loaded");
+        b.iter(|| black_box(plugin.decide(&gate).expect("decide")))
     });
     group.bench_function("target-selector select", |b| {
-        b.iter(|| black_box(plugins.selector.select(&selector).expect("select")))
+        let plugin = plugins.selector().expect("loaded");
+        b.iter(|| black_box(plugin.select(&selector).expect("select")))
     });
     group.bench_function("health-policy evaluate", |b| {
-        b.iter(|| black_box(plugins.health.evaluate(&health).expect("evaluate")))
+        let plugin = plugins.health().expect("loaded");
+        b.iter(|| black_box(plugin.evaluate(&health).expect("evaluate")))
     });
     group.bench_function("proxy-template render", |b| {
-        b.iter(|| black_box(plugins.template.render(&template).expect("render")))
+        let plugin = plugins.template().expect("loaded");
+        b.iter(|| black_box(plugin.render(&template).expect("render")))
     });
     // What a deploy pays when it calls from async code (see `Sandbox::call`).
     let multi = tokio::runtime::Builder::new_multi_thread()
@@ -132,7 +137,13 @@ fn decision(c: &mut Criterion) {
             multi
                 .block_on(async move {
                     tokio::spawn(async move {
-                        black_box(plugins.health.evaluate(&health).expect("evaluate"))
+                        black_box(
+                            plugins
+                                .health()
+                                .expect("loaded")
+                                .evaluate(&health)
+                                .expect("evaluate"),
+                        )
                     })
                     .await
                 })
@@ -151,8 +162,15 @@ fn decision(c: &mut Criterion) {
         .expect("runtime");
     group.bench_function("health-policy evaluate, current-thread runtime", |b| {
         b.iter(|| {
-            current
-                .block_on(async { black_box(plugins.health.evaluate(&health).expect("evaluate")) })
+            current.block_on(async {
+                black_box(
+                    plugins
+                        .health()
+                        .expect("loaded")
+                        .evaluate(&health)
+                        .expect("evaluate"),
+                )
+            })
         })
     });
     group.finish();

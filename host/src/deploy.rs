@@ -28,7 +28,7 @@ use crate::fault;
 use crate::git::{GitError, GitFacts};
 use crate::health::{self, HealthError, Prober, VerifyError, VerifySpec};
 use crate::lock::{DeployLock, LockError, Owner};
-use crate::plugin::{PluginError, PluginHost, Plugins, types};
+use crate::plugin::{PluginError, PluginHost, PluginKind, Plugins, types};
 use crate::proxy::{Proxy, ProxyError};
 use crate::secret::Secret;
 use crate::state::{
@@ -206,7 +206,7 @@ impl Context {
         plugin_host: &PluginHost,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Context, DeployError> {
-        let plugins = Plugins::load(plugin_host, &config, reporter.clone())?;
+        let plugins = Plugins::load(plugin_host, &config, &PluginKind::ALL, reporter.clone())?;
         let docker = Docker::connect().await?;
         let proxy = Proxy::new(&config);
         let store = StateStore::new(&config.state_dir(), &config.service);
@@ -283,7 +283,7 @@ impl Context {
             probe,
             history: Vec::new(),
         };
-        match self.plugins.health.evaluate(&input) {
+        match self.plugins.health().and_then(|h| h.evaluate(&input)) {
             Ok(types::HealthVerdict::Healthy) => types::ProbeVerdict::Healthy,
             _ => types::ProbeVerdict::Unhealthy,
         }
@@ -333,7 +333,7 @@ impl Context {
         // The plugin host has already checked the files with `proxy::check_rendered`.
         Ok(self
             .plugins
-            .template
+            .template()?
             .render(&self.template_input(target, previous))?)
     }
 
@@ -640,8 +640,8 @@ async fn deploy_steps(
     let t = run.begin(Step::Gate).map_err(pre)?;
     let decision = ctx
         .plugins
-        .gate
-        .decide(&ctx.gate_input(git, ci))
+        .gate()
+        .and_then(|gate| gate.decide(&ctx.gate_input(git, ci)))
         .map_err(DeployError::from);
     let decision = run
         .end(Step::Gate, t, decision, |d| match d {
@@ -964,7 +964,7 @@ async fn prepare_image(
 
 async fn select_target(ctx: &Context, live: Option<Color>) -> Result<Color, DeployError> {
     let slots = ctx.slot_statuses().await?;
-    let target = ctx.plugins.selector.select(&types::SelectorInput {
+    let target = ctx.plugins.selector()?.select(&types::SelectorInput {
         service: ctx.service().to_owned(),
         live: live.map(Into::into),
         slots,
@@ -977,7 +977,7 @@ async fn select_target(ctx: &Context, live: Option<Color>) -> Result<Color, Depl
             "the target-selector plugin `{}` chose `{target}`, the colour serving traffic now; \
              deploying there would take the service down. Fix the plugin or its config \
              (or run `cutover recover` if the state file lost track of the live colour)",
-            ctx.plugins.selector.name()
+            ctx.plugins.selector()?.name()
         )));
     }
     Ok(target)
@@ -1035,8 +1035,8 @@ async fn wait_healthy(
     let prober = Prober::new(ctx.config.upstream(color), &ctx.config.health);
     let judge = |input: &types::HealthInput| {
         ctx.plugins
-            .health
-            .evaluate(input)
+            .health()
+            .and_then(|health| health.evaluate(input))
             .map_err(|e| e.to_string())
     };
     let mut still_running =

@@ -41,7 +41,7 @@ pub struct Plan {
 pub async fn plan(ctx: &Context, git: &GitFacts, ci: &CiFacts) -> Result<Plan, DeployError> {
     let state = ctx.store.load()?;
     let live = state.live.as_ref().map(|s| s.color);
-    let (allowed, gate_reason) = match ctx.plugins.gate.decide(&ctx.gate_input(git, ci))? {
+    let (allowed, gate_reason) = match ctx.plugins.gate()?.decide(&ctx.gate_input(git, ci))? {
         types::GateDecision::Allow(r) => (true, r),
         types::GateDecision::Deny(r) => (false, r),
     };
@@ -57,7 +57,7 @@ pub async fn plan(ctx: &Context, git: &GitFacts, ci: &CiFacts) -> Result<Plan, D
         (None, None) => String::new(),
     };
     let slots = ctx.slot_statuses().await?;
-    let (target, target_error) = match ctx.plugins.selector.select(&types::SelectorInput {
+    let (target, target_error) = match ctx.plugins.selector()?.select(&types::SelectorInput {
         service: ctx.config.service.clone(),
         live: live.map(Into::into),
         slots,

@@ -220,6 +220,14 @@ pub enum PluginError {
         /// What failed.
         detail: String,
     },
+    /// A command called a plugin kind it did not ask [`super::Plugins::load`] for.
+    #[error(
+        "the {kind} plugin was called but this command did not load it; this is a cutover bug, please report it"
+    )]
+    NotLoaded {
+        /// The kind called.
+        kind: PluginKind,
+    },
     /// Writing command output failed.
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
@@ -259,7 +267,8 @@ impl PluginError {
             | PluginError::MemoryLimit { kind, .. }
             | PluginError::OutputTooLarge { kind, .. }
             | PluginError::InvalidOutput { kind, .. }
-            | PluginError::InvalidLimit { kind, .. } => Some(*kind),
+            | PluginError::InvalidLimit { kind, .. }
+            | PluginError::NotLoaded { kind } => Some(*kind),
             PluginError::UnknownWorld { .. }
             | PluginError::Engine { .. }
             | PluginError::Output(_) => None,

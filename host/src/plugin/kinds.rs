@@ -534,23 +534,21 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// The four plugins a deploy uses.
+/// The plugins a command loaded: the kinds it asked [`Plugins::load`] for.
 pub struct Plugins {
-    /// Allows or denies the deploy.
-    pub gate: GatePlugin,
-    /// Chooses the colour.
-    pub selector: SelectorPlugin,
-    /// Judges health probes.
-    pub health: HealthPlugin,
-    /// Renders the proxy config.
-    pub template: TemplatePlugin,
+    gate: Option<GatePlugin>,
+    selector: Option<SelectorPlugin>,
+    health: Option<HealthPlugin>,
+    template: Option<TemplatePlugin>,
 }
 
 impl Plugins {
-    /// Loads all four (the built-in default for each kind the config leaves out),
-    /// checks file digests and worlds, and has each plugin validate its config.
-    /// Sources, digests and limits of all four are checked before anything is
-    /// compiled; plugins missing from the compiled-code cache compile in parallel.
+    /// Loads the plugins of `kinds` (the built-in default for each kind the config
+    /// leaves out), checks file digests and worlds, and has each plugin validate its
+    /// config. A command loads only the kinds it calls, so a broken entry for a kind
+    /// it never calls cannot stop it. Sources, digests and limits of every requested
+    /// kind are checked before anything is compiled; plugins missing from the
+    /// compiled-code cache compile in parallel.
     ///
     /// # Errors
     /// The first [`PluginError`] found, in deploy order (gate, selector, health,
@@ -559,6 +557,7 @@ impl Plugins {
     pub fn load(
         host: &PluginHost,
         config: &Config,
+        kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Plugins, PluginError> {
         if let Some(note) = host.take_cache_note() {
@@ -568,36 +567,95 @@ impl Plugins {
                 message: note,
             });
         }
-        // Cheap checks of all four first: a typo in the last entry should not wait
+        // Cheap checks of every kind first: a typo in the last entry should not wait
         // for three compiles.
-        let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
-            let spec = config
-                .plugins
-                .get(kind)
-                .cloned()
-                .unwrap_or_else(|| PluginSpec {
-                    source: builtin::default_for(kind).source(),
-                    sha256: None,
-                    limits: LimitsConfig::default(),
-                    config: toml::Table::new(),
-                });
-            Ok::<_, PluginError>(Pending {
-                kind,
-                resolved: resolve(kind, &spec, config.base_dir())?,
-                limits: Limits::from_config(kind, &spec.limits)?,
-                config: spec.config_json(),
+        let pending = PluginKind::ALL
+            .into_iter()
+            .filter(|kind| kinds.contains(kind))
+            .map(|kind| {
+                let spec = config
+                    .plugins
+                    .get(kind)
+                    .cloned()
+                    .unwrap_or_else(|| PluginSpec {
+                        source: builtin::default_for(kind).source(),
+                        sha256: None,
+                        limits: LimitsConfig::default(),
+                        config: toml::Table::new(),
+                    });
+                Ok(Pending {
+                    kind,
+                    resolved: resolve(kind, &spec, config.base_dir())?,
+                    limits: Limits::from_config(kind, &spec.limits)?,
+                    config: spec.config_json(),
+                })
             })
-        });
-        let pending = [gate?, selector?, health?, template?];
-        let [gate, selector, health, template] = compile_all(host, &pending);
-        let [pg, ps, ph, pt] = pending;
-        Ok(Plugins {
-            gate: GatePlugin(pg.link(host, gate?, &reporter)?),
-            selector: SelectorPlugin(ps.link(host, selector?, &reporter)?),
-            health: HealthPlugin(ph.link(host, health?, &reporter)?),
-            template: TemplatePlugin(pt.link(host, template?, &reporter)?),
-        })
+            .collect::<Result<Vec<_>, PluginError>>()?;
+        let compiled = compile_all(host, &pending)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut plugins = Plugins {
+            gate: None,
+            selector: None,
+            health: None,
+            template: None,
+        };
+        for (pending, compiled) in pending.into_iter().zip(compiled) {
+            match pending.kind {
+                PluginKind::DeployGate => {
+                    plugins.gate = Some(GatePlugin(pending.link(host, compiled, &reporter)?));
+                }
+                PluginKind::TargetSelector => {
+                    plugins.selector =
+                        Some(SelectorPlugin(pending.link(host, compiled, &reporter)?));
+                }
+                PluginKind::HealthPolicy => {
+                    plugins.health = Some(HealthPlugin(pending.link(host, compiled, &reporter)?));
+                }
+                PluginKind::ProxyTemplate => {
+                    plugins.template =
+                        Some(TemplatePlugin(pending.link(host, compiled, &reporter)?));
+                }
+            }
+        }
+        Ok(plugins)
     }
+
+    /// The `deploy-gate` plugin, which allows or denies the deploy.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
+    pub fn gate(&self) -> Result<&GatePlugin, PluginError> {
+        loaded(self.gate.as_ref(), PluginKind::DeployGate)
+    }
+
+    /// The `target-selector` plugin, which chooses the colour.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
+    pub fn selector(&self) -> Result<&SelectorPlugin, PluginError> {
+        loaded(self.selector.as_ref(), PluginKind::TargetSelector)
+    }
+
+    /// The `health-policy` plugin, which judges health probes.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
+    pub fn health(&self) -> Result<&HealthPlugin, PluginError> {
+        loaded(self.health.as_ref(), PluginKind::HealthPolicy)
+    }
+
+    /// The `proxy-template` plugin, which renders the proxy config.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
+    pub fn template(&self) -> Result<&TemplatePlugin, PluginError> {
+        loaded(self.template.as_ref(), PluginKind::ProxyTemplate)
+    }
+}
+
+fn loaded<T>(plugin: Option<&T>, kind: PluginKind) -> Result<&T, PluginError> {
+    plugin.ok_or(PluginError::NotLoaded { kind })
 }
 
 /// One `[plugins.<kind>]` entry, resolved and checked, not yet compiled.
@@ -630,37 +688,93 @@ impl Pending {
 /// another on this thread (loading maps memory, and parallel mapping contends on
 /// the process's memory map: measured slower); misses compile in parallel, one
 /// thread each, since compiling is CPU-bound and dominates a cold start.
-fn compile_all<const N: usize>(
-    host: &PluginHost,
-    pending: &[Pending; N],
-) -> [Result<Compiled, PluginError>; N] {
+fn compile_all(host: &PluginHost, pending: &[Pending]) -> Vec<Result<Compiled, PluginError>> {
     std::thread::scope(|scope| {
-        let slots = pending.each_ref().map(|p| {
-            let started = Instant::now();
-            let r = &p.resolved;
-            match host.cached(&r.sha256) {
-                Some(component) => Ok(Compiled {
-                    component,
-                    origin: Origin::Cache,
-                    took: started.elapsed(),
-                }),
-                None => Err(scope.spawn(move || {
-                    host.compile(&r.name, Some(p.kind), &r.wasm, &r.sha256)
-                        .map(|component| Compiled {
-                            component,
-                            origin: Origin::Compiled,
-                            took: started.elapsed(),
-                        })
-                })),
-            }
-        });
-        slots.map(|slot| slot.or_else(join))
+        // Collected before joining, so every miss is compiling at once.
+        let slots: Vec<_> = pending
+            .iter()
+            .map(|p| {
+                let started = Instant::now();
+                let r = &p.resolved;
+                match host.cached(&r.sha256) {
+                    Some(component) => Ok(Compiled {
+                        component,
+                        origin: Origin::Cache,
+                        took: started.elapsed(),
+                    }),
+                    None => Err(scope.spawn(move || {
+                        host.compile(&r.name, Some(p.kind), &r.wasm, &r.sha256)
+                            .map(|component| Compiled {
+                                component,
+                                origin: Origin::Compiled,
+                                took: started.elapsed(),
+                            })
+                    })),
+                }
+            })
+            .collect();
+        slots.into_iter().map(|slot| slot.or_else(join)).collect()
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_pin_of_a_kind_not_loaded_does_not_stop_the_load() {
+        // The deploy gate's file exists but its pin is wrong: a command that never
+        // asks the gate (rollback, status) must still load what it calls.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("gate.wasm"),
+            builtin::default_for(PluginKind::DeployGate).wasm(),
+        )
+        .unwrap();
+        let text = format!(
+            "service = \"hello\"\n[image]\nref = \"hello:1\"\n[container]\nport = 8080\n\
+             [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:8080\"\n\
+             [plugins.deploy-gate]\nsource = \"gate.wasm\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        );
+        let config = Config::parse(&text, &dir.path().join("cutover.toml")).unwrap();
+        let host = PluginHost::uncached().unwrap();
+        let silent: Arc<dyn Reporter> = Arc::new(crate::events::Silent);
+
+        let plugins = Plugins::load(
+            &host,
+            &config,
+            &[PluginKind::HealthPolicy],
+            Arc::clone(&silent),
+        )
+        .unwrap();
+        assert_eq!(plugins.health().unwrap().name(), "builtin:http-status");
+        let err = plugins.gate().err().unwrap();
+        assert!(
+            matches!(
+                err,
+                PluginError::NotLoaded {
+                    kind: PluginKind::DeployGate
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cutover bug"), "{err}");
+
+        let err = Plugins::load(&host, &config, &PluginKind::ALL, silent)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                PluginError::DigestMismatch {
+                    kind: PluginKind::DeployGate,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn colors_convert_both_ways() {

@@ -3,10 +3,11 @@
 //!
 //! [`PluginHost`] (one per process) owns the WebAssembly engine, the linker, the
 //! epoch ticker behind every deadline and the compiled-code cache. [`Plugins::load`]
-//! turns the `[plugins.*]` config into four ready plugins, each of which runs every
-//! call in a fresh store under its [`Limits`]. This module never performs a deploy's
-//! side effects and never trusts plugin output: sizes are capped, text is made
-//! printable and proxy file paths are checked before anyone writes them.
+//! turns the `[plugins.*]` config into ready plugins of the kinds a command calls,
+//! each of which runs every call in a fresh store under its [`Limits`]. This module
+//! never performs a deploy's side effects and never trusts plugin output: sizes are
+//! capped, text is made printable and proxy file paths are checked before anyone
+//! writes them.
 
 pub mod bindings;
 pub mod builtin;
