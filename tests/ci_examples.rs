@@ -74,7 +74,7 @@ fn assert_parses(file: &Path, commands: &[Vec<String>]) {
 }
 
 /// The shell scripts of a YAML CI file: the values under `keys`, anywhere.
-fn scripts(yaml: &Yaml, keys: &[&str], out: &mut Vec<String>) {
+pub(crate) fn scripts(yaml: &Yaml, keys: &[&str], out: &mut Vec<String>) {
     match yaml {
         Yaml::Array(items) => items.iter().for_each(|y| scripts(y, keys, out)),
         Yaml::Hash(map) => {
@@ -163,8 +163,16 @@ fn jenkinsfile_is_declarative_and_its_commands_parse() {
     );
     assert!(text.contains("stages {") && text.contains("stage('Deploy')"));
     assert!(text.contains("code == 3"), "gate denied is a success");
-    let scripts: Vec<String> = text
-        .lines()
+    let commands: Vec<Vec<String>> = jenkins_scripts(&text)
+        .iter()
+        .flat_map(|s| cutover_commands(s))
+        .collect();
+    assert_parses(&path, &commands);
+}
+
+/// The script of every `sh '…'` and `sh(script: '…')` step of a Jenkinsfile.
+pub(crate) fn jenkins_scripts(text: &str) -> Vec<String> {
+    text.lines()
         .filter_map(|l| {
             let l = l.trim();
             let start = l
@@ -174,9 +182,7 @@ fn jenkinsfile_is_declarative_and_its_commands_parse() {
             let rest = &l[start..];
             Some(rest[..rest.find('\'')?].to_owned())
         })
-        .collect();
-    let commands: Vec<Vec<String>> = scripts.iter().flat_map(|s| cutover_commands(s)).collect();
-    assert_parses(&path, &commands);
+        .collect()
 }
 
 #[test]

@@ -10,12 +10,11 @@ use std::sync::{Arc, OnceLock};
 
 use cutover::ci::CiFacts;
 use cutover::config::Config;
-use cutover::config::PluginKind;
 use cutover::events::Silent;
 use cutover::gate::gate_input;
 use cutover::git::GitFacts;
 use cutover::plugin::types::{GateDecision, GateInput, KeyValue};
-use cutover::plugin::{PluginHost, Plugins};
+use cutover::plugin::{PluginHost, PluginKind, Plugins};
 
 use crate::support::git::Repo;
 
@@ -71,16 +70,11 @@ fn judge_with(dir: &Path, ci: &CiFacts) -> Verdict {
         let config = Config::load(&write_config(dir, gate)).expect("config loads");
         let plugins = Plugins::load(host(), &config, &PluginKind::ALL, Arc::new(Silent))
             .expect("plugins load");
-        assert_eq!(plugins.gate().unwrap().name(), "builtin:tag-pattern");
+        let gate = plugins.gate().unwrap();
+        assert_eq!(gate.name(), "builtin:tag-pattern");
         let facts = GitFacts::collect(config.base_dir()).expect("git runs");
         let input = gate_input(&config.service, &facts, ci);
-        decisions.push(
-            plugins
-                .gate()
-                .unwrap()
-                .decide(&input)
-                .expect("gate answers"),
-        );
+        decisions.push(gate.decide(&input).expect("gate answers"));
         facts_and_input = Some((facts, input));
     }
     let (facts, input) = facts_and_input.expect("two rounds");

@@ -345,7 +345,7 @@ async fn a_judge_error_is_not_a_health_verdict() {
     let judge = |_: &HealthInput| {
         Err(PluginError::Refused {
             plugin: "builtin:http-status".to_owned(),
-            kind: cutover::config::PluginKind::HealthPolicy,
+            kind: cutover::plugin::PluginKind::HealthPolicy,
             reason: "refused on purpose".to_owned(),
         })
     };

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cutover::config::{Config, LimitsConfig, PluginKind, PluginSpec};
+use cutover::config::{Config, LimitsConfig, PluginSpec};
 use cutover::events::{Event, Level, Recorder, Reporter, Silent};
 use cutover::plugin::cli::{PluginCommand, run};
 use cutover::plugin::types::{
     Color, GateDecision, HealthVerdict, ProbeVerdict, SelectorInput, SlotStatus,
 };
 use cutover::plugin::{
-    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, Plugins, SelectorPlugin,
+    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, sample, sha256_hex,
 };
 
@@ -472,7 +472,11 @@ fn unknown_builtin_builtin_of_another_kind_and_bad_limits_are_refused() {
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err:?}");
     assert!(err.to_string().contains("builtin:http-status"), "{err}");
 
-    let err = Plugins::load(host(), &minimal_config("[plugins.health-policy]\nsource = \"builtin:http-status\"\nlimits = { memory_mib = 100000 }\n"), &PluginKind::ALL, silent(),
+    let err = Plugins::load(
+        host(),
+        &minimal_config("[plugins.health-policy]\nsource = \"builtin:http-status\"\nlimits = { memory_mib = 100000 }\n"),
+        &PluginKind::ALL,
+        silent(),
     )
     .err()
     .expect("memory over the hard bound");
@@ -496,25 +500,23 @@ fn example_latency_p95_plugin_loads_by_path_with_its_digest() {
     ));
     let recorder = Arc::new(Recorder::default());
     let plugins = Plugins::load(host(), &config, &PluginKind::ALL, recorder.clone()).unwrap();
-    assert_eq!(plugins.health().unwrap().name(), path.display().to_string());
+    let health = plugins.health().unwrap();
+    assert_eq!(health.name(), path.display().to_string());
 
     // Two probes so far: not yet.
     let mut input = sample::health_input();
     input.history = vec![sample::probe(200, "", 4_000)];
     input.probe = sample::probe(200, "", 3_000);
     assert!(
-        matches!(plugins.health().unwrap().evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("2 of 3"))
+        matches!(health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("2 of 3"))
     );
     // Three fast probes: healthy.
     input.history.push(sample::probe(200, "", 2_000));
-    assert_eq!(
-        plugins.health().unwrap().evaluate(&input).unwrap(),
-        HealthVerdict::Healthy
-    );
+    assert_eq!(health.evaluate(&input).unwrap(), HealthVerdict::Healthy);
     // A slow one in the window: not yet, with the measured p95.
     input.probe = sample::probe(200, "", 9_000);
     assert!(
-        matches!(plugins.health().unwrap().evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("p95 latency 9.0 ms"))
+        matches!(health.evaluate(&input).unwrap(), HealthVerdict::NotYet(r) if r.contains("p95 latency 9.0 ms"))
     );
     // Its log lines arrive as events attributed to the file.
     assert!(recorder.events().iter().any(|e| matches!(e,
@@ -1034,7 +1036,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let path = guests().join("latency_p95.wasm");
     let text = cli(PluginCommand::Check {
         file: path.clone(),
-        config: Some(r#"{"window":2,"p95_ms":5}"#.to_owned()),
+        plugin_config: Some(r#"{"window":2,"p95_ms":5}"#.to_owned()),
     })
     .unwrap();
     let digest = sha256_hex(&std::fs::read(&path).unwrap());
@@ -1049,7 +1051,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
 
     let err = cli(PluginCommand::Check {
         file: path.clone(),
-        config: None,
+        plugin_config: None,
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::ConfigRejected { .. }), "{err:?}");
@@ -1057,7 +1059,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let (_dir, loop_path) = temp_file("loop.wasm", &guest("hostile_health"));
     let err = cli(PluginCommand::Check {
         file: loop_path,
-        config: Some("loop".to_owned()),
+        plugin_config: Some("loop".to_owned()),
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::OutOfFuel { .. }), "{err:?}");
@@ -1066,13 +1068,57 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     assert_eq!(sha, format!("{digest}  {}\n", path.display()));
 }
 
+/// Runs the built `cutover` binary with `args`, its plugin cache under `target/`.
+fn cutover_binary(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env(
+            "CUTOVER_CACHE_DIR",
+            workspace().join("target").join("test-plugin-cache"),
+        )
+        .env_remove(cutover::cli::PARSE_ONLY_ENV)
+        .output()
+        .expect("run the cutover binary")
+}
+
+#[test]
+fn plugin_check_through_the_binary_does_not_clash_with_the_global_config_flag() {
+    // `plugin check --config <JSON>` once shared its id with the global `--config
+    // <FILE>`: clap panicked with exit 101 on every call.
+    let path = guests().join("latency_p95.wasm");
+    let file = path.to_str().expect("UTF-8 path");
+    let output = cutover_binary(&[
+        "--config",
+        "elsewhere/cutover.toml",
+        "plugin",
+        "check",
+        file,
+        "--plugin-config",
+        r#"{"window": 5, "p95_ms": 250}"#,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("kind:    health-policy"), "{stdout}");
+    assert!(
+        stdout.contains(r#"config:  {"window": 5, "p95_ms": 250} accepted by validate-config"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[plugins.health-policy]"), "{stdout}");
+
+    // A config the plugin rejects is a config error (exit 5) with its reason.
+    let output = cutover_binary(&["plugin", "check", file, "--plugin-config", "{}"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(stderr.contains("p95_ms"), "{stderr}");
+}
+
 #[test]
 fn plugin_check_recognises_each_builtin_kind() {
     for builtin in &cutover::plugin::builtin::BUILTINS {
         let (_dir, path) = temp_file("b.wasm", builtin.wasm());
         let text = cli(PluginCommand::Check {
             file: path,
-            config: None,
+            plugin_config: None,
         })
         .unwrap();
         assert!(

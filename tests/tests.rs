@@ -4,6 +4,7 @@
 mod support;
 
 mod ci_examples;
+mod command_lines;
 mod crash;
 mod deploy;
 mod docker;

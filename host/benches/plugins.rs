@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use cutover::config::{Config, PluginKind, PluginSpec};
+use cutover::config::{Config, PluginSpec};
 use cutover::events::{Reporter, Silent};
 use cutover::plugin::{
-    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, Plugins, SelectorPlugin,
+    GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, builtin, sample,
 };
 
@@ -109,40 +109,20 @@ fn decision(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decision");
     group.bench_function("deploy-gate decide", |b| {
-        b.iter(|| black_box(plugins.gate().unwrap().decide(&gate).expect("decide")))
+        let plugin = plugins.gate().expect("loaded");
+        b.iter(|| black_box(plugin.decide(&gate).expect("decide")))
     });
     group.bench_function("target-selector select", |b| {
-        b.iter(|| {
-            black_box(
-                plugins
-                    .selector()
-                    .unwrap()
-                    .select(&selector)
-                    .expect("select"),
-            )
-        })
+        let plugin = plugins.selector().expect("loaded");
+        b.iter(|| black_box(plugin.select(&selector).expect("select")))
     });
     group.bench_function("health-policy evaluate", |b| {
-        b.iter(|| {
-            black_box(
-                plugins
-                    .health()
-                    .unwrap()
-                    .evaluate(&health)
-                    .expect("evaluate"),
-            )
-        })
+        let plugin = plugins.health().expect("loaded");
+        b.iter(|| black_box(plugin.evaluate(&health).expect("evaluate")))
     });
     group.bench_function("proxy-template render", |b| {
-        b.iter(|| {
-            black_box(
-                plugins
-                    .template()
-                    .unwrap()
-                    .render(&template)
-                    .expect("render"),
-            )
-        })
+        let plugin = plugins.template().expect("loaded");
+        b.iter(|| black_box(plugin.render(&template).expect("render")))
     });
     // What a deploy pays when it calls from async code (see `Sandbox::call`).
     let multi = tokio::runtime::Builder::new_multi_thread()
@@ -160,7 +140,7 @@ fn decision(c: &mut Criterion) {
                         black_box(
                             plugins
                                 .health()
-                                .unwrap()
+                                .expect("loaded")
                                 .evaluate(&health)
                                 .expect("evaluate"),
                         )
@@ -186,7 +166,7 @@ fn decision(c: &mut Criterion) {
                 black_box(
                     plugins
                         .health()
-                        .unwrap()
+                        .expect("loaded")
                         .evaluate(&health)
                         .expect("evaluate"),
                 )

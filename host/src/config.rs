@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::plugin::PluginKind;
+
 /// The default name of the config file, looked up in the current directory.
 pub const DEFAULT_FILE: &str = "cutover.toml";
 
@@ -353,45 +355,6 @@ impl Default for HistoryConfig {
         Self {
             deploys: default_keep_deploys(),
         }
-    }
-}
-
-/// The four policy kinds a plugin can implement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PluginKind {
-    /// Allow or deny a deploy.
-    DeployGate,
-    /// Choose the colour to deploy to.
-    TargetSelector,
-    /// Judge a health probe.
-    HealthPolicy,
-    /// Render the proxy config.
-    ProxyTemplate,
-}
-
-impl PluginKind {
-    /// All kinds, in the order a deploy uses them.
-    pub const ALL: [PluginKind; 4] = [
-        PluginKind::DeployGate,
-        PluginKind::TargetSelector,
-        PluginKind::HealthPolicy,
-        PluginKind::ProxyTemplate,
-    ];
-
-    /// The name used in config (`[plugins.<name>]`) and as the WIT world name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PluginKind::DeployGate => "deploy-gate",
-            PluginKind::TargetSelector => "target-selector",
-            PluginKind::HealthPolicy => "health-policy",
-            PluginKind::ProxyTemplate => "proxy-template",
-        }
-    }
-}
-
-impl fmt::Display for PluginKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

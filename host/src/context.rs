@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::Color;
 use crate::ci::CiFacts;
-use crate::config::{Config, PluginKind};
+use crate::config::Config;
 use crate::docker::{Docker, RegistryAuth};
 use crate::engine::{DockerHost, Engine, PreparedImage};
 use crate::error::DeployError;
@@ -18,7 +18,7 @@ use crate::events::{Level, Reporter};
 use crate::git::GitFacts;
 use crate::health::Prober;
 use crate::lock::{DeployLock, Owner};
-use crate::plugin::{PluginHost, Plugins, types};
+use crate::plugin::{PluginHost, PluginKind, Plugins, types};
 use crate::proxy::Proxy;
 use crate::secret::Secret;
 use crate::state::{Slot, StateStore, now_rfc3339};

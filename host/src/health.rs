@@ -24,7 +24,7 @@ use crate::config::{Config, HealthConfig, ProxyMode};
 use crate::docker::DockerError;
 use crate::events::{Level, Reporter};
 use crate::plugin::PluginError;
-use crate::plugin::types::{self, HealthInput, HealthVerdict, KeyValue, ProbeResult};
+use crate::plugin::types::{HealthInput, HealthVerdict, KeyValue, ProbeResult};
 
 /// The body prefix kept per probe, as the WIT contract says.
 pub const BODY_PREFIX_BYTES: usize = 4 * 1024;
@@ -308,13 +308,6 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-fn wit_color(color: Color) -> types::Color {
-    match color {
-        Color::Blue => types::Color::Blue,
-        Color::Green => types::Color::Green,
-    }
-}
-
 /// How a colour became healthy.
 #[derive(Debug, Clone)]
 pub struct HealthReport {
@@ -447,7 +440,7 @@ pub async fn wait_healthy(
         attempts += 1;
         let input = HealthInput {
             service: service.to_owned(),
-            color: wit_color(color),
+            color: color.into(),
             attempt: attempts,
             elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
             probe: probe.clone(),

@@ -5,7 +5,7 @@
 //! The config keys listed here mirror each crate's documentation (the crates are the
 //! source of truth; `cutover plugin list` prints this summary).
 
-use crate::config::PluginKind;
+use super::PluginKind;
 
 /// A built-in plugin's wasm and its sha256, embedded at build time.
 #[derive(Debug, Clone, Copy)]

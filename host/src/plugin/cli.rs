@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Component;
 
+use super::PluginKind;
 use super::builtin::BUILTINS;
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
@@ -20,7 +21,6 @@ use super::{
     BOUNDS, GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, SelectorPlugin,
     TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
 };
-use crate::config::PluginKind;
 use crate::events::{Event, Recorder, Reporter};
 
 /// `cutover plugin <command>`.
@@ -35,8 +35,10 @@ pub enum PluginCommand {
         file: PathBuf,
         /// The plugin config to validate and use, as JSON (what the
         /// `[plugins.<kind>].config` table becomes), e.g. '{"pattern":"cicd"}'.
+        // Not `--config`: that is the global `-c/--config <FILE>`, and clap panics on
+        // two arguments with one id.
         #[arg(long, value_name = "JSON")]
-        config: Option<String>,
+        plugin_config: Option<String>,
     },
     /// Print the sha256 of a file, to pin it as `sha256` in cutover.toml.
     Sha256 {
@@ -55,9 +57,12 @@ pub enum PluginCommand {
 pub fn run(cmd: &PluginCommand, out: &mut dyn Write) -> Result<(), PluginError> {
     let text = match cmd {
         PluginCommand::List => list(),
-        PluginCommand::Check { file, config } => {
+        PluginCommand::Check {
+            file,
+            plugin_config,
+        } => {
             let host = PluginHost::new(None)?;
-            check(&host, file, config.as_deref().unwrap_or("{}"))?
+            check(&host, file, plugin_config.as_deref().unwrap_or("{}"))?
         }
         PluginCommand::Sha256 { file } => {
             let bytes = read(file)?;

@@ -7,17 +7,11 @@
 
 use std::path::PathBuf;
 
-use crate::config::PluginKind;
+use super::PluginKind;
 
 /// Loading or calling a plugin failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// A command asked for a plugin it did not load.
-    #[error("the {kind} plugin was not loaded for this command; this is a bug in cutover")]
-    NotLoaded {
-        /// The kind asked for.
-        kind: PluginKind,
-    },
     /// `source = "builtin:<name>"` names no built-in plugin.
     #[error(
         "[plugins.{kind}] source = \"builtin:{name}\": there is no such built-in plugin; \
@@ -237,6 +231,14 @@ pub enum PluginError {
     Engine {
         /// What failed.
         detail: String,
+    },
+    /// A command called a plugin kind it did not ask [`super::Plugins::load`] for.
+    #[error(
+        "the {kind} plugin was called but this command did not load it; this is a cutover bug, please report it"
+    )]
+    NotLoaded {
+        /// The kind called.
+        kind: PluginKind,
     },
     /// Writing command output failed.
     #[error("cannot write output: {0}")]

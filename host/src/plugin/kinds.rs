@@ -22,8 +22,8 @@ use super::types::{
     self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
     TemplateInput,
 };
-use super::{Compiled, Limits, Origin, PluginError, PluginHost, sha256_hex};
-use crate::config::{Config, LimitsConfig, PluginKind, PluginSpec};
+use super::{Compiled, Limits, Origin, PluginError, PluginHost, PluginKind, sha256_hex};
+use crate::config::{Config, LimitsConfig, PluginSpec};
 use crate::events::{Event, Level, Reporter};
 
 impl From<crate::Color> for types::Color {
@@ -536,8 +536,7 @@ fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// The plugins a command uses: each kind is loaded only when the command asks for it,
-/// so a broken plugin a command does not call never blocks it.
+/// The plugins a command loaded: the kinds it asked [`Plugins::load`] for.
 pub struct Plugins {
     gate: Option<GatePlugin>,
     selector: Option<SelectorPlugin>,
@@ -546,119 +545,126 @@ pub struct Plugins {
 }
 
 impl Plugins {
-    /// Loads the plugins of `kinds`. TEMPORARY shim: loads all four when any is asked.
+    /// Loads the plugins of `kinds` (the built-in default for each kind the config
+    /// leaves out), checks file digests and worlds, and has each plugin validate its
+    /// config. A command loads only the kinds it calls, so a broken entry for a kind
+    /// it never calls cannot stop it. Sources, digests and limits of every requested
+    /// kind are checked before anything is compiled; plugins missing from the
+    /// compiled-code cache compile in parallel.
     ///
     /// # Errors
-    /// The first [`PluginError`] found.
+    /// The first [`PluginError`] found, in deploy order (gate, selector, health,
+    /// template) within each stage (sources and limits, compiling, linking and
+    /// validating the config).
     pub fn load(
         host: &PluginHost,
         config: &Config,
         kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Plugins, PluginError> {
-        if kinds.is_empty() {
-            return Ok(Plugins {
-                gate: None,
-                selector: None,
-                health: None,
-                template: None,
+        if let Some(note) = host.take_cache_note() {
+            reporter.emit(&Event::Log {
+                level: Level::Debug,
+                source: "cutover".to_owned(),
+                message: note,
             });
         }
-        let (g, s, h, t) = load_all(host, config, reporter)?;
-        let want = |k| kinds.contains(&k);
-        Ok(Plugins {
-            gate: want(PluginKind::DeployGate).then_some(g),
-            selector: want(PluginKind::TargetSelector).then_some(s),
-            health: want(PluginKind::HealthPolicy).then_some(h),
-            template: want(PluginKind::ProxyTemplate).then_some(t),
-        })
+        let in_file = |e: PluginError| e.in_config_file(&config.file);
+        // Cheap checks of every kind first: a typo in the last entry should not wait
+        // for three compiles.
+        let pending = PluginKind::ALL
+            .into_iter()
+            .filter(|kind| kinds.contains(kind))
+            .map(|kind| {
+                let spec = config
+                    .plugins
+                    .get(kind)
+                    .cloned()
+                    .unwrap_or_else(|| PluginSpec {
+                        source: builtin::default_for(kind).source(),
+                        sha256: None,
+                        limits: LimitsConfig::default(),
+                        config: toml::Table::new(),
+                    });
+                Ok(Pending {
+                    kind,
+                    resolved: resolve(kind, &spec, config.base_dir()).map_err(in_file)?,
+                    limits: Limits::from_config(kind, &spec.limits)?,
+                    config: spec.config_json(),
+                })
+            })
+            .collect::<Result<Vec<_>, PluginError>>()?;
+        let compiled = compile_all(host, &pending)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut plugins = Plugins {
+            gate: None,
+            selector: None,
+            health: None,
+            template: None,
+        };
+        for (pending, compiled) in pending.into_iter().zip(compiled) {
+            match pending.kind {
+                PluginKind::DeployGate => {
+                    plugins.gate = Some(GatePlugin(
+                        pending.link(host, compiled, &reporter).map_err(in_file)?,
+                    ));
+                }
+                PluginKind::TargetSelector => {
+                    plugins.selector = Some(SelectorPlugin(
+                        pending.link(host, compiled, &reporter).map_err(in_file)?,
+                    ));
+                }
+                PluginKind::HealthPolicy => {
+                    plugins.health = Some(HealthPlugin(
+                        pending.link(host, compiled, &reporter).map_err(in_file)?,
+                    ));
+                }
+                PluginKind::ProxyTemplate => {
+                    plugins.template = Some(TemplatePlugin(
+                        pending.link(host, compiled, &reporter).map_err(in_file)?,
+                    ));
+                }
+            }
+        }
+        Ok(plugins)
     }
 
-    /// The deploy gate.
+    /// The `deploy-gate` plugin, which allows or denies the deploy.
     ///
     /// # Errors
-    /// When this command did not load it (a cutover bug).
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
     pub fn gate(&self) -> Result<&GatePlugin, PluginError> {
-        self.gate.as_ref().ok_or(PluginError::NotLoaded {
-            kind: PluginKind::DeployGate,
-        })
+        loaded(self.gate.as_ref(), PluginKind::DeployGate)
     }
 
-    /// The target selector.
+    /// The `target-selector` plugin, which chooses the colour.
     ///
     /// # Errors
-    /// When this command did not load it (a cutover bug).
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
     pub fn selector(&self) -> Result<&SelectorPlugin, PluginError> {
-        self.selector.as_ref().ok_or(PluginError::NotLoaded {
-            kind: PluginKind::TargetSelector,
-        })
+        loaded(self.selector.as_ref(), PluginKind::TargetSelector)
     }
 
-    /// The health policy.
+    /// The `health-policy` plugin, which judges health probes.
     ///
     /// # Errors
-    /// When this command did not load it (a cutover bug).
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
     pub fn health(&self) -> Result<&HealthPlugin, PluginError> {
-        self.health.as_ref().ok_or(PluginError::NotLoaded {
-            kind: PluginKind::HealthPolicy,
-        })
+        loaded(self.health.as_ref(), PluginKind::HealthPolicy)
     }
 
-    /// The proxy template.
+    /// The `proxy-template` plugin, which renders the proxy config.
     ///
     /// # Errors
-    /// When this command did not load it (a cutover bug).
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
     pub fn template(&self) -> Result<&TemplatePlugin, PluginError> {
-        self.template.as_ref().ok_or(PluginError::NotLoaded {
-            kind: PluginKind::ProxyTemplate,
-        })
+        loaded(self.template.as_ref(), PluginKind::ProxyTemplate)
     }
 }
 
-type AllFour = (GatePlugin, SelectorPlugin, HealthPlugin, TemplatePlugin);
-
-fn load_all(
-    host: &PluginHost,
-    config: &Config,
-    reporter: Arc<dyn Reporter>,
-) -> Result<AllFour, PluginError> {
-    if let Some(note) = host.take_cache_note() {
-        reporter.emit(&Event::Log {
-            level: Level::Debug,
-            source: "cutover".to_owned(),
-            message: note,
-        });
-    }
-    let in_file = |e: PluginError| e.in_config_file(&config.file);
-    // Cheap checks of all four first: a typo in the last entry should not wait
-    // for three compiles.
-    let [gate, selector, health, template] = PluginKind::ALL.map(|kind| {
-        let spec = config
-            .plugins
-            .get(kind)
-            .cloned()
-            .unwrap_or_else(|| PluginSpec {
-                source: builtin::default_for(kind).source(),
-                sha256: None,
-                limits: LimitsConfig::default(),
-                config: toml::Table::new(),
-            });
-        Ok::<_, PluginError>(Pending {
-            kind,
-            resolved: resolve(kind, &spec, config.base_dir()).map_err(in_file)?,
-            limits: Limits::from_config(kind, &spec.limits)?,
-            config: spec.config_json(),
-        })
-    });
-    let pending = [gate?, selector?, health?, template?];
-    let [gate, selector, health, template] = compile_all(host, &pending);
-    let [pg, ps, ph, pt] = pending;
-    Ok((
-        GatePlugin(pg.link(host, gate?, &reporter).map_err(in_file)?),
-        SelectorPlugin(ps.link(host, selector?, &reporter).map_err(in_file)?),
-        HealthPlugin(ph.link(host, health?, &reporter).map_err(in_file)?),
-        TemplatePlugin(pt.link(host, template?, &reporter).map_err(in_file)?),
-    ))
+fn loaded<T>(plugin: Option<&T>, kind: PluginKind) -> Result<&T, PluginError> {
+    plugin.ok_or(PluginError::NotLoaded { kind })
 }
 
 /// One `[plugins.<kind>]` entry, resolved and checked, not yet compiled.
@@ -691,31 +697,32 @@ impl Pending {
 /// another on this thread (loading maps memory, and parallel mapping contends on
 /// the process's memory map: measured slower); misses compile in parallel, one
 /// thread each, since compiling is CPU-bound and dominates a cold start.
-fn compile_all<const N: usize>(
-    host: &PluginHost,
-    pending: &[Pending; N],
-) -> [Result<Compiled, PluginError>; N] {
+fn compile_all(host: &PluginHost, pending: &[Pending]) -> Vec<Result<Compiled, PluginError>> {
     std::thread::scope(|scope| {
-        let slots = pending.each_ref().map(|p| {
-            let started = Instant::now();
-            let r = &p.resolved;
-            match host.cached(&r.sha256) {
-                Some(component) => Ok(Compiled {
-                    component,
-                    origin: Origin::Cache,
-                    took: started.elapsed(),
-                }),
-                None => Err(scope.spawn(move || {
-                    host.compile(&r.name, Some(p.kind), &r.wasm, &r.sha256)
-                        .map(|component| Compiled {
-                            component,
-                            origin: Origin::Compiled,
-                            took: started.elapsed(),
-                        })
-                })),
-            }
-        });
-        slots.map(|slot| slot.or_else(join))
+        // Collected before joining, so every miss is compiling at once.
+        let slots: Vec<_> = pending
+            .iter()
+            .map(|p| {
+                let started = Instant::now();
+                let r = &p.resolved;
+                match host.cached(&r.sha256) {
+                    Some(component) => Ok(Compiled {
+                        component,
+                        origin: Origin::Cache,
+                        took: started.elapsed(),
+                    }),
+                    None => Err(scope.spawn(move || {
+                        host.compile(&r.name, Some(p.kind), &r.wasm, &r.sha256)
+                            .map(|component| Compiled {
+                                component,
+                                origin: Origin::Compiled,
+                                took: started.elapsed(),
+                            })
+                    })),
+                }
+            })
+            .collect();
+        slots.into_iter().map(|slot| slot.or_else(join)).collect()
     })
 }
 
@@ -765,6 +772,61 @@ mod tests {
                 .to_string()
                 .ends_with("fix [plugins.deploy-gate.config] in /srv/app/deploy.toml"),
             "{rejected}"
+        );
+    }
+
+    #[test]
+    fn a_broken_pin_of_a_kind_not_loaded_does_not_stop_the_load() {
+        // The deploy gate's file exists but its pin is wrong: a command that never
+        // asks the gate (rollback, status) must still load what it calls.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("gate.wasm"),
+            builtin::default_for(PluginKind::DeployGate).wasm(),
+        )
+        .unwrap();
+        let text = format!(
+            "service = \"hello\"\n[image]\nref = \"hello:1\"\n[container]\nport = 8080\n\
+             [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:8080\"\n\
+             [plugins.deploy-gate]\nsource = \"gate.wasm\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        );
+        let config = Config::parse(&text, &dir.path().join("cutover.toml")).unwrap();
+        let host = PluginHost::uncached().unwrap();
+        let silent: Arc<dyn Reporter> = Arc::new(crate::events::Silent);
+
+        let plugins = Plugins::load(
+            &host,
+            &config,
+            &[PluginKind::HealthPolicy],
+            Arc::clone(&silent),
+        )
+        .unwrap();
+        assert_eq!(plugins.health().unwrap().name(), "builtin:http-status");
+        let err = plugins.gate().err().unwrap();
+        assert!(
+            matches!(
+                err,
+                PluginError::NotLoaded {
+                    kind: PluginKind::DeployGate
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cutover bug"), "{err}");
+
+        let err = Plugins::load(&host, &config, &PluginKind::ALL, silent)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                PluginError::DigestMismatch {
+                    kind: PluginKind::DeployGate,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
     }
 

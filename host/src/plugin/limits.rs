@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use crate::config::{LimitsConfig, PluginKind};
+use super::PluginKind;
+use crate::config::LimitsConfig;
 use crate::plugin::PluginError;
 
 /// The limits one plugin call runs under.

@@ -3,12 +3,12 @@
 //!
 //! [`PluginHost`] (one per process) owns the WebAssembly engine, the linker, the
 //! epoch ticker behind every deadline and the compiled-code cache. [`Plugins::load`]
-//! turns the `[plugins.*]` config into four ready plugins, each of which runs every
-//! call in a fresh store under its [`Limits`]. This module never performs a deploy's
-//! side effects and never trusts plugin output: sizes are capped, text is made
-//! printable and proxy file paths are checked before anyone writes them.
+//! turns the `[plugins.*]` config into ready plugins of the kinds a command calls,
+//! each of which runs every call in a fresh store under its [`Limits`]. This module
+//! never performs a deploy's side effects and never trusts plugin output: sizes are
+//! capped, text is made printable and proxy file paths are checked before anyone
+//! writes them.
 
-#[allow(missing_docs)]
 pub mod bindings;
 pub mod builtin;
 mod cache;
@@ -19,6 +19,7 @@ mod limits;
 pub mod sample;
 mod sandbox;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -31,13 +32,12 @@ use wasmtime::{
     WasmBacktraceDetails,
 };
 
-pub use bindings::types;
+pub use bindings::{WIT, WIT_VERSION, types};
 pub use cache::sha256_hex;
 pub use error::PluginError;
 pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
 pub use limits::{BOUNDS, Bound, Limits};
 
-use crate::config::PluginKind;
 use cache::DiskCache;
 use sandbox::{CallSlots, CallState, chain};
 
@@ -52,11 +52,45 @@ const POOL_SLOTS: u32 = 16;
 /// the pages a call dirtied are restored), so the next call takes no page faults.
 const KEEP_RESIDENT: usize = 4 << 20;
 
-/// The version of the WIT contract this host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The four policy kinds a plugin can implement: one WIT world and one
+/// `[plugins.<kind>]` config entry each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PluginKind {
+    /// Allow or deny a deploy.
+    DeployGate,
+    /// Choose the colour to deploy to.
+    TargetSelector,
+    /// Judge a health probe.
+    HealthPolicy,
+    /// Render the proxy config.
+    ProxyTemplate,
+}
 
-/// The WIT contract the host implements, for `cutover plugin wit`.
-pub const WIT: &str = include_str!("../../../wit/v0.1.0/plugin.wit");
+impl PluginKind {
+    /// All kinds, in the order a deploy uses them.
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::DeployGate,
+        PluginKind::TargetSelector,
+        PluginKind::HealthPolicy,
+        PluginKind::ProxyTemplate,
+    ];
+
+    /// The name used in config (`[plugins.<name>]`) and as the WIT world name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::DeployGate => "deploy-gate",
+            PluginKind::TargetSelector => "target-selector",
+            PluginKind::HealthPolicy => "health-policy",
+            PluginKind::ProxyTemplate => "proxy-template",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What the host and every plugin it loaded share, so deadlines and the call slots
 /// keep working while any plugin lives.

@@ -20,7 +20,7 @@ use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::config::PluginKind;
+use super::PluginKind;
 use crate::events::{Event, Level, Reporter};
 use crate::plugin::bindings::gate::cutover::plugin::{host, types};
 use crate::plugin::limits::Limits;

@@ -1,6 +1,13 @@
-//! Rust bindings generated from `wit/v0.1.0`, one module per world. The worlds share
-//! the `types` and `host` interfaces, generated once (in `gate`) and reused by the
-//! others through `with`, so a `GateInput` or `Color` is one Rust type everywhere.
+//! Rust bindings generated from `wit/v0.1.0` (`cutover:plugin@0.1.0`, released and
+//! frozen), one module per world. The worlds share the `types` and `host` interfaces,
+//! generated once (in `gate`) and reused by the others through `with`, so a
+//! `GateInput` or `Color` is one Rust type everywhere.
+
+/// The version of the WIT package these bindings are generated from.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// The WIT package's text, for `cutover plugin wit`.
+pub const WIT: &str = include_str!("../../../../wit/v0.1.0/plugin.wit");
 
 /// The `deploy-gate` world, and the shared `types` and `host` interfaces.
 pub mod gate {
