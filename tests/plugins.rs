@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cutover::config::{Config, LimitsConfig, PluginSpec};
+use cutover::config::Config;
 use cutover::events::{Event, Level, Recorder, Reporter, Silent};
 use cutover::plugin::cli::{PluginCommand, run};
 use cutover::plugin::types::{
@@ -19,6 +19,7 @@ use cutover::plugin::{
     GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, sample, sha256_hex,
 };
+use cutover::plugin::{LimitsConfig, PluginSpec};
 
 use crate::support::guests::{guest, guests};
 

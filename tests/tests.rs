@@ -16,5 +16,6 @@ mod hostile;
 mod plugins;
 mod proxy;
 mod serve;
+mod shape;
 mod tls;
 mod zero_downtime;

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use cutover::config::{Config, PluginSpec};
+use cutover::config::Config;
 use cutover::events::{Reporter, Silent};
+use cutover::plugin::PluginSpec;
 use cutover::plugin::{
     GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
     TemplatePlugin, builtin, sample,

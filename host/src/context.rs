@@ -176,7 +176,7 @@ impl Context {
     }
 
     /// Renders the proxy files for `target`; the plugin host has already checked
-    /// them with `proxy::check_rendered`.
+    /// them against [`crate::rendered`].
     ///
     /// # Errors
     /// [`DeployError`] when the plugin fails or its output is refused.

@@ -31,6 +31,7 @@ pub mod plan;
 pub mod plugin;
 pub mod proxy;
 pub mod recover;
+pub mod rendered;
 pub mod secret;
 pub mod serve;
 pub mod state;

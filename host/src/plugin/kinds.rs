@@ -18,12 +18,12 @@ use wasmtime::component::{Component, InstancePre};
 use super::bindings::{gate, health, selector, template};
 use super::builtin::{self, Builtin};
 use super::sandbox::{CallState, CallStats, Sandbox, chain, printable};
+use super::settings::{LimitsConfig, PluginSettings, PluginSpec};
 use super::types::{
     self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
     TemplateInput,
 };
 use super::{Compiled, Limits, Origin, PluginError, PluginHost, PluginKind, sha256_hex};
-use crate::config::{Config, LimitsConfig, PluginSpec};
 use crate::events::{Event, Level, Reporter};
 
 impl From<crate::Color> for types::Color {
@@ -517,14 +517,14 @@ impl TemplatePlugin {
         let files = answer.map_err(|reason| self.0.refused(reason))?;
         let size = files.iter().map(|f| f.path.len() + f.contents.len()).sum();
         self.0.check_size(size)?;
-        // The proxy module owns what may be written into nginx's config directory;
-        // its refusal becomes this plugin's invalid-output error.
-        crate::proxy::check_rendered(&files).map_err(|e| match e {
-            crate::proxy::ProxyError::InvalidFile { path, reason } => self
-                .0
-                .invalid(format!("file {:?} {reason}", printable(&path))),
-            other => self.0.invalid(other.to_string()),
-        })?;
+        // What may be written into nginx's config directory is decided by the same
+        // rules the proxy applies before writing; a refusal is this plugin's
+        // invalid output.
+        crate::rendered::check(files.iter().map(|f| (f.path.as_str(), f.contents.as_str())))
+            .map_err(|r| {
+                self.0
+                    .invalid(format!("file {:?} {}", printable(&r.path), r.reason))
+            })?;
         Ok((files, stats))
     }
 }
@@ -556,12 +556,13 @@ impl Plugins {
     /// The first [`PluginError`] found, in deploy order (gate, selector, health,
     /// template) within each stage (sources and limits, compiling, linking and
     /// validating the config).
-    pub fn load(
+    pub fn load<'a>(
         host: &PluginHost,
-        config: &Config,
+        settings: impl Into<PluginSettings<'a>>,
         kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Plugins, PluginError> {
+        let settings = settings.into();
         if let Some(note) = host.take_cache_note() {
             reporter.emit(&Event::Log {
                 level: Level::Debug,
@@ -569,14 +570,14 @@ impl Plugins {
                 message: note,
             });
         }
-        let in_file = |e: PluginError| e.in_config_file(&config.file);
+        let in_file = |e: PluginError| e.in_config_file(settings.file);
         // Cheap checks of every kind first: a typo in the last entry should not wait
         // for three compiles.
         let pending = PluginKind::ALL
             .into_iter()
             .filter(|kind| kinds.contains(kind))
             .map(|kind| {
-                let spec = config
+                let spec = settings
                     .plugins
                     .get(kind)
                     .cloned()
@@ -588,7 +589,7 @@ impl Plugins {
                     });
                 Ok(Pending {
                     kind,
-                    resolved: resolve(kind, &spec, config.base_dir()).map_err(in_file)?,
+                    resolved: resolve(kind, &spec, settings.base_dir).map_err(in_file)?,
                     limits: Limits::from_config(kind, &spec.limits)?,
                     config: spec.config_json(),
                 })
@@ -729,6 +730,7 @@ fn compile_all(host: &PluginHost, pending: &[Pending]) -> Vec<Result<Compiled, P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn plugin_errors_name_the_config_file_actually_used() {

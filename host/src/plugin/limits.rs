@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::PluginKind;
-use crate::config::LimitsConfig;
+use super::settings::LimitsConfig;
 use crate::plugin::PluginError;
 
 /// The limits one plugin call runs under.

@@ -18,6 +18,7 @@ mod kinds;
 mod limits;
 pub mod sample;
 mod sandbox;
+mod settings;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ pub use cache::sha256_hex;
 pub use error::PluginError;
 pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
 pub use limits::{BOUNDS, Bound, Limits};
+pub use settings::{LimitsConfig, PluginSettings, PluginSpec, PluginsConfig};
 
 use cache::DiskCache;
 use sandbox::{CallSlots, CallState, chain};

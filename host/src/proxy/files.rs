@@ -12,216 +12,27 @@ use std::path::Path;
 use super::ProxyError;
 use crate::atomic_file;
 use crate::plugin::types::ProxyFile;
+use crate::rendered::{self, Refusal};
 use crate::state::SavedFile;
-
-/// At most this many files per render.
-pub(crate) const MAX_FILES: usize = 32;
-/// At most this many bytes per file.
-pub(crate) const MAX_FILE_BYTES: usize = 1024 * 1024;
-/// At most this many bytes in all files of a render.
-pub(crate) const MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
-const MAX_PATH_BYTES: usize = 200;
-const MAX_DEPTH: usize = 4;
 
 /// Mode of the files written: nginx workers may run as another user and must read them.
 const FILE_MODE: u32 = 0o644;
 
-fn invalid(path: &str, reason: impl Into<String>) -> ProxyError {
+fn invalid(refusal: Refusal) -> ProxyError {
     ProxyError::InvalidFile {
-        path: path.to_owned(),
-        reason: reason.into(),
+        path: refusal.path,
+        reason: refusal.reason,
     }
 }
 
 /// Checks one path relative to the config directory.
 pub(crate) fn check_path(path: &str) -> Result<(), ProxyError> {
-    // Every refusal says the same first words, so a user (and a test) recognises an
-    // escaping or malformed path whatever the detail.
-    let refuse = |detail: String| {
-        invalid(
-            path,
-            format!("is not a relative path inside the proxy's config directory: {detail}"),
-        )
-    };
-    if path.is_empty() {
-        return Err(refuse("it is empty".to_owned()));
-    }
-    if path.len() > MAX_PATH_BYTES {
-        return Err(refuse(format!("it is longer than {MAX_PATH_BYTES} bytes")));
-    }
-    if path.contains('\0') {
-        return Err(refuse("it contains a NUL byte".to_owned()));
-    }
-    if path.starts_with('/') {
-        return Err(refuse("it is absolute".to_owned()));
-    }
-    let parts: Vec<&str> = path.split('/').collect();
-    if parts.contains(&"..") {
-        return Err(refuse("it contains `..`".to_owned()));
-    }
-    if parts.len() > MAX_DEPTH {
-        return Err(refuse(format!(
-            "it is nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
-    for part in parts {
-        // Leading dots would also collide with atomic_file's temporary names.
-        if part.is_empty() || part.starts_with('.') {
-            return Err(refuse(
-                "every component must be a non-empty name that does not start with `.`".to_owned(),
-            ));
-        }
-        if !part
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        {
-            return Err(refuse(
-                "names may only use a-z, A-Z, 0-9, `.`, `-` and `_`".to_owned(),
-            ));
-        }
-    }
-    Ok(())
+    rendered::check_path(path).map_err(invalid)
 }
 
-/// Checks a whole render: paths, duplicates, count and sizes.
+/// Checks a whole render: paths, duplicates, count, sizes, contents.
 pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
-    if files.is_empty() {
-        return Err(invalid(
-            "",
-            "is missing: the template rendered no files, so the proxy would have nothing to switch to",
-        ));
-    }
-    if files.len() > MAX_FILES {
-        return Err(invalid(
-            &files[0].path,
-            format!(
-                "is one of {} rendered files; at most {MAX_FILES} are accepted",
-                files.len()
-            ),
-        ));
-    }
-    let mut total = 0usize;
-    for (i, file) in files.iter().enumerate() {
-        check_path(&file.path)?;
-        if files[..i].iter().any(|f| f.path == file.path) {
-            return Err(invalid(&file.path, "appears twice in the render"));
-        }
-        if file.contents.len() > MAX_FILE_BYTES {
-            return Err(invalid(
-                &file.path,
-                format!(
-                    "has {} bytes; at most {MAX_FILE_BYTES} are accepted",
-                    file.contents.len()
-                ),
-            ));
-        }
-        if let Some(c) = file
-            .contents
-            .chars()
-            .find(|&c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
-        {
-            return Err(invalid(
-                &file.path,
-                format!(
-                    "contains the control character {:?}",
-                    c.escape_default().to_string()
-                ),
-            ));
-        }
-        check_blocks(&file.contents)
-            .map_err(|reason| invalid(&file.path, format!("is not well-formed nginx: {reason}")))?;
-        total += file.contents.len();
-    }
-    if total > MAX_TOTAL_BYTES {
-        return Err(invalid(
-            &files[0].path,
-            format!("brings the files to {total} bytes; at most {MAX_TOTAL_BYTES} are accepted"),
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses contents whose `{ }` blocks do not balance, read the way nginx's lexer
-/// reads them (quoted strings, `\` escapes, `#` comments and `${var}` do not count).
-/// Each file is included inside a block of the main config; one that closed more
-/// blocks than it opened would escape it (say, out of `location /` to add a server of
-/// its own), and one that left a block open would swallow what follows. nginx's test
-/// would refuse both too, but only after the file was written; this refuses it first.
-fn check_blocks(contents: &str) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut opened_at = Vec::new();
-    let mut line = 1usize;
-    let mut quote: Option<char> = None;
-    let (mut escaped, mut comment, mut variable_name) = (false, false, false);
-    // nginx only starts a comment or a quoted string at the start of a word.
-    let mut word_start = true;
-    let mut after_dollar = false;
-    for c in contents.chars() {
-        if c == '\n' {
-            line += 1;
-        }
-        let dollar = std::mem::replace(&mut after_dollar, false);
-        if comment {
-            comment = c != '\n';
-            word_start = true;
-            continue;
-        }
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        if c == '\\' {
-            escaped = true;
-            word_start = false;
-            continue;
-        }
-        if let Some(q) = quote {
-            quote = (c != q).then_some(q);
-            continue;
-        }
-        if variable_name {
-            variable_name = c != '}';
-            continue;
-        }
-        match c {
-            '#' if word_start => comment = true,
-            '"' | '\'' if word_start => quote = Some(c),
-            '{' if dollar => variable_name = true,
-            '{' => {
-                depth += 1;
-                opened_at.push(line);
-                word_start = true;
-            }
-            '}' => {
-                if depth == 0 {
-                    return Err(format!(
-                        "line {line}: `}}` closes a block it did not open; a rendered file must not escape the block it is included in"
-                    ));
-                }
-                depth -= 1;
-                opened_at.pop();
-                word_start = true;
-            }
-            ';' => word_start = true,
-            c if c.is_whitespace() => word_start = true,
-            '$' => {
-                after_dollar = true;
-                word_start = false;
-            }
-            _ => word_start = false,
-        }
-    }
-    if let Some(q) = quote {
-        return Err(format!(
-            "a string opened with {q} is never closed; it would swallow the rest of nginx's config"
-        ));
-    }
-    match opened_at.first() {
-        Some(at) => Err(format!(
-            "the block opened at line {at} is never closed; it would swallow the rest of nginx's config"
-        )),
-        None => Ok(()),
-    }
+    rendered::check(files.iter().map(|f| (f.path.as_str(), f.contents.as_str()))).map_err(invalid)
 }
 
 /// Reads the current contents of `paths` under `dir` (none for an absent file).
@@ -374,6 +185,7 @@ pub(crate) fn diff(current: &[SavedFile], next: &[ProxyFile]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rendered::{MAX_FILE_BYTES, MAX_FILES};
 
     fn file(path: &str, contents: &str) -> ProxyFile {
         ProxyFile {

@@ -229,7 +229,7 @@ impl ProxyError {
 /// Checks rendered files before anything is written: relative paths inside the
 /// config directory (no `..`, not absolute, a plain alphabet), no duplicates, bounded
 /// count and sizes, no control characters, and `{ }` blocks that balance the way
-/// nginx reads them. The proxy-template plugin host calls it on every render.
+/// nginx reads them ([`crate::rendered`]); checked again before every write.
 ///
 /// # Errors
 /// [`ProxyError::InvalidFile`] naming the file and what is wrong.
