@@ -285,3 +285,31 @@ fn plan_and_deploy_agree_on_target_image_and_files() {
     assert!(out.stderr.contains("serving traffic now"), "{}", out.stderr);
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
+
+/// Regression: a broken plugin that a command does not use blocked it: every command
+/// loaded all four plugins, so a bad deploy-gate pin stopped `rollback`, `recover`
+/// and `down`, the commands needed in an emergency.
+#[test]
+fn a_broken_gate_pin_does_not_block_rollback_recover_status_or_down() {
+    let svc = Service::new("e2e-broken-gate");
+    svc.deploy("v1").success();
+    svc.deploy("v2").success();
+    std::fs::write(svc.base.join("gate.wasm"), b"not the pinned plugin").unwrap();
+    svc.append_config(&format!(
+        "\n[plugins.deploy-gate]\nsource = \"gate.wasm\"\nsha256 = \"{}\"\n",
+        "0".repeat(64)
+    ));
+
+    // The deploy calls the gate: refused as a config error, nothing changes.
+    let out = svc.deploy("v3").code(5);
+    assert!(out.stderr.contains("gate.wasm"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+
+    // The others never call it.
+    svc.cutover(&["rollback"]).success();
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    svc.cutover(&["recover"]).success();
+    assert_eq!(svc.cutover(&["status"]).code, 0);
+    svc.cutover(&["down"]).success();
+    assert!(svc.containers().is_empty(), "{:?}", svc.containers());
+}
