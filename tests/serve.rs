@@ -115,21 +115,19 @@ impl Fixture {
         let secret = format!("whsec-{}", unique_service("s"));
         let log = conf_dir.path().join("server.log");
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.arg("serve")
             .arg(&conf)
             .env(SECRET_ENV, &secret)
             .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
             .env_remove("CUTOVER_CONFIG")
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("JENKINS_HOME")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start cutover serve");
+            .stderr(log_file);
+        for var in cutover::ci::SYSTEM_MARKERS {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().expect("start cutover serve");
         let mut server = ServeProcess { child, addr, log };
         wait_until_serving(&mut server);
         Fixture {

@@ -353,9 +353,6 @@ const HTTP_DRAIN: Duration = Duration::from_secs(10);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// How much of a deploy's stderr is kept for the log when it fails.
 const STDERR_TAIL: usize = 4096;
-/// The CI variables that must not reach a deploy run by the server: the deploy's CI
-/// facts are the webhook's, not those of a CI the server might run under.
-const FOREIGN_CI_VARS: [&str; 4] = ["GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "JENKINS_HOME"];
 
 struct Worker {
     key: String,
@@ -1170,6 +1167,11 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
     let config = worker.checkout.join(&worker.repo.config);
     let tag = run.git_ref.strip_prefix("refs/tags/").unwrap_or("");
     let mut cmd = tokio::process::Command::new(&app.cutover_bin);
+    // The deploy's CI facts are the webhook's, not those of a CI the server might run
+    // under; removed first so that `CUTOVER_SERVE` below is set again.
+    for var in crate::ci::SYSTEM_MARKERS {
+        cmd.env_remove(var);
+    }
     cmd.arg("--config")
         .arg(&config)
         .args(["--output", "json", "deploy", "--lock-wait"])
@@ -1193,9 +1195,6 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
         // half way; the server waits for it instead.
         .process_group(0)
         .kill_on_drop(true);
-    for var in FOREIGN_CI_VARS {
-        cmd.env_remove(var);
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", app.cutover_bin.display()))?;
