@@ -223,8 +223,10 @@ fn class_code(class: ErrorClass) -> u8 {
 fn report_error(error: &anyhow::Error, output: OutputFormat) {
     match output {
         OutputFormat::Json => {
-            let line = serde_json::json!({ "event": "error", "error": format!("{error:#}") });
-            println!("{line}");
+            let event = crate::events::Event::Error {
+                error: format!("{error:#}"),
+            };
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
         }
         OutputFormat::Human => eprintln!("error: {error:#}"),
     }

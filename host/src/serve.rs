@@ -52,6 +52,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 use crate::config::{self, ConfigError};
+use crate::events::{Event, Level};
 use crate::secret::Secret;
 
 /// `cutover-serve.toml`.
@@ -1220,8 +1221,9 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
     // stall the child.
     let mut lines = tokio::io::BufReader::new(stdout).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
-        if let Ok(event) = serde_json::from_slice::<serde_json::Value>(&line) {
-            follow(app, run, &event);
+        // A line that is not an event (a newer child's event kind) is skipped.
+        if let Ok(event) = serde_json::from_slice::<Event>(&line) {
+            follow(app, run, event);
         }
     }
     let status = child
@@ -1253,12 +1255,11 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
     Ok(())
 }
 
-/// Takes in one JSON event of the child deploy: logs it and updates the run.
-fn follow(app: &App, run: &mut DeployRun, event: &serde_json::Value) {
-    let text = |key: &str| event[key].as_str().map(str::to_owned);
-    match event["event"].as_str().unwrap_or("") {
-        "started" => {
-            run.deploy_id = text("id");
+/// Takes in one event of the child deploy: logs it and updates the run.
+fn follow(app: &App, run: &mut DeployRun, event: Event) {
+    match event {
+        Event::Started { id, .. } => {
+            run.deploy_id = Some(id);
             run.start_latency_ms = Some(run.received.elapsed().as_millis() as u64);
             publish(app, run);
             tracing::info!(
@@ -1267,41 +1268,33 @@ fn follow(app: &App, run: &mut DeployRun, event: &serde_json::Value) {
                 "deploy started"
             );
         }
-        "step-finished" => {
-            tracing::info!(
-                step = event["step"].as_str().unwrap_or(""),
-                ms = event["ms"].as_u64(),
-                detail = event["detail"].as_str().unwrap_or(""),
-                "step finished"
-            );
+        Event::StepStarted { .. } => {}
+        Event::StepFinished { step, ms, detail } => {
+            tracing::info!(step = %step, ms, detail, "step finished");
         }
-        "step-failed" => {
-            tracing::warn!(
-                step = event["step"].as_str().unwrap_or(""),
-                ms = event["ms"].as_u64(),
-                error = event["error"].as_str().unwrap_or(""),
-                "step failed"
-            );
+        Event::StepFailed { step, ms, error } => {
+            tracing::warn!(step = %step, ms, error, "step failed");
         }
-        "log" => {
-            let source = event["source"].as_str().unwrap_or("");
-            let message = event["message"].as_str().unwrap_or("");
-            match event["level"].as_str() {
-                Some("warn") => tracing::warn!(source, "{message}"),
-                Some("error") => tracing::error!(source, "{message}"),
-                Some("info") => tracing::info!(source, "{message}"),
-                _ => tracing::debug!(source, "{message}"),
-            }
+        Event::Log {
+            level,
+            source,
+            message,
+        } => match level {
+            Level::Error => tracing::error!(source, "{message}"),
+            Level::Warn => tracing::warn!(source, "{message}"),
+            Level::Info => tracing::info!(source, "{message}"),
+            Level::Debug => tracing::debug!(source, "{message}"),
+        },
+        Event::Finished {
+            outcome, reason, ..
+        } => {
+            run.outcome = Some(outcome.as_str().to_owned());
+            run.reason = reason;
         }
-        "finished" => {
-            run.outcome = text("outcome");
-            run.reason = text("reason");
-        }
-        "error" => {
+        Event::Error { error } => {
             run.outcome = Some("failed".to_owned());
-            run.reason = text("error");
+            run.reason = Some(error);
         }
-        _ => {}
     }
 }
 
