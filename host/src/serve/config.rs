@@ -30,6 +30,13 @@ pub struct ServeConfig {
     /// How long a deploy waits for the service's deploy lock (e.g. held by a CI run).
     #[serde(default = "default_lock_wait")]
     pub lock_wait: config::Duration,
+    /// Open HTTP connections at most; at the cap the oldest one without a request in
+    /// progress is closed to make room.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: config::Duration,
     /// How long shutdown waits for running deploys before killing them.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: config::Duration,
@@ -72,6 +79,15 @@ fn default_max_body() -> usize {
 }
 fn default_serve_state() -> PathBuf {
     PathBuf::from(".cutover-serve")
+}
+fn default_max_connections() -> usize {
+    // Webhooks arrive one at a time; this leaves room for a burst and for readers of
+    // `GET /deploys`, far under a typical open-file limit.
+    256
+}
+fn default_header_timeout() -> config::Duration {
+    // GitHub sends a whole request at once; hyper's own default is 30 s.
+    config::Duration(Duration::from_secs(10))
 }
 fn default_lock_wait() -> config::Duration {
     config::Duration(Duration::from_secs(600))
@@ -133,6 +149,18 @@ impl ServeConfig {
             return Err(invalid(
                 "max_body_bytes".to_owned(),
                 "must be more than 0 (GitHub push payloads are up to a few MiB)",
+            ));
+        }
+        if config.max_connections == 0 {
+            return Err(invalid(
+                "max_connections".to_owned(),
+                "must be more than 0 (the default is 256)",
+            ));
+        }
+        if config.header_timeout.get().is_zero() {
+            return Err(invalid(
+                "header_timeout".to_owned(),
+                "must be more than 0, e.g. \"10s\"",
             ));
         }
         let mut seen = HashSet::new();
@@ -224,6 +252,15 @@ mod tests {
         );
         check(&format!("{head}port = 1\nrepository = []\n"), "port");
         check(&format!("{head}repository = []\n"), "repository");
+        let repo = "[[repository]]\nname = \"a/b\"\ncheckout = \"x\"\n";
+        check(
+            &format!("{head}max_connections = 0\n{repo}"),
+            "max_connections",
+        );
+        check(
+            &format!("{head}header_timeout = \"0s\"\n{repo}"),
+            "header_timeout",
+        );
         check(
             &format!(
                 "{head}[[repository]]\nname = \"a/b\"\ncheckout = \"x\"\nremote = \"--upload-pack=x\"\n"

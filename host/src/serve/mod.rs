@@ -19,6 +19,11 @@
 //! [`MAX_RUNS`]; each [`DeployRun`] is one accepted push and its fields are documented
 //! on the type. `GET /healthz` answers `ok`.
 //!
+//! Connections are bounded (see `conns`): one whose request head has not arrived
+//! within `header_timeout` is closed, and at most `max_connections` are open, so a
+//! client holding thousands of half-sent requests can neither exhaust the server's
+//! file descriptors nor keep a webhook out.
+//!
 //! On SIGTERM/SIGINT the server stops accepting connections, drops queued pushes
 //! (forgetting their delivery ids so GitHub's "Redeliver" works after a restart), and
 //! waits up to `shutdown_grace` for running deploys to finish.
@@ -30,6 +35,7 @@
 
 mod auth;
 mod config;
+mod conns;
 mod http;
 mod push;
 mod queue;
@@ -148,6 +154,7 @@ async fn shutdown_signal() {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
+    limits: conns::Limits,
     app: Arc<App>,
     workers: tokio::task::JoinSet<()>,
     shutdown_grace: Duration,
@@ -216,9 +223,17 @@ impl Server {
             tasks.spawn(work(app.clone(), worker.clone()));
         }
         let router = http::router(app.clone());
+        let limits = conns::Limits::fitted(
+            conns::Limits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout.get(),
+            },
+            config.repositories.len(),
+        );
         Ok(Server {
             listener,
             router,
+            limits,
             app,
             workers: tasks,
             shutdown_grace: config.shutdown_grace.get(),
@@ -237,7 +252,7 @@ impl Server {
     /// queued pushes and waits up to `shutdown_grace` for running deploys.
     ///
     /// # Errors
-    /// [`ServeError::Listen`] when the listener fails.
+    /// [`ServeError::Listen`] when the listening socket cannot report its address.
     pub async fn serve(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -246,25 +261,21 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
-        tracing::info!(%addr, repositories = self.app.workers.len(), "cutover serve listening");
-        let mut stopped = self.app.stop.subscribe();
-        let http = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        });
-        let mut http = tokio::spawn(http.into_future());
-        let failed = tokio::select! {
-            () = shutdown => None,
-            result = &mut http => Some(result),
-        };
+        tracing::info!(
+            %addr,
+            repositories = self.app.workers.len(),
+            max_connections = self.limits.max_connections,
+            header_timeout = ?self.limits.header_timeout,
+            "cutover serve listening"
+        );
+        let mut http = tokio::spawn(conns::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.app.stop.subscribe(),
+        ));
+        shutdown.await;
         self.app.stop.send_replace(true);
-        if let Some(result) = failed {
-            let source = match result {
-                Ok(Ok(())) => std::io::Error::other("the HTTP server stopped"),
-                Ok(Err(e)) => e,
-                Err(e) => std::io::Error::other(e),
-            };
-            return Err(ServeError::Listen { addr, source });
-        }
         tracing::info!("shutting down: no new connections; waiting for running deploys");
         if tokio::time::timeout(HTTP_DRAIN, &mut http).await.is_err() {
             http.abort();
