@@ -11,10 +11,12 @@
 //!   open-file limit;
 //! - at the cap a new connection is still taken, and the oldest connection with no
 //!   request in progress is closed to make room: a flood of half-sent requests pushes
-//!   out its own connections rather than a webhook whose request arrives whole. Only
-//!   when every open connection has a request in progress is the new one closed at
-//!   once. Either way the kernel's accept queue stays empty, so a webhook never waits
-//!   in it behind the flood.
+//!   out its own connections rather than a webhook whose request arrives whole. The
+//!   newcomer waits (at most [`ADMIT_WAIT`]) until that connection's socket is really
+//!   closed, so the cap counts descriptors held, not promises. Only when every open
+//!   connection has a request in progress is the newcomer closed instead. Either way
+//!   the accept queue keeps moving, so a webhook does not wait long in it behind the
+//!   flood.
 //!
 //! A connection that never completed a request head is dropped outright (hyper's
 //! graceful shutdown would leave it open until its header timeout); one that has
@@ -35,7 +37,7 @@ use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
@@ -50,6 +52,8 @@ const MIN_CONNECTIONS: usize = 8;
 /// At most one "connections closed to make room" log line per this period, so a flood
 /// does not become a flood of log lines.
 const SHED_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// How long a newcomer waits at the cap for the connection closed to make room.
+const ADMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How many connections may be open and how long a request head may take.
 #[derive(Debug, Clone, Copy)]
@@ -144,11 +148,13 @@ impl Drop for Busy {
 /// An open connection, as the accept loop sees it.
 struct Open {
     state: State,
-    /// Dropped to ask the connection to close (after its request, if one is running).
-    _close: oneshot::Sender<()>,
+    /// Dropped to ask the connection to close (after its request, if one is running);
+    /// none once asked.
+    close: Option<oneshot::Sender<()>>,
 }
 
-/// The open connections, oldest first (ids only grow).
+/// The open connections, oldest first (ids only grow). An entry stays until its task
+/// has ended, so the count is of descriptors really held.
 #[derive(Default)]
 struct Table {
     next_id: u64,
@@ -159,23 +165,17 @@ struct Table {
 }
 
 impl Table {
-    /// Makes room for one more connection under `max`: closes the oldest one with
-    /// no request in progress. False when every open connection is busy.
-    fn make_room(&mut self, max: usize) -> bool {
-        if self.open.len() < max {
-            return true;
-        }
-        self.shed += 1;
+    /// Asks the oldest connection with no request in progress (and not already
+    /// asked) to close; false when there is none.
+    fn close_oldest_idle(&mut self) -> bool {
         // A fresh connection is marked so that a request arriving now is refused; one
         // that has been served is shut down gracefully by its task.
-        let idle = self
-            .open
-            .iter()
-            .find(|(_, conn)| conn.state.drop_if_fresh() || !conn.state.is_busy())
-            .map(|(id, _)| *id);
+        let idle = self.open.values_mut().find(|conn| {
+            conn.close.is_some() && (conn.state.drop_if_fresh() || !conn.state.is_busy())
+        });
         match idle {
-            Some(id) => {
-                self.open.remove(&id);
+            Some(conn) => {
+                conn.close = None;
                 true
             }
             None => false,
@@ -201,15 +201,75 @@ impl Table {
     }
 }
 
+/// The table, and the signal that a connection's task has ended.
+#[derive(Default)]
+struct Conns {
+    table: Mutex<Table>,
+    released: Notify,
+}
+
+impl Conns {
+    /// Waits until one more connection fits under `max`, closing the oldest idle one
+    /// if needed; false (refuse the newcomer) when every open connection has a request
+    /// in progress, or room did not appear within [`ADMIT_WAIT`].
+    async fn admit(&self, max: usize) -> bool {
+        let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+        let mut asked = false;
+        loop {
+            // Registered before looking, so a release in between is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut table = lock(&self.table);
+                if table.open.len() < max {
+                    return true;
+                }
+                if !asked {
+                    asked = true;
+                    table.shed += 1;
+                    let closing = table.close_oldest_idle();
+                    table.report_shedding(max);
+                    if !closing {
+                        return false;
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Adds a connection: its id, state and the receiver that fires when it is asked
+    /// to close.
+    fn register(&self) -> (u64, State, oneshot::Receiver<()>) {
+        let mut table = lock(&self.table);
+        let id = table.next_id;
+        table.next_id += 1;
+        let state = State::default();
+        let (close, closed) = oneshot::channel();
+        table.open.insert(
+            id,
+            Open {
+                state: state.clone(),
+                close: Some(close),
+            },
+        );
+        (id, state, closed)
+    }
+}
+
 /// Removes a connection from the table when its task ends, however it ends.
 struct Registered {
-    table: Arc<Mutex<Table>>,
+    conns: Arc<Conns>,
     id: u64,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.table).open.remove(&self.id);
+        lock(&self.conns.table).open.remove(&self.id);
+        self.conns.released.notify_one();
     }
 }
 
@@ -222,7 +282,7 @@ pub(super) async fn serve(
     limits: Limits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let table = Arc::new(Mutex::new(Table::default()));
+    let conns = Arc::new(Conns::default());
     let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -241,29 +301,13 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        let (id, state, closed) = {
-            let mut table = lock(&table);
-            let room = table.make_room(limits.max_connections);
-            table.report_shedding(limits.max_connections);
-            if !room {
-                // Dropping the stream closes it.
-                continue;
-            }
-            let id = table.next_id;
-            table.next_id += 1;
-            let state = State::default();
-            let (close, closed) = oneshot::channel();
-            table.open.insert(
-                id,
-                Open {
-                    state: state.clone(),
-                    _close: close,
-                },
-            );
-            (id, state, closed)
-        };
+        if !conns.admit(limits.max_connections).await {
+            // Dropping the stream closes it.
+            continue;
+        }
+        let (id, state, closed) = conns.register();
         let registered = Registered {
-            table: table.clone(),
+            conns: conns.clone(),
             id,
         };
         tasks.spawn(connection(
@@ -347,7 +391,7 @@ mod tests {
                 id,
                 Open {
                     state,
-                    _close: close,
+                    close: Some(close),
                 },
             );
         }
@@ -355,23 +399,33 @@ mod tests {
     }
 
     #[test]
-    fn at_the_cap_the_oldest_idle_connection_makes_room_and_busy_ones_stay() {
+    fn the_oldest_idle_connection_is_closed_to_make_room_and_busy_ones_stay() {
         let (mut table, states) = table_with(&[BUSY, SERVED, FRESH, FRESH]);
-        assert!(table.make_room(5), "under the cap");
-        assert_eq!(table.open.len(), 4);
-        assert!(table.make_room(4));
-        assert_eq!(table.open.keys().copied().collect::<Vec<_>>(), [0, 2, 3]);
-        assert!(table.make_room(3));
-        assert_eq!(table.open.keys().copied().collect::<Vec<_>>(), [0, 3]);
-        // The fresh one closed to make room refuses a request that arrives now.
+        let asked = |table: &Table| {
+            table
+                .open
+                .iter()
+                .filter(|(_, c)| c.close.is_none())
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>()
+        };
+        assert!(table.close_oldest_idle());
+        assert_eq!(asked(&table), [1]);
+        assert!(table.close_oldest_idle());
+        assert_eq!(asked(&table), [1, 2]);
+        // The fresh one asked to close refuses a request that arrives now.
         assert!(states[2].start_request().is_none());
-        assert!(states[3].start_request().is_some(), "still open");
-        let (mut all_busy, _) = table_with(&[BUSY, BUSY]);
+        let request = states[3].start_request();
+        assert!(request.is_some(), "still open");
         assert!(
-            !all_busy.make_room(2),
-            "nothing to close: refuse the new one"
+            !table.close_oldest_idle(),
+            "only busy or closing ones are left"
         );
-        assert_eq!(all_busy.open.len(), 2);
+        assert_eq!(table.open.len(), 4, "entries stay until their task ends");
+        drop(request);
+        assert!(table.close_oldest_idle(), "answered: idle again");
+        let (mut all_busy, _) = table_with(&[BUSY, BUSY]);
+        assert!(!all_busy.close_oldest_idle());
     }
 
     #[test]

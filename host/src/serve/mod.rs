@@ -61,6 +61,8 @@ use queue::Queue;
 use replay::{Seen, delivery_key};
 use worker::{Worker, work};
 
+/// The accept queue asked for (see [`listen`]).
+const ACCEPT_BACKLOG: u32 = 4096;
 /// How long shutdown waits for open HTTP connections.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
@@ -201,12 +203,10 @@ impl Server {
         };
         std::fs::create_dir_all(&state_dir).map_err(state_err)?;
         let seen = Seen::load(state_dir.join("deliveries")).map_err(state_err)?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(config.listen).map_err(|source| ServeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let app = Arc::new(App {
             secret,
             secret_env: config.secret_env.clone(),
@@ -295,6 +295,22 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds `addr` with a long accept queue: during a connection flood a webhook's
+/// connection waits in it rather than having its SYN dropped and retried a second
+/// later (tokio's `TcpListener::bind` asks for 1024; the kernel caps either at
+/// `net.core.somaxconn`).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart may rebind while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Marks every queued push cancelled and forgets its ids so it can be delivered again.
