@@ -847,3 +847,48 @@ fn half_sent_requests_neither_exhaust_descriptors_nor_keep_a_signed_webhook_out(
     assert!(r.body.contains(&id), "{}", r.body);
     assert!(!f.server.log_text().contains(&f.secret));
 }
+
+#[test]
+fn deploys_need_the_bearer_token_once_one_is_configured() {
+    const TOKEN_ENV: &str = "CUTOVER_TEST_DEPLOYS_TOKEN";
+    let token = format!("tok-{}", unique_service("t"));
+    let f = Plain::start(
+        &format!("deploys_token_env = \"{TOKEN_ENV}\"\n"),
+        &[(TOKEN_ENV, &token)],
+        None,
+    );
+    let get = |authorization: Option<&str>| {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        http_request(
+            f.server.addr,
+            "GET",
+            "/deploys",
+            &headers,
+            b"",
+            HTTP_TIMEOUT,
+        )
+        .unwrap()
+    };
+    let wrong = format!("Bearer {token}x");
+    for (what, r) in [
+        ("no token", get(None)),
+        ("a wrong token", get(Some(&wrong))),
+        ("the token, not as a bearer", get(Some(&token))),
+    ] {
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert!(!r.body.contains(&token), "{what}: {}", r.body);
+    }
+    let r = get(Some(&format!("Bearer {token}")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"deploys\""), "{}", r.body);
+    // Webhooks are unaffected: they carry their own signature.
+    let (_, r) = f.signed_push(HTTP_TIMEOUT).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let log = f.server.log_text();
+    assert!(log.contains("refused GET /deploys"), "{log}");
+    assert!(!log.contains(&token), "the token is in the server log");
+    assert!(!log.contains(&f.secret), "the secret is in the server log");
+}

@@ -263,6 +263,7 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                 code: match e {
                     ServeError::Config(_)
                     | ServeError::MissingSecret(_)
+                    | ServeError::MissingToken(_)
                     | ServeError::Checkout { .. } => exit::CONFIG,
                     ServeError::Listen { .. } | ServeError::State { .. } => exit::ENVIRONMENT,
                 },

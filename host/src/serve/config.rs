@@ -21,6 +21,12 @@ pub struct ServeConfig {
     /// The environment variable holding the webhook secret.
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+    /// The environment variable holding a bearer token for `GET /deploys`. Unset:
+    /// only loopback clients may read it. Set: every client must send
+    /// `Authorization: Bearer <token>` (loopback too: behind a reverse proxy on the
+    /// same host every client is loopback).
+    #[serde(default)]
+    pub deploys_token_env: Option<String>,
     /// Requests with a larger body are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -145,6 +151,21 @@ impl ServeConfig {
                 "name the environment variable that holds the webhook secret",
             ));
         }
+        match config.deploys_token_env.as_deref() {
+            Some("") => {
+                return Err(invalid(
+                    "deploys_token_env".to_owned(),
+                    "name the environment variable that holds the bearer token, or remove the key",
+                ));
+            }
+            Some(name) if name == config.secret_env => {
+                return Err(invalid(
+                    "deploys_token_env".to_owned(),
+                    "must differ from `secret_env`: whoever reads the deploys must not be able to sign webhooks",
+                ));
+            }
+            _ => {}
+        }
         if config.max_body_bytes == 0 {
             return Err(invalid(
                 "max_body_bytes".to_owned(),
@@ -253,6 +274,10 @@ mod tests {
         check(&format!("{head}port = 1\nrepository = []\n"), "port");
         check(&format!("{head}repository = []\n"), "repository");
         let repo = "[[repository]]\nname = \"a/b\"\ncheckout = \"x\"\n";
+        check(
+            &format!("{head}deploys_token_env = \"CUTOVER_WEBHOOK_SECRET\"\n{repo}"),
+            "deploys_token_env",
+        );
         check(
             &format!("{head}max_connections = 0\n{repo}"),
             "max_connections",

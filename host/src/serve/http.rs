@@ -3,19 +3,20 @@
 //! checks run in the order the module docs of `serve` list; nothing here runs git or
 //! a deploy.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::auth::{signature_header, signature_ok};
+use super::auth::{Refusal, may_read_deploys, signature_header, signature_ok};
 use super::push::{Parsed, Push, parse_github, parse_trigger};
 use super::queue::DeployRun;
 use super::replay::{body_key, delivery_key};
@@ -188,7 +189,34 @@ fn accept(app: &Arc<App>, push: Push, digest: String) -> Response {
     )
 }
 
-async fn list_deploys(State(app): State<Arc<App>>) -> Response {
+/// `GET /deploys`, for loopback clients or holders of the bearer token.
+async fn list_deploys(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match may_read_deploys(app.deploys_token.as_ref(), peer.ip(), &headers) {
+        Ok(()) => {}
+        Err(Refusal::NotLoopback) => {
+            tracing::warn!(%peer, "refused GET /deploys from a non-loopback client");
+            return reply(
+                StatusCode::FORBIDDEN,
+                json!({"error": "`GET /deploys` answers loopback clients only; set `deploys_token_env` to open it to other addresses with a bearer token"}),
+            );
+        }
+        Err(Refusal::BadToken) => {
+            tracing::warn!(%peer, "refused GET /deploys without the bearer token");
+            let mut response = reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong `Authorization: Bearer <token>` (the token is in the server's `deploys_token_env` variable)"}),
+            );
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
     let runs = lock(&app.queue).runs();
     reply(StatusCode::OK, json!({ "deploys": runs }))
 }

@@ -28,9 +28,12 @@
 //! (forgetting their delivery ids so GitHub's "Redeliver" works after a restart), and
 //! waits up to `shutdown_grace` for running deploys to finish.
 //!
-//! The webhook secret lives only in memory (read from the environment variable the
-//! config names); it is never logged and is removed from the environment of every
-//! child process. Logs are `tracing` events (JSON lines on stderr from the CLI),
+//! `GET /deploys` answers loopback clients only, unless `deploys_token_env` names a
+//! variable holding a bearer token; then every client must send it (401 otherwise).
+//!
+//! The webhook secret and the bearer token live only in memory (read from the
+//! environment variables the config names); they are never logged and are removed
+//! from the environment of every child process. Logs are `tracing` events (JSON lines on stderr from the CLI),
 //! each about a job carrying its delivery id.
 
 mod auth;
@@ -77,6 +80,11 @@ pub enum ServeError {
         "environment variable `{0}` (the webhook secret, `secret_env`) is not set or empty; export it before starting `cutover serve`"
     )]
     MissingSecret(String),
+    /// The bearer token variable is missing.
+    #[error(
+        "environment variable `{0}` (the bearer token for `GET /deploys`, `deploys_token_env`) is not set or empty; export it, or remove `deploys_token_env` to keep `GET /deploys` loopback-only"
+    )]
+    MissingToken(String),
     /// A repository's checkout is missing.
     #[error(
         "the checkout of `{repository}` ({}) is not a directory; clone the repository there (`git clone <url> {}`) or fix `checkout`",
@@ -109,7 +117,11 @@ pub enum ServeError {
 /// What the routes and the workers share.
 struct App {
     secret: Secret,
-    secret_env: String,
+    /// Who may read `GET /deploys`: loopback clients, or holders of this token.
+    deploys_token: Option<Secret>,
+    /// The variables holding the secrets above: removed from every child's
+    /// environment.
+    secret_envs: Vec<String>,
     max_body: usize,
     workers: HashMap<String, Arc<Worker>>,
     seen: Mutex<Seen>,
@@ -175,6 +187,16 @@ impl Server {
             .filter(|s| !s.is_empty())
             .map(Secret::new)
             .ok_or_else(|| ServeError::MissingSecret(config.secret_env.clone()))?;
+        let deploys_token = match &config.deploys_token_env {
+            Some(name) => Some(
+                std::env::var(name)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new)
+                    .ok_or_else(|| ServeError::MissingToken(name.clone()))?,
+            ),
+            None => None,
+        };
         let base_dir = config.base_dir().to_owned();
         let mut workers = HashMap::new();
         for repo in &config.repositories {
@@ -209,7 +231,11 @@ impl Server {
         })?;
         let app = Arc::new(App {
             secret,
-            secret_env: config.secret_env.clone(),
+            deploys_token,
+            secret_envs: std::iter::once(&config.secret_env)
+                .chain(&config.deploys_token_env)
+                .cloned()
+                .collect(),
             max_body: config.max_body_bytes,
             workers,
             seen: Mutex::new(seen),

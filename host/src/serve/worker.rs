@@ -101,7 +101,9 @@ async fn deploy_push(app: &App, worker: &Worker, mut run: DeployRun) -> DeployRu
 /// `git` in the checkout, with the secret removed from its environment.
 fn git(app: &App, dir: &Path) -> tokio::process::Command {
     let mut cmd = crate::git::command(dir);
-    cmd.env_remove(&app.secret_env);
+    for var in &app.secret_envs {
+        cmd.env_remove(var);
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     cmd
@@ -197,7 +199,6 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
         .env("CUTOVER_SERVE_DELIVERY", &run.delivery)
         .env("CUTOVER_SERVE_REPOSITORY", &run.repository)
         .env("CUTOVER_SERVE_ACTOR", run.actor.as_deref().unwrap_or(""))
-        .env_remove(&app.secret_env)
         .env_remove("CUTOVER_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -206,6 +207,9 @@ async fn run_deploy(app: &App, worker: &Worker, run: &mut DeployRun) -> Result<(
         // half way; the server waits for it instead.
         .process_group(0)
         .kill_on_drop(true);
+    for var in &app.secret_envs {
+        cmd.env_remove(var);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", app.cutover_bin.display()))?;
