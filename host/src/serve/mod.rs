@@ -182,21 +182,13 @@ impl Server {
     /// [`ServeError`] when the secret is missing, a checkout is not a directory, the
     /// state directory is unusable or the address cannot be bound.
     pub async fn bind(config: ServeConfig, cutover_bin: PathBuf) -> Result<Server, ServeError> {
-        let secret = std::env::var(&config.secret_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(Secret::new)
+        let secret = env_secret(&config.secret_env)
             .ok_or_else(|| ServeError::MissingSecret(config.secret_env.clone()))?;
-        let deploys_token = match &config.deploys_token_env {
-            Some(name) => Some(
-                std::env::var(name)
-                    .ok()
-                    .filter(|s| !s.is_empty())
-                    .map(Secret::new)
-                    .ok_or_else(|| ServeError::MissingToken(name.clone()))?,
-            ),
-            None => None,
-        };
+        let deploys_token = config
+            .deploys_token_env
+            .as_ref()
+            .map(|name| env_secret(name).ok_or_else(|| ServeError::MissingToken(name.clone())))
+            .transpose()?;
         let base_dir = config.base_dir().to_owned();
         let mut workers = HashMap::new();
         for repo in &config.repositories {
@@ -321,6 +313,14 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The variable `name` as a secret; none when it is unset or empty.
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
 }
 
 /// Binds `addr` with a long accept queue: during a connection flood a webhook's
