@@ -201,15 +201,13 @@ timeout = "10s"
             .args(args)
             .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
             .env_remove("CUTOVER_CONFIG")
-            // The facts of whatever CI runs the tests must not reach the deploys.
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("JENKINS_HOME")
-            .env_remove("CUTOVER_SERVE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The facts of whatever CI runs the tests must not reach the deploys.
+        for var in cutover::ci::SYSTEM_MARKERS {
+            cmd.env_remove(var);
+        }
         cmd
     }
 
