@@ -90,7 +90,9 @@ async fn build_passes_args_and_labels_and_streams_output() {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as i64;
+        .as_secs()
+        .try_into()
+        .unwrap_or(i64::MAX);
     let image = docker
         .build_image(
             &BuildRequest {

@@ -184,7 +184,7 @@ async fn healthy_after_the_app_stops_answering_503() {
     let prober = Prober::new(app.addr, &health);
     let histories = AtomicU32::new(0);
     let judge = |input: &HealthInput| {
-        assert_eq!(input.history.len() as u32, input.attempt - 1);
+        assert_eq!(input.history.len(), input.attempt as usize - 1);
         histories.fetch_add(1, Ordering::SeqCst);
         two_xx(input)
     };

@@ -133,7 +133,7 @@ impl Queue {
     pub(super) fn take(&mut self, key: &str) -> Option<DeployRun> {
         let mut run = self.pending.remove(key)?;
         run.state = RunState::Running;
-        run.queued_ms = Some(run.received.elapsed().as_millis() as u64);
+        run.queued_ms = Some(crate::operation::millis(run.received.elapsed()));
         self.record(run.clone());
         Some(run)
     }

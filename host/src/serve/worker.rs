@@ -171,7 +171,7 @@ async fn checkout(app: &App, worker: &Worker, run: &DeployRun) -> Result<String,
         &["checkout", "--quiet", "--force", "--detach", &commit],
     )
     .await?;
-    tracing::info!(commit = %commit, ms = began.elapsed().as_millis() as u64, "checked out");
+    tracing::info!(commit = %commit, ms = crate::operation::millis(began.elapsed()), "checked out");
     Ok(commit)
 }
 
@@ -274,7 +274,7 @@ fn follow(app: &App, run: &mut DeployRun, event: Event) {
     match event {
         Event::Started { id, .. } => {
             run.deploy_id = Some(id);
-            run.start_latency_ms = Some(run.received.elapsed().as_millis() as u64);
+            run.start_latency_ms = Some(crate::operation::millis(run.received.elapsed()));
             publish(app, run);
             tracing::info!(
                 deploy_id = run.deploy_id.as_deref(),
