@@ -313,3 +313,33 @@ fn a_broken_gate_pin_does_not_block_rollback_recover_status_or_down() {
     svc.cutover(&["down"]).success();
     assert!(svc.containers().is_empty(), "{:?}", svc.containers());
 }
+
+/// Regression: `down` in external mode said "proxy stopped" while the user's nginx kept
+/// running and routing to a port nothing listens on any more.
+#[test]
+fn down_in_external_mode_says_what_it_left_and_what_to_change() {
+    let mut svc = Service::new("e2e-down-external");
+    let nginx = crate::support::nginx::ExternalNginx::start(([127, 0, 0, 1], svc.blue).into());
+    svc.use_external(&nginx, &nginx.argv(&["-s", "reload"]));
+    svc.deploy("v1").success();
+    let out = svc.cutover(&["down"]).success();
+    assert!(!out.stderr.contains("proxy stopped"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Your nginx still runs"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&nginx.conf_d.display().to_string()),
+        "names the directory to clean: {}",
+        out.stderr
+    );
+    // And it is true: cutover did not stop the user's nginx.
+    assert!(
+        crate::support::http_get(nginx.listen, "/", Duration::from_secs(5))
+            .expect("the user's nginx still answers")
+            .status
+            >= 500,
+        "nginx answers, with nothing behind it"
+    );
+}
