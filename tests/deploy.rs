@@ -216,10 +216,7 @@ fn plan_and_deploy_agree_on_target_image_and_files() {
     let registry = crate::support::TestRegistry::start("cutover", &password);
     let svc = Service::new("e2e-plan-agree");
     let var = "CUTOVER_TEST_PLAN_PASSWORD";
-    svc.append_config(&format!(
-        "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
-        registry.addr
-    ));
+    svc.use_registry(&registry, var);
     let env = [(var, password.as_str())];
     svc.cutover_env(&["deploy", "--build-arg", "VERSION=v1"], &env)
         .success();

@@ -184,6 +184,15 @@ timeout = "10s"
         self.edit_config(|text| text + extra);
     }
 
+    /// Points `[image.registry]` at `registry` as user `cutover`, its password read
+    /// from the environment variable `var`.
+    pub fn use_registry(&self, registry: &super::TestRegistry, var: &str) {
+        self.append_config(&format!(
+            "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
+            registry.addr
+        ));
+    }
+
     /// Sets an environment variable for the app's containers.
     pub fn set_container_env(&self, key: &str, value: &str) {
         self.edit_config(|text| {
