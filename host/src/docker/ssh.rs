@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -167,7 +167,9 @@ impl SshTarget {
     pub fn client(&self, timeout: Duration) -> Result<bollard::Docker, bollard::errors::Error> {
         let client = Arc::new(
             Client::builder(TokioExecutor::new())
-                // An idle ssh connection costs a process on each side: let it go soon.
+                // An idle ssh connection costs a process on each side: let it go soon
+                // (the timeout needs the timer to take effect).
+                .pool_timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(SshConnector {
                     target: Arc::new(self.clone()),
