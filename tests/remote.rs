@@ -139,7 +139,12 @@ fn tls_engine_shows_status_and_deploys_and_refuses_an_unknown_ca() {
     let other = crate::support::remote::TestCerts::new(addr);
     std::fs::write(certs.join("ca.pem"), other.ca).unwrap();
     let out = svc.cutover_env(&["status"], &env).code(ENVIRONMENT);
-    for needle in [env_host.as_str(), "with TLS", "certificate", "--tlsverify"] {
+    for needle in [
+        env_host.as_str(),
+        "with TLS",
+        "invalid peer certificate",
+        "--tlsverify",
+    ] {
         assert!(out.stderr.contains(needle), "{needle:?}: {}", out.stderr);
     }
     // Put the CA back so the service's teardown reaches the engine.

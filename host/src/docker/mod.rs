@@ -13,6 +13,7 @@
 mod context;
 mod error;
 mod ssh;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -318,37 +319,19 @@ impl Docker {
             None
         };
         let connecting = async {
+            let bollard_error = |e: bollard::errors::Error| unreachable(error::with_causes(&e));
             let client = match (&ssh, &endpoint.tls) {
                 (Some(target), _) => {
                     target.check().await.map_err(unreachable)?;
-                    target.client(REQUEST_TIMEOUT)
+                    target.client(REQUEST_TIMEOUT).map_err(bollard_error)?
                 }
-                (None, Some(tls)) => {
-                    for file in [&tls.ca, &tls.cert, &tls.key] {
-                        std::fs::metadata(file).map_err(|e| {
-                            unreachable(format!("cannot read {}: {e}", file.display()))
-                        })?;
-                    }
-                    bollard::Docker::connect_with_ssl(
-                        address,
-                        &tls.key,
-                        &tls.cert,
-                        &tls.ca,
-                        REQUEST_TIMEOUT.as_secs(),
-                        bollard::API_DEFAULT_VERSION,
-                    )
+                (None, Some(files)) => {
+                    tls::client(address, files, REQUEST_TIMEOUT).map_err(unreachable)?
                 }
-                (None, None) if address.starts_with("tcp://") => {
-                    // Not connect_with_host: it reads DOCKER_TLS_VERIFY by itself.
-                    bollard::Docker::connect_with_http(
-                        address,
-                        REQUEST_TIMEOUT.as_secs(),
-                        bollard::API_DEFAULT_VERSION,
-                    )
+                (None, None) => {
+                    bollard::Docker::connect_with_host(address).map_err(bollard_error)?
                 }
-                (None, None) => bollard::Docker::connect_with_host(address),
             }
-            .map_err(|e| unreachable(error::with_causes(&e)))?
             .with_timeout(REQUEST_TIMEOUT)
             .with_request_modifier(unversioned_version_endpoint);
             let negotiate = async {
