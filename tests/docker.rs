@@ -22,7 +22,7 @@ use crate::support::{
 };
 
 async fn docker() -> Docker {
-    Docker::connect()
+    Docker::connect(&Default::default())
         .await
         .unwrap_or_else(|e| panic!("these tests need the Docker engine: {e}"))
 }

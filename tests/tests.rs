@@ -15,6 +15,7 @@ mod history;
 mod hostile;
 mod plugins;
 mod proxy;
+mod remote;
 mod serve;
 mod shape;
 mod tls;

@@ -65,6 +65,9 @@ pub struct Config {
     pub image: ImageConfig,
     /// How each colour's container runs.
     pub container: ContainerConfig,
+    /// Which container engine runs the colours, and where it is.
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// The blue slot.
     #[serde(default = "ColorConfig::default_blue")]
     pub blue: ColorConfig,
@@ -171,6 +174,55 @@ pub struct NetworkConfig {
     pub subnet: Option<String>,
     /// Its gateway, e.g. `172.20.0.1`.
     pub gateway: Option<String>,
+}
+
+/// Which container engine runs the colours, and how to reach it. `DOCKER_HOST`, when
+/// set, overrides `host` and `tls` as it overrides a docker CLI context.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The kind of engine.
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// Where it is: `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`;
+    /// the local socket when unset.
+    pub host: Option<String>,
+    /// Client certificates for a `tcp://` engine that runs with `--tlsverify`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The kinds of container engine cutover drives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// One Docker engine runs both colours as containers.
+    #[default]
+    Docker,
+}
+
+/// The PEM files of a TLS client, as the docker CLI's `--tlscacert`, `--tlscert` and
+/// `--tlskey` take them; relative to the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA that signed the engine's certificate.
+    pub ca: PathBuf,
+    /// This client's certificate.
+    pub cert: PathBuf,
+    /// This client's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `ca.pem`, `cert.pem` and `key.pem` in `dir`, the docker CLI's names in
+    /// `DOCKER_CERT_PATH`.
+    pub fn in_dir(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
 }
 
 /// One slot's addresses.
@@ -494,6 +546,12 @@ impl Config {
         let mut config: Config = parse_toml(text, path)?;
         config.file = path.to_owned();
         config.check()?;
+        if let Some(tls) = &mut config.engine.tls {
+            let base = config.file.parent().unwrap_or(Path::new(""));
+            for file in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                *file = base.join(&*file);
+            }
+        }
         Ok(config)
     }
 
@@ -555,6 +613,43 @@ impl Config {
         }
     }
 
+    /// `engine.host` has a scheme cutover can reach, and `engine.tls` goes with `tcp://`.
+    fn check_engine(&self) -> Result<(), ConfigError> {
+        let Some(host) = &self.engine.host else {
+            if self.engine.tls.is_some() {
+                return Err(self.invalid(
+                    "engine.tls",
+                    "TLS needs a `host = \"tcp://HOST:2376\"` to connect to",
+                ));
+            }
+            return Ok(());
+        };
+        let rest = ["unix://", "tcp://", "ssh://"]
+            .iter()
+            .find_map(|scheme| host.strip_prefix(scheme));
+        match rest {
+            None => Err(self.invalid(
+                "engine.host",
+                format!(
+                    "expected \"unix:///path/docker.sock\", \"tcp://HOST:PORT\" or \"ssh://USER@HOST\", found {host:?}"
+                ),
+            )),
+            Some("") => Err(self.invalid(
+                "engine.host",
+                format!("{host:?} names no socket or host"),
+            )),
+            Some(_) if self.engine.tls.is_some() && !host.starts_with("tcp://") => Err(
+                self.invalid(
+                    "engine.tls",
+                    format!(
+                        "TLS is for a `tcp://` engine; {host:?} is reached without it (ssh encrypts by itself)"
+                    ),
+                ),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Cross-field checks that serde cannot express.
     fn check(&self) -> Result<(), ConfigError> {
         check_service_name(&self.service).map_err(|m| self.invalid("service", m))?;
@@ -610,6 +705,7 @@ impl Config {
                 ));
             }
         }
+        self.check_engine()?;
         if self.container.port == 0 {
             return Err(self.invalid("container.port", "expected a port between 1 and 65535"));
         }
@@ -992,6 +1088,69 @@ listen = "127.0.0.1:8080"
         parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn engine_section_reads_ssh_tcp_with_tls_and_defaults_to_docker() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Docker);
+        assert_eq!(c.engine.host, None);
+
+        let c = parse(&format!(
+            "{MINIMAL}[engine]\nkind = \"docker\"\nhost = \"ssh://deploy@app1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.engine.host.as_deref(), Some("ssh://deploy@app1"));
+
+        let c = parse(&format!(
+            "{MINIMAL}[engine]\nhost = \"tcp://app1:2376\"\n\
+             tls = {{ ca = \"certs/ca.pem\", cert = \"certs/cert.pem\", key = \"/etc/k.pem\" }}\n"
+        ))
+        .unwrap();
+        let tls = c.engine.tls.unwrap();
+        assert_eq!(
+            tls.ca,
+            PathBuf::from("/repo/certs/ca.pem"),
+            "relative to the file"
+        );
+        assert_eq!(tls.cert, PathBuf::from("/repo/certs/cert.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/k.pem"));
+    }
+
+    #[test]
+    fn engine_section_errors_name_the_key() {
+        for (engine, key, needle) in [
+            ("hots = \"ssh://app1\"", "engine.hots", "unknown field"),
+            ("kind = \"swarm\"", "engine.kind", "docker"),
+            ("host = \"app1:2376\"", "engine.host", "tcp://HOST:PORT"),
+            (
+                "host = \"ssh://\"",
+                "engine.host",
+                "names no socket or host",
+            ),
+            (
+                "host = \"ssh://app1\"\ntls = { ca = \"a\", cert = \"b\", key = \"c\" }",
+                "engine.tls",
+                "ssh encrypts",
+            ),
+            (
+                "tls = { ca = \"a\", cert = \"b\", key = \"c\" }",
+                "engine.tls",
+                "tcp://",
+            ),
+            (
+                "host = \"tcp://app1\"\ntls = { ca = \"a\", cert = \"b\" }",
+                "engine.tls",
+                "key",
+            ),
+        ] {
+            let message = error_of(&format!("{MINIMAL}[engine]\n{engine}\n"));
+            assert!(
+                message.contains(&format!("key `{key}")),
+                "{engine}: {message}"
+            );
+            assert!(message.contains(needle), "{engine}: {message}");
+        }
     }
 
     #[test]

@@ -53,7 +53,10 @@ impl Context {
         reporter: Arc<dyn Reporter>,
     ) -> Result<Context, DeployError> {
         let plugins = Plugins::load(plugin_host, &config, kinds, reporter.clone())?;
-        let engine = Box::new(DockerHost::new(Docker::connect().await?, config.clone()));
+        let engine = Box::new(DockerHost::new(
+            Docker::connect(&config.engine).await?,
+            config.clone(),
+        ));
         let proxy = Proxy::new(&config);
         let store = StateStore::new(&config.state_dir(), &config.service);
         Ok(Context {

@@ -14,6 +14,7 @@ pub mod guests;
 pub mod hello;
 pub mod load;
 pub mod nginx;
+pub mod remote;
 pub mod service;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};

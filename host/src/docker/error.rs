@@ -15,10 +15,12 @@ use std::path::PathBuf;
 pub enum DockerError {
     /// The engine cannot be reached or stopped answering.
     #[error(
-        "cannot reach the Docker engine at {host}: {message}; start Docker (e.g. `systemctl start docker`) or set DOCKER_HOST to its address (unix:///path/docker.sock or tcp://host:port), and check that this user may use it (`docker info`)"
+        "cannot reach the Docker engine at {host}: {message}; {}",
+        what_to_check(host)
     )]
     Unreachable {
-        /// Where cutover looked: `DOCKER_HOST=...` or the default socket.
+        /// Where cutover looked: the address, its TLS files, and where it came from
+        /// (`DOCKER_HOST`, `engine.host`, the default socket).
         host: String,
         /// What went wrong.
         message: String,
@@ -120,6 +122,31 @@ impl DockerError {
     /// "environment problem" exit code.
     pub fn is_environment(&self) -> bool {
         matches!(self, DockerError::Unreachable { .. })
+    }
+}
+
+/// What to check when the engine at `host` (as [`DockerError::Unreachable`] shows it)
+/// cannot be reached, by how it is reached.
+fn what_to_check(host: &str) -> String {
+    let address = host.split_whitespace().next().unwrap_or(host);
+    if address.starts_with("ssh://") {
+        let try_it = super::SshTarget::parse(address)
+            .map(|t| {
+                format!(
+                    "run `{}` on this machine to see the same failure; ",
+                    t.ssh_command_line()
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "{try_it}check the key (the ssh agent, or `IdentityFile` in ~/.ssh/config), that the host's key is in ~/.ssh/known_hosts (cutover never adds it: check its fingerprint, then `ssh-keyscan`), and that the docker CLI is installed on the remote and that user may use its engine; or set DOCKER_HOST / `engine.host` to another address"
+        )
+    } else if host.contains(" with TLS ") {
+        "check the certificate files (the CA that signed the engine's certificate, and this client's certificate and key, signed by the CA the engine trusts), that the engine listens there with `--tlsverify`, and that its certificate names the host in the address; `docker --tlsverify -H <address> info` shows the same".to_owned()
+    } else if address.starts_with("tcp://") {
+        "check that the engine listens there (`dockerd -H tcp://...`); an engine on port 2376 usually wants TLS: set `engine.tls` or DOCKER_TLS_VERIFY and DOCKER_CERT_PATH; or set DOCKER_HOST / `engine.host` to another address".to_owned()
+    } else {
+        "start Docker (e.g. `systemctl start docker`) or set DOCKER_HOST or `engine.host` to its address (unix:///path/docker.sock, tcp://host:port or ssh://user@host), and check that this user may use it (`docker info`)".to_owned()
     }
 }
 

@@ -3,17 +3,21 @@
 //!
 //! This module owns every call to the Docker engine and speaks the API version the
 //! engine supports (negotiated at [`Docker::connect`]; Docker 20.10 is API 1.41, and
-//! only calls that exist there are used). It decides no policy: which colour, which
-//! image and when to stop are the deploy's business. It never logs, never puts a
-//! registry password anywhere but the `X-Registry-Auth` header bollard sends, and never
-//! shells out to the `docker` CLI.
+//! only calls that exist there are used), on the local socket or on a remote engine
+//! over `tcp://` (with TLS) or `ssh://` (see [`Endpoint`]). It decides no policy:
+//! which colour, which image and when to stop are the deploy's business. It never
+//! logs, never puts a registry password anywhere but the `X-Registry-Auth` header
+//! bollard sends, and never shells out to the local `docker` CLI (an `ssh://` engine
+//! is reached through `ssh` and the remote's `docker system dial-stdio`).
 
 mod context;
 mod error;
+mod ssh;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bollard::auth::DockerCredentials;
@@ -31,9 +35,10 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 pub use error::DockerError;
+pub use ssh::SshTarget;
 
 use crate::Color;
-use crate::config::NetworkConfig;
+use crate::config::{EngineConfig, NetworkConfig, TlsFiles};
 use crate::secret::Secret;
 
 /// Label naming the service a container, image or network belongs to.
@@ -202,25 +207,84 @@ pub struct Docker {
     host: String,
 }
 
+/// Where the engine is and how to reach it, once the environment has had its say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `unix:///path`, `tcp://host:port` or `ssh://[user@]host[:port]`.
+    pub host: String,
+    /// Client certificates, for a `tcp://` engine with `--tlsverify`.
+    pub tls: Option<TlsFiles>,
+    /// Where `host` came from, for messages: `DOCKER_HOST`, `engine.host`, ...
+    pub origin: String,
+}
+
+impl Endpoint {
+    /// The engine the docker CLI would use with `engine` as its context: `DOCKER_HOST`
+    /// wins when set (with `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` for its TLS);
+    /// else `engine.host` and `engine.tls`, or the env's certificates when the config
+    /// has none and `DOCKER_TLS_VERIFY` is set; else the local socket. A `tcp://`
+    /// address without a port gets the CLI's default, 2376 with TLS and 2375 without.
+    /// `env` reads a variable (the process environment outside tests).
+    pub fn resolve(engine: &EngineConfig, env: impl Fn(&str) -> Option<String>) -> Endpoint {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let env_tls = || {
+            env("DOCKER_TLS_VERIFY")?;
+            let dir = env("DOCKER_CERT_PATH")
+                .map(PathBuf::from)
+                .or_else(|| env("HOME").map(|home| Path::new(&home).join(".docker")))?;
+            Some(TlsFiles::in_dir(&dir))
+        };
+        let (host, tls, origin) = match (env("DOCKER_HOST"), &engine.host) {
+            (Some(host), _) => (host, env_tls(), "DOCKER_HOST".to_owned()),
+            (None, Some(host)) => (
+                host.clone(),
+                engine.tls.clone().or_else(env_tls),
+                "engine.host".to_owned(),
+            ),
+            (None, None) => (
+                DEFAULT_SOCKET.to_owned(),
+                None,
+                "the default socket; DOCKER_HOST and engine.host are not set".to_owned(),
+            ),
+        };
+        let tls = tls.filter(|_| host.starts_with("tcp://"));
+        let host = match host.strip_prefix("tcp://") {
+            Some(rest) if !rest.trim_end_matches('/').contains(':') => format!(
+                "tcp://{}:{}",
+                rest.trim_end_matches('/'),
+                if tls.is_some() { 2376 } else { 2375 }
+            ),
+            _ => host,
+        };
+        Endpoint { host, tls, origin }
+    }
+
+    /// The endpoint as messages show it: the address, how it is secured, its origin.
+    fn describe(&self) -> String {
+        match &self.tls {
+            Some(tls) => format!(
+                "{} with TLS (CA {}, certificate {}, key {}; from {})",
+                self.host,
+                tls.ca.display(),
+                tls.cert.display(),
+                tls.key.display(),
+                self.origin
+            ),
+            None => format!("{} (from {})", self.host, self.origin),
+        }
+    }
+}
+
 impl Docker {
-    /// Connects to the engine at `DOCKER_HOST` (`unix://` or `tcp://`), or at the local
-    /// socket when it is unset, negotiates the API version down to what the engine
+    /// Connects to the engine `engine` names, or the one `DOCKER_HOST` names (see
+    /// [`Endpoint::resolve`]), negotiates the API version down to what the engine
     /// supports, and checks that it answers.
     ///
     /// # Errors
     /// [`DockerError::Unreachable`] when the engine cannot be reached or does not
-    /// answer within 15 s; the message names the address that was tried.
-    pub async fn connect() -> Result<Docker, DockerError> {
-        match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-            Some(h) => Self::open(&h, format!("DOCKER_HOST={h}")).await,
-            None => {
-                Self::open(
-                    DEFAULT_SOCKET,
-                    format!("{DEFAULT_SOCKET} (DOCKER_HOST is not set)"),
-                )
-                .await
-            }
-        }
+    /// answer within 15 s; the message names the address and what to check.
+    pub async fn connect(engine: &EngineConfig) -> Result<Docker, DockerError> {
+        Self::open(&Endpoint::resolve(engine, |name| std::env::var(name).ok())).await
     }
 
     /// As [`Docker::connect`], at `address` (`unix:///path` or `tcp://host:port`)
@@ -229,26 +293,57 @@ impl Docker {
     /// # Errors
     /// As [`Docker::connect`].
     pub async fn connect_to(address: &str) -> Result<Docker, DockerError> {
-        Self::open(address, address.to_owned()).await
+        Self::open(&Endpoint {
+            host: address.to_owned(),
+            tls: None,
+            origin: "the caller of Docker::connect_to".to_owned(),
+        })
+        .await
     }
 
-    async fn open(address: &str, host: String) -> Result<Docker, DockerError> {
+    /// Connects to `endpoint`.
+    ///
+    /// # Errors
+    /// As [`Docker::connect`].
+    pub async fn open(endpoint: &Endpoint) -> Result<Docker, DockerError> {
+        let host = endpoint.describe();
         let unreachable = |message: String| DockerError::Unreachable {
             host: host.clone(),
             message,
         };
-        let client = bollard::Docker::connect_with_host(address)
-            .map_err(|e| unreachable(error::with_causes(&e)))?
+        let address = endpoint.host.as_str();
+        let ssh = if address.starts_with("ssh://") {
+            Some(ssh::SshTarget::parse(address).map_err(unreachable)?)
+        } else {
+            None
+        };
+        let connecting = async {
+            let bollard_error = |e: bollard::errors::Error| unreachable(error::with_causes(&e));
+            let client = match (&ssh, &endpoint.tls) {
+                (Some(target), _) => {
+                    target.check().await.map_err(unreachable)?;
+                    target.client(REQUEST_TIMEOUT).map_err(bollard_error)?
+                }
+                (None, Some(files)) => {
+                    tls::client(address, files, REQUEST_TIMEOUT).map_err(unreachable)?
+                }
+                (None, None) => {
+                    bollard::Docker::connect_with_host(address).map_err(bollard_error)?
+                }
+            }
             .with_timeout(REQUEST_TIMEOUT)
             .with_request_modifier(unversioned_version_endpoint);
-        let negotiate = async {
-            let client = client.negotiate_version().await?;
-            client.ping().await?;
-            Ok::<_, bollard::errors::Error>(client)
+            let negotiate = async {
+                let client = client.negotiate_version().await?;
+                client.ping().await?;
+                Ok::<_, bollard::errors::Error>(client)
+            };
+            negotiate
+                .await
+                .map_err(|e| unreachable(error::engine_message(&e)))
         };
-        let client = match tokio::time::timeout(CONNECT_TIMEOUT, negotiate).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(unreachable(error::engine_message(&e))),
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(client) => client?,
             Err(_) => {
                 return Err(unreachable(format!(
                     "no answer within {} s",
@@ -259,7 +354,8 @@ impl Docker {
         Ok(Docker { client, host })
     }
 
-    /// Where the engine was found: `DOCKER_HOST=...` or the default socket.
+    /// Where the engine was found: its address, TLS files and where the address came
+    /// from.
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -1101,6 +1197,106 @@ mod tests {
             let message = err.to_string();
             assert!(message.contains(address), "{message}");
             assert!(message.contains("DOCKER_HOST"), "{message}");
+        }
+    }
+
+    fn resolve(engine: &EngineConfig, vars: &[(&str, &str)]) -> Endpoint {
+        Endpoint::resolve(engine, |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    fn engine(host: Option<&str>, tls: Option<TlsFiles>) -> EngineConfig {
+        EngineConfig {
+            host: host.map(str::to_owned),
+            tls,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn docker_host_wins_over_the_config_like_the_docker_cli() {
+        let config_tls = TlsFiles::in_dir(Path::new("/repo/certs"));
+        let configured = engine(Some("tcp://app1:2376"), Some(config_tls.clone()));
+        let e = resolve(&configured, &[("DOCKER_HOST", "ssh://deploy@app2")]);
+        assert_eq!(e.host, "ssh://deploy@app2");
+        assert_eq!(
+            e.tls, None,
+            "the config's certificates are for its own host"
+        );
+        assert_eq!(e.origin, "DOCKER_HOST");
+
+        // An empty DOCKER_HOST counts as unset, as for the CLI.
+        let e = resolve(&configured, &[("DOCKER_HOST", "")]);
+        assert_eq!(e.host, "tcp://app1:2376");
+        assert_eq!(e.tls, Some(config_tls));
+        assert_eq!(e.origin, "engine.host");
+
+        let e = resolve(&EngineConfig::default(), &[]);
+        assert_eq!(e.host, DEFAULT_SOCKET);
+        assert_eq!(e.tls, None);
+    }
+
+    #[test]
+    fn docker_tls_verify_takes_the_certificates_from_docker_cert_path_or_home() {
+        let vars = [
+            ("DOCKER_HOST", "tcp://app1"),
+            ("DOCKER_TLS_VERIFY", "1"),
+            ("DOCKER_CERT_PATH", "/certs"),
+            ("HOME", "/home/ci"),
+        ];
+        let e = resolve(&EngineConfig::default(), &vars);
+        assert_eq!(e.host, "tcp://app1:2376", "the CLI's TLS port");
+        assert_eq!(e.tls, Some(TlsFiles::in_dir(Path::new("/certs"))));
+        assert!(e.describe().contains("/certs/ca.pem"), "{}", e.describe());
+
+        let e = resolve(&EngineConfig::default(), &[vars[0], vars[1], vars[3]]);
+        assert_eq!(e.tls, Some(TlsFiles::in_dir(Path::new("/home/ci/.docker"))));
+
+        // Without DOCKER_TLS_VERIFY there is no TLS, and the plain port.
+        let e = resolve(&EngineConfig::default(), &[vars[0], vars[2]]);
+        assert_eq!((e.host.as_str(), e.tls), ("tcp://app1:2375", None));
+
+        // The env's TLS switch applies to a config host without its own `tls`...
+        let e = resolve(&engine(Some("tcp://app1:2376"), None), &vars[1..]);
+        assert_eq!(e.tls, Some(TlsFiles::in_dir(Path::new("/certs"))));
+        // ... and never to a socket or ssh.
+        for host in ["unix:///run/docker.sock", "ssh://app1"] {
+            let e = resolve(&engine(Some(host), None), &vars[1..]);
+            assert_eq!((e.host.as_str(), e.tls), (host, None));
+        }
+    }
+
+    #[test]
+    fn unreachable_errors_say_what_to_check_for_each_transport() {
+        let error = |host: &str| {
+            DockerError::Unreachable {
+                host: host.to_owned(),
+                message: "refused".to_owned(),
+            }
+            .to_string()
+        };
+        let ssh = error("ssh://deploy@app1:2222 (from engine.host)");
+        for needle in [
+            "ssh -p 2222 deploy@app1 docker version",
+            "key",
+            "known_hosts",
+            "docker CLI",
+        ] {
+            assert!(ssh.contains(needle), "{needle:?}: {ssh}");
+        }
+        let tls = error(
+            &Endpoint {
+                host: "tcp://app1:2376".to_owned(),
+                tls: Some(TlsFiles::in_dir(Path::new("/certs"))),
+                origin: "engine.host".to_owned(),
+            }
+            .describe(),
+        );
+        for needle in ["/certs/key.pem", "certificate", "--tlsverify"] {
+            assert!(tls.contains(needle), "{needle:?}: {tls}");
         }
     }
 
