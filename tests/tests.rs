@@ -13,6 +13,7 @@ mod gate;
 mod health;
 mod history;
 mod hostile;
+mod metrics;
 mod notify;
 mod plugins;
 mod proxy;

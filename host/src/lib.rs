@@ -25,6 +25,7 @@ pub mod gate;
 pub mod git;
 pub mod health;
 pub mod lock;
+pub mod metrics;
 pub mod notify;
 pub mod observe;
 pub mod operation;
