@@ -12,6 +12,7 @@ mod faults;
 mod gate;
 mod health;
 mod history;
+mod history_html;
 mod hostile;
 mod metrics;
 mod notify;

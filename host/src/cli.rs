@@ -119,6 +119,10 @@ pub enum Command {
         /// Show at most this many entries.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Write the entries as one self-contained HTML page (step timelines,
+        /// outcomes, reasons) to this file instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
     Serve {
@@ -305,13 +309,22 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         };
     }
     let config = Config::load(&cli.config)?;
-    if let Command::History { limit } = &cli.command {
+    if let Command::History { limit, html } = &cli.command {
         let log = crate::audit::AuditLog::new(&config.state_dir());
         let entries = log.read().map_err(|e| Failure {
             error: e.into(),
             code: exit::ENVIRONMENT,
         })?;
         let entries = &entries[entries.len().saturating_sub(*limit)..];
+        if let Some(path) = html {
+            let page = crate::html::history_report(&config.service, entries);
+            std::fs::write(path, page).map_err(|e| Failure {
+                error: anyhow::anyhow!("cannot write {}: {e}", path.display()),
+                code: exit::ENVIRONMENT,
+            })?;
+            eprintln!("wrote {} ({} entries)", path.display(), entries.len());
+            return Ok(exit::OK);
+        }
         print_report(cli.output, &entries, || crate::audit::to_table(entries));
         return Ok(exit::OK);
     }

@@ -24,6 +24,7 @@ pub mod fault;
 pub mod gate;
 pub mod git;
 pub mod health;
+pub mod html;
 pub mod lock;
 pub mod metrics;
 pub mod notify;
