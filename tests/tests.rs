@@ -6,6 +6,7 @@ mod support;
 mod ci_examples;
 mod command_lines;
 mod crash;
+mod dashboard;
 mod deploy;
 mod docker;
 mod faults;

@@ -8,12 +8,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod atomic_file;
 pub mod audit;
 pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod deploy;
 pub mod docker;
 pub mod down;
