@@ -119,6 +119,22 @@ pub enum Command {
         /// Show at most this many entries.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Write the entries as one self-contained HTML page (step timelines,
+        /// outcomes, reasons) to this file instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// Serve a dashboard of the service (live colour, containers, last deploys with
+    /// step timelines, live updates) and its `/metrics`.
+    Dashboard {
+        /// The address to listen on. Only loopback clients are answered unless
+        /// `--token-env` names a bearer token.
+        #[arg(long, default_value = "127.0.0.1:9322")]
+        listen: std::net::SocketAddr,
+        /// The environment variable holding a bearer token; when set, every request
+        /// (loopback too) must send `Authorization: Bearer <token>`.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
     },
     /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
     Serve {
@@ -310,18 +326,37 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         };
     }
     let config = Config::load(&cli.config)?;
-    if let Command::History { limit } = &cli.command {
+    if let Command::History { limit, html } = &cli.command {
         let log = crate::audit::AuditLog::new(&config.state_dir());
         let entries = log.read().map_err(|e| Failure {
             error: e.into(),
             code: exit::ENVIRONMENT,
         })?;
         let entries = &entries[entries.len().saturating_sub(*limit)..];
+        if let Some(path) = html {
+            let page = crate::html::history_report(&config.service, entries);
+            std::fs::write(path, page).map_err(|e| Failure {
+                error: anyhow::anyhow!("cannot write {}: {e}", path.display()),
+                code: exit::ENVIRONMENT,
+            })?;
+            eprintln!("wrote {} ({} entries)", path.display(), entries.len());
+            return Ok(exit::OK);
+        }
         print_report(cli.output, &entries, || crate::audit::to_table(entries));
         return Ok(exit::OK);
     }
+    // A run's events also go to its state directory, where the dashboard tails them.
+    let reporter: Arc<dyn Reporter> = match &cli.command {
+        Command::Deploy { .. } | Command::Rollback { .. } | Command::Recover { .. } => {
+            Arc::new(crate::events::FileLog::tee(reporter, &config.state_dir()))
+        }
+        _ => reporter,
+    };
     let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
     let ctx = Context::open(config, &plugin_host, plugins_used(&cli.command), reporter).await?;
+    if let Command::Dashboard { listen, token_env } = &cli.command {
+        return dashboard(ctx, *listen, token_env.as_deref()).await;
+    }
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
             GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())?,
@@ -374,7 +409,10 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             crate::down::down(&ctx, *images).await?;
             Ok(exit::OK)
         }
-        Command::Plugin { .. } | Command::History { .. } | Command::Serve { .. } => {
+        Command::Plugin { .. }
+        | Command::History { .. }
+        | Command::Serve { .. }
+        | Command::Dashboard { .. } => {
             unreachable!("handled above")
         }
     }
@@ -391,14 +429,64 @@ fn plugins_used(command: &Command) -> &'static [PluginKind] {
         }
         // Health to judge the colour coming back, the template to find what the
         // proxy files name (recover's adoption, status's report).
-        Command::Rollback { .. } | Command::Recover { .. } | Command::Status => {
-            &[HealthPolicy, ProxyTemplate]
-        }
+        Command::Rollback { .. }
+        | Command::Recover { .. }
+        | Command::Status
+        | Command::Dashboard { .. } => &[HealthPolicy, ProxyTemplate],
         Command::Down { .. }
         | Command::History { .. }
         | Command::Serve { .. }
         | Command::Plugin { .. } => &[],
     }
+}
+
+/// `cutover dashboard`: reads the token (never printed), binds, serves until
+/// Ctrl-C or SIGTERM.
+async fn dashboard(
+    ctx: Context,
+    listen: std::net::SocketAddr,
+    token_env: Option<&str>,
+) -> Result<u8, Failure> {
+    let token = match token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(token) if !token.trim().is_empty() => Some(crate::secret::Secret::new(token)),
+            _ => {
+                return Err(Failure {
+                    error: anyhow::anyhow!(
+                        "--token-env {var}: the environment variable {var} is not set; export the bearer token in it"
+                    ),
+                    code: exit::CONFIG,
+                });
+            }
+        },
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure {
+            error: anyhow::anyhow!("cannot listen on {listen}: {e}; pass another --listen"),
+            code: exit::ENVIRONMENT,
+        })?;
+    let access = match (&token, listen.ip().is_loopback()) {
+        (Some(_), _) => format!("bearer token from ${}", token_env.unwrap_or_default()),
+        (None, true) => "loopback clients only".to_owned(),
+        (None, false) => {
+            "loopback clients only (pass --token-env to let others in with a token)".to_owned()
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    eprintln!(
+        "dashboard of {} on http://{addr}/ (metrics on /metrics); {access}",
+        ctx.service()
+    );
+    crate::dashboard::Dashboard::new(ctx)
+        .serve(listener, token)
+        .await
+        .map_err(|e| Failure {
+            error: anyhow::anyhow!("dashboard on {addr}: {e}"),
+            code: exit::ENVIRONMENT,
+        })?;
+    Ok(exit::OK)
 }
 
 /// The options `deploy` and `plan` share, with `--image` checked.

@@ -91,6 +91,9 @@ pub struct Config {
     /// Which plugin decides each policy.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Webhooks told about finished deploys (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
 
     /// The file this config was read from (set by [`Config::load`]).
     #[serde(skip)]
@@ -410,6 +413,36 @@ impl Default for HistoryConfig {
     }
 }
 
+/// One `[[notify]]` table: a webhook told when a deploy or rollback ends with one
+/// of the outcomes in `on`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The environment variable holding the webhook URL (a chat webhook URL is a
+    /// secret, so it is never written in the file).
+    pub url_env: String,
+    /// What is posted.
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// The outcomes that are sent; failed and rolled back by default.
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<crate::operation::Outcome>,
+    /// How long one attempt may take.
+    #[serde(default = "default_notify_timeout")]
+    pub timeout: Duration,
+}
+
+/// The body a webhook receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// `{"text": "..."}` for Slack-compatible incoming webhooks.
+    #[default]
+    Slack,
+    /// The audit log's entry for the run, with the service's name.
+    Json,
+}
+
 /// A duration written as `"500ms"`, `"10s"` or `"2m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
@@ -477,6 +510,15 @@ impl fmt::Display for Duration {
     }
 }
 
+fn default_notify_on() -> Vec<crate::operation::Outcome> {
+    vec![
+        crate::operation::Outcome::Failed,
+        crate::operation::Outcome::RolledBack,
+    ]
+}
+fn default_notify_timeout() -> Duration {
+    Duration::from_millis(5_000)
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from(".cutover")
 }
@@ -580,6 +622,7 @@ impl Config {
             .registry
             .iter()
             .map(|r| r.password_env.clone())
+            .chain(self.notify.iter().map(|n| n.url_env.clone()))
             .collect()
     }
 
@@ -833,6 +876,26 @@ impl Config {
         if self.history.deploys == 0 {
             return Err(self.invalid("history.deploys", "expected at least 1"));
         }
+        for (i, notify) in self.notify.iter().enumerate() {
+            if !is_env_var_name(&notify.url_env) {
+                return Err(self.invalid(
+                    &format!("notify[{i}].url_env"),
+                    "expected the name of the environment variable holding the webhook URL, e.g. \"SLACK_WEBHOOK_URL\"",
+                ));
+            }
+            if notify.on.is_empty() {
+                return Err(self.invalid(
+                    &format!("notify[{i}].on"),
+                    "expected at least one outcome, e.g. [\"failed\", \"rolled-back\"]; remove the table to send nothing",
+                ));
+            }
+            if notify.timeout.get().is_zero() {
+                return Err(self.invalid(
+                    &format!("notify[{i}].timeout"),
+                    "expected a duration above zero, e.g. \"5s\"",
+                ));
+            }
+        }
         for kind in PluginKind::ALL {
             if let Some(spec) = self.plugins.get(kind) {
                 self.check_plugin(kind, spec)?;
@@ -903,6 +966,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Deserializes TOML text into `T`, turning every serde error into a [`ConfigError`]
@@ -1170,6 +1240,27 @@ listen = "127.0.0.1:8080"
             c.health.interval.get(),
             std::time::Duration::from_millis(100)
         );
+    }
+
+    #[test]
+    fn notify_tables_default_to_failures_and_name_bad_keys() {
+        let c = parse(&format!(
+            "{MINIMAL}\n[[notify]]\nurl_env = \"CHAT_HOOK\"\n\n[[notify]]\nurl_env = \"RAW\"\nformat = \"json\"\non = [\"succeeded\", \"denied\"]\n"
+        ))
+        .unwrap();
+        use crate::operation::Outcome;
+        assert_eq!(c.notify[0].format, NotifyFormat::Slack);
+        assert_eq!(c.notify[0].on, [Outcome::Failed, Outcome::RolledBack]);
+        assert_eq!(c.notify[1].on, [Outcome::Succeeded, Outcome::Denied]);
+        assert!(c.secret_env_vars().contains(&"CHAT_HOOK".to_owned()));
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[[notify]]\nurl_env = \"https://hooks\"\n"
+        ));
+        assert!(msg.contains("`notify[0].url_env`"), "{msg}");
+        let msg = error_of(&format!(
+            "{MINIMAL}\n[[notify]]\nurl_env = \"X\"\non = [\"exploded\"]\n"
+        ));
+        assert!(msg.contains("notify[0].on"), "{msg}");
     }
 
     #[test]

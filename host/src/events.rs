@@ -10,7 +10,8 @@
 //! added, never renamed.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -268,6 +269,57 @@ impl Reporter for Silent {
     fn emit(&self, _event: &Event) {}
 }
 
+/// The file in the state directory that a running deploy, rollback or recovery
+/// appends its events to: the stream the dashboard tails for its live view.
+pub const LOG_FILE: &str = "events.jsonl";
+
+/// A run that starts when [`LOG_FILE`] is over this size starts it afresh, so the
+/// file holds the last runs and never grows without bound.
+pub const LOG_MAX_BYTES: u64 = 256 * 1024;
+
+/// Passes every event on, and appends it as the JSON line `--output json` prints to
+/// [`LOG_FILE`] in a state directory. Writing is best effort: a full or read-only
+/// disk never disturbs the command (the same events still reach the terminal).
+pub struct FileLog {
+    inner: Arc<dyn Reporter>,
+    path: PathBuf,
+}
+
+impl FileLog {
+    /// Tees `inner`'s events into `state_dir`'s [`LOG_FILE`].
+    pub fn tee(inner: Arc<dyn Reporter>, state_dir: &Path) -> FileLog {
+        FileLog {
+            inner,
+            path: state_dir.join(LOG_FILE),
+        }
+    }
+
+    fn append(&self, event: &Event) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).mode(0o600);
+        let full = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > LOG_MAX_BYTES);
+        if full && matches!(event, Event::Started { .. }) {
+            // A reader notices the file shrank and starts again from its start.
+            options.write(true).truncate(true);
+        } else {
+            options.append(true);
+        }
+        let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // One write of a whole line on an append-mode file: lines of two processes
+        // never interleave.
+        options.open(&self.path)?.write_all(&line)
+    }
+}
+
+impl Reporter for FileLog {
+    fn emit(&self, event: &Event) {
+        self.inner.emit(event);
+        let _ = self.append(event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,5 +387,37 @@ mod tests {
                 "{line}"
             );
         }
+    }
+
+    #[test]
+    fn file_log_appends_json_lines_and_starts_afresh_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let recorder = Arc::new(Recorder::default());
+        let log = FileLog::tee(recorder.clone(), dir.path());
+        let started = Event::Started {
+            id: "d1".to_owned(),
+            service: "hello".to_owned(),
+            operation: "deploy".to_owned(),
+        };
+        log.emit(&started);
+        log.log(Level::Info, "hi");
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(
+            text.starts_with(r#"{"event":"started","id":"d1""#),
+            "{text}"
+        );
+        assert_eq!(recorder.events().len(), 2, "still passed on");
+
+        std::fs::write(
+            dir.path().join(LOG_FILE),
+            vec![b'x'; usize::try_from(LOG_MAX_BYTES).unwrap() + 1],
+        )
+        .unwrap();
+        log.log(Level::Info, "mid-run lines never cut the file");
+        assert!(std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len() > LOG_MAX_BYTES);
+        log.emit(&started);
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 }

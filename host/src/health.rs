@@ -137,7 +137,7 @@ fn client(timeout: Duration, ca_file: Option<&Path>) -> Result<reqwest::Client, 
 /// reqwest is built with `rustls-no-provider` (ring instead of its default aws-lc-rs),
 /// so rustls needs a process-wide crypto provider before the first client is built.
 /// Installing fails only when one is installed already, which serves as well.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();

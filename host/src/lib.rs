@@ -8,12 +8,14 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod atomic_file;
 pub mod audit;
 pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod dashboard;
 pub mod deploy;
 pub mod docker;
 pub mod down;
@@ -24,7 +26,10 @@ pub mod fault;
 pub mod gate;
 pub mod git;
 pub mod health;
+pub mod html;
 pub mod lock;
+pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod operation;
 pub mod plan;

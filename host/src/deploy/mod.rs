@@ -109,7 +109,7 @@ pub async fn deploy(
         Ok(steps::Flow::Done) => run.finish(Outcome::Succeeded, None, None)?,
         Err(failure) => run.fail(failure).await?,
     };
-    audit(ctx, &report.audit_entry(OperationKind::Deploy, git, ci));
+    audit(ctx, &report.audit_entry(OperationKind::Deploy, git, ci)).await;
     Ok(report)
 }
 
@@ -122,10 +122,13 @@ fn run_label(ci: &CiFacts) -> Option<String> {
     })
 }
 
-/// Appends the finished run to the audit log; a failure to log is a warning, never a
-/// reason to report a successful deploy as failed.
-fn audit(ctx: &Context, entry: &Entry) {
+/// Appends the finished run to the audit log, adds its plugin calls to the metrics,
+/// then sends the `[[notify]]` webhooks; a failure of any is a warning, never a reason to report a successful deploy as
+/// failed.
+async fn audit(ctx: &Context, entry: &Entry) {
     if let Err(e) = AuditLog::new(ctx.store.dir()).append(entry) {
         ctx.reporter.log(Level::Warn, &e.to_string());
     }
+    crate::metrics::record_plugin_calls(ctx);
+    crate::notify::after_outcome(ctx, entry).await;
 }

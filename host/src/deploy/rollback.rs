@@ -40,7 +40,7 @@ pub async fn rollback(
     };
     let git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())
         .unwrap_or_default();
-    audit(ctx, &report.audit_entry(OperationKind::Rollback, &git, ci));
+    audit(ctx, &report.audit_entry(OperationKind::Rollback, &git, ci)).await;
     Ok(report)
 }
 

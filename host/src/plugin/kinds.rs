@@ -312,6 +312,7 @@ fn link<P: WorldPre>(
             kind,
             limits,
             reporter,
+            calls: Arc::default(),
         },
         config,
     };
@@ -681,6 +682,42 @@ impl Plugins {
     pub fn template(&self) -> Result<&TemplatePlugin, PluginError> {
         loaded(self.template.as_ref(), PluginKind::ProxyTemplate)
     }
+
+    /// What each loaded plugin's successful calls have cost so far, for the host's
+    /// metrics.
+    pub fn call_stats(&self) -> Vec<PluginCalls> {
+        let sandboxes = [
+            self.gate.as_ref().map(|p| &p.0.sandbox),
+            self.selector.as_ref().map(|p| &p.0.sandbox),
+            self.health.as_ref().map(|p| &p.0.sandbox),
+            self.template.as_ref().map(|p| &p.0.sandbox),
+        ];
+        sandboxes
+            .into_iter()
+            .flatten()
+            .map(|s| PluginCalls {
+                kind: s.kind,
+                plugin: s.name.to_string(),
+                calls: s
+                    .calls
+                    .get()
+                    .into_iter()
+                    .map(|c| (c.elapsed, c.fuel_used))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// One plugin's successful calls: each one's wall time and fuel.
+#[derive(Debug, Clone)]
+pub struct PluginCalls {
+    /// The plugin's kind.
+    pub kind: PluginKind,
+    /// `builtin:<name>` or the plugin file's path.
+    pub plugin: String,
+    /// Wall time and fuel of each call, oldest first.
+    pub calls: Vec<(std::time::Duration, u64)>,
 }
 
 fn loaded<T>(plugin: Option<&T>, kind: PluginKind) -> Result<&T, PluginError> {

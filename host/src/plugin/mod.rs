@@ -37,7 +37,7 @@ use wasmtime::{
 pub use bindings::{WIT, WIT_VERSION, types};
 pub use cache::sha256_hex;
 pub use error::PluginError;
-pub use kinds::{GatePlugin, HealthPlugin, Plugins, SelectorPlugin, TemplatePlugin};
+pub use kinds::{GatePlugin, HealthPlugin, PluginCalls, Plugins, SelectorPlugin, TemplatePlugin};
 pub use limits::{BOUNDS, Bound, Limits};
 pub use settings::{LimitsConfig, PluginSettings, PluginSpec, PluginsConfig};
 

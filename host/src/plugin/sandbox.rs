@@ -56,6 +56,29 @@ pub(crate) struct Sandbox {
     pub(crate) kind: PluginKind,
     pub(crate) limits: Limits,
     pub(crate) reporter: Arc<dyn Reporter>,
+    /// What each successful call cost, for [`super::Plugins::call_stats`].
+    pub(crate) calls: Arc<CallLog>,
+}
+
+/// The cost of every successful call of one plugin, kept for the host's metrics;
+/// capped, so a plugin called in a loop cannot grow it without bound.
+#[derive(Debug, Default)]
+pub(crate) struct CallLog(Mutex<Vec<CallStats>>);
+
+impl CallLog {
+    const MAX_CALLS: usize = 10_000;
+
+    fn push(&self, stats: CallStats) {
+        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if calls.len() < Self::MAX_CALLS {
+            calls.push(stats);
+        }
+    }
+
+    /// A copy of the calls so far.
+    pub(crate) fn get(&self) -> Vec<CallStats> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// What a successful call cost.
@@ -425,14 +448,13 @@ impl Sandbox {
         match result {
             Ok(value) => {
                 let left = store.get_fuel().unwrap_or(0);
-                Ok((
-                    value,
-                    CallStats {
-                        fuel_used: self.limits.fuel.saturating_sub(left),
-                        elapsed: started.elapsed(),
-                        memory_bytes: store.data().memory.granted,
-                    },
-                ))
+                let stats = CallStats {
+                    fuel_used: self.limits.fuel.saturating_sub(left),
+                    elapsed: started.elapsed(),
+                    memory_bytes: store.data().memory.granted,
+                };
+                self.calls.push(stats);
+                Ok((value, stats))
             }
             Err(error) => Err(self.classify(&error, store.data())),
         }

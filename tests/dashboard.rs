@@ -1,0 +1,209 @@
+//! `cutover dashboard` end to end over HTTP: the page, `/metrics` (parsed by a
+//! Prometheus parser) and `/events` (server-sent events of a real deploy) from the
+//! real binary; loopback only by default; with a bearer token, a missing or wrong
+//! one is refused with 401 and the token is never printed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::service::{Service, plugin_cache_dir};
+use crate::support::{free_port, http_request};
+
+/// A `cutover dashboard` running in the background; killed (by its own pid) on drop.
+pub struct DashboardProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl DashboardProcess {
+    /// Starts `cutover dashboard` for `svc` on `listen` with `args` and `env`, and
+    /// waits until it accepts connections.
+    pub fn start(svc: &Service, listen: SocketAddr, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .arg("--config")
+            .arg(svc.config_path())
+            .args(["dashboard", "--listen", &listen.to_string()])
+            .args(args)
+            .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
+            .env_remove("CUTOVER_CONFIG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cutover dashboard");
+        let addr: SocketAddr = ([127, 0, 0, 1], listen.port()).into();
+        let process = DashboardProcess { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the dashboard did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        process
+    }
+
+    /// Stops it (SIGTERM: a graceful shutdown) and returns its stdout and stderr.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for DashboardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let r = http_request(addr, "GET", path, headers, b"", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    (r.status, r.body)
+}
+
+/// An address of this host that is not loopback (the source address of its
+/// default route), so a request from it is a remote client's. A UDP `connect` sends
+/// nothing; it only picks the route.
+fn non_loopback_address() -> IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this test needs a non-loopback network interface with a default route");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback() && !ip.is_unspecified(), "{ip}");
+    ip
+}
+
+/// Reads server-sent events from `/events` until one holds `until`; returns the
+/// `data:` lines seen. Bounded by `within`.
+fn read_events(stream: TcpStream, until: &str, within: Duration) -> Vec<String> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut reader = BufReader::new(stream);
+    let mut data = Vec::new();
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Some(json) = line.trim_end().strip_prefix("data: ") {
+                    data.push(json.to_owned());
+                    if json.contains(until) {
+                        return data;
+                    }
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    panic!("no event with {until} within {within:?}; saw {data:#?}");
+}
+
+#[test]
+fn dashboard_serves_the_page_metrics_and_live_events_and_keeps_remote_clients_out() {
+    let svc = Service::new("dash-http");
+    svc.deploy("v1").success();
+    let dash = DashboardProcess::start(&svc, ([0, 0, 0, 0], free_port()).into(), &[], &[]);
+
+    let (status, page) = get(dash.addr, "/", &[]);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("data-live=\"blue\""), "{page}");
+    assert!(page.contains("<div class=\"card deploy\""), "{page}");
+    assert_eq!(page.matches("<rect class=\"step").count(), 13, "{page}");
+    assert!(page.contains("<td class=\"health\">healthy</td>"), "{page}");
+    let (status, metrics) = get(dash.addr, "/metrics", &[]);
+    assert_eq!(status, 200);
+    let scrape = crate::metrics::parse(&metrics);
+    let succeeded = crate::metrics::sample(
+        &scrape,
+        "cutover_deploys_total",
+        &[("service", &svc.name), ("outcome", "succeeded")],
+    );
+    assert_eq!(succeeded, 1.0, "{metrics}");
+
+    // The same port from an address that is not loopback: refused.
+    let remote: SocketAddr = (non_loopback_address(), dash.addr.port()).into();
+    for path in ["/", "/events", "/metrics"] {
+        assert_eq!(get(remote, path, &[]).0, 401, "{path} from {remote}");
+    }
+
+    // A deploy's events arrive over /events as it runs.
+    let mut events = TcpStream::connect(dash.addr).unwrap();
+    write!(
+        events,
+        "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let deploy = svc.spawn_deploy("v2");
+    let seen = read_events(events, "\"event\":\"finished\"", Duration::from_secs(120));
+    deploy.wait().success();
+    let started = seen
+        .iter()
+        .position(|e| e.contains("\"event\":\"started\""));
+    let switched = seen
+        .iter()
+        .position(|e| e.contains("\"step-finished\"") && e.contains("\"switch\""));
+    assert!(started.is_some() && started < switched, "{seen:#?}");
+    assert!(seen.last().unwrap().contains("\"live\":\"green\""));
+    dash.stop();
+}
+
+#[test]
+fn dashboard_with_a_token_refuses_missing_or_wrong_ones_with_401_and_never_prints_it() {
+    let svc = Service::new("dash-token");
+    let token = "dash-t0ken-5b1d";
+    let dash = DashboardProcess::start(
+        &svc,
+        ([127, 0, 0, 1], free_port()).into(),
+        &[("DASH_TOKEN", token)],
+        &["--token-env", "DASH_TOKEN"],
+    );
+    for path in ["/", "/events", "/metrics"] {
+        assert_eq!(get(dash.addr, path, &[]).0, 401, "{path} without a token");
+        let wrong = [("Authorization", "Bearer dash-t0ken-5b1e")];
+        assert_eq!(
+            get(dash.addr, path, &wrong).0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    let bearer = format!("Bearer {token}");
+    let (status, page) = get(dash.addr, "/", &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("id=\"live\" class=\"badge\">nothing"),
+        "{page}"
+    );
+    let (status, _) = get(dash.addr, "/metrics", &[("Authorization", &bearer)]);
+    assert_eq!(status, 200);
+    let output = dash.stop();
+    assert!(output.contains("bearer token from $DASH_TOKEN"), "{output}");
+    assert!(!output.contains(token), "{output}");
+
+    // Naming a variable that is not set is a config error, before listening.
+    let out = svc.cutover(&["dashboard", "--token-env", "CUTOVER_TEST_UNSET_TOKEN"]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(out.stderr.contains("CUTOVER_TEST_UNSET_TOKEN is not set"));
+}
