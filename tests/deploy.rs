@@ -216,10 +216,7 @@ fn plan_and_deploy_agree_on_target_image_and_files() {
     let registry = crate::support::TestRegistry::start("cutover", &password);
     let svc = Service::new("e2e-plan-agree");
     let var = "CUTOVER_TEST_PLAN_PASSWORD";
-    svc.append_config(&format!(
-        "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
-        registry.addr
-    ));
+    svc.use_registry(&registry, var);
     let env = [(var, password.as_str())];
     svc.cutover_env(&["deploy", "--build-arg", "VERSION=v1"], &env)
         .success();
@@ -284,4 +281,62 @@ fn plan_and_deploy_agree_on_target_image_and_files() {
         .code(4);
     assert!(out.stderr.contains("serving traffic now"), "{}", out.stderr);
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+}
+
+/// Regression: a broken plugin that a command does not use blocked it: every command
+/// loaded all four plugins, so a bad deploy-gate pin stopped `rollback`, `recover`
+/// and `down`, the commands needed in an emergency.
+#[test]
+fn a_broken_gate_pin_does_not_block_rollback_recover_status_or_down() {
+    let svc = Service::new("e2e-broken-gate");
+    svc.deploy("v1").success();
+    svc.deploy("v2").success();
+    std::fs::write(svc.base.join("gate.wasm"), b"not the pinned plugin").unwrap();
+    svc.append_config(&format!(
+        "\n[plugins.deploy-gate]\nsource = \"gate.wasm\"\nsha256 = \"{}\"\n",
+        "0".repeat(64)
+    ));
+
+    // The deploy calls the gate: refused as a config error, nothing changes.
+    let out = svc.deploy("v3").code(5);
+    assert!(out.stderr.contains("gate.wasm"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+
+    // The others never call it.
+    svc.cutover(&["rollback"]).success();
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    svc.cutover(&["recover"]).success();
+    assert_eq!(svc.cutover(&["status"]).code, 0);
+    svc.cutover(&["down"]).success();
+    assert!(svc.containers().is_empty(), "{:?}", svc.containers());
+}
+
+/// Regression: `down` in external mode said "proxy stopped" while the user's nginx kept
+/// running and routing to a port nothing listens on any more.
+#[test]
+fn down_in_external_mode_says_what_it_left_and_what_to_change() {
+    let mut svc = Service::new("e2e-down-external");
+    let nginx = crate::support::nginx::ExternalNginx::start(([127, 0, 0, 1], svc.blue).into());
+    svc.use_external(&nginx, &nginx.argv(&["-s", "reload"]));
+    svc.deploy("v1").success();
+    let out = svc.cutover(&["down"]).success();
+    assert!(!out.stderr.contains("proxy stopped"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Your nginx still runs"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&nginx.conf_d.display().to_string()),
+        "names the directory to clean: {}",
+        out.stderr
+    );
+    // And it is true: cutover did not stop the user's nginx.
+    assert!(
+        crate::support::http_get(nginx.listen, "/", Duration::from_secs(5))
+            .expect("the user's nginx still answers")
+            .status
+            >= 500,
+        "nginx answers, with nothing behind it"
+    );
 }

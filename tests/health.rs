@@ -184,7 +184,7 @@ async fn healthy_after_the_app_stops_answering_503() {
     let prober = Prober::new(app.addr, &health);
     let histories = AtomicU32::new(0);
     let judge = |input: &HealthInput| {
-        assert_eq!(input.history.len() as u32, input.attempt - 1);
+        assert_eq!(input.history.len(), input.attempt as usize - 1);
         histories.fetch_add(1, Ordering::SeqCst);
         two_xx(input)
     };
@@ -463,19 +463,25 @@ async fn verify_needs_the_upstream_header_when_asked() {
 #[tokio::test]
 async fn verify_waits_for_the_switch() {
     let app = Backend::start("blue").await;
-    let spec = spec(app.addr, Color::Green);
+    let spec = VerifySpec {
+        url: format!("http://{}/health", app.addr),
+        expect_body: Some("ok {color}".to_owned()),
+        ..spec(app.addr, Color::Green)
+    };
     let verify =
         tokio::spawn(
-            async move { health::verify_through_proxy(&spec, Duration::from_secs(3)).await },
+            async move { health::verify_through_proxy(&spec, Duration::from_secs(10)).await },
         );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Switch only once verify has seen blue answer twice (bounded wait).
+    let asked = Instant::now();
+    while app.health_requests() < 2 && asked.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(app.health_requests() >= 2, "verify kept asking");
     app.set_name("green");
     let report = verify.await.unwrap().unwrap();
-    assert!(report.attempts > 1);
-    assert!(report.elapsed >= Duration::from_millis(100));
     assert!(
-        report.elapsed < Duration::from_secs(1),
-        "{:?}",
-        report.elapsed
+        report.attempts > 2,
+        "blue's answers were refused: {report:?}"
     );
 }

@@ -29,7 +29,9 @@ fn history_lists_deploys_and_the_gate_denial_with_actor_timings_and_reason() {
     // rotate it rather than let it grow.
     let first = std::fs::read_to_string(&audit).expect("the first deploy wrote the audit log");
     assert_eq!(first.lines().count(), 1);
-    let copies = (cutover::audit::MAX_BYTES as usize).div_ceil(first.len());
+    let copies = usize::try_from(cutover::audit::MAX_BYTES)
+        .unwrap()
+        .div_ceil(first.len());
     std::fs::write(&audit, first.repeat(copies)).unwrap();
     let filled = std::fs::metadata(&audit).unwrap().len();
     assert!(filled >= cutover::audit::MAX_BYTES);

@@ -717,10 +717,7 @@ fn the_registry_password_appears_in_no_output_file_error_or_process() {
     let registry = TestRegistry::start("cutover", &password);
     let svc = Service::new("h-secret");
     let var = "CUTOVER_TEST_REGISTRY_PASSWORD";
-    svc.append_config(&format!(
-        "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
-        registry.addr
-    ));
+    svc.use_registry(&registry, var);
     let env = [(var, password.as_str())];
 
     // A deploy (JSON events) and a second one (human lines) while every process's

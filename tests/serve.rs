@@ -6,10 +6,12 @@
 //! Each fixture kills its server on drop, then takes the service down (`cutover down
 //! --images` through the `Service` guard) and removes its repositories.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cutover::serve::ServeConfig;
@@ -36,6 +38,43 @@ struct ServeProcess {
 }
 
 impl ServeProcess {
+    /// Starts `cutover serve <conf>` listening on `addr` with `env` (its secrets) and
+    /// waits until it answers; its log goes next to `conf`. `open_files` lowers its
+    /// descriptor limit (`ulimit -n`), as a small machine's would be.
+    fn start(
+        conf: &Path,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+        open_files: Option<u32>,
+    ) -> ServeProcess {
+        let log = conf.with_file_name("server.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let bin = env!("CARGO_BIN_EXE_cutover");
+        let mut cmd = match open_files {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                sh
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("serve")
+            .arg(conf)
+            .envs(env.iter().copied())
+            .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
+            .env_remove("CUTOVER_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for var in cutover::ci::SYSTEM_MARKERS {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().expect("start cutover serve");
+        let mut server = ServeProcess { child, addr, log };
+        wait_until_serving(&mut server);
+        server
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -113,25 +152,7 @@ impl Fixture {
         )
         .unwrap();
         let secret = format!("whsec-{}", unique_service("s"));
-        let log = conf_dir.path().join("server.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cutover"))
-            .arg("serve")
-            .arg(&conf)
-            .env(SECRET_ENV, &secret)
-            .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
-            .env_remove("CUTOVER_CONFIG")
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("JENKINS_HOME")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start cutover serve");
-        let mut server = ServeProcess { child, addr, log };
-        wait_until_serving(&mut server);
+        let server = ServeProcess::start(&conf, addr, &[(SECRET_ENV, &secret)], None);
         Fixture {
             server,
             svc,
@@ -155,30 +176,6 @@ impl Fixture {
         sha
     }
 
-    fn signature(&self, secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    }
-
-    /// A GitHub push payload for `after` on `git_ref`.
-    fn push_payload(&self, repository: &str, git_ref: &str, after: &str) -> Vec<u8> {
-        serde_json::to_vec(&json!({
-            "ref": git_ref,
-            "before": "0000000000000000000000000000000000000000",
-            "after": after,
-            "created": false,
-            "deleted": false,
-            "forced": false,
-            "repository": { "full_name": repository, "name": "app" },
-            "pusher": { "name": "dev", "email": "dev@example.com" },
-            "sender": { "login": "dev" },
-            "head_commit": { "id": after, "message": "change" },
-            "commits": [],
-        }))
-        .unwrap()
-    }
-
     /// POSTs `body` to `path` with `headers`.
     fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
         let mut all = vec![("Content-Type", "application/json")];
@@ -189,7 +186,7 @@ impl Fixture {
 
     /// Posts a push event signed with the server's secret.
     fn github(&self, event: &str, delivery: &str, body: &[u8]) -> HttpResponse {
-        let signature = self.signature(&self.secret, body);
+        let signature = sign(&self.secret, body);
         self.post(
             "/hooks/github",
             &[
@@ -204,11 +201,7 @@ impl Fixture {
 
     /// Posts a signed push of `sha` on `git_ref` for the configured repository.
     fn push_event(&self, git_ref: &str, sha: &str, delivery: &str) -> HttpResponse {
-        self.github(
-            "push",
-            delivery,
-            &self.push_payload(&self.name, git_ref, sha),
-        )
+        self.github("push", delivery, &push_payload(&self.name, git_ref, sha))
     }
 
     /// `GET /deploys`'s list.
@@ -286,6 +279,31 @@ impl Fixture {
     }
 }
 
+/// `X-Hub-Signature-256` for `body` under `secret`.
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A GitHub push payload for `after` on `git_ref` of `repository`.
+fn push_payload(repository: &str, git_ref: &str, after: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": git_ref,
+        "before": "0000000000000000000000000000000000000000",
+        "after": after,
+        "created": false,
+        "deleted": false,
+        "forced": false,
+        "repository": { "full_name": repository, "name": "app" },
+        "pusher": { "name": "dev", "email": "dev@example.com" },
+        "sender": { "login": "dev" },
+        "head_commit": { "id": after, "message": "change" },
+        "commits": [],
+    }))
+    .unwrap()
+}
+
 /// Waits (bounded) until `/healthz` answers; panics with the log if the server exits.
 fn wait_until_serving(server: &mut ServeProcess) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -348,12 +366,12 @@ fn short(sha: &str) -> &str {
 fn signed_push_deploys_its_sha_and_everything_else_is_refused() {
     let f = Fixture::start("serve-push", "");
     let sha = f.push_version("v1");
-    let body = f.push_payload(&f.name, "refs/heads/main", &sha);
+    let body = push_payload(&f.name, "refs/heads/main", &sha);
     let id = delivery();
 
     // Refused before anything is queued: a wrong secret, a malformed signature, no
     // signature, a signature over another body, too large (declared or streamed).
-    let signed = f.signature(&f.secret, &body);
+    let signed = sign(&f.secret, &body);
     let post = |signature: Option<&str>, extra: &[(&str, &str)], payload: &[u8]| {
         let mut headers = vec![
             ("X-GitHub-Event", "push"),
@@ -363,11 +381,11 @@ fn signed_push_deploys_its_sha_and_everything_else_is_refused() {
         headers.extend_from_slice(extra);
         f.post("/hooks/github", &headers, payload)
     };
-    let tampered = f.push_payload(&f.name, "refs/heads/main", &"b".repeat(40));
+    let tampered = push_payload(&f.name, "refs/heads/main", &"b".repeat(40));
     for (what, r) in [
         (
             "a wrong secret",
-            post(Some(&f.signature("not the secret", &body)), &[], &body),
+            post(Some(&sign("not the secret", &body)), &[], &body),
         ),
         ("a malformed signature", post(Some("sha256=zz"), &[], &body)),
         ("no signature", post(None, &[], &body)),
@@ -389,7 +407,7 @@ fn signed_push_deploys_its_sha_and_everything_else_is_refused() {
     let r = post(Some(&signed), &[("Transfer-Encoding", "chunked")], &chunked);
     assert_eq!(r.status, 413, "{}", r.body);
     // Unknown repository, correctly signed.
-    let other = f.push_payload("team/unknown", "refs/heads/main", &sha);
+    let other = push_payload("team/unknown", "refs/heads/main", &sha);
     let r = f.github("push", &delivery(), &other);
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(r.body.contains("team/unknown"), "{}", r.body);
@@ -491,7 +509,7 @@ fn gate_sees_a_pushed_tag_and_shutdown_waits_for_the_running_deploy() {
     .unwrap();
     let r = f.post(
         "/hooks/trigger",
-        &[("X-Hub-Signature-256", &f.signature(&f.secret, &trigger))],
+        &[("X-Hub-Signature-256", &sign(&f.secret, &trigger))],
         &trigger,
     );
     assert_eq!(r.status, 202, "{}", r.body);
@@ -641,4 +659,236 @@ fn example_serve_config_loads() {
     for repo in &config.repositories {
         assert!(repo.checkout.is_absolute(), "{}", repo.checkout.display());
     }
+}
+
+/// A server over a plain git checkout, for the HTTP side without Docker: a push it
+/// queues fails at `git fetch` (the checkout has no remote), which these tests ignore.
+struct Plain {
+    server: ServeProcess,
+    secret: String,
+    name: String,
+    sha: String,
+    _repo: Repo,
+    _conf_dir: tempfile::TempDir,
+}
+
+impl Plain {
+    /// `extra` goes into the config's top level; `env` is added to the secret.
+    fn start(extra: &str, env: &[(&str, &str)], open_files: Option<u32>) -> Plain {
+        let repo = Repo::new();
+        let sha = repo.commit("README", "plain\n", "one");
+        let conf_dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let conf = conf_dir.path().join("cutover-serve.toml");
+        let name = format!("team/{}", unique_service("plain"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listen = \"{addr}\"\nsecret_env = \"{SECRET_ENV}\"\n{extra}\n\
+                 [[repository]]\nname = \"{name}\"\ncheckout = \"{checkout}\"\n",
+                checkout = repo.path().display(),
+            ),
+        )
+        .unwrap();
+        let secret = format!("whsec-{}", unique_service("s"));
+        let mut all = vec![(SECRET_ENV, secret.as_str())];
+        all.extend_from_slice(env);
+        let server = ServeProcess::start(&conf, addr, &all, open_files);
+        Plain {
+            server,
+            secret,
+            name,
+            sha,
+            _repo: repo,
+            _conf_dir: conf_dir,
+        }
+    }
+
+    /// Posts a signed push of the checkout's commit under a new delivery id.
+    fn signed_push(&self, timeout: Duration) -> std::io::Result<(String, HttpResponse)> {
+        let id = delivery();
+        let body = push_payload(&self.name, "refs/heads/main", &self.sha);
+        let signature = sign(&self.secret, &body);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", id.as_str()),
+            ("X-Hub-Signature-256", signature.as_str()),
+        ];
+        http_request(
+            self.server.addr,
+            "POST",
+            "/hooks/github",
+            &headers,
+            &body,
+            timeout,
+        )
+        .map(|r| (id, r))
+    }
+
+    /// How many descriptors the server has open.
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.server.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A request line and one header, never finished: what a slowloris client sends.
+const HALF_SENT: &[u8] = b"POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+
+/// Regression (bug 11): serve had no header-read timeout and no connection cap, so one
+/// client holding thousands of half-sent requests used up its file descriptors and
+/// every webhook failed until the client let go.
+#[test]
+fn half_sent_requests_neither_exhaust_descriptors_nor_keep_a_signed_webhook_out() {
+    const OPEN_FILES: u32 = 256;
+    const FLOOD: usize = 3000;
+    let f = Plain::start("header_timeout = \"1s\"\n", &[], Some(OPEN_FILES));
+    assert!(
+        f.server
+            .log_text()
+            .contains("max_connections lowered to fit the open-file limit"),
+        "the default cap (256) does not fit under {OPEN_FILES} descriptors:\n{}",
+        f.server.log_text()
+    );
+
+    // One half-sent request is closed by the server once `header_timeout` passes.
+    let mut lone = std::net::TcpStream::connect(f.server.addr).unwrap();
+    lone.write_all(HALF_SENT).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let began = Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = match lone.read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    let waited = began.elapsed();
+    assert!(
+        closed && waited < Duration::from_secs(5),
+        "a half-sent request was still open after {waited:?}"
+    );
+
+    // The flood: FLOOD connections each holding a half-sent request, opened as fast as
+    // loopback allows, held until told to stop (or 60 s), then dropped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tried = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (stop, tried, addr) = (stop.clone(), tried.clone(), f.server.addr);
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut held = Vec::with_capacity(FLOOD);
+            let mut refused = 0;
+            for _ in 0..FLOOD {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(mut conn) => {
+                        let _ = conn.write_all(HALF_SENT);
+                        held.push(conn);
+                    }
+                    Err(_) => refused += 1,
+                }
+                tried.fetch_add(1, Ordering::Relaxed);
+            }
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (held.len(), refused)
+        })
+    };
+    let mut peak_fds = 0;
+    let wait_for = |count: usize, peak_fds: &mut usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tried.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+            *peak_fds = (*peak_fds).max(f.open_fds());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(FLOOD / 3, &mut peak_fds);
+
+    // A signed webhook in the middle of the flood is answered, promptly.
+    let began = Instant::now();
+    let pushed = f.signed_push(Duration::from_secs(10));
+    let latency = began.elapsed();
+    wait_for(FLOOD, &mut peak_fds);
+    peak_fds = peak_fds.max(f.open_fds());
+    stop.store(true, Ordering::Relaxed);
+    let (held, refused) = flood.join().unwrap();
+    eprintln!(
+        "slowloris: {held} half-sent connections opened ({refused} refused); server fds peak \
+         {peak_fds} of {OPEN_FILES}; signed webhook answered in {} ms",
+        latency.as_millis()
+    );
+    let (id, r) = pushed.unwrap_or_else(|e| {
+        panic!(
+            "the signed webhook got no answer during the flood ({e}):\n{}",
+            f.server.log_text()
+        )
+    });
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("queued"), "{}", r.body);
+    assert!(
+        held >= FLOOD / 2,
+        "the flood reached only {held} connections"
+    );
+    assert!(
+        peak_fds < OPEN_FILES as usize,
+        "the server reached its descriptor limit ({peak_fds})"
+    );
+    // Still healthy after the flood, and the push is on record.
+    let r = http_request(f.server.addr, "GET", "/deploys", &[], b"", HTTP_TIMEOUT).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains(&id), "{}", r.body);
+    assert!(!f.server.log_text().contains(&f.secret));
+}
+
+#[test]
+fn deploys_need_the_bearer_token_once_one_is_configured() {
+    const TOKEN_ENV: &str = "CUTOVER_TEST_DEPLOYS_TOKEN";
+    let token = format!("tok-{}", unique_service("t"));
+    let f = Plain::start(
+        &format!("deploys_token_env = \"{TOKEN_ENV}\"\n"),
+        &[(TOKEN_ENV, &token)],
+        None,
+    );
+    let get = |authorization: Option<&str>| {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        http_request(
+            f.server.addr,
+            "GET",
+            "/deploys",
+            &headers,
+            b"",
+            HTTP_TIMEOUT,
+        )
+        .unwrap()
+    };
+    let wrong = format!("Bearer {token}x");
+    for (what, r) in [
+        ("no token", get(None)),
+        ("a wrong token", get(Some(&wrong))),
+        ("the token, not as a bearer", get(Some(&token))),
+    ] {
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+        assert!(!r.body.contains(&token), "{what}: {}", r.body);
+    }
+    let r = get(Some(&format!("Bearer {token}")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"deploys\""), "{}", r.body);
+    // Webhooks are unaffected: they carry their own signature.
+    let (_, r) = f.signed_push(HTTP_TIMEOUT).unwrap();
+    assert_eq!(r.status, 202, "{}", r.body);
+    let log = f.server.log_text();
+    assert!(log.contains("refused GET /deploys"), "{log}");
+    assert!(!log.contains(&token), "the token is in the server log");
+    assert!(!log.contains(&f.secret), "the secret is in the server log");
 }

@@ -15,6 +15,7 @@ mod hello;
 #[path = "../../tests/support/load.rs"]
 mod load;
 
+use cutover::operation::millis;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -577,8 +578,8 @@ fn summarize(row: &Row) -> Value {
     json!({
         "row": row.name,
         "failures_by_kind": statuses,
-        "first_failures_at_ms": l.failed().iter().take(20).map(|s| (s.at.as_millis() as u64, s.slow, s.latency.as_millis() as u64)).collect::<Vec<_>>(),
-        "switch_at_ms": switches.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>(),
+        "first_failures_at_ms": l.failed().iter().take(20).map(|s| (millis(s.at), s.slow, millis(s.latency))).collect::<Vec<_>>(),
+        "switch_at_ms": switches.iter().map(|d| millis(*d)).collect::<Vec<_>>(),
         "deploys": row.deploys.len(),
         "deploys_ok": row.deploys.iter().filter(|d| d.ok).count(),
         "requests": l.samples.len(),

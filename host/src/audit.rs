@@ -290,18 +290,21 @@ mod tests {
         }
     }
 
+    fn ids(log: &AuditLog) -> Vec<String> {
+        log.read()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.deploy_id)
+            .collect()
+    }
+
     #[test]
     fn appends_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::new(dir.path());
         log.append(&entry("a")).unwrap();
         log.append(&entry("b")).unwrap();
-        let ids: Vec<_> = log
-            .read()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.deploy_id)
-            .collect();
+        let ids = ids(&log);
         assert_eq!(ids, ["a", "b"]);
         let table = to_table(&log.read().unwrap());
         assert!(table.contains("denied"), "{table}");
@@ -414,12 +417,7 @@ mod tests {
             .set_len(len - 20)
             .unwrap();
         log.append(&entry("c")).unwrap();
-        let ids: Vec<_> = log
-            .read()
-            .unwrap()
-            .into_iter()
-            .map(|e| e.deploy_id)
-            .collect();
+        let ids = ids(&log);
         assert_eq!(ids, ["a", "c"], "the torn `b` is skipped, `c` is kept");
         let text = std::fs::read_to_string(log.path()).unwrap();
         assert_eq!(text.lines().count(), 3, "{text}");

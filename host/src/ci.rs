@@ -27,6 +27,18 @@ pub const KEYS: [&str; 7] = [
     "repository",
 ];
 
+/// The variables by which [`CiFacts::from_lookup`] recognises a CI system (GitHub
+/// Actions, GitLab CI, Jenkins twice, cutover serve). A process that starts
+/// `cutover deploy` with facts of its own (`cutover serve`, the tests) removes all of
+/// them, so the facts of a CI it happens to run under cannot take precedence.
+pub const SYSTEM_MARKERS: [&str; 5] = [
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "JENKINS_URL",
+    "JENKINS_HOME",
+    "CUTOVER_SERVE",
+];
+
 /// The CI run, when there is one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CiFacts {
@@ -175,6 +187,32 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         CiFacts::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn each_system_marker_selects_a_system_and_removing_them_all_leaves_none() {
+        // The values each system sets; Jenkins is recognised by either variable.
+        let value = |marker: &str| {
+            if marker == "CUTOVER_SERVE" {
+                "1"
+            } else {
+                "true"
+            }
+        };
+        for marker in SYSTEM_MARKERS {
+            let f = facts(&[(marker, value(marker))]);
+            assert!(f.system.is_some(), "{marker} alone selects no system");
+        }
+        // Every system's own variables, markers removed: nothing is recognised.
+        let everything = [
+            ("GITHUB_REF", "refs/heads/main"),
+            ("GITHUB_SHA", "abc"),
+            ("CI_COMMIT_SHA", "abc"),
+            ("GIT_COMMIT", "abc"),
+            ("BUILD_URL", "https://ci.example.com/job/app/7/"),
+            ("CUTOVER_SERVE_SHA", "abc"),
+        ];
+        assert_eq!(facts(&everything), CiFacts::default());
     }
 
     #[test]

@@ -244,8 +244,8 @@ fn report_error(error: &anyhow::Error, output: OutputFormat) {
     let text = one_line(error);
     match output {
         OutputFormat::Json => {
-            let line = serde_json::json!({ "event": "error", "error": text });
-            println!("{line}");
+            let event = crate::events::Event::Error { error: text };
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
         }
         OutputFormat::Human => eprintln!("error: {text}"),
     }
@@ -297,6 +297,7 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                 code: match e {
                     ServeError::Config(_)
                     | ServeError::MissingSecret(_)
+                    | ServeError::MissingToken(_)
                     | ServeError::Checkout { .. } => exit::CONFIG,
                     ServeError::Listen { .. } | ServeError::State { .. } => exit::ENVIRONMENT,
                 },

@@ -4,17 +4,21 @@
 //!
 //! Reporters only format and print; they never decide anything. Nothing secret is
 //! ever put into an event, so every reporter may print all of them.
+//!
+//! The JSON form (`--output json`) is an interface: `cutover serve` reads its child
+//! deploys' events back into [`Event`], and scripts read them too, so a field is
+//! added, never renamed.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Color;
 use crate::operation::{Outcome, Step};
 
 /// Severity of a log event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Detail for debugging.
@@ -28,7 +32,7 @@ pub enum Level {
 }
 
 /// One thing that happened during a command.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     /// A deploy, rollback or recovery began.
@@ -83,8 +87,14 @@ pub enum Event {
         /// The colour serving traffic afterwards.
         live: Option<Color>,
         /// Why, when it did not succeed.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// The command failed outside a deploy's steps (a bad config, the lock held);
+    /// with `--output json` it is the last line.
+    Error {
+        /// What failed and what to do next.
+        error: String,
     },
 }
 
@@ -183,6 +193,7 @@ impl Printer {
                 }
                 line
             }
+            Event::Error { error } => format!("error: {error}"),
         })
     }
 }
@@ -255,4 +266,74 @@ pub struct Silent;
 
 impl Reporter for Silent {
     fn emit(&self, _event: &Event) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `--output json` prints, byte for byte, and what `cutover serve` parses back.
+    #[test]
+    fn json_lines_are_stable_and_parse_back() {
+        let lines = [
+            (
+                r#"{"event":"started","id":"d1","service":"hello","operation":"deploy"}"#,
+                Event::Started {
+                    id: "d1".to_owned(),
+                    service: "hello".to_owned(),
+                    operation: "deploy".to_owned(),
+                },
+            ),
+            (
+                r#"{"event":"step-finished","step":"switch","ms":12,"detail":"green"}"#,
+                Event::StepFinished {
+                    step: Step::Switch,
+                    ms: 12,
+                    detail: "green".to_owned(),
+                },
+            ),
+            (
+                r#"{"event":"log","level":"warn","source":"gate","message":"no tag"}"#,
+                Event::Log {
+                    level: Level::Warn,
+                    source: "gate".to_owned(),
+                    message: "no tag".to_owned(),
+                },
+            ),
+            (
+                r#"{"event":"finished","id":"d1","outcome":"rolled-back","ms":900,"live":"blue","reason":"health"}"#,
+                Event::Finished {
+                    id: "d1".to_owned(),
+                    outcome: Outcome::RolledBack,
+                    ms: 900,
+                    live: Some(Color::Blue),
+                    reason: Some("health".to_owned()),
+                },
+            ),
+            (
+                r#"{"event":"finished","id":"d2","outcome":"succeeded","ms":5,"live":null}"#,
+                Event::Finished {
+                    id: "d2".to_owned(),
+                    outcome: Outcome::Succeeded,
+                    ms: 5,
+                    live: None,
+                    reason: None,
+                },
+            ),
+            (
+                r#"{"event":"error","error":"the lock is held"}"#,
+                Event::Error {
+                    error: "the lock is held".to_owned(),
+                },
+            ),
+        ];
+        for (line, event) in lines {
+            assert_eq!(serde_json::to_string(&event).unwrap(), line);
+            assert_eq!(
+                serde_json::from_str::<Event>(line).unwrap(),
+                event,
+                "{line}"
+            );
+        }
+    }
 }

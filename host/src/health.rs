@@ -442,7 +442,7 @@ pub async fn wait_healthy(
             service: service.to_owned(),
             color: color.into(),
             attempt: attempts,
-            elapsed_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            elapsed_ms: crate::operation::millis(start.elapsed()),
             probe: probe.clone(),
             history: history.iter().cloned().collect(),
         };

@@ -6,6 +6,7 @@
 //! nothing else: no I/O, no dependency on any other module of the crate.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -123,4 +124,10 @@ pub struct StepTiming {
     pub step: Step,
     /// Its wall time in milliseconds.
     pub ms: u64,
+}
+
+/// A duration in whole milliseconds, as steps, events and reports record it
+/// (saturating: nothing cutover times runs for 584 million years).
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -166,7 +166,7 @@ pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployErr
     ctx.store.save(state)?;
     ctx.reporter.emit(&Event::StepFinished {
         step: Step::Recover,
-        ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ms: crate::operation::millis(began.elapsed()),
         detail: summary,
     });
     Ok(())

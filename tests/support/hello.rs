@@ -94,7 +94,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
         return true;
     };
     (0..phnum).any(|i| {
-        let at = phoff as usize + i * phentsize;
+        let at = usize::try_from(phoff).expect("ELF offset fits") + i * phentsize;
         elf.get(at..at + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) == PT_INTERP)
             .unwrap_or(true)

@@ -132,7 +132,7 @@ impl Load {
         let per_conn_interval = if config.fast_rate == 0 {
             Duration::from_secs(1)
         } else {
-            Duration::from_secs_f64(config.fast_connections as f64 / config.fast_rate as f64)
+            Duration::from_secs_f64(config.fast_connections as f64 / f64::from(config.fast_rate))
         };
         let total = config.fast_connections + config.slow_connections;
         for i in 0..total {
@@ -394,6 +394,8 @@ impl Latency {
             return Latency::default();
         }
         ms.sort_by(|a, b| a.total_cmp(b));
+        // Nearest-rank percentile: ceil(p·n) is in 1..=n for p in (0, 1].
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let rank = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
         Latency {
             p50_ms: rank(0.50),

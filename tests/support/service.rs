@@ -184,6 +184,15 @@ timeout = "10s"
         self.edit_config(|text| text + extra);
     }
 
+    /// Points `[image.registry]` at `registry` as user `cutover`, its password read
+    /// from the environment variable `var`.
+    pub fn use_registry(&self, registry: &super::TestRegistry, var: &str) {
+        self.append_config(&format!(
+            "\n[image.registry]\nserver = \"{}\"\nusername = \"cutover\"\npassword_env = \"{var}\"\n",
+            registry.addr
+        ));
+    }
+
     /// Sets an environment variable for the app's containers.
     pub fn set_container_env(&self, key: &str, value: &str) {
         self.edit_config(|text| {
@@ -201,15 +210,13 @@ timeout = "10s"
             .args(args)
             .env("CUTOVER_CACHE_DIR", plugin_cache_dir())
             .env_remove("CUTOVER_CONFIG")
-            // The facts of whatever CI runs the tests must not reach the deploys.
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("JENKINS_HOME")
-            .env_remove("CUTOVER_SERVE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The facts of whatever CI runs the tests must not reach the deploys.
+        for var in cutover::ci::SYSTEM_MARKERS {
+            cmd.env_remove(var);
+        }
         cmd
     }
 

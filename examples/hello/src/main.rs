@@ -529,6 +529,7 @@ fn reason(status: u16) -> &'static str {
 /// SIGTERM/SIGINT handling without a crate: as PID 1 in a container the process gets
 /// no default signal disposition, so without a handler `docker stop` would wait out
 /// the whole grace period and then SIGKILL in-flight requests.
+#[allow(unsafe_code)] // the one FFI call in the app; see the SAFETY note below
 mod signals {
     use super::STOP;
     use std::os::raw::c_int;

@@ -15,7 +15,7 @@ use crate::error::{DeployError, ErrorClass};
 use crate::events::Event;
 use crate::fault;
 use crate::lock::DeployLock;
-use crate::operation::{OperationKind, Outcome, Step, StepTiming};
+use crate::operation::{OperationKind, Outcome, Step, StepTiming, millis};
 use crate::recover::Undo;
 use crate::state::{Journal, State, now_rfc3339};
 
@@ -207,11 +207,6 @@ impl<'a> Run<'a> {
             Failure::Fatal(error) => Err(error),
         }
     }
-}
-
-/// Milliseconds, saturating (a step never takes 584 million years).
-pub(super) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

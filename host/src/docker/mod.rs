@@ -31,7 +31,6 @@ use bollard::query_parameters::{
     InspectContainerOptions, InspectNetworkOptions, ListContainersOptionsBuilder,
     ListImagesOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
-    TagImageOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -354,11 +353,6 @@ impl Docker {
         Ok(Docker { client, host })
     }
 
-    /// The API version in use after negotiation, e.g. `1.41`.
-    pub fn api_version(&self) -> String {
-        self.client.client_version().to_string()
-    }
-
     /// Where the engine was found: its address, TLS files and where the address came
     /// from.
     pub fn host(&self) -> &str {
@@ -478,26 +472,6 @@ impl Docker {
             Ok(image) => Ok(Some(image_info(image))),
             Err(e) if error::status(&e) == Some(404) => Ok(None),
             Err(e) => Err(self.api("inspect image", reference, e)),
-        }
-    }
-
-    /// Tags `image` (a reference or id) as `repo:tag`.
-    ///
-    /// # Errors
-    /// [`DockerError::NotFound`] when `image` does not exist; [`DockerError::Api`]
-    /// for an invalid repository or tag.
-    pub async fn tag_image(&self, image: &str, repo: &str, tag: &str) -> Result<(), DockerError> {
-        let options = TagImageOptionsBuilder::default()
-            .repo(repo)
-            .tag(tag)
-            .build();
-        match self.client.tag_image(image, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(e) if error::status(&e) == Some(404) => Err(DockerError::NotFound {
-                kind: "image",
-                name: image.to_owned(),
-            }),
-            Err(e) => Err(self.api("tag image", &format!("{image} as {repo}:{tag}"), e)),
         }
     }
 
@@ -855,35 +829,6 @@ impl Docker {
             }
         }
         Ok(text)
-    }
-
-    /// Every container labelled for `service`, running or not, sorted by name.
-    ///
-    /// # Errors
-    /// [`DockerError::Api`] or [`DockerError::Unreachable`] when the engine fails.
-    pub async fn list_service_containers(
-        &self,
-        service: &str,
-    ) -> Result<Vec<ContainerInfo>, DockerError> {
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&service_filter(service))
-            .build();
-        let summaries = self
-            .client
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.api("list containers of service", service, e))?;
-        let mut containers = Vec::with_capacity(summaries.len());
-        for id in summaries.into_iter().filter_map(|s| s.id) {
-            // The summary lacks the exit code; a container removed since the listing
-            // is simply no longer there.
-            if let Some(info) = self.inspect_container(&id).await? {
-                containers.push(info);
-            }
-        }
-        containers.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(containers)
     }
 
     /// Every image labelled for `service`, newest first.
@@ -1407,7 +1352,6 @@ mod tests {
         send(&docker.pull_image("r", Some(auth)));
         send(&docker.run_container(spec));
         send(&docker.stop_container("c", Duration::ZERO));
-        send(&docker.list_service_containers("s"));
         send(&docker.remove_image("i"));
         send(&docker.build_image(req, on_line));
     }

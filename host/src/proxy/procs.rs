@@ -100,23 +100,24 @@ mod tests {
 
     #[test]
     fn sees_itself_and_its_children() {
-        let me = identify(std::process::id() as i32).unwrap();
+        let me = identify(i32::try_from(std::process::id()).unwrap()).unwrap();
         assert!(alive(me));
         let mut child = std::process::Command::new("sleep")
             .arg("5")
             .spawn()
             .unwrap();
+        let child_pid = i32::try_from(child.id()).unwrap();
         let kids = children(me.pid);
-        assert!(kids.iter().any(|k| k.pid == child.id() as i32), "{kids:?}");
+        assert!(kids.iter().any(|k| k.pid == child_pid), "{kids:?}");
         child.kill().unwrap();
         child.wait().unwrap();
-        let gone = kids.iter().find(|k| k.pid == child.id() as i32).unwrap();
+        let gone = kids.iter().find(|k| k.pid == child_pid).unwrap();
         assert!(!alive(*gone));
     }
 
     #[test]
     fn reused_pid_is_not_the_same_process() {
-        let me = identify(std::process::id() as i32).unwrap();
+        let me = identify(i32::try_from(std::process::id()).unwrap()).unwrap();
         let other = ProcId {
             start: me.start + 1,
             ..me

@@ -18,6 +18,9 @@
 //! The policy itself is plain Rust below (`parse_config`, `evaluate`), unit-tested
 //! natively with `cargo test`; the wit-bindgen glue at the bottom is a few lines.
 
+// wit-bindgen's generated glue is the only `unsafe` here.
+#![allow(unsafe_code)]
+
 use serde::Deserialize;
 
 /// The plugin's config document.
@@ -173,7 +176,7 @@ mod tests {
         HealthInput {
             service: "app".to_owned(),
             color: Color::Blue,
-            attempt: probes.len() as u32 + 1,
+            attempt: u32::try_from(probes.len()).unwrap() + 1,
             elapsed_ms: 0,
             probe: current,
             history: probes,

@@ -4,6 +4,8 @@
 //! Modes: `ok`, `reject` (refuses its config), `loop`, `alloc`, `huge`, `snoop`,
 //! `sleep`, `wait-for-time`, `panic`, `exit`, `log`, `log-flood`, `escape`, `count`.
 
+// wit-bindgen's generated glue is the only `unsafe` here.
+#![allow(unsafe_code)]
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({

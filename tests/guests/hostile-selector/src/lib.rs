@@ -5,6 +5,8 @@
 //! Modes: `blue`, `green`, `live` (picks the colour serving traffic), `error` (returns
 //! an error), `trap` (panics).
 
+// wit-bindgen's generated glue is the only `unsafe` here.
+#![allow(unsafe_code)]
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({

@@ -3,6 +3,8 @@
 //! config is the bare mode name or `{"mode":"<name>"}` (what `config = { mode = "..." }`
 //! in cutover.toml becomes).
 
+// wit-bindgen's generated glue is the only `unsafe` here.
+#![allow(unsafe_code)]
 #![allow(clippy::too_many_arguments)]
 
 wit_bindgen::generate!({
