@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cutover::config::Config;
-use cutover::events::{Event, Level, Recorder, Reporter, Silent};
+use cutover::events::{Event, Format, Level, Recorder, Reporter, Silent};
 use cutover::plugin::cli::{PluginCommand, run};
 use cutover::plugin::types::{
     Color, GateDecision, HealthVerdict, ProbeVerdict, SelectorInput, SlotStatus,
@@ -1028,7 +1028,7 @@ fn the_compiled_code_cache_is_reused_and_a_tampered_entry_is_recompiled() {
 
 fn cli(cmd: PluginCommand) -> Result<String, PluginError> {
     let mut out = Vec::new();
-    run(&cmd, &mut out)?;
+    run(&cmd, Format::Human, &mut out)?;
     Ok(String::from_utf8(out).expect("UTF-8 output"))
 }
 
@@ -1148,4 +1148,120 @@ fn wit_v0_1_0_is_frozen() {
         cli(PluginCommand::Wit).unwrap(),
         std::fs::read_to_string(&path).unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------------
+// `plugin sample` and `plugin run`: one decision on an input file.
+
+#[test]
+fn plugin_run_answers_a_sample_input_with_logs_fuel_memory_and_time() {
+    let wasm = guests().join("latency_p95.wasm");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.json");
+    let sample = cutover_binary(&["plugin", "sample", "health-policy"]);
+    assert!(sample.status.success(), "{sample:?}");
+    std::fs::write(&input, &sample.stdout).unwrap();
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "plugin",
+            "run",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--plugin-config",
+            r#"{"window":2,"p95_ms":5}"#,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let args = args(extra);
+        cutover_binary(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let output = run(&[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.contains("answer:  evaluate -> not yet: a probe in the window failed: status 503"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("log:     debug: attempt 3:"), "{stdout}");
+    assert!(stdout.contains("fuel:    "), "{stdout}");
+    assert!(stdout.contains("memory:  1.1 MiB of 32 MiB"), "{stdout}");
+
+    let output = run(&["--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["answer"]["not-yet"],
+        "a probe in the window failed: status 503"
+    );
+    assert_eq!(report["kind"], "health-policy");
+    assert!(report["fuel_used"].as_u64().unwrap() > 1000, "{report}");
+    assert_eq!(report["logs"][0]["level"], "debug");
+
+    // The history's 503 is the last probe before the current one: with it healthy,
+    // a window of two is satisfied.
+    let text = String::from_utf8(sample.stdout.clone()).unwrap();
+    std::fs::write(&input, text.replace("\"status\": 503", "\"status\": 200")).unwrap();
+    let stdout = String::from_utf8(run(&[]).stdout).unwrap();
+    assert!(stdout.contains("answer:  evaluate -> healthy"), "{stdout}");
+
+    // A wrong value: its path and WIT type, a config-class exit.
+    std::fs::write(
+        &input,
+        text.replace("\"status\": 503", "\"status\": \"503\""),
+    )
+    .unwrap();
+    let output = run(&[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(
+        stderr.contains("`history[1].status` must be WIT type `option<u16>`"),
+        "{stderr}"
+    );
+
+    // Limits from the command line are the config's, bounds included.
+    std::fs::write(&input, &text).unwrap();
+    let output = run(&["--fuel", "1"]);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let output = run(&["--fuel", "10000"]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("used up its fuel budget of 10000"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn plugin_run_reports_a_refusal_as_an_answer_for_every_builtin_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    for builtin in &cutover::plugin::builtin::BUILTINS {
+        let wasm = dir.path().join(format!("{}.wasm", builtin.name));
+        std::fs::write(&wasm, builtin.wasm()).unwrap();
+        let input = dir.path().join(format!("{}.json", builtin.kind));
+        let sample = cutover::plugin::json::sample(builtin.kind);
+        // Both colours serving with nothing recorded live: `alternate` refuses.
+        let sample = sample.replace("\"live\": \"blue\"", "\"live\": null").replace(
+            "\"container-present\": false,\n      \"running\": false,\n      \"image\": null,\n      \"last-probe\": \"unknown\"",
+            "\"container-present\": true,\n      \"running\": true,\n      \"image\": \"hello:4\",\n      \"last-probe\": \"healthy\"",
+        );
+        std::fs::write(&input, sample).unwrap();
+        let output = cutover_binary(&[
+            "plugin",
+            "run",
+            wasm.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{output:?}");
+        let expected = match builtin.kind {
+            PluginKind::DeployGate => "answer:  decide -> allow",
+            PluginKind::TargetSelector => "answer:  error: no live colour is recorded",
+            PluginKind::HealthPolicy => "answer:  evaluate -> healthy",
+            PluginKind::ProxyTemplate => "answer:  render -> 1 file(s)",
+        };
+        assert!(stdout.contains(expected), "{stdout}");
+        assert!(!stdout.contains("fuel:    0 of"), "{stdout}");
+    }
 }

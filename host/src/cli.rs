@@ -269,7 +269,11 @@ fn one_line(error: &anyhow::Error) -> String {
 async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> {
     if let Command::Plugin { command } = &cli.command {
         let mut out = std::io::stdout().lock();
-        return match crate::plugin::cli::run(command, &mut out) {
+        let format = match cli.output {
+            OutputFormat::Human => Format::Human,
+            OutputFormat::Json => Format::Json,
+        };
+        return match crate::plugin::cli::run(command, format, &mut out) {
             Ok(()) => Ok(exit::OK),
             Err(e) => Err(Failure {
                 code: if e.is_config_error() {

@@ -255,11 +255,11 @@ impl PrivateDockerd {
         // A /24 of 10.234.0.0/16 that no interface here uses yet.
         let used = run_ok(Command::new("ip").args(["-o", "-4", "addr", "show"]));
         let subnet = (0..250u32)
-            .filter_map(|i| u8::try_from((id % 250 + i) % 250 + 1).ok())
+            .map(|i| (id + i) % 250 + 1)
             .find(|n| !used.contains(&format!("10.234.{n}.")))
             .expect("a free 10.234.x.0/24");
         let host_addr = format!("10.234.{subnet}.1/24");
-        let addr = Ipv4Addr::new(10, 234, subnet, 2);
+        let addr = Ipv4Addr::new(10, 234, u8::try_from(subnet).expect("1..=250"), 2);
         let certs = TestCerts::new(addr);
         let dir = tempfile::tempdir().expect("temp dir");
         let mut engine = PrivateDockerd {

@@ -10,18 +10,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Serialize;
 use wasmtime::component::Component;
 
-use super::PluginKind;
 use super::builtin::BUILTINS;
+use super::json::{self, Answer, Input, RenderedFile};
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
 use super::types::{GateDecision, HealthVerdict};
 use super::{
-    BOUNDS, GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, SelectorPlugin,
-    TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
+    BOUNDS, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost, PluginKind,
+    SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
 };
-use crate::events::{Event, Recorder, Reporter};
+use crate::events::{Event, Format, Level, Recorder, Reporter};
 
 /// `cutover plugin <command>`.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -47,14 +48,53 @@ pub enum PluginCommand {
     },
     /// Print the WIT contract plugins are built against (`cutover plugin wit > wit/plugin.wit`).
     Wit,
+    /// Print a sample input of a world as JSON, to edit and pass to `plugin run --input`.
+    Sample {
+        /// deploy-gate, target-selector, health-policy or proxy-template.
+        #[arg(value_parser = parse_kind)]
+        kind: PluginKind,
+    },
+    /// Run one decision of a plugin file on an input, under the real sandbox and
+    /// limits: prints the answer, every log line, the fuel, memory and time it took.
+    Run {
+        /// The `.wasm` component to run.
+        file: PathBuf,
+        /// The input, as JSON (start from `cutover plugin sample <kind>`); `-` reads
+        /// standard input.
+        #[arg(long, value_name = "FILE")]
+        input: PathBuf,
+        /// The plugin config, as JSON (what `[plugins.<kind>].config` becomes).
+        #[arg(long, value_name = "JSON")]
+        plugin_config: Option<String>,
+        /// Fuel for the call, as `[plugins.<kind>.limits] fuel` would set it.
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory cap in MiB, as `[plugins.<kind>.limits] memory_mib` would set it.
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// Deadline in ms, as `[plugins.<kind>.limits] deadline_ms` would set it.
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+    },
 }
 
-/// Runs `cmd`, writing its report to `out`.
+fn parse_kind(name: &str) -> Result<PluginKind, String> {
+    PluginKind::ALL
+        .into_iter()
+        .find(|kind| kind.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = PluginKind::ALL.iter().map(|k| k.name()).collect();
+            format!("expected one of {}", names.join(", "))
+        })
+}
+
+/// Runs `cmd`, writing its report to `out` (`format` matters to `run` only).
 ///
 /// # Errors
 /// [`PluginError::MissingFile`] for an unreadable file, the load or call error of a
-/// plugin that fails `check`, or [`PluginError::Output`] when `out` fails.
-pub fn run(cmd: &PluginCommand, out: &mut dyn Write) -> Result<(), PluginError> {
+/// plugin that fails `check` or `run`, [`PluginError::BadInput`] for an input that is
+/// not the world's, or [`PluginError::Output`] when `out` fails.
+pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(), PluginError> {
     let text = match cmd {
         PluginCommand::List => list(),
         PluginCommand::Check {
@@ -69,6 +109,34 @@ pub fn run(cmd: &PluginCommand, out: &mut dyn Write) -> Result<(), PluginError> 
             format!("{}  {}\n", sha256_hex(&bytes), file.display())
         }
         PluginCommand::Wit => WIT.to_owned(),
+        PluginCommand::Sample { kind } => json::sample(*kind),
+        PluginCommand::Run {
+            file,
+            input,
+            plugin_config,
+            fuel,
+            memory_mib,
+            deadline_ms,
+        } => {
+            let host = PluginHost::new(None)?;
+            let limits = LimitsConfig {
+                fuel: *fuel,
+                memory_mib: *memory_mib,
+                deadline_ms: *deadline_ms,
+                ..LimitsConfig::default()
+            };
+            let config = plugin_config.as_deref().unwrap_or("{}");
+            let report = run_file(&host, file, input, config, &limits, out)?;
+            match format {
+                Format::Json => {
+                    let mut line = serde_json::to_string(&report)
+                        .map_err(|e| PluginError::Output(e.into()))?;
+                    line.push('\n');
+                    line
+                }
+                Format::Human => report.to_text(),
+            }
+        }
     };
     out.write_all(text.as_bytes()).map_err(PluginError::Output)
 }
@@ -106,13 +174,21 @@ fn list() -> String {
     text
 }
 
-/// Loads `file`, detects its kind, validates `config` and runs the sample input.
-fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginError> {
+/// A plugin file's bytes, digest and kind (from its exports).
+struct PluginFile {
+    name: String,
+    wasm: Vec<u8>,
+    digest: String,
+    kind: PluginKind,
+    component: Component,
+}
+
+fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
     let wasm = read(file)?;
     let digest = sha256_hex(&wasm);
     let name = file.display().to_string();
-    // Compile once to learn the kind; the typed load below hits the cache (or, without
-    // one, compiles again, which only costs time).
+    // Compile once to learn the kind; the typed load after this hits the cache (or,
+    // without one, compiles again, which only costs time).
     let component = host.component(&name, None, &wasm, &digest)?.component;
     let kind = exported_kinds(host, &component)
         .first()
@@ -120,39 +196,51 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
         .ok_or_else(|| PluginError::UnknownWorld {
             plugin: name.clone(),
         })?;
+    Ok(PluginFile {
+        name,
+        wasm,
+        digest,
+        kind,
+        component,
+    })
+}
+
+/// Loads `file`, detects its kind, validates `config` and runs the sample input.
+fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginError> {
+    let plugin = open(host, file)?;
+    let (name, kind, digest) = (&plugin.name, plugin.kind, &plugin.digest);
     let mut text = String::new();
-    let _ = writeln!(text, "file:    {name} ({} bytes)", wasm.len());
+    let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.wasm.len());
     let _ = writeln!(text, "sha256:  {digest}");
     let _ = writeln!(
         text,
         "kind:    {kind} (world cutover:plugin/{kind}@{WIT_VERSION})"
     );
     let _ = writeln!(text, "imports:");
-    for import in imports(host, &component) {
+    for import in imports(host, &plugin.component) {
         let _ = writeln!(text, "  {import}");
     }
     let recorder = Arc::new(Recorder::default());
-    let reporter: Arc<dyn Reporter> = recorder.clone();
     let limits = Limits::default();
-    let (answer, stats) = sample_call(host, kind, &name, &wasm, config, limits, reporter)?;
+    let (answer, stats) = call(
+        host,
+        &plugin,
+        config,
+        limits,
+        recorder.clone(),
+        sample(kind),
+    )?;
     let _ = writeln!(text, "config:  {config} accepted by validate-config");
     let _ = writeln!(
         text,
-        "sample:  {answer}\n         in {} µs (instantiate + call), fuel {} of {}",
+        "sample:  {}\n         in {} µs (instantiate + call), fuel {} of {}",
+        answer.to_text(),
         stats.elapsed.as_micros(),
         stats.fuel_used,
         limits.fuel
     );
-    for event in recorder.events() {
-        if let Event::Log {
-            level,
-            source,
-            message,
-        } = event
-            && source == name
-        {
-            let _ = writeln!(text, "  log {level:?}: {message}");
-        }
+    for log in logs(&recorder, name) {
+        let _ = writeln!(text, "  log {}: {}", log.level, log.message);
     }
     let _ = writeln!(
         text,
@@ -169,53 +257,199 @@ fn imports(host: &PluginHost, component: &Component) -> Vec<String> {
         .collect()
 }
 
-/// Loads `wasm` as `kind` and calls it with the sample input; the answer as text.
-fn sample_call(
+/// The sample input of `kind`.
+fn sample(kind: PluginKind) -> Input {
+    match kind {
+        PluginKind::DeployGate => Input::Gate(sample::gate_input()),
+        PluginKind::TargetSelector => Input::Selector(sample::selector_input()),
+        PluginKind::HealthPolicy => Input::Health(sample::health_input()),
+        PluginKind::ProxyTemplate => Input::Template(sample::template_input()),
+    }
+}
+
+/// One log line a plugin wrote.
+#[derive(Debug, Serialize)]
+struct LogLine {
+    level: &'static str,
+    message: String,
+}
+
+/// The log lines `plugin` wrote, in order.
+fn logs(recorder: &Recorder, plugin: &str) -> Vec<LogLine> {
+    recorder
+        .events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::Log {
+                level,
+                source,
+                message,
+            } if source == plugin => Some(LogLine {
+                level: match level {
+                    Level::Debug => "debug",
+                    Level::Info => "info",
+                    Level::Warn => "warn",
+                    Level::Error => "error",
+                },
+                message,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Loads `plugin` as its kind with `config` and `limits`, and makes one decision on
+/// `input`. A decision function's `err(reason)` is an answer here, not an error.
+fn call(
     host: &PluginHost,
-    kind: PluginKind,
-    name: &str,
-    wasm: &[u8],
+    plugin: &PluginFile,
     config: &str,
     limits: Limits,
     reporter: Arc<dyn Reporter>,
-) -> Result<(String, CallStats), PluginError> {
-    Ok(match kind {
-        PluginKind::DeployGate => {
-            let plugin = GatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?;
-            let (decision, stats) = plugin.decide_with_stats(&sample::gate_input())?;
-            let answer = match decision {
-                GateDecision::Allow(reason) => format!("decide -> allow: {reason}"),
-                GateDecision::Deny(reason) => format!("decide -> deny: {reason}"),
-            };
+    input: Input,
+) -> Result<(Answer, CallStats), PluginError> {
+    let (name, wasm) = (plugin.name.as_str(), plugin.wasm.as_slice());
+    let (answer, stats) = match input {
+        Input::Gate(input) => {
+            let (decision, stats) =
+                GatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                    .decide_with_stats(&input)?;
+            let answer = decision.map(|decision| match decision {
+                GateDecision::Allow(reason) => Answer::Allow(reason),
+                GateDecision::Deny(reason) => Answer::Deny(reason),
+            });
             (answer, stats)
         }
-        PluginKind::TargetSelector => {
-            let plugin = SelectorPlugin::load_bytes(host, name, wasm, config, limits, reporter)?;
-            let (color, stats) = plugin.select_with_stats(&sample::selector_input())?;
-            (format!("select (blue live) -> {color}"), stats)
+        Input::Selector(input) => {
+            let (color, stats) =
+                SelectorPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                    .select_with_stats(&input)?;
+            (color.map(|c| Answer::Select(c.to_string())), stats)
         }
-        PluginKind::HealthPolicy => {
-            let plugin = HealthPlugin::load_bytes(host, name, wasm, config, limits, reporter)?;
-            let (verdict, stats) = plugin.evaluate_with_stats(&sample::health_input())?;
-            let answer = match verdict {
-                HealthVerdict::Healthy => "evaluate -> healthy".to_owned(),
-                HealthVerdict::NotYet(why) => format!("evaluate -> not yet: {why}"),
-                HealthVerdict::Failed(why) => format!("evaluate -> failed: {why}"),
-            };
+        Input::Health(input) => {
+            let (verdict, stats) =
+                HealthPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                    .evaluate_with_stats(&input)?;
+            let answer = verdict.map(|verdict| match verdict {
+                HealthVerdict::Healthy => Answer::Healthy,
+                HealthVerdict::NotYet(why) => Answer::NotYet(why),
+                HealthVerdict::Failed(why) => Answer::Failed(why),
+            });
             (answer, stats)
         }
-        PluginKind::ProxyTemplate => {
-            let plugin = TemplatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?;
-            let (files, stats) = plugin.render_with_stats(&sample::template_input())?;
-            let mut answer = format!("render -> {} file(s)", files.len());
-            for file in files {
-                let _ = write!(answer, "\n  {}:", file.path);
-                for line in file.contents.lines() {
-                    let _ = write!(answer, "\n    {line}");
-                }
+        Input::Template(input) => {
+            let (files, stats) =
+                TemplatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                    .render_with_stats(&input)?;
+            let answer = files.map(|files| {
+                Answer::Render(
+                    files
+                        .into_iter()
+                        .map(|f| RenderedFile {
+                            path: f.path,
+                            contents: f.contents,
+                        })
+                        .collect(),
+                )
+            });
+            (answer, stats)
+        }
+    };
+    match answer {
+        Ok(answer) => Ok((answer, stats)),
+        Err(PluginError::Refused { reason, .. }) => Ok((Answer::Error(reason), stats)),
+        Err(other) => Err(other),
+    }
+}
+
+/// What `cutover plugin run` reports.
+#[derive(Debug, Serialize)]
+struct RunReport {
+    plugin: String,
+    kind: &'static str,
+    sha256: String,
+    config: String,
+    answer: Answer,
+    logs: Vec<LogLine>,
+    fuel_used: u64,
+    fuel_limit: u64,
+    memory_bytes: u64,
+    memory_limit_bytes: u64,
+    /// Instantiation and the call, in microseconds.
+    micros: u128,
+}
+
+impl RunReport {
+    fn to_text(&self) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "plugin:  {} ({})", self.plugin, self.kind);
+        let _ = writeln!(text, "config:  {} accepted by validate-config", self.config);
+        let _ = writeln!(text, "answer:  {}", self.answer.to_text());
+        for log in &self.logs {
+            let _ = writeln!(text, "log:     {}: {}", log.level, log.message);
+        }
+        let _ = writeln!(text, "fuel:    {} of {}", self.fuel_used, self.fuel_limit);
+        let _ = writeln!(
+            text,
+            "memory:  {:.1} MiB of {} MiB",
+            self.memory_bytes as f64 / f64::from(1 << 20),
+            self.memory_limit_bytes >> 20
+        );
+        let _ = writeln!(text, "time:    {} µs (instantiate + call)", self.micros);
+        text
+    }
+}
+
+/// `cutover plugin run`: one decision of `file` on the input in `input`. On a failed
+/// call the plugin's log lines are written to `out` before the error is returned.
+fn run_file(
+    host: &PluginHost,
+    file: &Path,
+    input: &Path,
+    config: &str,
+    limits: &LimitsConfig,
+    out: &mut dyn Write,
+) -> Result<RunReport, PluginError> {
+    let plugin = open(host, file)?;
+    let kind = plugin.kind;
+    let limits = Limits::from_config(kind, limits)?;
+    let input_name = input.display().to_string();
+    let text = if input == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(input)
+    }
+    .map_err(|source| PluginError::MissingFile {
+        kind: None,
+        path: input.to_owned(),
+        source,
+        config_file: None,
+    })?;
+    let parsed = json::parse(kind, &text, &input_name)?;
+    let recorder = Arc::new(Recorder::default());
+    let result = call(host, &plugin, config, limits, recorder.clone(), parsed);
+    let logs = logs(&recorder, &plugin.name);
+    let (answer, stats) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            for log in &logs {
+                let _ = writeln!(out, "log:     {}: {}", log.level, log.message);
             }
-            (answer, stats)
+            return Err(error);
         }
+    };
+    Ok(RunReport {
+        plugin: plugin.name,
+        kind: kind.name(),
+        sha256: plugin.digest,
+        config: config.to_owned(),
+        answer,
+        logs,
+        fuel_used: stats.fuel_used,
+        fuel_limit: limits.fuel,
+        memory_bytes: stats.memory_bytes,
+        memory_limit_bytes: limits.memory_bytes,
+        micros: stats.elapsed.as_micros(),
     })
 }
 
@@ -225,7 +459,7 @@ mod tests {
 
     fn output(cmd: &PluginCommand) -> String {
         let mut out = Vec::new();
-        run(cmd, &mut out).unwrap();
+        run(cmd, Format::Human, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -251,6 +485,7 @@ mod tests {
             &PluginCommand::Sha256 {
                 file: PathBuf::from("/nonexistent/x.wasm"),
             },
+            Format::Human,
             &mut Vec::new(),
         )
         .unwrap_err();

@@ -240,6 +240,31 @@ pub enum PluginError {
         /// The kind called.
         kind: PluginKind,
     },
+    /// A `cutover plugin run` input file does not hold the world's input record.
+    #[error(
+        "{file}: `{path}` must be WIT type `{wit_type}` of the {kind} world's input: {detail} \
+         (`cutover plugin sample {kind}` prints a valid input to start from)"
+    )]
+    BadInput {
+        /// The input file.
+        file: String,
+        /// The kind whose input it should be.
+        kind: PluginKind,
+        /// Where in the JSON the wrong value is (`probe.status`, `.` for the top).
+        path: String,
+        /// The WIT type expected there.
+        wit_type: String,
+        /// What serde found wrong.
+        detail: String,
+    },
+    /// `cutover plugin new` could not write the project.
+    #[error("cannot create the plugin project in {}: {detail}", dir.display())]
+    Scaffold {
+        /// The project directory.
+        dir: PathBuf,
+        /// What went wrong and what to do.
+        detail: String,
+    },
     /// Writing command output failed.
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
@@ -269,6 +294,7 @@ impl PluginError {
                 | PluginError::WrongWorld { .. }
                 | PluginError::ConfigRejected { .. }
                 | PluginError::InvalidLimit { .. }
+                | PluginError::BadInput { .. }
         )
     }
 
@@ -300,9 +326,11 @@ impl PluginError {
             | PluginError::OutputTooLarge { kind, .. }
             | PluginError::InvalidOutput { kind, .. }
             | PluginError::InvalidLimit { kind, .. }
+            | PluginError::BadInput { kind, .. }
             | PluginError::NotLoaded { kind } => Some(*kind),
             PluginError::UnknownWorld { .. }
             | PluginError::Engine { .. }
+            | PluginError::Scaffold { .. }
             | PluginError::Output(_) => None,
         }
     }

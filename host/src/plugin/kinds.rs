@@ -425,21 +425,26 @@ impl GatePlugin {
     /// [`PluginError::Refused`] when the plugin answers with an error instead of a
     /// decision, or any sandbox error ([`PluginError::Timeout`], ...).
     pub fn decide(&self, input: &GateInput) -> Result<GateDecision, PluginError> {
-        self.decide_with_stats(input).map(|(decision, _)| decision)
+        self.decide_with_stats(input)?.0
     }
 
+    /// [`Self::decide`], with the call's cost even when the answer is refused.
     pub(crate) fn decide_with_stats(
         &self,
         input: &GateInput,
-    ) -> Result<(GateDecision, CallStats), PluginError> {
+    ) -> Result<(Result<GateDecision, PluginError>, CallStats), PluginError> {
         let (answer, stats) = self.0.run(|pre, store, config| {
             pre.instantiate(&mut *store)?
                 .call_decide(store, config, input)
         })?;
-        let decision = match answer.map_err(|reason| self.0.refused(reason))? {
-            GateDecision::Allow(reason) => GateDecision::Allow(self.0.text(reason)?),
-            GateDecision::Deny(reason) => GateDecision::Deny(self.0.text(reason)?),
-        };
+        let decision = answer
+            .map_err(|reason| self.0.refused(reason))
+            .and_then(|decision| {
+                Ok(match decision {
+                    GateDecision::Allow(reason) => GateDecision::Allow(self.0.text(reason)?),
+                    GateDecision::Deny(reason) => GateDecision::Deny(self.0.text(reason)?),
+                })
+            });
         Ok((decision, stats))
     }
 }
@@ -451,19 +456,22 @@ impl SelectorPlugin {
     /// [`PluginError::Refused`] with the plugin's reason when it refuses to choose
     /// (a human should look first), or any sandbox error.
     pub fn select(&self, input: &SelectorInput) -> Result<crate::Color, PluginError> {
-        self.select_with_stats(input).map(|(color, _)| color)
+        self.select_with_stats(input)?.0
     }
 
+    /// [`Self::select`], with the call's cost even when the answer is refused.
     pub(crate) fn select_with_stats(
         &self,
         input: &SelectorInput,
-    ) -> Result<(crate::Color, CallStats), PluginError> {
+    ) -> Result<(Result<crate::Color, PluginError>, CallStats), PluginError> {
         let (answer, stats) = self.0.run(|pre, store, config| {
             pre.instantiate(&mut *store)?
                 .call_select(store, config, input)
         })?;
-        let color = answer.map_err(|reason| self.0.refused(reason))?;
-        Ok((color.into(), stats))
+        let color = answer
+            .map(Into::into)
+            .map_err(|reason| self.0.refused(reason));
+        Ok((color, stats))
     }
 }
 
@@ -473,22 +481,25 @@ impl HealthPlugin {
     /// # Errors
     /// Any sandbox error; a verdict of `failed` is an answer, not an error.
     pub fn evaluate(&self, input: &HealthInput) -> Result<HealthVerdict, PluginError> {
-        self.evaluate_with_stats(input).map(|(verdict, _)| verdict)
+        self.evaluate_with_stats(input)?.0
     }
 
+    /// [`Self::evaluate`], with the call's cost even when the answer is refused.
     pub(crate) fn evaluate_with_stats(
         &self,
         input: &HealthInput,
-    ) -> Result<(HealthVerdict, CallStats), PluginError> {
+    ) -> Result<(Result<HealthVerdict, PluginError>, CallStats), PluginError> {
         let (verdict, stats) = self.0.run(|pre, store, config| {
             pre.instantiate(&mut *store)?
                 .call_evaluate(store, config, input)
         })?;
-        let verdict = match verdict {
-            HealthVerdict::Healthy => HealthVerdict::Healthy,
-            HealthVerdict::NotYet(why) => HealthVerdict::NotYet(self.0.text(why)?),
-            HealthVerdict::Failed(why) => HealthVerdict::Failed(self.0.text(why)?),
-        };
+        let verdict = (|| {
+            Ok(match verdict {
+                HealthVerdict::Healthy => HealthVerdict::Healthy,
+                HealthVerdict::NotYet(why) => HealthVerdict::NotYet(self.0.text(why)?),
+                HealthVerdict::Failed(why) => HealthVerdict::Failed(self.0.text(why)?),
+            })
+        })();
         Ok((verdict, stats))
     }
 }
@@ -503,17 +514,25 @@ impl TemplatePlugin {
     /// [`PluginError::OutputTooLarge`], [`PluginError::Refused`] with the plugin's
     /// reason, or any sandbox error. Nothing is written by this function.
     pub fn render(&self, input: &TemplateInput) -> Result<Vec<ProxyFile>, PluginError> {
-        self.render_with_stats(input).map(|(files, _)| files)
+        self.render_with_stats(input)?.0
     }
 
+    /// [`Self::render`], with the call's cost even when the answer is refused.
     pub(crate) fn render_with_stats(
         &self,
         input: &TemplateInput,
-    ) -> Result<(Vec<ProxyFile>, CallStats), PluginError> {
+    ) -> Result<(Result<Vec<ProxyFile>, PluginError>, CallStats), PluginError> {
         let (answer, stats) = self.0.run(|pre, store, config| {
             pre.instantiate(&mut *store)?
                 .call_render(store, config, input)
         })?;
+        Ok((self.checked_files(answer), stats))
+    }
+
+    fn checked_files(
+        &self,
+        answer: Result<Vec<ProxyFile>, String>,
+    ) -> Result<Vec<ProxyFile>, PluginError> {
         let files = answer.map_err(|reason| self.0.refused(reason))?;
         let size = files.iter().map(|f| f.path.len() + f.contents.len()).sum();
         self.0.check_size(size)?;
@@ -525,7 +544,7 @@ impl TemplatePlugin {
                 self.0
                     .invalid(format!("file {:?} {}", printable(&r.path), r.reason))
             })?;
-        Ok((files, stats))
+        Ok(files)
     }
 }
 

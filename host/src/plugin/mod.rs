@@ -14,6 +14,7 @@ pub mod builtin;
 mod cache;
 pub mod cli;
 mod error;
+pub mod json;
 mod kinds;
 mod limits;
 pub mod sample;

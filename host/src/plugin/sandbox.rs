@@ -63,6 +63,9 @@ pub(crate) struct Sandbox {
 pub(crate) struct CallStats {
     pub(crate) fuel_used: u64,
     pub(crate) elapsed: Duration,
+    /// Linear memory the call's instance ended with, all memories together: what
+    /// `memory_mib` must leave room for.
+    pub(crate) memory_bytes: u64,
 }
 
 /// The store data of one call.
@@ -111,12 +114,15 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
 struct MemoryCap {
     max: u64,
     hit: bool,
+    /// Bytes granted so far, every memory of the instance together (memories only
+    /// grow, so this is also the peak).
+    granted: u64,
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -124,6 +130,9 @@ impl ResourceLimiter for MemoryCap {
             self.hit = true;
             return Ok(false);
         }
+        self.granted = self
+            .granted
+            .saturating_add(u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX));
         Ok(true)
     }
 
@@ -349,6 +358,7 @@ impl Sandbox {
             memory: MemoryCap {
                 max: self.limits.memory_bytes,
                 hit: false,
+                granted: 0,
             },
             log: LogSink {
                 reporter: Arc::clone(&self.reporter),
@@ -420,6 +430,7 @@ impl Sandbox {
                     CallStats {
                         fuel_used: self.limits.fuel.saturating_sub(left),
                         elapsed: started.elapsed(),
+                        memory_bytes: store.data().memory.granted,
                     },
                 ))
             }

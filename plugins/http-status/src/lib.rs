@@ -25,10 +25,9 @@
 
 use std::fmt::Write as _;
 
+use cutover_plugin::{HealthInput, HealthPolicy, HealthVerdict, ProbeResult};
 use serde::Deserialize;
 use serde_json::Value;
-
-pub use glue::{HealthInput, HealthVerdict, ProbeResult};
 
 /// The most consecutive successes one can ask for: the host passes the last 32
 /// earlier probes, plus the current one.
@@ -53,7 +52,8 @@ enum StatusSpec {
 }
 
 /// A checked config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     /// Consecutive successes needed.
     pub successes: u32,
@@ -105,69 +105,57 @@ fn parse_status(spec: &StatusSpec) -> Result<(u16, u16), String> {
     Ok(range)
 }
 
-/// Parses and checks the config JSON.
-///
-/// # Errors
-/// A message naming the offending key when the JSON is malformed, has an unknown key
-/// or a value that cannot work.
-pub fn parse_config(json: &str) -> Result<Config, String> {
-    let with_context = |m: String| format!("http-status config: {m}");
-    let raw: RawConfig = serde_json::from_str(json).map_err(|e| {
-        with_context(format!(
-            "{e} (keys: `successes`, `statuses`, `body_contains`, `json_pointer`, `equals`)"
-        ))
-    })?;
-    let mut config = Config::default();
-    if let Some(n) = raw.successes {
-        if !(1..=MAX_SUCCESSES).contains(&n) {
-            return Err(with_context(format!(
-                "`successes` is {n}; expected 1 to {MAX_SUCCESSES}"
-            )));
-        }
-        config.successes = n;
-    }
-    if let Some(specs) = raw.statuses {
-        if specs.is_empty() {
-            return Err(with_context(
-                "`statuses` is empty, so no probe could ever succeed; leave it out for 200-399"
-                    .to_owned(),
-            ));
-        }
-        config.statuses = specs
-            .iter()
-            .map(parse_status)
-            .collect::<Result<_, _>>()
-            .map_err(with_context)?;
-    }
-    if let Some(needle) = raw.body_contains {
-        if needle.is_empty() {
-            return Err(with_context("`body_contains` is empty".to_owned()));
-        }
-        config.body_contains = Some(needle);
-    }
-    config.json = match (raw.json_pointer, raw.equals) {
-        (None, None) => None,
-        (Some(pointer), Some(value)) => {
-            if !(pointer.is_empty() || pointer.starts_with('/')) {
-                return Err(with_context(format!(
-                    "`json_pointer` {pointer:?} must start with `/`, e.g. \"/status\""
-                )));
+impl cutover_plugin::Config for Config {}
+
+/// The checks serde's types cannot express; each message names the key.
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
+        let mut config = Config::default();
+        if let Some(n) = raw.successes {
+            if !(1..=MAX_SUCCESSES).contains(&n) {
+                return Err(format!("`successes` is {n}; expected 1 to {MAX_SUCCESSES}"));
             }
-            Some((pointer, value))
+            config.successes = n;
         }
-        (Some(_), None) => {
-            return Err(with_context(
-                "`json_pointer` needs `equals`, the value it must point at (e.g. \"UP\")"
-                    .to_owned(),
-            ));
+        if let Some(specs) = raw.statuses {
+            if specs.is_empty() {
+                return Err(
+                    "`statuses` is empty, so no probe could ever succeed; leave it out for 200-399"
+                        .to_owned(),
+                );
+            }
+            config.statuses = specs.iter().map(parse_status).collect::<Result<_, _>>()?;
         }
-        (None, Some(_)) => {
-            return Err(with_context(
-                "`equals` needs `json_pointer`, e.g. \"/status\"".to_owned(),
-            ));
+        if let Some(needle) = raw.body_contains {
+            if needle.is_empty() {
+                return Err("`body_contains` is empty".to_owned());
+            }
+            config.body_contains = Some(needle);
         }
-    };
-    Ok(config)
+        config.json = match (raw.json_pointer, raw.equals) {
+            (None, None) => None,
+            (Some(pointer), Some(value)) => {
+                if !(pointer.is_empty() || pointer.starts_with('/')) {
+                    return Err(format!(
+                        "`json_pointer` {pointer:?} must start with `/`, e.g. \"/status\""
+                    ));
+                }
+                Some((pointer, value))
+            }
+            (Some(_), None) => {
+                return Err(
+                    "`json_pointer` needs `equals`, the value it must point at (e.g. \"UP\")"
+                        .to_owned(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err("`equals` needs `json_pointer`, e.g. \"/status\"".to_owned());
+            }
+        };
+        Ok(config)
+    }
 }
 
 fn ranges_text(ranges: &[(u16, u16)]) -> String {
@@ -242,41 +230,26 @@ pub fn evaluate(config: &Config, input: &HealthInput) -> HealthVerdict {
     }
 }
 
-/// The component ABI glue generated by wit-bindgen: the only `unsafe` in this crate.
-#[allow(unsafe_code, clippy::too_many_arguments)]
-mod glue {
-    wit_bindgen::generate!({
-        world: "health-policy",
-        path: "../../wit/v0.1.0",
-        // The unit tests compare verdicts.
-        additional_derives: [PartialEq],
-    });
+struct HttpStatus;
 
-    pub use cutover::plugin::types::ProbeResult;
+impl HealthPolicy for HttpStatus {
+    type Config = Config;
 
-    struct HttpStatus;
-
-    impl Guest for HttpStatus {
-        fn validate_config(config: String) -> Result<(), String> {
-            super::parse_config(&config).map(drop)
-        }
-
-        fn evaluate(config: String, input: HealthInput) -> HealthVerdict {
-            match super::parse_config(&config) {
-                Ok(config) => super::evaluate(&config, &input),
-                // validate-config refused this already; fail loudly if it slips past.
-                Err(e) => HealthVerdict::Failed(e),
-            }
-        }
+    fn evaluate(config: &Config, input: HealthInput) -> HealthVerdict {
+        evaluate(config, &input)
     }
-
-    export!(HttpStatus);
 }
+
+cutover_plugin::export_health_policy!(HttpStatus);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::glue::cutover::plugin::types::Color;
+    use cutover_plugin::Color;
+
+    fn parse_config(json: &str) -> Result<Config, String> {
+        cutover_plugin::parse_config(json)
+    }
 
     fn probe(status: Option<u16>, body: &str) -> ProbeResult {
         ProbeResult {
@@ -414,7 +387,8 @@ mod tests {
         ] {
             let err = parse_config(config).unwrap_err();
             assert!(err.contains(expected), "{config}: {err}");
-            assert!(err.starts_with("http-status config: "), "{err}");
+            // The JSON is the host's rendering of TOML: no line and column into it.
+            assert!(!err.contains(" at line "), "{err}");
         }
     }
 }

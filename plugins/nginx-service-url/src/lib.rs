@@ -31,9 +31,8 @@
 
 #![deny(unsafe_code)]
 
+use cutover_plugin::{ProxyFile, ProxyTemplate, TemplateInput};
 use serde::Deserialize;
-
-pub use glue::{ProxyFile, TemplateInput};
 
 /// Longest template accepted, in bytes.
 const MAX_TEMPLATE_LEN: usize = 64 * 1024;
@@ -50,7 +49,8 @@ struct RawConfig {
 }
 
 /// A checked config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawConfig")]
 pub struct Config {
     /// The include's relative path.
     pub file: String,
@@ -162,62 +162,59 @@ pub fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
-/// Parses and checks the config JSON.
-///
-/// # Errors
-/// A message naming the offending key when the JSON is malformed, has an unknown key
-/// or a value that is unsafe or cannot work.
-pub fn parse_config(json: &str) -> Result<Config, String> {
-    let with_context = |m: String| format!("nginx-service-url config: {m}");
-    let raw: RawConfig = serde_json::from_str(json).map_err(|e| {
-        with_context(format!(
-            "{e} (keys: `file`, `variable`, `scheme`, `template`, `template_file`)"
-        ))
-    })?;
-    let file = raw.file.unwrap_or_else(|| "service-url.inc".to_owned());
-    check_path("file", &file).map_err(with_context)?;
-    let variable = raw.variable.unwrap_or_else(|| "service_url".to_owned());
-    if !is_name(&variable) {
-        return Err(with_context(format!(
-            "`variable` {variable:?} is not an nginx variable name (letters, digits, `_`; write it without `$`)"
-        )));
-    }
-    let scheme = raw.scheme.unwrap_or_else(|| "http".to_owned());
-    if scheme != "http" && scheme != "https" {
-        return Err(with_context(format!(
-            "`scheme` is {scheme:?}; expected \"http\" or \"https\""
-        )));
-    }
-    let template = match raw.template {
-        None => None,
-        Some(t) if t.len() > MAX_TEMPLATE_LEN => {
-            return Err(with_context(format!(
-                "`template` is {} bytes; keep it under {MAX_TEMPLATE_LEN}",
-                t.len()
-            )));
-        }
-        Some(t) => Some(parse_template(&t).map_err(with_context)?),
-    };
-    if let Some(path) = &raw.template_file {
-        if template.is_none() {
-            return Err(with_context(
-                "`template_file` is set but there is no `template` to render into it".to_owned(),
+impl cutover_plugin::Config for Config {}
+
+/// The checks serde's types cannot express; each message names the key.
+impl TryFrom<RawConfig> for Config {
+    type Error = String;
+
+    fn try_from(raw: RawConfig) -> Result<Config, String> {
+        let file = raw.file.unwrap_or_else(|| "service-url.inc".to_owned());
+        check_path("file", &file)?;
+        let variable = raw.variable.unwrap_or_else(|| "service_url".to_owned());
+        if !is_name(&variable) {
+            return Err(format!(
+                "`variable` {variable:?} is not an nginx variable name (letters, digits, `_`; write it without `$`)"
             ));
         }
-        check_path("template_file", path).map_err(with_context)?;
-        if *path == file {
-            return Err(with_context(format!(
-                "`template_file` and `file` are both {path:?}; give the template its own file"
-            )));
+        let scheme = raw.scheme.unwrap_or_else(|| "http".to_owned());
+        if scheme != "http" && scheme != "https" {
+            return Err(format!(
+                "`scheme` is {scheme:?}; expected \"http\" or \"https\""
+            ));
         }
+        let template = match raw.template {
+            None => None,
+            Some(t) if t.len() > MAX_TEMPLATE_LEN => {
+                return Err(format!(
+                    "`template` is {} bytes; keep it under {MAX_TEMPLATE_LEN}",
+                    t.len()
+                ));
+            }
+            Some(t) => Some(parse_template(&t)?),
+        };
+        if let Some(path) = &raw.template_file {
+            if template.is_none() {
+                return Err(
+                    "`template_file` is set but there is no `template` to render into it"
+                        .to_owned(),
+                );
+            }
+            check_path("template_file", path)?;
+            if *path == file {
+                return Err(format!(
+                    "`template_file` and `file` are both {path:?}; give the template its own file"
+                ));
+            }
+        }
+        Ok(Config {
+            file,
+            variable,
+            scheme,
+            template,
+            template_file: raw.template_file,
+        })
     }
-    Ok(Config {
-        file,
-        variable,
-        scheme,
-        template,
-        template_file: raw.template_file,
-    })
 }
 
 /// `address:port`, with an IPv6 address in brackets.
@@ -236,10 +233,7 @@ fn upstream(address: &str, port: u16) -> String {
 /// value, or a user variable reuses a built-in name.
 pub fn render(config: &Config, input: &TemplateInput) -> Result<Vec<ProxyFile>, String> {
     let target = &input.target;
-    let color = match target.color {
-        glue::Color::Blue => "blue",
-        glue::Color::Green => "green",
-    };
+    let color = target.color.name();
     check_value("the service name", &input.service)?;
     check_value("the target address", &target.address)?;
     let upstream = upstream(&target.address, target.port);
@@ -315,35 +309,27 @@ pub fn render(config: &Config, input: &TemplateInput) -> Result<Vec<ProxyFile>, 
     Ok(files)
 }
 
-/// The component ABI glue generated by wit-bindgen: the only `unsafe` in this crate.
-#[allow(unsafe_code, clippy::too_many_arguments)]
-mod glue {
-    wit_bindgen::generate!({
-        world: "proxy-template",
-        path: "../../wit/v0.1.0",
-    });
+struct NginxServiceUrl;
 
-    pub use cutover::plugin::types::Color;
+impl ProxyTemplate for NginxServiceUrl {
+    type Config = Config;
 
-    struct NginxServiceUrl;
-
-    impl Guest for NginxServiceUrl {
-        fn validate_config(config: String) -> Result<(), String> {
-            super::parse_config(&config).map(drop)
-        }
-
-        fn render(config: String, input: TemplateInput) -> Result<Vec<ProxyFile>, String> {
-            super::render(&super::parse_config(&config)?, &input)
-        }
+    fn render(config: &Config, input: TemplateInput) -> Result<Vec<ProxyFile>, String> {
+        render(config, &input)
     }
-
-    export!(NginxServiceUrl);
 }
+
+cutover_plugin::export_proxy_template!(NginxServiceUrl);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::glue::cutover::plugin::types::{Color, KeyValue, Upstream};
+
+    use cutover_plugin::{Color, KeyValue, Upstream};
+
+    fn parse_config(json: &str) -> Result<Config, String> {
+        cutover_plugin::parse_config(json)
+    }
 
     fn input(address: &str, vars: &[(&str, &str)]) -> TemplateInput {
         TemplateInput {

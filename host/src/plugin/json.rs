@@ -1,0 +1,628 @@
+//! The JSON form of each world's input and answer: what `cutover plugin sample`
+//! prints and `cutover plugin run` reads back and reports.
+//!
+//! Keys and enum values are spelled as in the WIT (`head-sha`, `ci-variables`,
+//! `not-yet`), so the file a user edits reads like `cutover plugin wit`. Serde needs
+//! types of its own, so each WIT record has a mirror here with a conversion to the
+//! generated type; the mirrors live only in this module. When a value is wrong, the
+//! WIT type expected at its path is read from the embedded WIT text, not from a
+//! second hand-written table. This module only converts; it calls no plugin.
+
+use serde::{Deserialize, Serialize};
+
+use super::types as wit;
+use super::{PluginError, PluginKind, WIT, sample};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Color {
+    Blue,
+    Green,
+}
+
+impl From<Color> for wit::Color {
+    fn from(color: Color) -> Self {
+        match color {
+            Color::Blue => wit::Color::Blue,
+            Color::Green => wit::Color::Green,
+        }
+    }
+}
+
+impl From<wit::Color> for Color {
+    fn from(color: wit::Color) -> Self {
+        match color {
+            wit::Color::Blue => Color::Blue,
+            wit::Color::Green => Color::Green,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct KeyValue {
+    key: String,
+    value: String,
+}
+
+fn kvs_in(list: Vec<KeyValue>) -> Vec<wit::KeyValue> {
+    list.into_iter()
+        .map(|kv| wit::KeyValue {
+            key: kv.key,
+            value: kv.value,
+        })
+        .collect()
+}
+
+fn kvs_out(list: Vec<wit::KeyValue>) -> Vec<KeyValue> {
+    list.into_iter()
+        .map(|kv| KeyValue {
+            key: kv.key,
+            value: kv.value,
+        })
+        .collect()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct GateInput {
+    service: String,
+    repository: Option<String>,
+    branch: Option<String>,
+    head_sha: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    commit_subject: Option<String>,
+    #[serde(default)]
+    dirty: bool,
+    ci_system: Option<String>,
+    #[serde(default)]
+    ci_variables: Vec<KeyValue>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ProbeVerdict {
+    Healthy,
+    Unhealthy,
+    Unknown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SlotStatus {
+    color: Color,
+    container_present: bool,
+    running: bool,
+    image: Option<String>,
+    last_probe: ProbeVerdict,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SelectorInput {
+    service: String,
+    live: Option<Color>,
+    slots: Vec<SlotStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ProbeResult {
+    status: Option<u16>,
+    #[serde(default)]
+    headers: Vec<KeyValue>,
+    #[serde(default)]
+    body_prefix: String,
+    latency_us: u64,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct HealthInput {
+    service: String,
+    color: Color,
+    attempt: u32,
+    elapsed_ms: u64,
+    probe: ProbeResult,
+    #[serde(default)]
+    history: Vec<ProbeResult>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Upstream {
+    color: Color,
+    address: String,
+    port: u16,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct TemplateInput {
+    service: String,
+    target: Upstream,
+    previous: Option<Upstream>,
+    #[serde(default)]
+    variables: Vec<KeyValue>,
+}
+
+impl From<GateInput> for wit::GateInput {
+    fn from(i: GateInput) -> Self {
+        wit::GateInput {
+            service: i.service,
+            repository: i.repository,
+            branch: i.branch,
+            head_sha: i.head_sha,
+            tags: i.tags,
+            commit_subject: i.commit_subject,
+            dirty: i.dirty,
+            ci_system: i.ci_system,
+            ci_variables: kvs_in(i.ci_variables),
+        }
+    }
+}
+
+impl From<wit::GateInput> for GateInput {
+    fn from(i: wit::GateInput) -> Self {
+        GateInput {
+            service: i.service,
+            repository: i.repository,
+            branch: i.branch,
+            head_sha: i.head_sha,
+            tags: i.tags,
+            commit_subject: i.commit_subject,
+            dirty: i.dirty,
+            ci_system: i.ci_system,
+            ci_variables: kvs_out(i.ci_variables),
+        }
+    }
+}
+
+impl From<ProbeVerdict> for wit::ProbeVerdict {
+    fn from(v: ProbeVerdict) -> Self {
+        match v {
+            ProbeVerdict::Healthy => wit::ProbeVerdict::Healthy,
+            ProbeVerdict::Unhealthy => wit::ProbeVerdict::Unhealthy,
+            ProbeVerdict::Unknown => wit::ProbeVerdict::Unknown,
+        }
+    }
+}
+
+impl From<wit::ProbeVerdict> for ProbeVerdict {
+    fn from(v: wit::ProbeVerdict) -> Self {
+        match v {
+            wit::ProbeVerdict::Healthy => ProbeVerdict::Healthy,
+            wit::ProbeVerdict::Unhealthy => ProbeVerdict::Unhealthy,
+            wit::ProbeVerdict::Unknown => ProbeVerdict::Unknown,
+        }
+    }
+}
+
+impl From<SelectorInput> for wit::SelectorInput {
+    fn from(i: SelectorInput) -> Self {
+        wit::SelectorInput {
+            service: i.service,
+            live: i.live.map(Into::into),
+            slots: i
+                .slots
+                .into_iter()
+                .map(|s| wit::SlotStatus {
+                    color: s.color.into(),
+                    container_present: s.container_present,
+                    running: s.running,
+                    image: s.image,
+                    last_probe: s.last_probe.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<wit::SelectorInput> for SelectorInput {
+    fn from(i: wit::SelectorInput) -> Self {
+        SelectorInput {
+            service: i.service,
+            live: i.live.map(Into::into),
+            slots: i
+                .slots
+                .into_iter()
+                .map(|s| SlotStatus {
+                    color: s.color.into(),
+                    container_present: s.container_present,
+                    running: s.running,
+                    image: s.image,
+                    last_probe: s.last_probe.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<ProbeResult> for wit::ProbeResult {
+    fn from(p: ProbeResult) -> Self {
+        wit::ProbeResult {
+            status: p.status,
+            headers: kvs_in(p.headers),
+            body_prefix: p.body_prefix,
+            latency_us: p.latency_us,
+            error: p.error,
+        }
+    }
+}
+
+impl From<wit::ProbeResult> for ProbeResult {
+    fn from(p: wit::ProbeResult) -> Self {
+        ProbeResult {
+            status: p.status,
+            headers: kvs_out(p.headers),
+            body_prefix: p.body_prefix,
+            latency_us: p.latency_us,
+            error: p.error,
+        }
+    }
+}
+
+impl From<HealthInput> for wit::HealthInput {
+    fn from(i: HealthInput) -> Self {
+        wit::HealthInput {
+            service: i.service,
+            color: i.color.into(),
+            attempt: i.attempt,
+            elapsed_ms: i.elapsed_ms,
+            probe: i.probe.into(),
+            history: i.history.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<wit::HealthInput> for HealthInput {
+    fn from(i: wit::HealthInput) -> Self {
+        HealthInput {
+            service: i.service,
+            color: i.color.into(),
+            attempt: i.attempt,
+            elapsed_ms: i.elapsed_ms,
+            probe: i.probe.into(),
+            history: i.history.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<Upstream> for wit::Upstream {
+    fn from(u: Upstream) -> Self {
+        wit::Upstream {
+            color: u.color.into(),
+            address: u.address,
+            port: u.port,
+        }
+    }
+}
+
+impl From<wit::Upstream> for Upstream {
+    fn from(u: wit::Upstream) -> Self {
+        Upstream {
+            color: u.color.into(),
+            address: u.address,
+            port: u.port,
+        }
+    }
+}
+
+impl From<TemplateInput> for wit::TemplateInput {
+    fn from(i: TemplateInput) -> Self {
+        wit::TemplateInput {
+            service: i.service,
+            target: i.target.into(),
+            previous: i.previous.map(Into::into),
+            variables: kvs_in(i.variables),
+        }
+    }
+}
+
+impl From<wit::TemplateInput> for TemplateInput {
+    fn from(i: wit::TemplateInput) -> Self {
+        TemplateInput {
+            service: i.service,
+            target: i.target.into(),
+            previous: i.previous.map(Into::into),
+            variables: kvs_out(i.variables),
+        }
+    }
+}
+
+/// One decision's input, for the world it belongs to.
+#[derive(Debug)]
+pub enum Input {
+    /// `deploy-gate`'s `decide`.
+    Gate(wit::GateInput),
+    /// `target-selector`'s `select`.
+    Selector(wit::SelectorInput),
+    /// `health-policy`'s `evaluate`.
+    Health(wit::HealthInput),
+    /// `proxy-template`'s `render`.
+    Template(wit::TemplateInput),
+}
+
+impl Input {
+    /// The kind whose decision function takes this input.
+    pub fn kind(&self) -> PluginKind {
+        match self {
+            Input::Gate(_) => PluginKind::DeployGate,
+            Input::Selector(_) => PluginKind::TargetSelector,
+            Input::Health(_) => PluginKind::HealthPolicy,
+            Input::Template(_) => PluginKind::ProxyTemplate,
+        }
+    }
+}
+
+/// The WIT record a kind's decision function takes.
+fn input_record(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::DeployGate => "gate-input",
+        PluginKind::TargetSelector => "selector-input",
+        PluginKind::HealthPolicy => "health-input",
+        PluginKind::ProxyTemplate => "template-input",
+    }
+}
+
+/// The sample input of `kind` (the one `cutover plugin check` uses), as pretty JSON.
+pub fn sample(kind: PluginKind) -> String {
+    // Serialised from the structs, not a `Value`, so keys keep the WIT's order.
+    let text = match kind {
+        PluginKind::DeployGate => {
+            serde_json::to_string_pretty(&GateInput::from(sample::gate_input()))
+        }
+        PluginKind::TargetSelector => {
+            serde_json::to_string_pretty(&SelectorInput::from(sample::selector_input()))
+        }
+        PluginKind::HealthPolicy => {
+            serde_json::to_string_pretty(&HealthInput::from(sample::health_input()))
+        }
+        PluginKind::ProxyTemplate => {
+            serde_json::to_string_pretty(&TemplateInput::from(sample::template_input()))
+        }
+    };
+    // Plain data with string keys: serialising it cannot fail.
+    let mut text = text.unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Parses `text` as the input of `kind`; `file` names it in errors.
+///
+/// # Errors
+/// [`PluginError::BadInput`] naming the path of the wrong value (`probe.status`) and
+/// the WIT type expected there.
+pub fn parse(kind: PluginKind, text: &str, file: &str) -> Result<Input, PluginError> {
+    fn typed<T: serde::de::DeserializeOwned>(
+        kind: PluginKind,
+        text: &str,
+        file: &str,
+    ) -> Result<T, PluginError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let segments: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Seq { index } => Some(format!("[{index}]")),
+                    _ => None,
+                })
+                .collect();
+            let path = segments.iter().fold(String::new(), |mut path, segment| {
+                if !path.is_empty() && !segment.starts_with('[') {
+                    path.push('.');
+                }
+                path.push_str(segment);
+                path
+            });
+            let (wit_type, detail) = (
+                wit_type_at(WIT, input_record(kind), &segments),
+                e.into_inner().to_string(),
+            );
+            PluginError::BadInput {
+                file: file.to_owned(),
+                kind,
+                path: if path.is_empty() {
+                    ".".to_owned()
+                } else {
+                    path
+                },
+                wit_type,
+                detail,
+            }
+        })
+    }
+    Ok(match kind {
+        PluginKind::DeployGate => Input::Gate(typed::<GateInput>(kind, text, file)?.into()),
+        PluginKind::TargetSelector => {
+            Input::Selector(typed::<SelectorInput>(kind, text, file)?.into())
+        }
+        PluginKind::HealthPolicy => Input::Health(typed::<HealthInput>(kind, text, file)?.into()),
+        PluginKind::ProxyTemplate => {
+            Input::Template(typed::<TemplateInput>(kind, text, file)?.into())
+        }
+    })
+}
+
+/// The fields of `record name { ... }` in `wit`, as (name, type) pairs.
+fn record_fields<'w>(wit: &'w str, name: &str) -> Option<Vec<(&'w str, &'w str)>> {
+    let start = wit.find(&format!("record {name} {{"))?;
+    let body = &wit[start..];
+    let body = &body[body.find('{')? + 1..body.find('}')?];
+    Some(
+        body.lines()
+            .map(str::trim)
+            .filter(|line| !line.starts_with("//"))
+            .filter_map(|line| {
+                let (field, ty) = line.split_once(':')?;
+                Some((field.trim(), ty.trim().trim_end_matches(',')))
+            })
+            .collect(),
+    )
+}
+
+/// The WIT type at `path` (JSON keys and `[i]` indices) inside record `record`; the
+/// deepest type that can be named when the path leaves the WIT (an unknown key).
+fn wit_type_at(wit: &str, record: &str, path: &[String]) -> String {
+    let mut ty = record.to_owned();
+    for segment in path {
+        // Step through `option<T>` to the T a present value must be.
+        let inner = ty
+            .strip_prefix("option<")
+            .and_then(|t| t.strip_suffix('>'))
+            .unwrap_or(&ty)
+            .to_owned();
+        let next = if segment.starts_with('[') {
+            inner
+                .strip_prefix("list<")
+                .and_then(|t| t.strip_suffix('>'))
+                .map(str::to_owned)
+        } else {
+            record_fields(wit, &inner).and_then(|fields| {
+                fields
+                    .iter()
+                    .find(|(field, _)| field == segment)
+                    .map(|(_, t)| (*t).to_owned())
+            })
+        };
+        match next {
+            Some(next) => ty = next,
+            None => return format!("record {inner}"),
+        }
+    }
+    if record_fields(wit, &ty).is_some() {
+        format!("record {ty}")
+    } else {
+        ty
+    }
+}
+
+/// A decision's answer, in the JSON form `plugin run --output json` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answer {
+    /// `deploy-gate`: allow, with the reason.
+    Allow(String),
+    /// `deploy-gate`: deny, with the reason.
+    Deny(String),
+    /// `target-selector`: the colour chosen.
+    Select(String),
+    /// `health-policy`: ready.
+    Healthy,
+    /// `health-policy`: probe again.
+    NotYet(String),
+    /// `health-policy`: give up.
+    Failed(String),
+    /// `proxy-template`: the files, path and contents.
+    Render(Vec<RenderedFile>),
+    /// Any world: the function's `err(reason)`, which fails a deploy.
+    Error(String),
+}
+
+/// One `proxy-file` of a `render` answer.
+#[derive(Debug, Serialize)]
+pub struct RenderedFile {
+    /// Relative to the proxy's config directory.
+    pub path: String,
+    /// The file's text.
+    pub contents: String,
+}
+
+impl Answer {
+    /// The answer as a line for people, e.g. `evaluate -> not yet: 2 of 3 probes`.
+    pub fn to_text(&self) -> String {
+        match self {
+            Answer::Allow(reason) => format!("decide -> allow: {reason}"),
+            Answer::Deny(reason) => format!("decide -> deny: {reason}"),
+            Answer::Select(color) => format!("select -> {color}"),
+            Answer::Healthy => "evaluate -> healthy".to_owned(),
+            Answer::NotYet(why) => format!("evaluate -> not yet: {why}"),
+            Answer::Failed(why) => format!("evaluate -> failed: {why}"),
+            Answer::Render(files) => {
+                let mut text = format!("render -> {} file(s)", files.len());
+                for file in files {
+                    text.push_str(&format!("\n  {}:", file.path));
+                    for line in file.contents.lines() {
+                        text.push_str(&format!("\n    {line}"));
+                    }
+                }
+                text
+            }
+            Answer::Error(reason) => format!("error: {reason}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_parses_back() {
+        for kind in PluginKind::ALL {
+            let input = parse(kind, &sample(kind), "sample.json").unwrap();
+            assert_eq!(input.kind(), kind);
+        }
+        let Input::Health(health) = parse(
+            PluginKind::HealthPolicy,
+            &sample(PluginKind::HealthPolicy),
+            "x",
+        )
+        .unwrap() else {
+            panic!("a health input")
+        };
+        assert_eq!(health, sample::health_input());
+    }
+
+    #[test]
+    fn samples_use_the_wit_spelling() {
+        let text = sample(PluginKind::DeployGate);
+        assert!(text.contains("\"head-sha\""), "{text}");
+        assert!(text.contains("\"ci-variables\""), "{text}");
+        assert!(sample(PluginKind::TargetSelector).contains("\"last-probe\": \"healthy\""));
+    }
+
+    fn error(kind: PluginKind, text: &str) -> (String, String, String) {
+        match parse(kind, text, "in.json").unwrap_err() {
+            PluginError::BadInput {
+                path,
+                wit_type,
+                detail,
+                ..
+            } => (path, wit_type, detail),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wrong_value_names_its_path_and_wit_type() {
+        let text =
+            sample(PluginKind::HealthPolicy).replace("\"status\": 503", "\"status\": \"503\"");
+        let (path, ty, detail) = error(PluginKind::HealthPolicy, &text);
+        assert_eq!(path, "history[1].status");
+        assert_eq!(ty, "option<u16>");
+        assert!(detail.contains("invalid type"), "{detail}");
+
+        let text = sample(PluginKind::TargetSelector).replace("\"green\"", "\"red\"");
+        let (path, ty, _) = error(PluginKind::TargetSelector, &text);
+        assert_eq!((path.as_str(), ty.as_str()), ("slots[1].color", "color"));
+
+        let (path, ty, detail) = error(PluginKind::ProxyTemplate, r#"{"service":"x"}"#);
+        assert_eq!((path.as_str(), ty.as_str()), (".", "record template-input"));
+        assert!(detail.contains("missing field `target`"), "{detail}");
+
+        let (path, ty, detail) = error(
+            PluginKind::DeployGate,
+            r#"{"service":"x","head_sha":"abc"}"#,
+        );
+        assert_eq!(
+            (path.as_str(), ty.as_str()),
+            ("head_sha", "record gate-input")
+        );
+        assert!(detail.contains("unknown field `head_sha`"), "{detail}");
+    }
+}
