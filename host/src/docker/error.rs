@@ -130,7 +130,7 @@ impl DockerError {
 fn what_to_check(host: &str) -> String {
     let address = host.split_whitespace().next().unwrap_or(host);
     if address.starts_with("ssh://") {
-        let try_it = super::SshTarget::parse(address)
+        let try_it = super::ssh::SshTarget::parse(address)
             .map(|t| {
                 format!(
                     "run `{}` on this machine to see the same failure; ",

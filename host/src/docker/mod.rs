@@ -35,7 +35,6 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 pub use error::DockerError;
-pub use ssh::SshTarget;
 
 use crate::Color;
 use crate::config::{EngineConfig, NetworkConfig, TlsFiles};
@@ -901,6 +900,40 @@ impl Docker {
             Err(e) => Err(self.api("remove image", id, e)),
         }
     }
+}
+
+/// A bollard client whose requests go through hyper's pooled client over `connector`
+/// (the ssh and TLS transports), addressed as `client_addr` (`scheme://authority`).
+/// Idle connections close after 30 s: over ssh each is a process on both machines.
+fn pooled_client<C>(
+    connector: C,
+    client_addr: String,
+    timeout: Duration,
+) -> Result<bollard::Docker, bollard::errors::Error>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let client = std::sync::Arc::new(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            // The idle timeout takes effect only with a timer.
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector),
+    );
+    bollard::Docker::connect_with_custom_transport(
+        move |req: bollard::BollardRequest| {
+            let client = std::sync::Arc::clone(&client);
+            async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            }
+        },
+        Some(client_addr),
+        timeout.as_secs(),
+        bollard::API_DEFAULT_VERSION,
+    )
 }
 
 /// bollard's `negotiate_version` asks `/v<newest>/version`, which engines older than

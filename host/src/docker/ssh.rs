@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -165,31 +164,11 @@ impl SshTarget {
     /// A bollard client whose every connection is a new `ssh … dial-stdio`; the client
     /// keeps idle connections open for the next request.
     pub fn client(&self, timeout: Duration) -> Result<bollard::Docker, bollard::errors::Error> {
-        let client = Arc::new(
-            Client::builder(TokioExecutor::new())
-                // An idle ssh connection costs a process on each side: let it go soon
-                // (the timeout needs the timer to take effect).
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(SshConnector {
-                    target: Arc::new(self.clone()),
-                }),
-        );
-        bollard::Docker::connect_with_custom_transport(
-            move |req: bollard::BollardRequest| {
-                let client = Arc::clone(&client);
-                async move {
-                    client
-                        .request(req)
-                        .await
-                        .map_err(bollard::errors::Error::from)
-                }
-            },
-            // The authority is never resolved: the connector knows where to go.
-            Some("ssh://docker-engine"),
-            timeout.as_secs(),
-            bollard::API_DEFAULT_VERSION,
-        )
+        let connector = SshConnector {
+            target: Arc::new(self.clone()),
+        };
+        // The authority is never resolved: the connector knows where to go.
+        super::pooled_client(connector, "ssh://docker-engine".to_owned(), timeout)
     }
 }
 

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -59,26 +57,11 @@ pub fn client(
     })?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
-    let client = Arc::new(
-        Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(hyper_rustls::HttpsConnector::from((http, config))),
-    );
     let host_port = address.strip_prefix("tcp://").unwrap_or(address);
-    bollard::Docker::connect_with_custom_transport(
-        move |req: bollard::BollardRequest| {
-            let client = Arc::clone(&client);
-            async move {
-                client
-                    .request(req)
-                    .await
-                    .map_err(bollard::errors::Error::from)
-            }
-        },
-        Some(format!("https://{}", host_port.trim_end_matches('/'))),
-        timeout.as_secs(),
-        bollard::API_DEFAULT_VERSION,
+    super::pooled_client(
+        hyper_rustls::HttpsConnector::from((http, config)),
+        format!("https://{}", host_port.trim_end_matches('/')),
+        timeout,
     )
     .map_err(|e| e.to_string())
 }
