@@ -13,6 +13,7 @@ mod gate;
 mod health;
 mod history;
 mod hostile;
+mod plugin_kit;
 mod plugins;
 mod proxy;
 mod serve;

@@ -17,6 +17,7 @@ use super::builtin::BUILTINS;
 use super::json::{self, Answer, Input, RenderedFile};
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
+use super::scaffold::{self, Lang};
 use super::types::{GateDecision, HealthVerdict};
 use super::{
     BOUNDS, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost, PluginKind,
@@ -76,6 +77,19 @@ pub enum PluginCommand {
         #[arg(long)]
         deadline_ms: Option<u64>,
     },
+    /// Create a plugin project that builds as is: the kind's default decision, a
+    /// config with validation, a unit test (Rust), `sample.json` and a README.
+    New {
+        /// deploy-gate, target-selector, health-policy or proxy-template.
+        #[arg(value_parser = parse_kind)]
+        kind: PluginKind,
+        /// The project directory (created; it must be empty if it exists).
+        dir: PathBuf,
+        /// The language: a Rust crate on the cutover-plugin SDK, or Python for
+        /// componentize-py.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+    },
 }
 
 fn parse_kind(name: &str) -> Result<PluginKind, String> {
@@ -110,6 +124,7 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
         }
         PluginCommand::Wit => WIT.to_owned(),
         PluginCommand::Sample { kind } => json::sample(*kind),
+        PluginCommand::New { kind, dir, lang } => scaffold::new(*kind, dir, *lang)?,
         PluginCommand::Run {
             file,
             input,

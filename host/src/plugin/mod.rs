@@ -19,6 +19,7 @@ mod kinds;
 mod limits;
 pub mod sample;
 mod sandbox;
+pub mod scaffold;
 mod settings;
 
 use std::fmt;

@@ -1,0 +1,151 @@
+//! The plugin authoring kit, walked through the way the README tells a new user:
+//! `cutover plugin new` → `cargo test` → build → `plugin run` on the sample input →
+//! `plugin check` → `plugin sha256`, for every kind in Rust.
+//!
+//! The Rust projects share one target directory (`target/plugin-kit`), so the SDK and
+//! serde compile once per profile.
+
+use std::path::Path;
+use std::process::Command;
+
+use cutover::plugin::PluginKind;
+use cutover::plugin::scaffold::{Lang, wasm_path};
+
+fn root() -> &'static Path {
+    crate::support::workspace_root()
+}
+
+/// Runs the built `cutover` in `dir` (as a user in their project does).
+fn cutover(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "CUTOVER_CACHE_DIR",
+            crate::support::service::plugin_cache_dir(),
+        )
+        .env_remove(cutover::cli::PARSE_ONLY_ENV)
+        .output()
+        .expect("run the cutover binary");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "`cutover {}` in {} failed: {output:?}",
+        args.join(" "),
+        dir.display()
+    );
+    stdout
+}
+
+/// `program args` in `dir` with the environment a user has, not the one cargo set
+/// for this test (its `CARGO_*`, `RUSTFLAGS` would change the nested build).
+fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &Path)]) {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if let Some(key) = key.to_str()
+            && ((key.starts_with("CARGO") && !key.starts_with("CARGO_HOME"))
+                || key.starts_with("RUSTC")
+                || key == "RUSTFLAGS")
+        {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "`{program} {}` in {} failed:\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What each kind's generated decision answers on `plugin sample`'s input.
+fn expected_answer(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::DeployGate => {
+            "answer:  decide -> allow: no pattern is configured: every deploy is allowed"
+        }
+        PluginKind::TargetSelector => "answer:  select -> green",
+        PluginKind::HealthPolicy => "answer:  evaluate -> healthy",
+        PluginKind::ProxyTemplate => {
+            "answer:  render -> 1 file(s)\n  service-url.inc:\n    set $service_url http://127.0.0.1:18082;"
+        }
+    }
+}
+
+/// `plugin run`, `plugin check` and `plugin sha256` on a built plugin; its digest.
+fn run_check_and_pin(dir: &Path, kind: PluginKind, wasm: &Path) -> String {
+    let file = wasm.to_str().expect("UTF-8 path");
+    let ran = cutover(dir, &["plugin", "run", file, "--input", "sample.json"]);
+    assert!(ran.contains(expected_answer(kind)), "{kind}:\n{ran}");
+    let checked = cutover(dir, &["plugin", "check", file]);
+    assert!(
+        checked.contains(&format!("kind:    {kind}")),
+        "{kind}:\n{checked}"
+    );
+    let sha = cutover(dir, &["plugin", "sha256", file]);
+    let digest = sha.split_whitespace().next().unwrap_or_default().to_owned();
+    assert!(
+        checked.contains(&format!("sha256 = \"{digest}\"")),
+        "{checked}"
+    );
+    digest
+}
+
+#[test]
+fn plugin_new_in_rust_builds_tests_runs_checks_and_pins_for_every_kind() {
+    let projects = tempfile::tempdir().unwrap();
+    let target = root().join("target").join("plugin-kit");
+    for kind in PluginKind::ALL {
+        let name = format!("my-{kind}");
+        let dir = projects.path().join(&name);
+        let created = cutover(
+            projects.path(),
+            &["plugin", "new", kind.name(), dir.to_str().unwrap()],
+        );
+        // The next commands are printed, and in the README.
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        for next in [
+            "cargo test",
+            "cargo build --release --target wasm32-wasip2",
+            "cutover plugin run",
+        ] {
+            assert!(created.contains(next), "{created}");
+            assert!(readme.contains(next), "{readme}");
+        }
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        for setting in [
+            "opt-level = \"s\"",
+            "lto = true",
+            "strip = true",
+            "panic = \"abort\"",
+            "codegen-units = 1",
+        ] {
+            assert!(manifest.contains(setting), "{manifest}");
+        }
+
+        let env = [("CARGO_TARGET_DIR", target.as_path())];
+        run(&dir, "cargo", &["test", "--quiet"], &env);
+        run(
+            &dir,
+            "cargo",
+            &["build", "--release", "--target", "wasm32-wasip2", "--quiet"],
+            &env,
+        );
+        // The README's path, under the shared target directory.
+        let wasm = target.join(
+            wasm_path(kind, &name, Lang::Rust)
+                .strip_prefix("target")
+                .unwrap(),
+        );
+        let size = std::fs::metadata(&wasm).unwrap().len();
+        assert!(size < 200_000, "{kind}: {size} bytes");
+        run_check_and_pin(&dir, kind, &wasm);
+    }
+}
