@@ -1,15 +1,19 @@
 //! The plugin authoring kit, walked through the way the README tells a new user:
 //! `cutover plugin new` → `cargo test` → build → `plugin run` on the sample input →
-//! `plugin check` → `plugin sha256`, for every kind in Rust.
+//! `plugin check` → `plugin sha256`, for every kind in Rust and for a Python deploy
+//! gate, which then decides a real deploy.
 //!
 //! The Rust projects share one target directory (`target/plugin-kit`), so the SDK and
-//! serde compile once per profile.
+//! serde compile once per profile. Python needs componentize-py, which `.ci/run`
+//! installs into `target/componentize-py`; without it the test fails saying so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cutover::plugin::PluginKind;
-use cutover::plugin::scaffold::{Lang, wasm_path};
+use cutover::plugin::scaffold::{COMPONENTIZE_PY_VERSION, Lang, wasm_path};
+
+use crate::support::service::Service;
 
 fn root() -> &'static Path {
     crate::support::workspace_root()
@@ -148,4 +152,112 @@ fn plugin_new_in_rust_builds_tests_runs_checks_and_pins_for_every_kind() {
         assert!(size < 200_000, "{kind}: {size} bytes");
         run_check_and_pin(&dir, kind, &wasm);
     }
+}
+
+/// componentize-py, as `.ci/run` installs it (or `$COMPONENTIZE_PY`).
+fn componentize_py() -> PathBuf {
+    let path = std::env::var_os("COMPONENTIZE_PY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/componentize-py/bin/componentize-py"));
+    assert!(
+        path.is_file(),
+        "componentize-py {COMPONENTIZE_PY_VERSION} is not installed at {}; run .ci/run, or \
+         `python3 -m venv target/componentize-py && target/componentize-py/bin/pip install \
+         componentize-py=={COMPONENTIZE_PY_VERSION}`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn plugin_new_in_python_builds_runs_checks_and_gates_a_real_deploy() {
+    let projects = tempfile::tempdir().unwrap();
+    let dir = projects.path().join("py-gate");
+    let kind = PluginKind::DeployGate;
+    let created = cutover(
+        projects.path(),
+        &[
+            "plugin",
+            "new",
+            kind.name(),
+            dir.to_str().unwrap(),
+            "--lang",
+            "python",
+        ],
+    );
+    assert!(
+        created
+            .contains("componentize-py -d wit -w deploy-gate componentize app -o deploy_gate.wasm"),
+        "{created}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("wit/plugin.wit")).unwrap(),
+        cutover::plugin::WIT
+    );
+    let py = componentize_py();
+    run(
+        &dir,
+        py.to_str().unwrap(),
+        &[
+            "-d",
+            "wit",
+            "-w",
+            kind.name(),
+            "componentize",
+            "app",
+            "-o",
+            "deploy_gate.wasm",
+        ],
+        &[],
+    );
+    let wasm = dir.join("deploy_gate.wasm");
+    let digest = run_check_and_pin(&dir, kind, &wasm);
+
+    // Its config is checked by the Python code, through the binary.
+    let denied = cutover(
+        &dir,
+        &[
+            "plugin",
+            "run",
+            "deploy_gate.wasm",
+            "--input",
+            "sample.json",
+            "--plugin-config",
+            r#"{"pattern":"release"}"#,
+            "--output",
+            "json",
+        ],
+    );
+    let report: serde_json::Value = serde_json::from_str(&denied).unwrap();
+    assert_eq!(
+        report["answer"]["deny"],
+        "no tag on HEAD contains `release`"
+    );
+    assert_eq!(
+        report["logs"][0]["message"],
+        "tags on HEAD: ['v1.4.0-cicd']"
+    );
+
+    // Pinned in a real deploy, with the limits the README gives Python plugins.
+    let svc = Service::new("e2e-py-gate");
+    svc.append_config(&format!(
+        "\n[plugins.deploy-gate]\nsource = {:?}\nsha256 = \"{digest}\"\n\
+         config = {{ pattern = \"cicd\" }}\n[plugins.deploy-gate.limits]\nmemory_mib = 64\n",
+        wasm.display().to_string()
+    ));
+    // The service's directory is not a git checkout: no tags, so the gate denies.
+    let out = svc.deploy("v1").code(3);
+    assert!(
+        out.stderr.contains("no tag on HEAD contains `cicd`"),
+        "{}",
+        out.stderr
+    );
+    svc.edit_config(|text| text.replace("config = { pattern = \"cicd\" }\n", ""));
+    let out = svc.deploy("v1").success();
+    assert!(
+        out.stderr.contains("every deploy is allowed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
 }
