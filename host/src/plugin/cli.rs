@@ -20,8 +20,8 @@ use super::sandbox::CallStats;
 use super::scaffold::{self, Lang};
 use super::types::{GateDecision, HealthVerdict};
 use super::{
-    BOUNDS, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost, PluginKind,
-    SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
+    BOUNDS, Compiled, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost,
+    PluginKind, SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sha256_hex,
 };
 use crate::events::{Event, Format, Level, Recorder, Reporter};
 
@@ -189,23 +189,22 @@ fn list() -> String {
     text
 }
 
-/// A plugin file's bytes, digest and kind (from its exports).
+/// A plugin file's bytes, digest, compiled component and kind (from its exports).
 struct PluginFile {
     name: String,
-    wasm: Vec<u8>,
+    size: usize,
     digest: String,
     kind: PluginKind,
-    component: Component,
+    compiled: Compiled,
 }
 
 fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
     let wasm = read(file)?;
     let digest = sha256_hex(&wasm);
     let name = file.display().to_string();
-    // Compile once to learn the kind; the typed load after this hits the cache (or,
-    // without one, compiles again, which only costs time).
-    let component = host.component(&name, None, &wasm, &digest)?.component;
-    let kind = exported_kinds(host, &component)
+    // Compiled once, to learn the kind and then to load as that kind.
+    let compiled = host.component(&name, None, &wasm, &digest)?;
+    let kind = exported_kinds(host, &compiled.component)
         .first()
         .copied()
         .ok_or_else(|| PluginError::UnknownWorld {
@@ -213,10 +212,10 @@ fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
         })?;
     Ok(PluginFile {
         name,
-        wasm,
+        size: wasm.len(),
         digest,
         kind,
-        component,
+        compiled,
     })
 }
 
@@ -225,14 +224,14 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
     let plugin = open(host, file)?;
     let (name, kind, digest) = (&plugin.name, plugin.kind, &plugin.digest);
     let mut text = String::new();
-    let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.wasm.len());
+    let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.size);
     let _ = writeln!(text, "sha256:  {digest}");
     let _ = writeln!(
         text,
         "kind:    {kind} (world cutover:plugin/{kind}@{WIT_VERSION})"
     );
     let _ = writeln!(text, "imports:");
-    for import in imports(host, &plugin.component) {
+    for import in imports(host, &plugin.compiled.component) {
         let _ = writeln!(text, "  {import}");
     }
     let recorder = Arc::new(Recorder::default());
@@ -243,7 +242,7 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
         config,
         limits,
         recorder.clone(),
-        sample(kind),
+        Input::sample(kind),
     )?;
     let _ = writeln!(text, "config:  {config} accepted by validate-config");
     let _ = writeln!(
@@ -270,16 +269,6 @@ fn imports(host: &PluginHost, component: &Component) -> Vec<String> {
         .imports(&host.engine)
         .map(|(name, _)| name.to_owned())
         .collect()
-}
-
-/// The sample input of `kind`.
-fn sample(kind: PluginKind) -> Input {
-    match kind {
-        PluginKind::DeployGate => Input::Gate(sample::gate_input()),
-        PluginKind::TargetSelector => Input::Selector(sample::selector_input()),
-        PluginKind::HealthPolicy => Input::Health(sample::health_input()),
-        PluginKind::ProxyTemplate => Input::Template(sample::template_input()),
-    }
 }
 
 /// One log line a plugin wrote.
@@ -323,11 +312,12 @@ fn call(
     reporter: Arc<dyn Reporter>,
     input: Input,
 ) -> Result<(Answer, CallStats), PluginError> {
-    let (name, wasm) = (plugin.name.as_str(), plugin.wasm.as_slice());
+    let name = plugin.name.as_str();
+    let compiled = plugin.compiled.clone();
     let (answer, stats) = match input {
         Input::Gate(input) => {
             let (decision, stats) =
-                GatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                GatePlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .decide_with_stats(&input)?;
             let answer = decision.map(|decision| match decision {
                 GateDecision::Allow(reason) => Answer::Allow(reason),
@@ -337,13 +327,13 @@ fn call(
         }
         Input::Selector(input) => {
             let (color, stats) =
-                SelectorPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                SelectorPlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .select_with_stats(&input)?;
             (color.map(|c| Answer::Select(c.to_string())), stats)
         }
         Input::Health(input) => {
             let (verdict, stats) =
-                HealthPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                HealthPlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .evaluate_with_stats(&input)?;
             let answer = verdict.map(|verdict| match verdict {
                 HealthVerdict::Healthy => Answer::Healthy,
@@ -354,7 +344,7 @@ fn call(
         }
         Input::Template(input) => {
             let (files, stats) =
-                TemplatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                TemplatePlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .render_with_stats(&input)?;
             let answer = files.map(|files| {
                 Answer::Render(

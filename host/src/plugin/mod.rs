@@ -315,6 +315,7 @@ impl PluginHost {
 }
 
 /// A compiled component, where it came from and how long that took.
+#[derive(Clone)]
 struct Compiled {
     component: Component,
     origin: Origin,
