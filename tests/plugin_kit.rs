@@ -83,12 +83,19 @@ fn expected_answer(kind: PluginKind) -> &'static str {
     }
 }
 
-/// `plugin run`, `plugin check` and `plugin sha256` on a built plugin; its digest.
-fn run_check_and_pin(dir: &Path, kind: PluginKind, wasm: &Path) -> String {
+/// `plugin run`, `plugin check` (both with `limits`, flags as the README gives them)
+/// and `plugin sha256` on a built plugin; its digest.
+fn run_check_and_pin(dir: &Path, kind: PluginKind, wasm: &Path, limits: &[&str]) -> String {
     let file = wasm.to_str().expect("UTF-8 path");
-    let ran = cutover(dir, &["plugin", "run", file, "--input", "sample.json"]);
+    fn with<'a>(args: &[&'a str], limits: &[&'a str]) -> Vec<&'a str> {
+        [args, limits].concat()
+    }
+    let ran = cutover(
+        dir,
+        &with(&["plugin", "run", file, "--input", "sample.json"], limits),
+    );
     assert!(ran.contains(expected_answer(kind)), "{kind}:\n{ran}");
-    let checked = cutover(dir, &["plugin", "check", file]);
+    let checked = cutover(dir, &with(&["plugin", "check", file], limits));
     assert!(
         checked.contains(&format!("kind:    {kind}")),
         "{kind}:\n{checked}"
@@ -150,7 +157,7 @@ fn plugin_new_in_rust_builds_tests_runs_checks_and_pins_for_every_kind() {
         );
         let size = std::fs::metadata(&wasm).unwrap().len();
         assert!(size < 200_000, "{kind}: {size} bytes");
-        run_check_and_pin(&dir, kind, &wasm);
+        run_check_and_pin(&dir, kind, &wasm, &[]);
     }
 }
 
@@ -211,7 +218,8 @@ fn plugin_new_in_python_builds_runs_checks_and_gates_a_real_deploy() {
         &[],
     );
     let wasm = dir.join("deploy_gate.wasm");
-    let digest = run_check_and_pin(&dir, kind, &wasm);
+    // Python's limits, as the generated README gives them.
+    let digest = run_check_and_pin(&dir, kind, &wasm, &["--deadline-ms", "1000"]);
 
     // Its config is checked by the Python code, through the binary.
     let denied = cutover(
@@ -224,6 +232,8 @@ fn plugin_new_in_python_builds_runs_checks_and_gates_a_real_deploy() {
             "sample.json",
             "--plugin-config",
             r#"{"pattern":"release"}"#,
+            "--deadline-ms",
+            "1000",
             "--output",
             "json",
         ],
@@ -242,7 +252,8 @@ fn plugin_new_in_python_builds_runs_checks_and_gates_a_real_deploy() {
     let svc = Service::new("e2e-py-gate");
     svc.append_config(&format!(
         "\n[plugins.deploy-gate]\nsource = {:?}\nsha256 = \"{digest}\"\n\
-         config = {{ pattern = \"cicd\" }}\n[plugins.deploy-gate.limits]\nmemory_mib = 64\n",
+         config = {{ pattern = \"cicd\" }}\n[plugins.deploy-gate.limits]\nmemory_mib = 64\n\
+         deadline_ms = 1000\n",
         wasm.display().to_string()
     ));
     // The service's directory is not a git checkout: no tags, so the gate denies.

@@ -41,6 +41,9 @@ pub enum PluginCommand {
         // two arguments with one id.
         #[arg(long, value_name = "JSON")]
         plugin_config: Option<String>,
+        /// The limits of the call.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print the sha256 of a file, to pin it as `sha256` in cutover.toml.
     Sha256 {
@@ -67,15 +70,9 @@ pub enum PluginCommand {
         /// The plugin config, as JSON (what `[plugins.<kind>].config` becomes).
         #[arg(long, value_name = "JSON")]
         plugin_config: Option<String>,
-        /// Fuel for the call, as `[plugins.<kind>.limits] fuel` would set it.
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Memory cap in MiB, as `[plugins.<kind>.limits] memory_mib` would set it.
-        #[arg(long)]
-        memory_mib: Option<u64>,
-        /// Deadline in ms, as `[plugins.<kind>.limits] deadline_ms` would set it.
-        #[arg(long)]
-        deadline_ms: Option<u64>,
+        /// The limits of the call.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Create a plugin project that builds as is: the kind's default decision, a
     /// config with validation, a unit test (Rust), `sample.json` and a README.
@@ -90,6 +87,33 @@ pub enum PluginCommand {
         #[arg(long, value_enum, default_value_t = Lang::Rust)]
         lang: Lang,
     },
+}
+
+/// Per-call limits for `check` and `run`, as `[plugins.<kind>.limits]` sets them
+/// (same keys, same bounds); the defaults otherwise.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Fuel per call (`fuel`).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory cap in MiB (`memory_mib`).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Deadline per call in ms (`deadline_ms`).
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self, kind: PluginKind) -> Result<Limits, PluginError> {
+        let config = LimitsConfig {
+            fuel: self.fuel,
+            memory_mib: self.memory_mib,
+            deadline_ms: self.deadline_ms,
+            ..LimitsConfig::default()
+        };
+        Limits::from_config(kind, &config)
+    }
 }
 
 fn parse_kind(name: &str) -> Result<PluginKind, String> {
@@ -114,9 +138,15 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
         PluginCommand::Check {
             file,
             plugin_config,
+            limits,
         } => {
             let host = PluginHost::new(None)?;
-            check(&host, file, plugin_config.as_deref().unwrap_or("{}"))?
+            check(
+                &host,
+                file,
+                plugin_config.as_deref().unwrap_or("{}"),
+                limits,
+            )?
         }
         PluginCommand::Sha256 { file } => {
             let bytes = read(file)?;
@@ -129,19 +159,11 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
             file,
             input,
             plugin_config,
-            fuel,
-            memory_mib,
-            deadline_ms,
+            limits,
         } => {
             let host = PluginHost::new(None)?;
-            let limits = LimitsConfig {
-                fuel: *fuel,
-                memory_mib: *memory_mib,
-                deadline_ms: *deadline_ms,
-                ..LimitsConfig::default()
-            };
             let config = plugin_config.as_deref().unwrap_or("{}");
-            let report = run_file(&host, file, input, config, &limits, out)?;
+            let report = run_file(&host, file, input, config, limits, out)?;
             match format {
                 Format::Json => {
                     let mut line = serde_json::to_string(&report)
@@ -220,8 +242,14 @@ fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
 }
 
 /// Loads `file`, detects its kind, validates `config` and runs the sample input.
-fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginError> {
+fn check(
+    host: &PluginHost,
+    file: &Path,
+    config: &str,
+    limits: &LimitArgs,
+) -> Result<String, PluginError> {
     let plugin = open(host, file)?;
+    let limits = limits.limits(plugin.kind)?;
     let (name, kind, digest) = (&plugin.name, plugin.kind, &plugin.digest);
     let mut text = String::new();
     let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.size);
@@ -235,7 +263,6 @@ fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginE
         let _ = writeln!(text, "  {import}");
     }
     let recorder = Arc::new(Recorder::default());
-    let limits = Limits::default();
     let (answer, stats) = call(
         host,
         &plugin,
@@ -412,12 +439,12 @@ fn run_file(
     file: &Path,
     input: &Path,
     config: &str,
-    limits: &LimitsConfig,
+    limits: &LimitArgs,
     out: &mut dyn Write,
 ) -> Result<RunReport, PluginError> {
     let plugin = open(host, file)?;
     let kind = plugin.kind;
-    let limits = Limits::from_config(kind, limits)?;
+    let limits = limits.limits(kind)?;
     let input_name = input.display().to_string();
     let text = if input == Path::new("-") {
         std::io::read_to_string(std::io::stdin())

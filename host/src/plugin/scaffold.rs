@@ -130,10 +130,11 @@ fn next_commands(kind: PluginKind, name: &str, lang: Lang) -> String {
              cargo build --release --target wasm32-wasip2\n\
              cutover plugin run {wasm} --input sample.json\n"
         ),
+        // The deadline the README's limits give a Python plugin (see `readme`).
         Lang::Python => format!(
             "componentize-py -d wit -w {kind} componentize app -o {wasm}\n\
-             cutover plugin run {wasm} --input sample.json\n\
-             cutover plugin check {wasm}\n"
+             cutover plugin run {wasm} --input sample.json --deadline-ms 1000\n\
+             cutover plugin check {wasm} --deadline-ms 1000\n"
         ),
     }
 }
@@ -267,9 +268,9 @@ fn readme(kind: PluginKind, name: &str, lang: Lang) -> String {
     let limits = match lang {
         Lang::Rust => String::new(),
         Lang::Python => "\n# A Python plugin carries its interpreter: its first load compiles \
-                         ~18 MB (about 30 s, then cached),\n# and a decision uses ~12 MiB of \
-                         memory and ~0.3 M fuel. Leave room:\n[plugins.KIND.limits]\n\
-                         memory_mib = 64\n"
+                         ~18 MB (about 30 s, then cached),\n# and a call uses ~12 MiB of \
+                         memory, ~0.3 M fuel and 2-7 ms, past 100 ms on a busy machine:\n\
+                         [plugins.KIND.limits]\nmemory_mib = 64\ndeadline_ms = 1000\n"
             .replace("KIND", kind.name()),
     };
     let test = match lang {
