@@ -1038,6 +1038,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let text = cli(PluginCommand::Check {
         file: path.clone(),
         plugin_config: Some(r#"{"window":2,"p95_ms":5}"#.to_owned()),
+        limits: Default::default(),
     })
     .unwrap();
     let digest = sha256_hex(&std::fs::read(&path).unwrap());
@@ -1053,6 +1054,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let err = cli(PluginCommand::Check {
         file: path.clone(),
         plugin_config: None,
+        limits: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::ConfigRejected { .. }), "{err:?}");
@@ -1061,6 +1063,7 @@ fn plugin_check_reports_kind_imports_sample_call_and_pin() {
     let err = cli(PluginCommand::Check {
         file: loop_path,
         plugin_config: Some("loop".to_owned()),
+        limits: Default::default(),
     })
     .unwrap_err();
     assert!(matches!(err, PluginError::OutOfFuel { .. }), "{err:?}");
@@ -1120,6 +1123,7 @@ fn plugin_check_recognises_each_builtin_kind() {
         let text = cli(PluginCommand::Check {
             file: path,
             plugin_config: None,
+            limits: Default::default(),
         })
         .unwrap();
         assert!(

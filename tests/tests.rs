@@ -17,6 +17,7 @@ mod history_html;
 mod hostile;
 mod metrics;
 mod notify;
+mod plugin_kit;
 mod plugins;
 mod proxy;
 mod remote;

@@ -205,5 +205,36 @@ fn runaway(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, start, decision, runaway);
+/// A Python deploy gate (componentize-py, ~18 MB with its interpreter): a warm load
+/// from the compiled-code cache and one decision. Build it with `cutover plugin new
+/// deploy-gate py-gate --lang python` and the README's componentize-py command, then
+/// run with `CUTOVER_BENCH_PYTHON_GATE=py-gate/deploy_gate.wasm`; skipped without it.
+fn python(c: &mut Criterion) {
+    let Some(path) = std::env::var_os("CUTOVER_BENCH_PYTHON_GATE") else {
+        eprintln!(
+            "python: skipped (set CUTOVER_BENCH_PYTHON_GATE to a componentize-py deploy gate)"
+        );
+        return;
+    };
+    let wasm = std::fs::read(&path).expect("the Python gate's .wasm");
+    let dir = tempfile::tempdir().expect("cache dir");
+    let host = PluginHost::new(Some(dir.path().to_owned())).expect("host");
+    let load = || {
+        GatePlugin::load_bytes(&host, "py-gate", &wasm, "{}", Limits::default(), silent())
+            .expect("load")
+    };
+    let plugin = load();
+    let input = sample::gate_input();
+    let mut group = c.benchmark_group("python");
+    group.sample_size(10);
+    group.bench_function("warm load of a Python deploy gate", |b| {
+        b.iter_batched(|| (), |()| load(), BatchSize::PerIteration)
+    });
+    group.bench_function("deploy-gate decide (Python)", |b| {
+        b.iter(|| black_box(plugin.decide(&input).expect("decide")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, start, decision, runaway, python);
 criterion_main!(benches);

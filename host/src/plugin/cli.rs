@@ -17,10 +17,11 @@ use super::builtin::BUILTINS;
 use super::json::{self, Answer, Input, RenderedFile};
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
+use super::scaffold::{self, Lang};
 use super::types::{GateDecision, HealthVerdict};
 use super::{
-    BOUNDS, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost, PluginKind,
-    SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sample, sha256_hex,
+    BOUNDS, Compiled, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost,
+    PluginKind, SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sha256_hex,
 };
 use crate::events::{Event, Format, Level, Recorder, Reporter};
 
@@ -40,6 +41,9 @@ pub enum PluginCommand {
         // two arguments with one id.
         #[arg(long, value_name = "JSON")]
         plugin_config: Option<String>,
+        /// The limits of the call.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print the sha256 of a file, to pin it as `sha256` in cutover.toml.
     Sha256 {
@@ -66,16 +70,50 @@ pub enum PluginCommand {
         /// The plugin config, as JSON (what `[plugins.<kind>].config` becomes).
         #[arg(long, value_name = "JSON")]
         plugin_config: Option<String>,
-        /// Fuel for the call, as `[plugins.<kind>.limits] fuel` would set it.
-        #[arg(long)]
-        fuel: Option<u64>,
-        /// Memory cap in MiB, as `[plugins.<kind>.limits] memory_mib` would set it.
-        #[arg(long)]
-        memory_mib: Option<u64>,
-        /// Deadline in ms, as `[plugins.<kind>.limits] deadline_ms` would set it.
-        #[arg(long)]
-        deadline_ms: Option<u64>,
+        /// The limits of the call.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+    /// Create a plugin project that builds as is: the kind's default decision, a
+    /// config with validation, a unit test (Rust), `sample.json` and a README.
+    New {
+        /// deploy-gate, target-selector, health-policy or proxy-template.
+        #[arg(value_parser = parse_kind)]
+        kind: PluginKind,
+        /// The project directory (created; it must be empty if it exists).
+        dir: PathBuf,
+        /// The language: a Rust crate on the cutover-plugin SDK, or Python for
+        /// componentize-py.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+    },
+}
+
+/// Per-call limits for `check` and `run`, as `[plugins.<kind>.limits]` sets them
+/// (same keys, same bounds); the defaults otherwise.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LimitArgs {
+    /// Fuel per call (`fuel`).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    /// Memory cap in MiB (`memory_mib`).
+    #[arg(long)]
+    pub memory_mib: Option<u64>,
+    /// Deadline per call in ms (`deadline_ms`).
+    #[arg(long)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self, kind: PluginKind) -> Result<Limits, PluginError> {
+        let config = LimitsConfig {
+            fuel: self.fuel,
+            memory_mib: self.memory_mib,
+            deadline_ms: self.deadline_ms,
+            ..LimitsConfig::default()
+        };
+        Limits::from_config(kind, &config)
+    }
 }
 
 fn parse_kind(name: &str) -> Result<PluginKind, String> {
@@ -100,9 +138,15 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
         PluginCommand::Check {
             file,
             plugin_config,
+            limits,
         } => {
             let host = PluginHost::new(None)?;
-            check(&host, file, plugin_config.as_deref().unwrap_or("{}"))?
+            check(
+                &host,
+                file,
+                plugin_config.as_deref().unwrap_or("{}"),
+                limits,
+            )?
         }
         PluginCommand::Sha256 { file } => {
             let bytes = read(file)?;
@@ -110,23 +154,16 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
         }
         PluginCommand::Wit => WIT.to_owned(),
         PluginCommand::Sample { kind } => json::sample(*kind),
+        PluginCommand::New { kind, dir, lang } => scaffold::new(*kind, dir, *lang)?,
         PluginCommand::Run {
             file,
             input,
             plugin_config,
-            fuel,
-            memory_mib,
-            deadline_ms,
+            limits,
         } => {
             let host = PluginHost::new(None)?;
-            let limits = LimitsConfig {
-                fuel: *fuel,
-                memory_mib: *memory_mib,
-                deadline_ms: *deadline_ms,
-                ..LimitsConfig::default()
-            };
             let config = plugin_config.as_deref().unwrap_or("{}");
-            let report = run_file(&host, file, input, config, &limits, out)?;
+            let report = run_file(&host, file, input, config, limits, out)?;
             match format {
                 Format::Json => {
                     let mut line = serde_json::to_string(&report)
@@ -174,23 +211,22 @@ fn list() -> String {
     text
 }
 
-/// A plugin file's bytes, digest and kind (from its exports).
+/// A plugin file's bytes, digest, compiled component and kind (from its exports).
 struct PluginFile {
     name: String,
-    wasm: Vec<u8>,
+    size: usize,
     digest: String,
     kind: PluginKind,
-    component: Component,
+    compiled: Compiled,
 }
 
 fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
     let wasm = read(file)?;
     let digest = sha256_hex(&wasm);
     let name = file.display().to_string();
-    // Compile once to learn the kind; the typed load after this hits the cache (or,
-    // without one, compiles again, which only costs time).
-    let component = host.component(&name, None, &wasm, &digest)?.component;
-    let kind = exported_kinds(host, &component)
+    // Compiled once, to learn the kind and then to load as that kind.
+    let compiled = host.component(&name, None, &wasm, &digest)?;
+    let kind = exported_kinds(host, &compiled.component)
         .first()
         .copied()
         .ok_or_else(|| PluginError::UnknownWorld {
@@ -198,37 +234,42 @@ fn open(host: &PluginHost, file: &Path) -> Result<PluginFile, PluginError> {
         })?;
     Ok(PluginFile {
         name,
-        wasm,
+        size: wasm.len(),
         digest,
         kind,
-        component,
+        compiled,
     })
 }
 
 /// Loads `file`, detects its kind, validates `config` and runs the sample input.
-fn check(host: &PluginHost, file: &Path, config: &str) -> Result<String, PluginError> {
+fn check(
+    host: &PluginHost,
+    file: &Path,
+    config: &str,
+    limits: &LimitArgs,
+) -> Result<String, PluginError> {
     let plugin = open(host, file)?;
+    let limits = limits.limits(plugin.kind)?;
     let (name, kind, digest) = (&plugin.name, plugin.kind, &plugin.digest);
     let mut text = String::new();
-    let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.wasm.len());
+    let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.size);
     let _ = writeln!(text, "sha256:  {digest}");
     let _ = writeln!(
         text,
         "kind:    {kind} (world cutover:plugin/{kind}@{WIT_VERSION})"
     );
     let _ = writeln!(text, "imports:");
-    for import in imports(host, &plugin.component) {
+    for import in imports(host, &plugin.compiled.component) {
         let _ = writeln!(text, "  {import}");
     }
     let recorder = Arc::new(Recorder::default());
-    let limits = Limits::default();
     let (answer, stats) = call(
         host,
         &plugin,
         config,
         limits,
         recorder.clone(),
-        sample(kind),
+        Input::sample(kind),
     )?;
     let _ = writeln!(text, "config:  {config} accepted by validate-config");
     let _ = writeln!(
@@ -255,16 +296,6 @@ fn imports(host: &PluginHost, component: &Component) -> Vec<String> {
         .imports(&host.engine)
         .map(|(name, _)| name.to_owned())
         .collect()
-}
-
-/// The sample input of `kind`.
-fn sample(kind: PluginKind) -> Input {
-    match kind {
-        PluginKind::DeployGate => Input::Gate(sample::gate_input()),
-        PluginKind::TargetSelector => Input::Selector(sample::selector_input()),
-        PluginKind::HealthPolicy => Input::Health(sample::health_input()),
-        PluginKind::ProxyTemplate => Input::Template(sample::template_input()),
-    }
 }
 
 /// One log line a plugin wrote.
@@ -308,11 +339,12 @@ fn call(
     reporter: Arc<dyn Reporter>,
     input: Input,
 ) -> Result<(Answer, CallStats), PluginError> {
-    let (name, wasm) = (plugin.name.as_str(), plugin.wasm.as_slice());
+    let name = plugin.name.as_str();
+    let compiled = plugin.compiled.clone();
     let (answer, stats) = match input {
         Input::Gate(input) => {
             let (decision, stats) =
-                GatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                GatePlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .decide_with_stats(&input)?;
             let answer = decision.map(|decision| match decision {
                 GateDecision::Allow(reason) => Answer::Allow(reason),
@@ -322,13 +354,13 @@ fn call(
         }
         Input::Selector(input) => {
             let (color, stats) =
-                SelectorPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                SelectorPlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .select_with_stats(&input)?;
             (color.map(|c| Answer::Select(c.to_string())), stats)
         }
         Input::Health(input) => {
             let (verdict, stats) =
-                HealthPlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                HealthPlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .evaluate_with_stats(&input)?;
             let answer = verdict.map(|verdict| match verdict {
                 HealthVerdict::Healthy => Answer::Healthy,
@@ -339,7 +371,7 @@ fn call(
         }
         Input::Template(input) => {
             let (files, stats) =
-                TemplatePlugin::load_bytes(host, name, wasm, config, limits, reporter)?
+                TemplatePlugin::load_compiled(host, name, compiled, config, limits, reporter)?
                     .render_with_stats(&input)?;
             let answer = files.map(|files| {
                 Answer::Render(
@@ -407,12 +439,12 @@ fn run_file(
     file: &Path,
     input: &Path,
     config: &str,
-    limits: &LimitsConfig,
+    limits: &LimitArgs,
     out: &mut dyn Write,
 ) -> Result<RunReport, PluginError> {
     let plugin = open(host, file)?;
     let kind = plugin.kind;
-    let limits = Limits::from_config(kind, limits)?;
+    let limits = limits.limits(kind)?;
     let input_name = input.display().to_string();
     let text = if input == Path::new("-") {
         std::io::read_to_string(std::io::stdin())

@@ -346,6 +346,16 @@ pub enum Input {
 }
 
 impl Input {
+    /// The sample input of `kind`, the one `cutover plugin check` calls with.
+    pub fn sample(kind: PluginKind) -> Input {
+        match kind {
+            PluginKind::DeployGate => Input::Gate(sample::gate_input()),
+            PluginKind::TargetSelector => Input::Selector(sample::selector_input()),
+            PluginKind::HealthPolicy => Input::Health(sample::health_input()),
+            PluginKind::ProxyTemplate => Input::Template(sample::template_input()),
+        }
+    }
+
     /// The kind whose decision function takes this input.
     pub fn kind(&self) -> PluginKind {
         match self {
@@ -370,19 +380,11 @@ fn input_record(kind: PluginKind) -> &'static str {
 /// The sample input of `kind` (the one `cutover plugin check` uses), as pretty JSON.
 pub fn sample(kind: PluginKind) -> String {
     // Serialised from the structs, not a `Value`, so keys keep the WIT's order.
-    let text = match kind {
-        PluginKind::DeployGate => {
-            serde_json::to_string_pretty(&GateInput::from(sample::gate_input()))
-        }
-        PluginKind::TargetSelector => {
-            serde_json::to_string_pretty(&SelectorInput::from(sample::selector_input()))
-        }
-        PluginKind::HealthPolicy => {
-            serde_json::to_string_pretty(&HealthInput::from(sample::health_input()))
-        }
-        PluginKind::ProxyTemplate => {
-            serde_json::to_string_pretty(&TemplateInput::from(sample::template_input()))
-        }
+    let text = match Input::sample(kind) {
+        Input::Gate(input) => serde_json::to_string_pretty(&GateInput::from(input)),
+        Input::Selector(input) => serde_json::to_string_pretty(&SelectorInput::from(input)),
+        Input::Health(input) => serde_json::to_string_pretty(&HealthInput::from(input)),
+        Input::Template(input) => serde_json::to_string_pretty(&TemplateInput::from(input)),
     };
     // Plain data with string keys: serialising it cannot fail.
     let mut text = text.unwrap_or_default();

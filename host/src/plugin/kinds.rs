@@ -385,6 +385,21 @@ macro_rules! plugin_type {
                 load(host, resolved, config.to_owned(), limits, reporter).map($name)
             }
 
+            /// As [`Self::load_bytes`], for a component the caller already compiled
+            /// (`plugin check` and `plugin run` compile once to learn the kind; a
+            /// Python plugin takes tens of seconds to compile without a cache).
+            pub(super) fn load_compiled(
+                host: &PluginHost,
+                name: &str,
+                compiled: Compiled,
+                config: &str,
+                limits: Limits,
+                reporter: Arc<dyn Reporter>,
+            ) -> Result<$name, PluginError> {
+                link(host, name.to_owned(), compiled, config.to_owned(), limits, reporter)
+                    .map($name)
+            }
+
             /// `builtin:<name>` or the plugin file's path.
             pub fn name(&self) -> &str {
                 self.0.name()

@@ -19,6 +19,7 @@ mod kinds;
 mod limits;
 pub mod sample;
 mod sandbox;
+pub mod scaffold;
 mod settings;
 
 use std::fmt;
@@ -314,6 +315,7 @@ impl PluginHost {
 }
 
 /// A compiled component, where it came from and how long that took.
+#[derive(Clone)]
 struct Compiled {
     component: Component,
     origin: Origin,
