@@ -335,7 +335,7 @@ mod tests {
 
         std::fs::write(
             dir.path().join(LOG_FILE),
-            vec![b'x'; LOG_MAX_BYTES as usize + 1],
+            vec![b'x'; usize::try_from(LOG_MAX_BYTES).unwrap() + 1],
         )
         .unwrap();
         log.log(Level::Info, "mid-run lines never cut the file");
