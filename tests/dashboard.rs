@@ -274,7 +274,7 @@ fn dashboard_in_a_headless_browser_shows_the_live_colour_the_deploy_rows_and_liv
 
     let svc = Service::new("dash-browser");
     svc.deploy("v1").success();
-    let gate = "\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n";
+    let gate = crate::metrics::CICD_GATE;
     svc.append_config(gate);
     svc.deploy("v2").code(3);
     svc.edit_config(|text| text.replace(gate, ""));
