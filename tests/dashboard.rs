@@ -207,3 +207,179 @@ fn dashboard_with_a_token_refuses_missing_or_wrong_ones_with_401_and_never_print
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(out.stderr.contains("CUTOVER_TEST_UNSET_TOKEN is not set"));
 }
+
+/// `chromedriver` on a free loopback port; killed (by its own pid) on drop.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+    /// The browser it drives.
+    chromium: std::path::PathBuf,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let program = crate::support::require_tool("chromedriver", "chromium-driver");
+        let chromium = crate::support::require_tool("chromium", "chromium");
+        let port = free_port();
+        let child = Command::new(program)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChromeDriver {
+            child,
+            url: format!("http://{addr}"),
+            chromium,
+        }
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 100 ms until it gives a value or `within` passes.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn dashboard_in_a_headless_browser_shows_the_live_colour_the_deploy_rows_and_live_updates() {
+    use fantoccini::{ClientBuilder, Locator};
+
+    let svc = Service::new("dash-browser");
+    svc.deploy("v1").success();
+    let gate = crate::metrics::CICD_GATE;
+    svc.append_config(gate);
+    svc.deploy("v2").code(3);
+    svc.edit_config(|text| text.replace(gate, ""));
+    let dash = DashboardProcess::start(&svc, ([127, 0, 0, 1], free_port()).into(), &[], &[]);
+    let driver = ChromeDriver::start();
+    let page_url = format!("http://{}/", dash.addr);
+    let shots = crate::support::workspace_root().join("target");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), "chrome".into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": driver.chromium,
+                // Root in a container: chromium's sandbox needs user namespaces.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=900,1300"]
+            }),
+        );
+        let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .expect("a chromium session through chromedriver");
+        browser.goto(&page_url).await.unwrap();
+        let text = |css: &'static str| {
+            let browser = &browser;
+            async move {
+                browser
+                    .find(Locator::Css(css))
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()
+            }
+        };
+        assert_eq!(text("#live").await.as_deref(), Some("blue"));
+        let cards = browser
+            .find_all(Locator::Css(".card.deploy"))
+            .await
+            .unwrap();
+        assert_eq!(cards.len(), 2, "the deploy and the denial");
+
+        // A deploy runs: its events arrive in the open page without a reload.
+        let deploy = svc.spawn_deploy("v3");
+        eventually(
+            "a live event in the page",
+            Duration::from_secs(60),
+            || async {
+                let items = browser
+                    .find_all(Locator::Css("#events li.step-finished"))
+                    .await
+                    .ok()?;
+                (!items.is_empty()).then_some(())
+            },
+        )
+        .await;
+        let live_shot = browser.screenshot().await.unwrap();
+        std::fs::write(shots.join("dashboard-live.png"), live_shot).unwrap();
+        deploy.wait().success();
+
+        // The run finished: the page reloads with green live and the new row first.
+        eventually(
+            "green live after the reload",
+            Duration::from_secs(30),
+            || async { (text("#live").await.as_deref() == Some("green")).then_some(()) },
+        )
+        .await;
+        let newest = browser.find(Locator::Css(".card.deploy")).await.unwrap();
+        assert_eq!(
+            newest.attr("data-outcome").await.unwrap().as_deref(),
+            Some("succeeded")
+        );
+        let audit = std::fs::read_to_string(svc.state_dir().join("audit.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            newest.attr("data-deploy").await.unwrap().as_deref(),
+            last["deploy_id"].as_str()
+        );
+        let bars = newest.find_all(Locator::Css("rect.step")).await.unwrap();
+        assert_eq!(bars.len(), 13, "one bar per step");
+        assert_eq!(
+            bars[0].attr("data-step").await.unwrap().as_deref(),
+            Some("gate")
+        );
+        let denial = browser
+            .find(Locator::Css(".card.deploy[data-outcome=denied] .reason"))
+            .await
+            .unwrap();
+        assert!(denial.text().await.unwrap().contains("cicd"));
+        let health = browser
+            .find(Locator::Css("#colors tr[data-color=green] .health"))
+            .await
+            .unwrap();
+        assert_eq!(health.text().await.unwrap(), "healthy");
+        let shot = browser.screenshot().await.unwrap();
+        assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(shots.join("dashboard.png"), shot).unwrap();
+        browser.close().await.unwrap();
+    });
+    dash.stop();
+}

@@ -96,14 +96,18 @@ pub fn assert_counts(svc: &Service, text: &str) {
     assert!(health >= 3.0, "{text}");
 }
 
+/// The original script's gate rule (a tag containing `cicd`), which denies a deploy
+/// of the tests' untagged directories.
+pub const CICD_GATE: &str =
+    "\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n";
+
 /// Two deploys, a denial by the `cicd` gate rule and a rollback.
 pub fn deploy_deny_rollback(svc: &Service) {
     svc.deploy("v1").success();
     svc.deploy("v2").success();
-    let gate = "\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n";
-    svc.append_config(gate);
+    svc.append_config(CICD_GATE);
     svc.deploy("v3").code(3);
-    svc.edit_config(|text| text.replace(gate, ""));
+    svc.edit_config(|text| text.replace(CICD_GATE, ""));
     svc.cutover(&["rollback"]).success();
 }
 

@@ -174,7 +174,7 @@ timeout = "300ms"
     outputs.push(out);
 
     // Denied: the json receiver gets the audit entry with the gate's reason.
-    let gate = "\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = { pattern = \"cicd\" }\n";
+    let gate = crate::metrics::CICD_GATE;
     svc.append_config(gate);
     let out = deploy("v2").code(3);
     assert!(warnings(&out).is_empty(), "{}", out.stderr);

@@ -236,6 +236,14 @@ fn bounded(entry: &Entry) -> std::borrow::Cow<'_, Entry> {
     }
 }
 
+/// The kind's name in output: `deploy` or `rollback`.
+pub fn kind_name(kind: OperationKind) -> &'static str {
+    match kind {
+        OperationKind::Deploy => "deploy",
+        OperationKind::Rollback => "rollback",
+    }
+}
+
 /// The entries as a table for a terminal, newest last.
 pub fn to_table(entries: &[Entry]) -> String {
     use std::fmt::Write as _;
@@ -244,10 +252,7 @@ pub fn to_table(entries: &[Entry]) -> String {
         "DEPLOY", "TIME", "KIND", "OUTCOME", "TO", "SHA", "SECONDS", "BY"
     );
     for e in entries {
-        let kind = match e.kind {
-            OperationKind::Deploy => "deploy",
-            OperationKind::Rollback => "rollback",
-        };
+        let kind = kind_name(e.kind);
         let secs = e.steps.iter().map(|s| s.ms).sum::<u64>() as f64 / 1000.0;
         let sha = e.git_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
         let by = format!("{}:{}", e.actor.via, e.actor.name.as_deref().unwrap_or("?"));

@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::audit::Entry;
-use crate::operation::{OperationKind, Outcome};
+use crate::operation::Outcome;
 
 /// The stylesheet of every page: readable on a phone, no external font.
 pub const CSS: &str = r#"
@@ -79,10 +79,7 @@ pub fn deploy_list(entries: &[Entry]) -> String {
 
 /// One deploy: outcome, what and where, who, the reason, the step timeline.
 pub fn deploy_card(e: &Entry) -> String {
-    let kind = match e.kind {
-        OperationKind::Deploy => "deploy",
-        OperationKind::Rollback => "rollback",
-    };
+    let kind = crate::audit::kind_name(e.kind);
     let total: u64 = e.steps.iter().map(|s| s.ms).sum();
     let mut out = format!(
         "<div class=\"card deploy\" data-deploy=\"{id}\" data-outcome=\"{outcome}\">\n\
@@ -181,7 +178,7 @@ pub fn step_bars(e: &Entry) -> String {
 mod tests {
     use super::*;
     use crate::audit::Actor;
-    use crate::operation::{Step, StepTiming};
+    use crate::operation::{OperationKind, Step, StepTiming};
 
     #[test]
     fn report_is_one_escaped_file_with_a_bar_per_step() {

@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::Color;
-use crate::audit::{AuditLog, Entry};
+use crate::audit::{AuditLog, Entry, kind_name};
 use crate::config::Config;
 use crate::operation::OperationKind;
 use crate::plugin::PluginCalls;
@@ -103,13 +103,6 @@ type Labels = Vec<(&'static str, String)>;
 
 fn histograms(buckets: &'static [f64]) -> Family<Labels, Histogram, impl Fn() -> Histogram> {
     Family::new_with_constructor(move || Histogram::new(buckets.iter().copied()))
-}
-
-fn kind_name(kind: OperationKind) -> &'static str {
-    match kind {
-        OperationKind::Deploy => "deploy",
-        OperationKind::Rollback => "rollback",
-    }
 }
 
 fn unix_seconds(rfc3339: &str) -> Option<f64> {

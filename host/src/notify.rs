@@ -13,11 +13,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::audit::Entry;
+use crate::audit::{Entry, kind_name};
 use crate::config::{NotifyConfig, NotifyFormat};
 use crate::context::Context;
 use crate::events::{Level, Reporter};
-use crate::operation::OperationKind;
 use crate::secret::Secret;
 
 /// Attempts per webhook, the first included.
@@ -125,13 +124,6 @@ async fn send(target: &NotifyConfig, service: &str, entry: &Entry) -> Result<(),
     Err(why)
 }
 
-fn kind_name(kind: OperationKind) -> &'static str {
-    match kind {
-        OperationKind::Deploy => "deploy",
-        OperationKind::Rollback => "rollback",
-    }
-}
-
 /// The audit entry with the service's name: what a `json` webhook receives.
 #[derive(Serialize)]
 struct JsonBody<'a> {
@@ -199,7 +191,7 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::audit::Actor;
-    use crate::operation::{Outcome, Step, StepTiming};
+    use crate::operation::{OperationKind, Outcome, Step, StepTiming};
 
     fn entry() -> Entry {
         Entry {
