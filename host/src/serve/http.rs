@@ -16,11 +16,12 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::auth::{Refusal, may_read_deploys, signature_header, signature_ok};
+use super::auth::{signature_header, signature_ok};
 use super::push::{Parsed, Push, parse_github, parse_trigger};
 use super::queue::DeployRun;
 use super::replay::{body_key, delivery_key};
 use super::{App, lock};
+use crate::access::{Refusal, may_read};
 
 /// A client must send its whole body within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -195,7 +196,7 @@ async fn list_deploys(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match may_read_deploys(app.deploys_token.as_ref(), peer.ip(), &headers) {
+    match may_read(app.deploys_token.as_ref(), peer.ip(), &headers) {
         Ok(()) => {}
         Err(Refusal::NotLoopback) => {
             tracing::warn!(%peer, "refused GET /deploys from a non-loopback client");
