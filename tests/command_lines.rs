@@ -236,7 +236,11 @@ fn snippets(path: &Path, text: &str) -> Vec<(Option<usize>, String)> {
 
 /// Every cutover command line in `path`.
 fn command_lines(path: &Path) -> Vec<Found> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Pictures (the dashboard's screenshot) hold no command lines.
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Vec::new();
+    };
     let lines: Vec<&str> = text.lines().collect();
     let mut found = Vec::new();
     // Snippets come in file order; searching from the last hit keeps repeated lines
