@@ -3,6 +3,7 @@
 
 mod support;
 
+mod canary;
 mod ci_examples;
 mod command_lines;
 mod crash;

@@ -108,6 +108,15 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         lock_wait: Duration,
     },
+    /// Skip a running canary's remaining pauses (with `pause = "manual"`: go past the
+    /// one it waits at).
+    Promote,
+    /// Abort a running canary: all traffic back to the live colour, the canary removed.
+    Abort {
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Stop the service: remove both colours' containers and stop the managed nginx.
     Down {
         /// Also remove the images cutover built for the service.
@@ -345,6 +354,25 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         print_report(cli.output, &entries, || crate::audit::to_table(entries));
         return Ok(exit::OK);
     }
+    let control = match &cli.command {
+        Command::Promote => Some((crate::control::Command::Promote, None)),
+        Command::Abort { reason } => Some((crate::control::Command::Abort, reason.clone())),
+        _ => None,
+    };
+    if let Some((command, reason)) = control {
+        use crate::control::ControlError;
+        let line = crate::control::request(&config, command, reason, Duration::from_secs(10))
+            .await
+            .map_err(|e| Failure {
+                code: match e {
+                    ControlError::State(_) | ControlError::Write { .. } => exit::ENVIRONMENT,
+                    ControlError::NoCanary { .. } | ControlError::NotTaken { .. } => exit::FAILURE,
+                },
+                error: e.into(),
+            })?;
+        eprintln!("{line}");
+        return Ok(exit::OK);
+    }
     // A run's events also go to its state directory, where the dashboard tails them.
     let reporter: Arc<dyn Reporter> = match &cli.command {
         Command::Deploy { .. } | Command::Rollback { .. } | Command::Recover { .. } => {
@@ -412,6 +440,8 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         Command::Plugin { .. }
         | Command::History { .. }
         | Command::Serve { .. }
+        | Command::Promote
+        | Command::Abort { .. }
         | Command::Dashboard { .. } => {
             unreachable!("handled above")
         }
@@ -436,6 +466,8 @@ fn plugins_used(command: &Command) -> &'static [PluginKind] {
         Command::Down { .. }
         | Command::History { .. }
         | Command::Serve { .. }
+        | Command::Promote
+        | Command::Abort { .. }
         | Command::Plugin { .. } => &[],
     }
 }

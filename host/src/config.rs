@@ -94,6 +94,9 @@ pub struct Config {
     /// Webhooks told about finished deploys (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
+    /// How traffic moves to the new colour: all at once, or in canary steps.
+    #[serde(default)]
+    pub strategy: crate::strategy::StrategyConfig,
 
     /// The file this config was read from (set by [`Config::load`]).
     #[serde(skip)]
@@ -341,6 +344,10 @@ pub struct ProxyConfig {
     /// Variables handed to the proxy-template plugin.
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// External mode: nginx's access log in cutover's JSON format (see the README's
+    /// `log_format cutover_json`), which a canary reads to judge each colour. Managed
+    /// mode writes its own.
+    pub access_log: Option<PathBuf>,
 }
 
 /// The check, through the proxy, that the target really serves after the switch.
@@ -657,6 +664,20 @@ impl Config {
     }
 
     /// `engine.host` has a scheme cutover can reach, and `engine.tls` goes with `tcp://`.
+    fn check_strategy(&self) -> Result<(), ConfigError> {
+        self.strategy
+            .check()
+            .map_err(|(key, message)| self.invalid(&key, message))?;
+        let canary = self.strategy.kind == crate::strategy::StrategyKind::Canary;
+        if canary && self.proxy.mode == ProxyMode::External && self.proxy.access_log.is_none() {
+            return Err(self.invalid(
+                "proxy.access_log",
+                "a canary judges each colour by its traffic: point `access_log` at nginx's access log written with cutover's `log_format cutover_json` (see the README)",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_engine(&self) -> Result<(), ConfigError> {
         let Some(host) = &self.engine.host else {
             if self.engine.tls.is_some() {
@@ -749,6 +770,7 @@ impl Config {
             }
         }
         self.check_engine()?;
+        self.check_strategy()?;
         if self.container.port == 0 {
             return Err(self.invalid("container.port", "expected a port between 1 and 65535"));
         }

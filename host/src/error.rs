@@ -103,6 +103,20 @@ pub enum DeployError {
          `cutover status` shows what runs"
     )]
     NothingToRollBack,
+    /// A canary was stopped: by the analysis plugin, a human, or a step held too long.
+    #[error("canary aborted: {reason}; the live colour serves all traffic again")]
+    CanaryAborted {
+        /// Who stopped it and why.
+        reason: String,
+    },
+    /// The access log a canary judges traffic from cannot be read.
+    #[error("cannot read the access log {}: {source}; check `proxy.access_log` and that nginx writes it with cutover's `log_format cutover_json`", path.display())]
+    AccessLog {
+        /// The log.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A failure, plus a second failure while undoing it.
     #[error(
         "{error}; then, while putting things back: {cleanup}. Run `cutover status`, and `cutover recover` once the cause is fixed"

@@ -15,6 +15,7 @@ pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod control;
 pub mod dashboard;
 pub mod deploy;
 pub mod docker;
@@ -41,6 +42,8 @@ pub mod secret;
 pub mod serve;
 pub mod state;
 pub mod status;
+pub mod strategy;
+pub mod traffic;
 
 use std::fmt;
 use std::str::FromStr;

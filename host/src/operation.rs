@@ -38,6 +38,8 @@ pub enum Step {
     Start,
     /// Probe the target until the health-policy plugin says healthy.
     Health,
+    /// A canary step: load a traffic split, or wait and ask the analysis plugin.
+    Canary,
     /// Ask the proxy-template plugin for the files.
     Render,
     /// Write the files and run the proxy's config test.
@@ -65,6 +67,7 @@ impl Step {
             Step::Clear => "clear",
             Step::Start => "start",
             Step::Health => "health",
+            Step::Canary => "canary",
             Step::Render => "render",
             Step::Validate => "validate",
             Step::Switch => "switch",

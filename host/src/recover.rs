@@ -112,6 +112,15 @@ pub fn decide(journal: &Journal, state: &State, observed: Observed) -> Action {
         return Action::RetireOld(old);
     }
     let undo = Undo::for_run(journal);
+    // A canary that had not reached its final switch split traffic on a weight the
+    // run never confirmed: take it back to the live colour (a canary is only ever
+    // finished by the runner that judged it).
+    if journal.reached(Step::Canary) && !journal.reached(Step::Switch) {
+        return Action::SwitchBack {
+            restore: journal.saved_files.is_some(),
+            undo,
+        };
+    }
     if journal.reached(Step::Switch) {
         return match journal.target {
             Some(color) if observed.target_healthy && journal.written_files.is_some() => {
@@ -349,6 +358,7 @@ mod tests {
                 .iter()
                 .map(|&step| StepTiming { step, ms: 1 })
                 .collect(),
+            canary: None,
         }
     }
 
@@ -388,6 +398,25 @@ mod tests {
             decide(&j, &state, UNHEALTHY),
             Action::RetireOld(Some(Color::Blue))
         );
+    }
+
+    #[test]
+    fn killed_mid_canary_takes_the_split_back_even_with_a_healthy_target() {
+        for (step, done) in [
+            (Step::Canary, &[Step::Health][..]),
+            (Step::Canary, &[Step::Health, Step::Canary][..]),
+            (Step::Validate, &[Step::Canary, Step::Render][..]),
+        ] {
+            let j = journal(OperationKind::Deploy, step, done);
+            assert_eq!(
+                decide(&j, &blue_live(), HEALTHY),
+                Action::SwitchBack {
+                    restore: true,
+                    undo: Undo::Remove(Color::Green)
+                },
+                "killed at {step} after {done:?}"
+            );
+        }
     }
 
     #[test]

@@ -132,6 +132,20 @@ pub struct Journal {
     pub written_files: Option<Vec<SavedFile>>,
     /// Step timings so far.
     pub steps: Vec<StepTiming>,
+    /// Where a canary is, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryProgress>,
+}
+
+/// Where a running canary is: `status` shows it, `recover` knows traffic was split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryProgress {
+    /// 0-based index into `[strategy] steps`.
+    pub step_index: usize,
+    /// The target's share of traffic now, in percent.
+    pub weight: u8,
+    /// A manual pause waits for `cutover promote`.
+    pub waiting_for_promote: bool,
 }
 
 impl Journal {

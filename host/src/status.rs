@@ -228,6 +228,22 @@ impl StatusReport {
         if let Some(owner) = &self.lock_owner {
             let _ = writeln!(out, "lock     held: {}", owner.describe());
         }
+        if let Some(journal) = &self.interrupted
+            && let Some(canary) = &journal.canary
+        {
+            let target = journal.target.map_or("-".to_owned(), |c| c.to_string());
+            let waiting = if canary.waiting_for_promote {
+                "; waiting for `cutover promote` (or `cutover abort`)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "canary   {}% → {target} at step {}{waiting}",
+                canary.weight,
+                canary.step_index + 1
+            );
+        }
         if !self.recent.is_empty() {
             let _ = writeln!(out, "recent deploys:");
             for r in &self.recent {

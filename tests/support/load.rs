@@ -90,6 +90,9 @@ pub struct Sample {
     pub result: Outcome,
     /// Whether it was a slow request.
     pub slow: bool,
+    /// The version that answered: the number in the hello app's `X-Hello-Version`
+    /// (`v2` → 2), when the response had one.
+    pub version: Option<u16>,
 }
 
 impl Sample {
@@ -232,33 +235,38 @@ impl Worker {
             };
             let at = self.started.elapsed();
             let begun = Instant::now();
-            let result = self.request(&mut conn, &path);
+            let (result, version) = self.request(&mut conn, &path);
             let sample = Sample {
                 at,
                 latency: begun.elapsed(),
                 result,
                 slow: self.slow,
+                version,
             };
             self.samples.lock().unwrap().push(sample);
         }
     }
 
-    fn request(&self, conn: &mut Option<(TcpStream, BufReader<TcpStream>)>, path: &str) -> Outcome {
+    fn request(
+        &self,
+        conn: &mut Option<(TcpStream, BufReader<TcpStream>)>,
+        path: &str,
+    ) -> (Outcome, Option<u16>) {
         for attempt in 0..2 {
             let reused = conn.is_some();
             if conn.is_none() {
                 match self.connect() {
                     Ok(c) => *conn = Some(c),
-                    Err(_) => return Outcome::ConnectionError,
+                    Err(_) => return (Outcome::ConnectionError, None),
                 }
             }
             let (stream, reader) = conn.as_mut().expect("connected");
             match exchange(stream, reader, path, self.config.target) {
-                Ok((status, keep)) => {
+                Ok((status, keep, version)) => {
                     if !keep {
                         *conn = None;
                     }
-                    return Outcome::Status(status);
+                    return (Outcome::Status(status), version);
                 }
                 Err(Failure::ClosedBeforeResponse) if reused && attempt == 0 => {
                     // The server closed an idle keep-alive connection (e.g. an old
@@ -268,15 +276,15 @@ impl Worker {
                 }
                 Err(Failure::Timeout) => {
                     *conn = None;
-                    return Outcome::Timeout;
+                    return (Outcome::Timeout, None);
                 }
                 Err(_) => {
                     *conn = None;
-                    return Outcome::ConnectionError;
+                    return (Outcome::ConnectionError, None);
                 }
             }
         }
-        Outcome::ConnectionError
+        (Outcome::ConnectionError, None)
     }
 
     fn connect(&self) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
@@ -306,14 +314,14 @@ fn classify(e: &std::io::Error, got_bytes: bool) -> Failure {
     }
 }
 
-/// Sends one GET and reads the whole response; returns the status and whether the
-/// connection may be reused.
+/// Sends one GET and reads the whole response; returns the status, whether the
+/// connection may be reused, and the version that answered.
 fn exchange(
     stream: &mut TcpStream,
     reader: &mut BufReader<TcpStream>,
     path: &str,
     target: SocketAddr,
-) -> Result<(u16, bool), Failure> {
+) -> Result<(u16, bool, Option<u16>), Failure> {
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: cutover-load\r\n\r\n");
     stream
@@ -332,6 +340,7 @@ fn exchange(
         .ok_or(Failure::Other)?;
     let mut length: Option<usize> = None;
     let mut keep = true;
+    let mut version = None;
     loop {
         line.clear();
         match reader.read_line(&mut line) {
@@ -350,6 +359,8 @@ fn exchange(
             } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close")
             {
                 keep = false;
+            } else if name.eq_ignore_ascii_case("x-hello-version") {
+                version = value.trim_start_matches('v').parse().ok();
             }
         }
     }
@@ -369,7 +380,7 @@ fn exchange(
             keep = false;
         }
     }
-    Ok((status, keep))
+    Ok((status, keep, version))
 }
 
 /// Latency percentiles of a set of samples.

@@ -45,6 +45,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// SIGKILLs it (no cleanup of any kind runs) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for it to end.
     pub fn wait(self) -> Output {
         collect(self.child.wait_with_output().expect("cutover ran"))

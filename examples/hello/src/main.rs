@@ -156,6 +156,11 @@ struct Knobs {
     startup_delay: Duration,
     health: HealthMode,
     exit_after: Option<Duration>,
+    /// This percentage of `GET /` answers 500 (every request whose count falls in the
+    /// first `error_percent` of each hundred), for a release that is healthy but bad.
+    error_percent: u64,
+    /// `GET /` waits this long first, for a release that is healthy but slow.
+    root_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +221,20 @@ impl Knobs {
             startup_delay: millis("HELLO_STARTUP_DELAY_MS")?.unwrap_or_default(),
             health,
             exit_after: millis("HELLO_EXIT_AFTER_MS")?,
+            error_percent: match get("HELLO_ERROR_PERCENT") {
+                None => 0,
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(p) if p <= 100 => p,
+                    _ => {
+                        return Err(format!(
+                            "HELLO_ERROR_PERCENT must be a percentage from 0 to 100, found {v:?}"
+                        ));
+                    }
+                },
+            },
+            root_delay: millis("HELLO_ROOT_DELAY_MS")?
+                .unwrap_or_default()
+                .min(SLOW_CAP),
         })
     }
 }
@@ -236,6 +255,7 @@ fn header_safe(value: &str) -> String {
 struct App {
     knobs: Knobs,
     health_requests: AtomicU64,
+    root_requests: AtomicU64,
 }
 
 impl App {
@@ -243,6 +263,7 @@ impl App {
         App {
             knobs,
             health_requests: AtomicU64::new(0),
+            root_requests: AtomicU64::new(0),
         }
     }
 
@@ -257,8 +278,15 @@ impl App {
         };
         match path {
             "/" => {
+                let seen = self.root_requests.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(self.knobs.root_delay);
+                let status = if seen % 100 < self.knobs.error_percent {
+                    500
+                } else {
+                    200
+                };
                 let body = format!("hello {} from {}\n", self.knobs.version, self.knobs.color);
-                Response::text(200, &body)
+                Response::text(status, &body)
                     .header("X-Hello-Version", &self.knobs.version)
                     .header("X-Hello-Color", &self.knobs.color)
             }
@@ -584,6 +612,19 @@ mod tests {
             keep_alive: true,
             content_length: 0,
         }
+    }
+
+    #[test]
+    fn a_bad_release_answers_500_on_its_share_of_requests() {
+        let bad = app(&[("HELLO_ERROR_PERCENT", "20")]);
+        let errors = (0..500)
+            .filter(|_| bad.handle(&get("/")).status == 500)
+            .count();
+        assert_eq!(errors, 100);
+        assert_eq!(bad.handle(&get("/health")).status, 200);
+        assert!(knobs(&[("HELLO_ERROR_PERCENT", "101")]).is_err());
+        let slow = knobs(&[("HELLO_ROOT_DELAY_MS", "40")]).unwrap();
+        assert_eq!(slow.root_delay, Duration::from_millis(40));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   deploy as rolled back;
 //! - the live colour is never stopped before traffic has moved off it and drained.
 
+pub mod canary;
 pub mod image;
 mod rollback;
 mod run;

@@ -81,6 +81,7 @@ impl<'a> Run<'a> {
             image_ref: None,
             saved_files: None,
             written_files: None,
+            canary: None,
             steps: Vec::new(),
         };
         Ok(Run {

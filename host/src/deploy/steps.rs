@@ -17,6 +17,7 @@ use crate::operation::Step;
 use crate::plugin::types::{self, GateDecision};
 use crate::proxy::{DrainReport, Reload};
 use crate::state::{SavedFile, Slot};
+use crate::strategy::StrategyKind;
 
 /// How a deploy's steps ended when nothing failed.
 pub(super) enum Flow {
@@ -50,6 +51,9 @@ pub(super) async fn deploy(
     run.journal.container = Some(ctx.engine.slot_name(target));
     run.step(Step::Start, start(ctx, target, &image, &id), String::clone).await.map_err(pre)?;
     run.step(Step::Health, wait_healthy(ctx, target), describe_health).await.map_err(pre)?;
+    if let (StrategyKind::Canary, Some(live)) = (ctx.config.strategy.kind, run.live()) {
+        super::canary::canary(run, target, live).await?;
+    }
 
     cut_over(run, ctx.slot(target, image, &id)).await?;
     Ok(Flow::Done)
@@ -65,9 +69,11 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     let color = target.color;
     let previous = run.state.live.clone();
 
-    let files = run.step(Step::Render, render(ctx, color, previous.as_ref()), |f| describe_files(f)).await.map_err(pre)?;
+    let files = run.step(Step::Render, render(ctx, color, previous.as_ref()), |f| describe_files(f)).await;
+    let files = undo_split(run, files).await?;
     let saved = journal_files(run, &files).map_err(pre)?;
-    run.step(Step::Validate, validate(ctx, &files, &saved), |()| "config test passed".to_owned()).await.map_err(pre)?;
+    let validated = run.step(Step::Validate, validate(ctx, &files, &saved), |()| "config test passed".to_owned()).await;
+    undo_split(run, validated).await?;
     let switched = run.step(Step::Switch, switch(ctx), |_| format!("traffic → {color}")).await;
     let reload = restore_on_error(run, &saved, switched).await?;
     let verified = run.step(Step::Verify, verify(ctx, color), ToString::to_string).await;
@@ -205,14 +211,21 @@ fn describe_files(files: &[types::ProxyFile]) -> String {
     names.join(", ")
 }
 
-/// Records in the journal the files as they are and as they will be, before any is
-/// written, so recovery can put them back or finish the switch.
-fn journal_files(
+/// Records in the journal the files as they were before this run wrote any and as
+/// they will be, before any is written, so recovery can put them back or finish the
+/// switch. A canary writes several times: the first snapshot of a path is kept, so an
+/// undo always goes back to before the run.
+pub(super) fn journal_files(
     run: &mut Run<'_>,
     files: &[types::ProxyFile],
 ) -> Result<Vec<SavedFile>, DeployError> {
-    let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-    let saved = run.ctx.proxy.snapshot(&paths)?;
+    let mut saved = run.journal.saved_files.clone().unwrap_or_default();
+    let new: Vec<String> = files
+        .iter()
+        .map(|f| f.path.clone())
+        .filter(|p| saved.iter().all(|s| &s.path != p))
+        .collect();
+    saved.extend(run.ctx.proxy.snapshot(&new)?);
     run.journal.saved_files = Some(saved.clone());
     run.journal.written_files = Some(
         files
@@ -311,9 +324,22 @@ fn warn_on_error<T>(ctx: &Context, result: Result<T, DeployError>) {
     }
 }
 
+/// A failure before the final switch: nothing user-visible changed, unless a canary
+/// already split traffic, which must then be taken back like a failed switch.
+async fn undo_split<T>(run: &mut Run<'_>, result: Result<T, DeployError>) -> Result<T, Failure> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(error) if run.journal.reached(Step::Canary) => {
+            let saved = run.journal.saved_files.clone().unwrap_or_default();
+            restore_on_error(run, &saved, Err(error)).await
+        }
+        Err(error) => Err(Failure::BeforeSwitch(error)),
+    }
+}
+
 /// A failed switch or verify: put the previous proxy files back, reload, and undo
 /// what the run started.
-async fn restore_on_error<T>(
+pub(super) async fn restore_on_error<T>(
     run: &mut Run<'_>,
     saved: &[SavedFile],
     result: Result<T, DeployError>,

@@ -25,6 +25,9 @@ pub(crate) struct Layout {
     pub(crate) logs: PathBuf,
     /// `logs/error.log`, also passed with `-e` so start-up errors land there.
     pub(crate) error_log: PathBuf,
+    /// `logs/access.json`: one JSON object per request, which a canary reads to
+    /// judge each colour (see [`crate::traffic`]).
+    pub(crate) access_json: PathBuf,
     /// `nginx.pid`.
     pub(crate) pid_file: PathBuf,
     /// `temp/`: request and response buffers.
@@ -41,6 +44,7 @@ impl Layout {
             conf: prefix.join("nginx.conf"),
             conf_d: prefix.join("conf.d"),
             error_log: logs.join("error.log"),
+            access_json: logs.join("access.json"),
             pid_file: prefix.join("nginx.pid"),
             temp: prefix.join("temp"),
             logs,
@@ -118,6 +122,8 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20   log_format cutover '$remote_addr [$time_local] \"$request\" $status $body_bytes_sent '\n\
          \x20                      'upstream=$upstream_addr upstream_status=$upstream_status rt=$request_time';\n\
          \x20   access_log {access_log} cutover;\n\
+         \x20   {json_format}\n\
+         \x20   access_log {access_json} cutover_json;\n\
          \x20   client_body_temp_path {body};\n\
          \x20   proxy_temp_path {proxy};\n\
          \x20   fastcgi_temp_path {fastcgi};\n\
@@ -151,6 +157,8 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
         error_log = q(&layout.error_log)?,
         shutdown = settings.shutdown_timeout.as_millis().max(1),
         access_log = q(&layout.logs.join("access.log"))?,
+        json_format = crate::traffic::LOG_FORMAT,
+        access_json = q(&layout.access_json)?,
         body = q(&temp.join("client_body"))?,
         proxy = q(&temp.join("proxy"))?,
         fastcgi = q(&temp.join("fastcgi"))?,
@@ -196,6 +204,8 @@ mod tests {
             "include \"/srv/app/.cutover/nginx/conf.d/*.inc\";",
             "proxy_temp_path \"/srv/app/.cutover/nginx/temp/proxy\";",
             "worker_shutdown_timeout 30000ms;",
+            "access_log \"/srv/app/.cutover/nginx/logs/access.json\" cutover_json;",
+            crate::traffic::LOG_FORMAT,
         ] {
             assert!(conf.contains(line), "missing {line:?} in\n{conf}");
         }

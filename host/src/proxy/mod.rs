@@ -344,6 +344,8 @@ pub struct Proxy {
     reload_command: Argv,
     /// The pid file of the nginx whose workers a drain watches.
     pid_file: Option<PathBuf>,
+    /// The JSON access log a canary reads (see [`crate::traffic`]).
+    access_log: Option<PathBuf>,
     command_timeout: Duration,
     /// How long a restore waits for the workers of the undone config (`drain.timeout`).
     drain_timeout: Duration,
@@ -382,6 +384,7 @@ impl Proxy {
                     mode: ProxyMode::Managed,
                     config_dir: layout.conf_d.clone(),
                     pid_file: Some(layout.pid_file.clone()),
+                    access_log: Some(layout.access_json.clone()),
                     test_command: with(&["-t", "-q"]),
                     // Managed reloads signal the master directly (see `switch`); this
                     // is the equivalent command, for messages.
@@ -417,6 +420,7 @@ impl Proxy {
                     test_command: argv(&p.test_command, &["-t"]),
                     reload_command: argv(&p.reload_command, &["-s", "reload"]),
                     pid_file: p.pid_file.as_ref().map(|f| config.resolve(f)),
+                    access_log: p.access_log.as_ref().map(|f| config.resolve(f)),
                     nginx,
                     command_timeout,
                     drain_timeout,
@@ -439,6 +443,12 @@ impl Proxy {
     /// The managed nginx's error log (none in external mode).
     pub fn error_log(&self) -> Option<&Path> {
         self.managed.as_ref().map(|m| m.layout.error_log.as_path())
+    }
+
+    /// The JSON access log a canary reads: the managed nginx's, or `proxy.access_log`
+    /// in external mode (the config check requires it for a canary).
+    pub fn access_log(&self) -> PathBuf {
+        self.access_log.clone().unwrap_or_default()
     }
 
     /// The pid file of the nginx this proxy watches: the managed one's, or
