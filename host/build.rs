@@ -1,4 +1,4 @@
-//! Builds the four built-in plugins for `wasm32-wasip2` and generates
+//! Builds the five built-in plugins for `wasm32-wasip2` and generates
 //! `$OUT_DIR/builtins.rs`, which embeds them (with their sha256) into the binary, so
 //! `cargo build -p cutover` gives a binary that needs no other file.
 
@@ -11,11 +11,12 @@ use sha2::{Digest, Sha256};
 mod wasm_build;
 
 /// The built-in plugin crates, and the Rust constant each becomes.
-const BUILTINS: [(&str, &str); 4] = [
+const BUILTINS: [(&str, &str); 5] = [
     ("tag-pattern", "TAG_PATTERN"),
     ("alternate", "ALTERNATE"),
     ("http-status", "HTTP_STATUS"),
     ("nginx-service-url", "NGINX_SERVICE_URL"),
+    ("canary-analysis", "CANARY_ANALYSIS"),
 ];
 
 fn main() {

@@ -651,6 +651,91 @@ fn a_gate_that_loops_errors_or_traps_fails_the_deploy_and_nothing_runs() {
     }
 }
 
+/// The `rollout-analysis` world (new in 0.2.0) under the same sandbox, limits and
+/// error kinds as the others: each way a hostile analysis can answer or misbehave is
+/// a distinct error, nothing it returns reaches a terminal unescaped, and a good
+/// call right after works.
+#[test]
+fn an_analysis_that_loops_hoards_floods_or_lies_is_contained() {
+    use cutover::events::Silent;
+    use cutover::plugin::types::AnalysisDecision;
+    use cutover::plugin::{AnalysisPlugin, Limits, PluginError, PluginHost, WitVersion, sample};
+
+    let host = PluginHost::uncached().unwrap();
+    let wasm = crate::support::guests::guest("hostile_analysis");
+    let load = |mode: &str, limits: Limits| {
+        AnalysisPlugin::load_bytes(
+            &host,
+            &format!("hostile-analysis[{mode}]"),
+            &wasm,
+            mode,
+            limits,
+            Arc::new(Silent),
+        )
+    };
+    let analyze = |mode: &str| {
+        load(mode, Limits::default())
+            .unwrap()
+            .analyze(&sample::analysis_input())
+    };
+    let good = load("promote", Limits::default()).unwrap();
+    assert_eq!(good.version(), WitVersion::V0_2_0);
+    let err = load("reject", Limits::default()).err().unwrap();
+    assert!(matches!(err, PluginError::ConfigRejected { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("[plugins.rollout-analysis.config]"),
+        "{err}"
+    );
+
+    let deadline = Limits {
+        fuel: 10_000_000_000,
+        deadline: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let err = load("loop", deadline)
+        .unwrap()
+        .analyze(&sample::analysis_input())
+        .unwrap_err();
+    assert!(matches!(err, PluginError::Timeout { .. }), "{err:?}");
+    for (mode, matches) in [
+        ("loop", "OutOfFuel"),
+        ("alloc", "MemoryLimit"),
+        ("huge", "OutputTooLarge"),
+        ("empty-reason", "InvalidOutput"),
+        ("err", "Refused"),
+        ("panic", "Trap"),
+    ] {
+        let err = analyze(mode).unwrap_err();
+        assert!(format!("{err:?}").starts_with(matches), "{mode}: {err:?}");
+        assert!(
+            err.to_string()
+                .contains(&format!("hostile-analysis[{mode}]")),
+            "{err}"
+        );
+        assert_eq!(
+            good.analyze(&sample::analysis_input()).unwrap(),
+            AnalysisDecision::Promote,
+            "after {mode}"
+        );
+    }
+    let AnalysisDecision::Abort(forged) = analyze("forged").unwrap() else {
+        panic!("forged aborts");
+    };
+    assert!(
+        !forged.contains('\n') && !forged.contains('\u{1b}'),
+        "{forged:?}"
+    );
+    // What the host sends arrives whole.
+    let AnalysisDecision::Hold(echo) = analyze("echo").unwrap() else {
+        panic!("echo holds");
+    };
+    assert_eq!(
+        echo,
+        "step 0 of 3 at 10%: canary 120 requests, baseline 1080, 2 probes"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Secrets.
 

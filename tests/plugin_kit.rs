@@ -80,6 +80,7 @@ fn expected_answer(kind: PluginKind) -> &'static str {
         PluginKind::ProxyTemplate => {
             "answer:  render -> 1 file(s)\n  service-url.inc:\n    set $service_url http://127.0.0.1:18082;"
         }
+        PluginKind::RolloutAnalysis => "answer:  analyze -> promote",
     }
 }
 

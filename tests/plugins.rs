@@ -1,5 +1,5 @@
-//! The plugin host end to end, through the real wasmtime engine: the four built-ins'
-//! decisions and config errors, the example plugin loaded by path and digest, hostile
+//! The plugin host end to end, through the real wasmtime engine: the five built-ins'
+//! decisions and config errors, 0.1.0 guests run through the adapter, the example plugin loaded by path and digest, hostile
 //! guests that must be contained (each followed by a call on a good plugin), the
 //! compiled-code cache, the plugin-author CLI, and the frozen WIT contract.
 //!
@@ -13,11 +13,11 @@ use cutover::config::Config;
 use cutover::events::{Event, Format, Level, Recorder, Reporter, Silent};
 use cutover::plugin::cli::{PluginCommand, run};
 use cutover::plugin::types::{
-    Color, GateDecision, HealthVerdict, ProbeVerdict, SelectorInput, SlotStatus,
+    AnalysisDecision, Color, GateDecision, HealthVerdict, ProbeVerdict, SelectorInput, SlotStatus,
 };
 use cutover::plugin::{
     GatePlugin, HealthPlugin, Limits, PluginError, PluginHost, PluginKind, Plugins, SelectorPlugin,
-    TemplatePlugin, sample, sha256_hex,
+    TemplatePlugin, WitVersion, sample, sha256_hex,
 };
 use cutover::plugin::{LimitsConfig, PluginSpec};
 
@@ -176,9 +176,11 @@ fn tag_pattern_config_errors_fail_at_load() {
 fn slot(color: Color, present: bool, healthy: bool) -> SlotStatus {
     SlotStatus {
         color,
-        container_present: present,
-        running: present,
+        present,
+        desired: u32::from(present),
+        running: u32::from(present),
         image: present.then(|| "hello:1".to_owned()),
+        image_digest: None,
         last_probe: if healthy {
             ProbeVerdict::Healthy
         } else {
@@ -350,7 +352,7 @@ fn nginx_service_url_renders_the_include_and_refuses_injection() {
     let err = full.render(&input).unwrap_err();
     assert!(matches!(err, PluginError::Refused { .. }), "{err:?}");
     assert!(err.to_string().contains("inject nginx syntax"), "{err}");
-    input.target.address = "127.0.0.1}".to_owned();
+    input.target.servers[0].address = "127.0.0.1}".to_owned();
     assert!(template.render(&input).is_err());
 
     let err = TemplatePlugin::load(
@@ -1149,8 +1151,179 @@ fn wit_v0_1_0_is_frozen() {
         path.display()
     );
     assert_eq!(
-        cli(PluginCommand::Wit).unwrap(),
+        cli(PluginCommand::Wit {
+            version: Some(WitVersion::V0_1_0)
+        })
+        .unwrap(),
         std::fs::read_to_string(&path).unwrap()
+    );
+}
+
+/// The freeze test of 0.2.0, without its pin: the last of the Swarm and canary
+/// issues adds `WIT_V0_2_0_SHA256` here, as 0.1.0 has, and drops "NOT FROZEN YET".
+#[test]
+fn wit_v0_2_0_exists_beside_v0_1_0_and_is_what_plugin_wit_prints() {
+    let path = workspace().join("wit/v0.2.0/plugin.wit");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("package cutover:plugin@0.2.0;"), "{text}");
+    for world in [
+        "deploy-gate",
+        "target-selector",
+        "health-policy",
+        "proxy-template",
+        "rollout-analysis",
+    ] {
+        assert!(text.contains(&format!("world {world} {{")), "{world}");
+    }
+    assert!(text.contains("NOT FROZEN YET"), "unpinned until frozen");
+    assert_eq!(cli(PluginCommand::Wit { version: None }).unwrap(), text);
+    assert_eq!(cutover::plugin::WIT_VERSION, "0.2.0");
+}
+
+// ---------------------------------------------------------------------------------
+// One host model, two contract versions.
+
+#[test]
+fn builtins_target_0_2_0_and_the_latency_example_0_1_0() {
+    let plugins = Plugins::load(host(), &minimal_config(""), &PluginKind::ALL, silent()).unwrap();
+    assert_eq!(plugins.gate().unwrap().version(), WitVersion::V0_2_0);
+    assert_eq!(plugins.template().unwrap().version(), WitVersion::V0_2_0);
+    assert_eq!(plugins.analysis().unwrap().version(), WitVersion::V0_2_0);
+    let example = HealthPlugin::load_bytes(
+        host(),
+        "latency-p95",
+        &guest("latency_p95"),
+        r#"{"window":1,"p95_ms":5}"#,
+        Limits::default(),
+        silent(),
+    )
+    .unwrap();
+    assert_eq!(example.version(), WitVersion::V0_1_0);
+    // The 0.2.0 input (with its instance) reaches the 0.1.0 guest through the adapter.
+    assert_eq!(
+        example.evaluate(&sample::health_input()).unwrap(),
+        HealthVerdict::Healthy
+    );
+}
+
+#[test]
+fn a_0_1_0_template_asked_for_a_split_says_it_needs_0_2_0() {
+    let template = TemplatePlugin::load_bytes(
+        host(),
+        "hostile-template",
+        &guest("hostile_template"),
+        "ok",
+        Limits::default(),
+        silent(),
+    )
+    .unwrap();
+    assert_eq!(template.version(), WitVersion::V0_1_0);
+    let mut input = sample::template_input();
+    input.target_weight = 10;
+    let err = template.render(&input).unwrap_err();
+    assert!(
+        matches!(err, PluginError::NeedsNewerContract { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("hostile-template")
+            && message.contains("10% of traffic to green")
+            && message.contains("rebuild it against cutover:plugin@0.2.0"),
+        "{message}"
+    );
+    let mut input = sample::template_input();
+    input.target.servers.push(input.target.servers[0].clone());
+    assert!(matches!(
+        template.render(&input).unwrap_err(),
+        PluginError::NeedsNewerContract { .. }
+    ));
+    // A plain switch to one server still renders.
+    assert_eq!(template.render(&sample::template_input()).unwrap().len(), 1);
+}
+
+#[test]
+fn nginx_service_url_renders_weighted_and_sticky_splits() {
+    let template = TemplatePlugin::load(
+        host(),
+        &builtin("nginx-service-url", "fail_timeout = \"3s\""),
+        base(),
+        silent(),
+    )
+    .unwrap();
+    let mut input = sample::template_input();
+    input.target_weight = 20;
+    let files = template.render(&input).unwrap();
+    assert_eq!(files[1].path, "hello-upstream.conf");
+    assert!(
+        files[1].contents.contains(
+            "upstream hello-split {\n    server 127.0.0.1:18082 max_fails=1 fail_timeout=3s;\n    \
+             server 127.0.0.1:18081 weight=4 max_fails=1 fail_timeout=3s;\n}\n"
+        ),
+        "{}",
+        files[1].contents
+    );
+    input.sticky_key = Some("$cookie_session".to_owned());
+    let files = template.render(&input).unwrap();
+    assert!(
+        files[0]
+            .contents
+            .ends_with("set $service_url http://$cutover_hello_upstream;\n"),
+        "{}",
+        files[0].contents
+    );
+    assert!(
+        files[1]
+            .contents
+            .contains("split_clients \"$cookie_session\""),
+        "{}",
+        files[1].contents
+    );
+}
+
+#[test]
+fn canary_analysis_holds_promotes_and_aborts_through_the_sandbox() {
+    let plugins = Plugins::load(
+        host(),
+        &minimal_config(""),
+        &[PluginKind::RolloutAnalysis],
+        silent(),
+    )
+    .unwrap();
+    let analysis = plugins.analysis().unwrap();
+    assert_eq!(analysis.name(), "builtin:canary-analysis");
+    assert_eq!(
+        analysis.analyze(&sample::analysis_input()).unwrap(),
+        AnalysisDecision::Promote
+    );
+    let mut input = sample::analysis_input();
+    input.canary.this_step = sample::traffic(5, 0, 1_000);
+    assert!(matches!(
+        analysis.analyze(&input).unwrap(),
+        AnalysisDecision::Hold(why) if why.contains("5 of the 20")
+    ));
+    input.canary.this_step = sample::traffic(100, 20, 1_000);
+    assert!(matches!(
+        analysis.analyze(&input).unwrap(),
+        AnalysisDecision::Abort(why) if why.contains("20 of 100")
+    ));
+    input.canary.this_step = sample::traffic(100, 0, 900_000);
+    assert!(matches!(
+        analysis.analyze(&input).unwrap(),
+        AnalysisDecision::Abort(why) if why.contains("p95")
+    ));
+    let err = Plugins::load(
+        host(),
+        &minimal_config("[plugins.rollout-analysis]\nsource = \"builtin:canary-analysis\"\nconfig = { min_requests = 0 }\n"),
+        &[PluginKind::RolloutAnalysis],
+        silent(),
+    )
+    .err()
+    .expect("min_requests = 0 is refused");
+    assert!(
+        err.to_string()
+            .contains("[plugins.rollout-analysis.config]"),
+        "{err}"
     );
 }
 
@@ -1246,8 +1419,8 @@ fn plugin_run_reports_a_refusal_as_an_answer_for_every_builtin_sample() {
         let sample = cutover::plugin::json::sample(builtin.kind);
         // Both colours serving with nothing recorded live: `alternate` refuses.
         let sample = sample.replace("\"live\": \"blue\"", "\"live\": null").replace(
-            "\"container-present\": false,\n      \"running\": false,\n      \"image\": null,\n      \"last-probe\": \"unknown\"",
-            "\"container-present\": true,\n      \"running\": true,\n      \"image\": \"hello:4\",\n      \"last-probe\": \"healthy\"",
+            "\"present\": false,\n      \"desired\": 0,\n      \"running\": 0,\n      \"image\": null,\n      \"image-digest\": null,\n      \"last-probe\": \"unknown\"",
+            "\"present\": true,\n      \"desired\": 1,\n      \"running\": 1,\n      \"image\": \"hello:4\",\n      \"image-digest\": null,\n      \"last-probe\": \"healthy\"",
         );
         std::fs::write(&input, sample).unwrap();
         let output = cutover_binary(&[
@@ -1264,6 +1437,7 @@ fn plugin_run_reports_a_refusal_as_an_answer_for_every_builtin_sample() {
             PluginKind::TargetSelector => "answer:  error: no live colour is recorded",
             PluginKind::HealthPolicy => "answer:  evaluate -> healthy",
             PluginKind::ProxyTemplate => "answer:  render -> 1 file(s)",
+            PluginKind::RolloutAnalysis => "answer:  analyze -> promote",
         };
         assert!(stdout.contains(expected), "{stdout}");
         assert!(!stdout.contains("fuel:    0 of"), "{stdout}");

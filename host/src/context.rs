@@ -114,10 +114,17 @@ impl Context {
             } else {
                 types::ProbeVerdict::Unknown
             };
+            // One host runs one container per colour: it is "desired" while it runs.
+            let copies = u32::from(running);
             slots.push(types::SlotStatus {
                 color: color.into(),
-                container_present: instance.is_some(),
-                running,
+                present: instance.is_some(),
+                desired: copies,
+                running: copies,
+                image_digest: instance
+                    .as_ref()
+                    .map(|i| i.image_id.clone())
+                    .filter(|id| id.starts_with("sha256:")),
                 image: instance.map(|i| i.image),
                 last_probe,
             });
@@ -135,6 +142,7 @@ impl Context {
         let input = types::HealthInput {
             service: self.service().to_owned(),
             color: color.into(),
+            instance: self.instance(color),
             attempt: 1,
             elapsed_ms: 0,
             probe,
@@ -151,20 +159,36 @@ impl Context {
         crate::gate::gate_input(self.service(), git, ci)
     }
 
-    /// The proxy-template input for sending traffic to `target`.
+    /// The one copy of `color` a single host runs: its container, at its upstream.
+    pub fn instance(&self, color: Color) -> types::Instance {
+        crate::plugin::single_host_instance(self.service(), color, self.config.upstream(color))
+    }
+
+    /// The proxy-template input for sending all traffic to `target`.
     pub fn template_input(&self, target: Color, previous: Option<Color>) -> types::TemplateInput {
-        let upstream = |color: Color| {
-            let addr = self.config.upstream(color);
-            types::Upstream {
-                color: color.into(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-            }
+        self.split_input(target, previous, 100, None)
+    }
+
+    /// The proxy-template input for sending `weight` percent of traffic to `target` and
+    /// the rest to `previous` (100: all to `target`), optionally keeping each client
+    /// on one colour by the nginx variable `sticky_key` (e.g. `$cookie_session`).
+    pub fn split_input(
+        &self,
+        target: Color,
+        previous: Option<Color>,
+        weight: u8,
+        sticky_key: Option<&str>,
+    ) -> types::TemplateInput {
+        let upstream = |color: Color| types::Upstream {
+            color: color.into(),
+            servers: vec![self.instance(color)],
         };
         types::TemplateInput {
             service: self.service().to_owned(),
             target: upstream(target),
             previous: previous.map(upstream),
+            target_weight: weight,
+            sticky_key: sticky_key.map(str::to_owned),
             variables: self
                 .config
                 .proxy
@@ -190,6 +214,23 @@ impl Context {
     ) -> Result<Vec<types::ProxyFile>, DeployError> {
         let template = self.plugins.template()?;
         Ok(template.render(&self.template_input(target, previous))?)
+    }
+
+    /// Renders the proxy files for a canary step: `weight` percent to `target`, the
+    /// rest to `previous`, sticky on `sticky_key` when given.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the plugin fails, refuses, or targets 0.1.0 (which
+    /// cannot render a split).
+    pub fn render_split(
+        &self,
+        target: Color,
+        previous: Color,
+        weight: u8,
+        sticky_key: Option<&str>,
+    ) -> Result<Vec<types::ProxyFile>, DeployError> {
+        let template = self.plugins.template()?;
+        Ok(template.render(&self.split_input(target, Some(previous), weight, sticky_key))?)
     }
 
     /// The registry credentials, when a registry is configured.

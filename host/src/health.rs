@@ -45,6 +45,7 @@ const VERIFY_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Probes one colour's HTTP endpoint.
 pub struct Prober {
     client: Result<reqwest::Client, String>,
+    target: SocketAddr,
     url: String,
     host: Option<String>,
     headers: Vec<String>,
@@ -58,6 +59,7 @@ impl Prober {
         let timeout = health.timeout.get();
         Prober {
             client: client(timeout, None),
+            target,
             url: format!("http://{target}{}", health.path),
             host: health.host.clone(),
             headers: health
@@ -67,6 +69,11 @@ impl Prober {
                 .collect(),
             timeout,
         }
+    }
+
+    /// The address probed.
+    pub fn target(&self) -> SocketAddr {
+        self.target
     }
 
     /// The URL probed.
@@ -441,6 +448,7 @@ pub async fn wait_healthy(
         let input = HealthInput {
             service: service.to_owned(),
             color: color.into(),
+            instance: crate::plugin::single_host_instance(service, color, prober.target()),
             attempt: attempts,
             elapsed_ms: crate::operation::millis(start.elapsed()),
             probe: probe.clone(),

@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 mod wasm_build;
 
 /// Every guest crate the tests load.
-const GUESTS: [&str; 5] = [
+const GUESTS: [&str; 6] = [
     "hostile-health",
+    "hostile-analysis",
     "hostile-template",
     "hostile-gate",
     "hostile-selector",

@@ -1,4 +1,4 @@
-//! The four default plugins, compiled from `plugins/` by `host/build.rs` and embedded
+//! The five default plugins, compiled from `plugins/` by `host/build.rs` and embedded
 //! in the binary, with what each decides and the config keys it takes.
 //!
 //! This module only describes and hands out bytes; loading them is the host's job.
@@ -51,7 +51,7 @@ impl Builtin {
 }
 
 /// Every built-in, one per kind, in [`PluginKind::ALL`] order.
-pub static BUILTINS: [Builtin; 4] = [
+pub static BUILTINS: [Builtin; 5] = [
     Builtin {
         name: "tag-pattern",
         kind: PluginKind::DeployGate,
@@ -87,17 +87,33 @@ pub static BUILTINS: [Builtin; 4] = [
     Builtin {
         name: "nginx-service-url",
         kind: PluginKind::ProxyTemplate,
-        summary: "writes `set $service_url http://ADDR:PORT;` to service-url.inc, and optionally \
-                  a second file from a {{placeholder}} template; refuses values that would \
-                  inject nginx syntax",
+        summary: "writes `set $service_url http://ADDR:PORT;` to service-url.inc for one server; \
+                  for several servers or a canary split, `upstream` blocks (weighted, or picked \
+                  by `split_clients` on a sticky key) in upstream_file; optionally a file from a \
+                  {{placeholder}} template; refuses values that would inject nginx syntax",
         config: &[
             "file: the include's path (default \"service-url.inc\")",
+            "upstream_file: where upstream blocks go when needed (default \"<service>-upstream.conf\", loaded at http level)",
+            "max_fails, fail_timeout: each upstream server's passive health check (default 1 and \"5s\")",
             "variable: the nginx variable it sets (default \"service_url\")",
             "scheme: \"http\" or \"https\" (default \"http\")",
             "template: text with {{service}}, {{color}}, {{address}}, {{port}}, {{upstream}}, {{scheme}}, {{variable}} and [proxy.variables] keys",
             "template_file: where the template goes (default \"<service>.conf\")",
         ],
         embedded: generated::NGINX_SERVICE_URL,
+    },
+    Builtin {
+        name: "canary-analysis",
+        kind: PluginKind::RolloutAnalysis,
+        summary: "holds a canary step until it saw enough requests, aborts when the canary's 5xx \
+                  rate exceeds the baseline's by a margin or its p95 latency exceeds a bound, \
+                  else promotes",
+        config: &[
+            "min_requests: canary requests needed in a step before judging (default 20)",
+            "max_5xx_margin: percentage points the canary's 5xx rate may exceed the baseline's (default 1.0)",
+            "max_p95_ms: the canary's p95 latency bound in ms (default 500)",
+        ],
+        embedded: generated::CANARY_ANALYSIS,
     },
 ];
 

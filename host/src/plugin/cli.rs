@@ -18,10 +18,10 @@ use super::json::{self, Answer, Input, RenderedFile};
 use super::kinds::exported_kinds;
 use super::sandbox::CallStats;
 use super::scaffold::{self, Lang};
-use super::types::{GateDecision, HealthVerdict};
+use super::types::{AnalysisDecision, GateDecision, HealthVerdict};
 use super::{
-    BOUNDS, Compiled, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError, PluginHost,
-    PluginKind, SelectorPlugin, TemplatePlugin, WIT, WIT_VERSION, sha256_hex,
+    AnalysisPlugin, BOUNDS, Compiled, GatePlugin, HealthPlugin, Limits, LimitsConfig, PluginError,
+    PluginHost, PluginKind, SelectorPlugin, TemplatePlugin, WIT, WitVersion, sha256_hex,
 };
 use crate::events::{Event, Format, Level, Recorder, Reporter};
 
@@ -50,11 +50,16 @@ pub enum PluginCommand {
         /// The file to digest.
         file: PathBuf,
     },
-    /// Print the WIT contract plugins are built against (`cutover plugin wit > wit/plugin.wit`).
-    Wit,
+    /// Print the WIT contract plugins are built against (`cutover plugin wit > wit/plugin.wit`):
+    /// 0.2.0, or an older version this host still runs (`cutover plugin wit 0.1.0`).
+    Wit {
+        /// The contract version (default: the newest, 0.2.0).
+        #[arg(value_parser = parse_wit_version)]
+        version: Option<WitVersion>,
+    },
     /// Print a sample input of a world as JSON, to edit and pass to `plugin run --input`.
     Sample {
-        /// deploy-gate, target-selector, health-policy or proxy-template.
+        /// deploy-gate, target-selector, health-policy, proxy-template or rollout-analysis.
         #[arg(value_parser = parse_kind)]
         kind: PluginKind,
     },
@@ -77,7 +82,7 @@ pub enum PluginCommand {
     /// Create a plugin project that builds as is: the kind's default decision, a
     /// config with validation, a unit test (Rust), `sample.json` and a README.
     New {
-        /// deploy-gate, target-selector, health-policy or proxy-template.
+        /// deploy-gate, target-selector, health-policy, proxy-template or rollout-analysis.
         #[arg(value_parser = parse_kind)]
         kind: PluginKind,
         /// The project directory (created; it must be empty if it exists).
@@ -126,6 +131,13 @@ fn parse_kind(name: &str) -> Result<PluginKind, String> {
         })
 }
 
+fn parse_wit_version(number: &str) -> Result<WitVersion, String> {
+    WitVersion::parse(number).ok_or_else(|| {
+        let numbers: Vec<&str> = WitVersion::ALL.iter().map(|v| v.number()).collect();
+        format!("expected one of {}", numbers.join(", "))
+    })
+}
+
 /// Runs `cmd`, writing its report to `out` (`format` matters to `run` only).
 ///
 /// # Errors
@@ -152,7 +164,7 @@ pub fn run(cmd: &PluginCommand, format: Format, out: &mut dyn Write) -> Result<(
             let bytes = read(file)?;
             format!("{}  {}\n", sha256_hex(&bytes), file.display())
         }
-        PluginCommand::Wit => WIT.to_owned(),
+        PluginCommand::Wit { version } => version.map_or(WIT, |v| v.wit()).to_owned(),
         PluginCommand::Sample { kind } => json::sample(*kind),
         PluginCommand::New { kind, dir, lang } => scaffold::new(*kind, dir, *lang)?,
         PluginCommand::Run {
@@ -254,12 +266,14 @@ fn check(
     let mut text = String::new();
     let _ = writeln!(text, "file:    {name} ({} bytes)", plugin.size);
     let _ = writeln!(text, "sha256:  {digest}");
-    let _ = writeln!(
-        text,
-        "kind:    {kind} (world cutover:plugin/{kind}@{WIT_VERSION})"
+    let imports = imports(host, &plugin.compiled.component);
+    let version = WitVersion::of_imports(imports.iter().map(String::as_str)).map_or_else(
+        || "version not named by its imports".to_owned(),
+        |v| v.to_string(),
     );
+    let _ = writeln!(text, "kind:    {kind} (world {kind} of {version})");
     let _ = writeln!(text, "imports:");
-    for import in imports(host, &plugin.compiled.component) {
+    for import in imports {
         let _ = writeln!(text, "  {import}");
     }
     let recorder = Arc::new(Recorder::default());
@@ -386,6 +400,17 @@ fn call(
             });
             (answer, stats)
         }
+        Input::Analysis(input) => {
+            let (decision, stats) =
+                AnalysisPlugin::load_compiled(host, name, compiled, config, limits, reporter)?
+                    .analyze_with_stats(&input)?;
+            let answer = decision.map(|decision| match decision {
+                AnalysisDecision::Promote => Answer::Promote,
+                AnalysisDecision::Hold(why) => Answer::Hold(why),
+                AnalysisDecision::Abort(why) => Answer::Abort(why),
+            });
+            (answer, stats)
+        }
     };
     match answer {
         Ok(answer) => Ok((answer, stats)),
@@ -508,7 +533,13 @@ mod tests {
 
     #[test]
     fn wit_prints_the_contract() {
-        assert_eq!(output(&PluginCommand::Wit), WIT);
+        assert_eq!(output(&PluginCommand::Wit { version: None }), WIT);
+        assert_eq!(
+            output(&PluginCommand::Wit {
+                version: Some(WitVersion::V0_1_0)
+            }),
+            super::super::bindings::v0_1_0::WIT
+        );
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub enum PluginError {
     },
     /// The component exports no decision function of any cutover world.
     #[error(
-        "plugin {plugin} exports none of `decide`, `select`, `evaluate` or `render`, so it \
-         implements no cutover:plugin@0.1.0 world; build it against `cutover plugin wit`"
+        "plugin {plugin} exports none of `decide`, `select`, `evaluate`, `render` or \
+         `analyze`, so it implements no cutover:plugin world; build it against `cutover plugin wit`"
     )]
     UnknownWorld {
         /// The plugin's name.
@@ -93,7 +93,8 @@ pub enum PluginError {
     /// The component does not implement the kind's world: another world, a missing or
     /// mistyped export, or an import the host does not provide.
     #[error(
-        "{kind} plugin {plugin} does not fit the {kind} world of cutover:plugin@0.1.0: {detail}"
+        "{kind} plugin {plugin} does not fit the {kind} world of cutover:plugin@0.2.0 \
+         (or 0.1.0): {detail}"
     )]
     WrongWorld {
         /// The plugin's name.
@@ -101,6 +102,22 @@ pub enum PluginError {
         /// The kind it was loaded as.
         kind: PluginKind,
         /// What does not fit and how to fix it.
+        detail: String,
+    },
+    /// The plugin targets an older contract that cannot express what it was asked
+    /// (e.g. a 0.1.0 proxy template asked to render a canary split).
+    #[error(
+        "{kind} plugin {plugin} targets cutover:plugin@{version}, which cannot do this: \
+         {detail}; rebuild it against cutover:plugin@0.2.0 (`cutover plugin wit` prints it)"
+    )]
+    NeedsNewerContract {
+        /// The plugin's name.
+        plugin: String,
+        /// Its kind.
+        kind: PluginKind,
+        /// The version it targets (`0.1.0`).
+        version: &'static str,
+        /// What it was asked that its version has no words for.
         detail: String,
     },
     /// `validate-config` refused the `[plugins.<kind>].config` table.
@@ -319,6 +336,7 @@ impl PluginError {
             | PluginError::WrongWorld { kind, .. }
             | PluginError::ConfigRejected { kind, .. }
             | PluginError::Refused { kind, .. }
+            | PluginError::NeedsNewerContract { kind, .. }
             | PluginError::Trap { kind, .. }
             | PluginError::Timeout { kind, .. }
             | PluginError::OutOfFuel { kind, .. }

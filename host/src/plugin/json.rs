@@ -13,59 +13,100 @@ use serde::{Deserialize, Serialize};
 use super::types as wit;
 use super::{PluginError, PluginKind, WIT, sample};
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum Color {
-    Blue,
-    Green,
+/// Converts a serde mirror to its generated WIT type and back, field by field; lists
+/// and options convert their items.
+trait Mirror<T> {
+    fn mirror(self) -> T;
 }
 
-impl From<Color> for wit::Color {
-    fn from(color: Color) -> Self {
-        match color {
-            Color::Blue => wit::Color::Blue,
-            Color::Green => wit::Color::Green,
-        }
+macro_rules! same_type {
+    ($($t:ty),*) => {
+        $(impl Mirror<$t> for $t {
+            fn mirror(self) -> $t {
+                self
+            }
+        })*
+    };
+}
+
+same_type!(String, bool, u8, u16, u32, u64);
+
+impl<A: Mirror<B>, B> Mirror<Option<B>> for Option<A> {
+    fn mirror(self) -> Option<B> {
+        self.map(Mirror::mirror)
     }
 }
 
-impl From<wit::Color> for Color {
-    fn from(color: wit::Color) -> Self {
-        match color {
-            wit::Color::Blue => Color::Blue,
-            wit::Color::Green => Color::Green,
-        }
+impl<A: Mirror<B>, B> Mirror<Vec<B>> for Vec<A> {
+    fn mirror(self) -> Vec<B> {
+        self.into_iter().map(Mirror::mirror).collect()
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct KeyValue {
+/// A record's serde mirror `$name`, with both conversions to `wit::$name`. Fields
+/// marked `#[serde(default)]` may be left out of an input file.
+macro_rules! mirror_record {
+    ($name:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)* }) => {
+        #[derive(Debug, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+        struct $name {
+            $($(#[$attr])* $field: $ty,)*
+        }
+
+        impl Mirror<wit::$name> for $name {
+            fn mirror(self) -> wit::$name {
+                wit::$name { $($field: self.$field.mirror(),)* }
+            }
+        }
+
+        impl Mirror<$name> for wit::$name {
+            fn mirror(self) -> $name {
+                $name { $($field: self.$field.mirror(),)* }
+            }
+        }
+    };
+}
+
+/// An enum's serde mirror `$name` (cases spelled as in the WIT), both ways.
+macro_rules! mirror_enum {
+    ($name:ident { $($case:ident),* }) => {
+        #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        enum $name {
+            $($case,)*
+        }
+
+        impl Mirror<wit::$name> for $name {
+            fn mirror(self) -> wit::$name {
+                match self {
+                    $($name::$case => wit::$name::$case,)*
+                }
+            }
+        }
+
+        impl Mirror<$name> for wit::$name {
+            fn mirror(self) -> $name {
+                match self {
+                    $(wit::$name::$case => $name::$case,)*
+                }
+            }
+        }
+    };
+}
+
+mirror_enum!(Color { Blue, Green });
+mirror_enum!(ProbeVerdict {
+    Healthy,
+    Unhealthy,
+    Unknown
+});
+
+mirror_record!(KeyValue {
     key: String,
     value: String,
-}
+});
 
-fn kvs_in(list: Vec<KeyValue>) -> Vec<wit::KeyValue> {
-    list.into_iter()
-        .map(|kv| wit::KeyValue {
-            key: kv.key,
-            value: kv.value,
-        })
-        .collect()
-}
-
-fn kvs_out(list: Vec<wit::KeyValue>) -> Vec<KeyValue> {
-    list.into_iter()
-        .map(|kv| KeyValue {
-            key: kv.key,
-            value: kv.value,
-        })
-        .collect()
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct GateInput {
+mirror_record!(GateInput {
     service: String,
     repository: Option<String>,
     branch: Option<String>,
@@ -78,37 +119,32 @@ struct GateInput {
     ci_system: Option<String>,
     #[serde(default)]
     ci_variables: Vec<KeyValue>,
-}
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum ProbeVerdict {
-    Healthy,
-    Unhealthy,
-    Unknown,
-}
+mirror_record!(Instance {
+    id: String,
+    node: Option<String>,
+    address: String,
+    port: u16,
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct SlotStatus {
+mirror_record!(SlotStatus {
     color: Color,
-    container_present: bool,
-    running: bool,
+    present: bool,
+    desired: u32,
+    running: u32,
     image: Option<String>,
+    image_digest: Option<String>,
     last_probe: ProbeVerdict,
-}
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct SelectorInput {
+mirror_record!(SelectorInput {
     service: String,
     live: Option<Color>,
     slots: Vec<SlotStatus>,
-}
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct ProbeResult {
+mirror_record!(ProbeResult {
     status: Option<u16>,
     #[serde(default)]
     headers: Vec<KeyValue>,
@@ -116,221 +152,75 @@ struct ProbeResult {
     body_prefix: String,
     latency_us: u64,
     error: Option<String>,
-}
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct HealthInput {
+mirror_record!(HealthInput {
     service: String,
     color: Color,
+    instance: Instance,
     attempt: u32,
     elapsed_ms: u64,
     probe: ProbeResult,
     #[serde(default)]
     history: Vec<ProbeResult>,
-}
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct Upstream {
+mirror_record!(Upstream {
     color: Color,
-    address: String,
-    port: u16,
-}
+    servers: Vec<Instance>,
+});
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-struct TemplateInput {
+mirror_record!(TemplateInput {
     service: String,
     target: Upstream,
     previous: Option<Upstream>,
+    #[serde(default = "all_traffic")]
+    target_weight: u8,
+    sticky_key: Option<String>,
     #[serde(default)]
     variables: Vec<KeyValue>,
+});
+
+/// A plain switch: all traffic to the target.
+fn all_traffic() -> u8 {
+    100
 }
 
-impl From<GateInput> for wit::GateInput {
-    fn from(i: GateInput) -> Self {
-        wit::GateInput {
-            service: i.service,
-            repository: i.repository,
-            branch: i.branch,
-            head_sha: i.head_sha,
-            tags: i.tags,
-            commit_subject: i.commit_subject,
-            dirty: i.dirty,
-            ci_system: i.ci_system,
-            ci_variables: kvs_in(i.ci_variables),
-        }
-    }
-}
+mirror_record!(TrafficMetrics {
+    requests: u64,
+    success: u64,
+    client_errors: u64,
+    server_errors: u64,
+    latency_p50_us: Option<u64>,
+    latency_p95_us: Option<u64>,
+    latency_p99_us: Option<u64>,
+});
 
-impl From<wit::GateInput> for GateInput {
-    fn from(i: wit::GateInput) -> Self {
-        GateInput {
-            service: i.service,
-            repository: i.repository,
-            branch: i.branch,
-            head_sha: i.head_sha,
-            tags: i.tags,
-            commit_subject: i.commit_subject,
-            dirty: i.dirty,
-            ci_system: i.ci_system,
-            ci_variables: kvs_out(i.ci_variables),
-        }
-    }
-}
+mirror_record!(ColorTraffic {
+    color: Color,
+    this_step: TrafficMetrics,
+    whole_canary: TrafficMetrics,
+});
 
-impl From<ProbeVerdict> for wit::ProbeVerdict {
-    fn from(v: ProbeVerdict) -> Self {
-        match v {
-            ProbeVerdict::Healthy => wit::ProbeVerdict::Healthy,
-            ProbeVerdict::Unhealthy => wit::ProbeVerdict::Unhealthy,
-            ProbeVerdict::Unknown => wit::ProbeVerdict::Unknown,
-        }
-    }
-}
+mirror_record!(InstanceProbe {
+    color: Color,
+    instance: Instance,
+    probe: ProbeResult,
+    verdict: ProbeVerdict,
+});
 
-impl From<wit::ProbeVerdict> for ProbeVerdict {
-    fn from(v: wit::ProbeVerdict) -> Self {
-        match v {
-            wit::ProbeVerdict::Healthy => ProbeVerdict::Healthy,
-            wit::ProbeVerdict::Unhealthy => ProbeVerdict::Unhealthy,
-            wit::ProbeVerdict::Unknown => ProbeVerdict::Unknown,
-        }
-    }
-}
-
-impl From<SelectorInput> for wit::SelectorInput {
-    fn from(i: SelectorInput) -> Self {
-        wit::SelectorInput {
-            service: i.service,
-            live: i.live.map(Into::into),
-            slots: i
-                .slots
-                .into_iter()
-                .map(|s| wit::SlotStatus {
-                    color: s.color.into(),
-                    container_present: s.container_present,
-                    running: s.running,
-                    image: s.image,
-                    last_probe: s.last_probe.into(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<wit::SelectorInput> for SelectorInput {
-    fn from(i: wit::SelectorInput) -> Self {
-        SelectorInput {
-            service: i.service,
-            live: i.live.map(Into::into),
-            slots: i
-                .slots
-                .into_iter()
-                .map(|s| SlotStatus {
-                    color: s.color.into(),
-                    container_present: s.container_present,
-                    running: s.running,
-                    image: s.image,
-                    last_probe: s.last_probe.into(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<ProbeResult> for wit::ProbeResult {
-    fn from(p: ProbeResult) -> Self {
-        wit::ProbeResult {
-            status: p.status,
-            headers: kvs_in(p.headers),
-            body_prefix: p.body_prefix,
-            latency_us: p.latency_us,
-            error: p.error,
-        }
-    }
-}
-
-impl From<wit::ProbeResult> for ProbeResult {
-    fn from(p: wit::ProbeResult) -> Self {
-        ProbeResult {
-            status: p.status,
-            headers: kvs_out(p.headers),
-            body_prefix: p.body_prefix,
-            latency_us: p.latency_us,
-            error: p.error,
-        }
-    }
-}
-
-impl From<HealthInput> for wit::HealthInput {
-    fn from(i: HealthInput) -> Self {
-        wit::HealthInput {
-            service: i.service,
-            color: i.color.into(),
-            attempt: i.attempt,
-            elapsed_ms: i.elapsed_ms,
-            probe: i.probe.into(),
-            history: i.history.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-impl From<wit::HealthInput> for HealthInput {
-    fn from(i: wit::HealthInput) -> Self {
-        HealthInput {
-            service: i.service,
-            color: i.color.into(),
-            attempt: i.attempt,
-            elapsed_ms: i.elapsed_ms,
-            probe: i.probe.into(),
-            history: i.history.into_iter().map(Into::into).collect(),
-        }
-    }
-}
-
-impl From<Upstream> for wit::Upstream {
-    fn from(u: Upstream) -> Self {
-        wit::Upstream {
-            color: u.color.into(),
-            address: u.address,
-            port: u.port,
-        }
-    }
-}
-
-impl From<wit::Upstream> for Upstream {
-    fn from(u: wit::Upstream) -> Self {
-        Upstream {
-            color: u.color.into(),
-            address: u.address,
-            port: u.port,
-        }
-    }
-}
-
-impl From<TemplateInput> for wit::TemplateInput {
-    fn from(i: TemplateInput) -> Self {
-        wit::TemplateInput {
-            service: i.service,
-            target: i.target.into(),
-            previous: i.previous.map(Into::into),
-            variables: kvs_in(i.variables),
-        }
-    }
-}
-
-impl From<wit::TemplateInput> for TemplateInput {
-    fn from(i: wit::TemplateInput) -> Self {
-        TemplateInput {
-            service: i.service,
-            target: i.target.into(),
-            previous: i.previous.map(Into::into),
-            variables: kvs_out(i.variables),
-        }
-    }
-}
+mirror_record!(AnalysisInput {
+    service: String,
+    step_index: u32,
+    step_count: u32,
+    weight: u8,
+    step_elapsed_ms: u64,
+    canary_elapsed_ms: u64,
+    canary: ColorTraffic,
+    baseline: ColorTraffic,
+    #[serde(default)]
+    probes: Vec<InstanceProbe>,
+});
 
 /// One decision's input, for the world it belongs to.
 #[derive(Debug)]
@@ -343,6 +233,8 @@ pub enum Input {
     Health(wit::HealthInput),
     /// `proxy-template`'s `render`.
     Template(wit::TemplateInput),
+    /// `rollout-analysis`'s `analyze`.
+    Analysis(wit::AnalysisInput),
 }
 
 impl Input {
@@ -353,6 +245,7 @@ impl Input {
             PluginKind::TargetSelector => Input::Selector(sample::selector_input()),
             PluginKind::HealthPolicy => Input::Health(sample::health_input()),
             PluginKind::ProxyTemplate => Input::Template(sample::template_input()),
+            PluginKind::RolloutAnalysis => Input::Analysis(sample::analysis_input()),
         }
     }
 
@@ -363,6 +256,7 @@ impl Input {
             Input::Selector(_) => PluginKind::TargetSelector,
             Input::Health(_) => PluginKind::HealthPolicy,
             Input::Template(_) => PluginKind::ProxyTemplate,
+            Input::Analysis(_) => PluginKind::RolloutAnalysis,
         }
     }
 }
@@ -374,6 +268,7 @@ fn input_record(kind: PluginKind) -> &'static str {
         PluginKind::TargetSelector => "selector-input",
         PluginKind::HealthPolicy => "health-input",
         PluginKind::ProxyTemplate => "template-input",
+        PluginKind::RolloutAnalysis => "analysis-input",
     }
 }
 
@@ -381,10 +276,17 @@ fn input_record(kind: PluginKind) -> &'static str {
 pub fn sample(kind: PluginKind) -> String {
     // Serialised from the structs, not a `Value`, so keys keep the WIT's order.
     let text = match Input::sample(kind) {
-        Input::Gate(input) => serde_json::to_string_pretty(&GateInput::from(input)),
-        Input::Selector(input) => serde_json::to_string_pretty(&SelectorInput::from(input)),
-        Input::Health(input) => serde_json::to_string_pretty(&HealthInput::from(input)),
-        Input::Template(input) => serde_json::to_string_pretty(&TemplateInput::from(input)),
+        Input::Gate(input) => serde_json::to_string_pretty(&Mirror::<GateInput>::mirror(input)),
+        Input::Selector(input) => {
+            serde_json::to_string_pretty(&Mirror::<SelectorInput>::mirror(input))
+        }
+        Input::Health(input) => serde_json::to_string_pretty(&Mirror::<HealthInput>::mirror(input)),
+        Input::Template(input) => {
+            serde_json::to_string_pretty(&Mirror::<TemplateInput>::mirror(input))
+        }
+        Input::Analysis(input) => {
+            serde_json::to_string_pretty(&Mirror::<AnalysisInput>::mirror(input))
+        }
     };
     // Plain data with string keys: serialising it cannot fail.
     let mut text = text.unwrap_or_default();
@@ -439,13 +341,16 @@ pub fn parse(kind: PluginKind, text: &str, file: &str) -> Result<Input, PluginEr
         })
     }
     Ok(match kind {
-        PluginKind::DeployGate => Input::Gate(typed::<GateInput>(kind, text, file)?.into()),
+        PluginKind::DeployGate => Input::Gate(typed::<GateInput>(kind, text, file)?.mirror()),
         PluginKind::TargetSelector => {
-            Input::Selector(typed::<SelectorInput>(kind, text, file)?.into())
+            Input::Selector(typed::<SelectorInput>(kind, text, file)?.mirror())
         }
-        PluginKind::HealthPolicy => Input::Health(typed::<HealthInput>(kind, text, file)?.into()),
+        PluginKind::HealthPolicy => Input::Health(typed::<HealthInput>(kind, text, file)?.mirror()),
         PluginKind::ProxyTemplate => {
-            Input::Template(typed::<TemplateInput>(kind, text, file)?.into())
+            Input::Template(typed::<TemplateInput>(kind, text, file)?.mirror())
+        }
+        PluginKind::RolloutAnalysis => {
+            Input::Analysis(typed::<AnalysisInput>(kind, text, file)?.mirror())
         }
     })
 }
@@ -521,6 +426,12 @@ pub enum Answer {
     Failed(String),
     /// `proxy-template`: the files, path and contents.
     Render(Vec<RenderedFile>),
+    /// `rollout-analysis`: go on to the next step.
+    Promote,
+    /// `rollout-analysis`: ask again later, with why.
+    Hold(String),
+    /// `rollout-analysis`: stop the canary, with why.
+    Abort(String),
     /// Any world: the function's `err(reason)`, which fails a deploy.
     Error(String),
 }
@@ -554,6 +465,9 @@ impl Answer {
                 }
                 text
             }
+            Answer::Promote => "analyze -> promote".to_owned(),
+            Answer::Hold(why) => format!("analyze -> hold: {why}"),
+            Answer::Abort(why) => format!("analyze -> abort: {why}"),
             Answer::Error(reason) => format!("error: {reason}"),
         }
     }

@@ -1,11 +1,14 @@
-//! The four loaded plugin types a deploy calls, how a `[plugins.<kind>]` entry becomes
+//! The five loaded plugin types a deploy calls, how a `[plugins.<kind>]` entry becomes
 //! one, and the checks on what each returns.
 //!
 //! Loading resolves the source (built-in or pinned file), compiles (or loads from the
-//! cache), checks the component fits the kind's world and has its config validated
-//! by the plugin itself. Calling returns the plugin's answer only after the host has
-//! capped its size, made its text printable and, for proxy files, checked every path:
-//! nothing a plugin returns is written or printed unchecked.
+//! cache), reads which contract version the component targets from the cutover
+//! interfaces it imports, checks it fits the kind's world in that version and has its
+//! config validated by the plugin itself. A guest of an older version is called
+//! through [`adapt`]; callers only ever see the v0.2.0 model. Calling returns the
+//! plugin's answer only after the host has capped its size, made its text printable
+//! and, for proxy files, checked every path: nothing a plugin returns is written or
+//! printed unchecked.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -15,13 +18,13 @@ use std::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::{gate, health, selector, template};
+use super::bindings::{WitVersion, adapt, analysis, gate, health, selector, template, v0_1_0};
 use super::builtin::{self, Builtin};
 use super::sandbox::{CallState, CallStats, Sandbox, chain, printable};
 use super::settings::{LimitsConfig, PluginSettings, PluginSpec};
 use super::types::{
-    self, GateDecision, GateInput, HealthInput, HealthVerdict, ProxyFile, SelectorInput,
-    TemplateInput,
+    self, AnalysisDecision, AnalysisInput, GateDecision, GateInput, HealthInput, HealthVerdict,
+    ProxyFile, SelectorInput, TemplateInput,
 };
 use super::{Compiled, Limits, Origin, PluginError, PluginHost, PluginKind, sha256_hex};
 use crate::events::{Event, Level, Reporter};
@@ -48,8 +51,10 @@ impl From<types::Color> for crate::Color {
 pub(crate) trait WorldPre: Sized + Send + Sync {
     /// The kind this world is.
     const KIND: PluginKind;
-    /// Checks the component's exports against the world.
-    fn new(pre: InstancePre<CallState>) -> wasmtime::Result<Self>;
+    /// Checks the component's exports against the world of `version`.
+    fn new(pre: InstancePre<CallState>, version: WitVersion) -> wasmtime::Result<Self>;
+    /// The contract version the guest targets.
+    fn version(&self) -> WitVersion;
     /// Calls `validate-config` in a fresh instance.
     fn validate_config(
         &self,
@@ -58,13 +63,32 @@ pub(crate) trait WorldPre: Sized + Send + Sync {
     ) -> wasmtime::Result<Result<(), String>>;
 }
 
+/// A world's bindings in the version its guest targets: 0.1.0 guests are called
+/// through the adapter, 0.2.0 ones directly.
+pub(crate) enum Versioned<Old, New> {
+    /// A `cutover:plugin@0.1.0` guest.
+    Old(Old),
+    /// A `cutover:plugin@0.2.0` guest.
+    New(New),
+}
+
 macro_rules! world_pre {
-    ($pre:ty, $kind:expr) => {
-        impl WorldPre for $pre {
+    ($old:ty, $new:ty, $kind:expr) => {
+        impl WorldPre for Versioned<$old, $new> {
             const KIND: PluginKind = $kind;
 
-            fn new(pre: InstancePre<CallState>) -> wasmtime::Result<Self> {
-                <$pre>::new(pre)
+            fn new(pre: InstancePre<CallState>, version: WitVersion) -> wasmtime::Result<Self> {
+                Ok(match version {
+                    WitVersion::V0_1_0 => Versioned::Old(<$old>::new(pre)?),
+                    WitVersion::V0_2_0 => Versioned::New(<$new>::new(pre)?),
+                })
+            }
+
+            fn version(&self) -> WitVersion {
+                match self {
+                    Versioned::Old(_) => WitVersion::V0_1_0,
+                    Versioned::New(_) => WitVersion::V0_2_0,
+                }
             }
 
             fn validate_config(
@@ -72,23 +96,78 @@ macro_rules! world_pre {
                 store: &mut Store<CallState>,
                 config: &str,
             ) -> wasmtime::Result<Result<(), String>> {
-                self.instantiate(&mut *store)?
-                    .call_validate_config(store, config)
+                match self {
+                    Versioned::Old(pre) => pre
+                        .instantiate(&mut *store)?
+                        .call_validate_config(store, config),
+                    Versioned::New(pre) => pre
+                        .instantiate(&mut *store)?
+                        .call_validate_config(store, config),
+                }
             }
         }
     };
 }
 
-world_pre!(gate::DeployGatePre<CallState>, PluginKind::DeployGate);
+type GatePre = Versioned<v0_1_0::gate::DeployGatePre<CallState>, gate::DeployGatePre<CallState>>;
+type SelectorPre = Versioned<
+    v0_1_0::selector::TargetSelectorPre<CallState>,
+    selector::TargetSelectorPre<CallState>,
+>;
+type HealthPre =
+    Versioned<v0_1_0::health::HealthPolicyPre<CallState>, health::HealthPolicyPre<CallState>>;
+type TemplatePre =
+    Versioned<v0_1_0::template::ProxyTemplatePre<CallState>, template::ProxyTemplatePre<CallState>>;
+
 world_pre!(
+    v0_1_0::gate::DeployGatePre<CallState>,
+    gate::DeployGatePre<CallState>,
+    PluginKind::DeployGate
+);
+world_pre!(
+    v0_1_0::selector::TargetSelectorPre<CallState>,
     selector::TargetSelectorPre<CallState>,
     PluginKind::TargetSelector
 );
-world_pre!(health::HealthPolicyPre<CallState>, PluginKind::HealthPolicy);
 world_pre!(
+    v0_1_0::health::HealthPolicyPre<CallState>,
+    health::HealthPolicyPre<CallState>,
+    PluginKind::HealthPolicy
+);
+world_pre!(
+    v0_1_0::template::ProxyTemplatePre<CallState>,
     template::ProxyTemplatePre<CallState>,
     PluginKind::ProxyTemplate
 );
+
+/// `rollout-analysis` exists only from 0.2.0 on.
+type AnalysisPre = analysis::RolloutAnalysisPre<CallState>;
+
+impl WorldPre for AnalysisPre {
+    const KIND: PluginKind = PluginKind::RolloutAnalysis;
+
+    fn new(pre: InstancePre<CallState>, version: WitVersion) -> wasmtime::Result<Self> {
+        match version {
+            WitVersion::V0_2_0 => AnalysisPre::new(pre),
+            WitVersion::V0_1_0 => Err(wasmtime::format_err!(
+                "it targets cutover:plugin@0.1.0, which has no rollout-analysis world (it is new in 0.2.0)"
+            )),
+        }
+    }
+
+    fn version(&self) -> WitVersion {
+        WitVersion::V0_2_0
+    }
+
+    fn validate_config(
+        &self,
+        store: &mut Store<CallState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.instantiate(&mut *store)?
+            .call_validate_config(store, config)
+    }
+}
 
 /// A loaded plugin of world `P`: its bindings, sandbox and config.
 struct Loaded<P> {
@@ -226,6 +305,7 @@ pub(crate) fn exported_kinds(host: &PluginHost, component: &Component) -> Vec<Pl
         ("select", PluginKind::TargetSelector),
         ("evaluate", PluginKind::HealthPolicy),
         ("render", PluginKind::ProxyTemplate),
+        ("analyze", PluginKind::RolloutAnalysis),
     ]
     .into_iter()
     .filter(|(export, _)| names.contains(export))
@@ -280,17 +360,35 @@ fn link<P: WorldPre>(
     }
     let instance_pre = host.linker.instantiate_pre(&component).map_err(|e| {
         wrong_world(format!(
-            "{}; a plugin may import only cutover:plugin/host@0.1.0 and WASI 0.2 \
+            "{}; a plugin may import only cutover:plugin/host (0.2.0 or 0.1.0) and WASI 0.2 \
              (build it with `cargo build --target wasm32-wasip2` against `cutover plugin wit`)",
             chain(&e)
         ))
     })?;
-    let pre = P::new(instance_pre).map_err(|e| {
-        wrong_world(format!(
+    let ty = component.component_type();
+    let versions = match WitVersion::of_imports(ty.imports(&host.engine).map(|(name, _)| name)) {
+        Some(version) => vec![version],
+        // A component that imports no cutover interface says nothing about its
+        // version: whichever world its exports fit is the one.
+        None => WitVersion::ALL.to_vec(),
+    };
+    let mut misfits = Vec::new();
+    let fitted =
+        versions
+            .into_iter()
+            .find_map(|version| match P::new(instance_pre.clone(), version) {
+                Ok(pre) => Some(pre),
+                Err(e) => {
+                    misfits.push(format!("as {version}: {}", chain(&e)));
+                    None
+                }
+            });
+    let Some(pre) = fitted else {
+        return Err(wrong_world(format!(
             "{}; implement every export of the {kind} world in `cutover plugin wit`",
-            chain(&e)
-        ))
-    })?;
+            misfits.join("; ")
+        )));
+    };
     let how = match origin {
         Origin::Cache => "loaded from the compiled-code cache",
         Origin::Compiled => "compiled",
@@ -299,7 +397,8 @@ fn link<P: WorldPre>(
         level: Level::Debug,
         source: "cutover".to_owned(),
         message: format!(
-            "{kind} plugin {name} {how} in {:.1} ms",
+            "{kind} plugin {name} ({}) {how} in {:.1} ms",
+            pre.version(),
             took.as_secs_f64() * 1e3
         ),
     });
@@ -409,6 +508,11 @@ macro_rules! plugin_type {
             pub fn limits(&self) -> &Limits {
                 &self.0.sandbox.limits
             }
+
+            /// The contract version the plugin was built against.
+            pub fn version(&self) -> WitVersion {
+                self.0.pre.version()
+            }
         }
     };
 }
@@ -416,22 +520,27 @@ macro_rules! plugin_type {
 plugin_type!(
     /// A loaded `deploy-gate` plugin.
     GatePlugin,
-    gate::DeployGatePre<CallState>
+    GatePre
 );
 plugin_type!(
     /// A loaded `target-selector` plugin.
     SelectorPlugin,
-    selector::TargetSelectorPre<CallState>
+    SelectorPre
 );
 plugin_type!(
     /// A loaded `health-policy` plugin.
     HealthPlugin,
-    health::HealthPolicyPre<CallState>
+    HealthPre
 );
 plugin_type!(
     /// A loaded `proxy-template` plugin.
     TemplatePlugin,
-    template::ProxyTemplatePre<CallState>
+    TemplatePre
+);
+plugin_type!(
+    /// A loaded `rollout-analysis` plugin.
+    AnalysisPlugin,
+    AnalysisPre
 );
 
 impl GatePlugin {
@@ -449,9 +558,14 @@ impl GatePlugin {
         &self,
         input: &GateInput,
     ) -> Result<(Result<GateDecision, PluginError>, CallStats), PluginError> {
-        let (answer, stats) = self.0.run(|pre, store, config| {
-            pre.instantiate(&mut *store)?
-                .call_decide(store, config, input)
+        let (answer, stats) = self.0.run(|pre, store, config| match pre {
+            Versioned::Old(pre) => Ok(pre
+                .instantiate(&mut *store)?
+                .call_decide(store, config, &adapt::gate_input_down(input))?
+                .map(adapt::gate_decision_up)),
+            Versioned::New(pre) => pre
+                .instantiate(&mut *store)?
+                .call_decide(store, config, input),
         })?;
         let decision = answer
             .map_err(|reason| self.0.refused(reason))
@@ -480,9 +594,14 @@ impl SelectorPlugin {
         &self,
         input: &SelectorInput,
     ) -> Result<(Result<crate::Color, PluginError>, CallStats), PluginError> {
-        let (answer, stats) = self.0.run(|pre, store, config| {
-            pre.instantiate(&mut *store)?
-                .call_select(store, config, input)
+        let (answer, stats) = self.0.run(|pre, store, config| match pre {
+            Versioned::Old(pre) => Ok(pre
+                .instantiate(&mut *store)?
+                .call_select(store, config, &adapt::selector_input_down(input))?
+                .map(adapt::color_up)),
+            Versioned::New(pre) => pre
+                .instantiate(&mut *store)?
+                .call_select(store, config, input),
         })?;
         let color = answer
             .map(Into::into)
@@ -505,9 +624,17 @@ impl HealthPlugin {
         &self,
         input: &HealthInput,
     ) -> Result<(Result<HealthVerdict, PluginError>, CallStats), PluginError> {
-        let (verdict, stats) = self.0.run(|pre, store, config| {
-            pre.instantiate(&mut *store)?
-                .call_evaluate(store, config, input)
+        let (verdict, stats) = self.0.run(|pre, store, config| match pre {
+            Versioned::Old(pre) => Ok(adapt::health_verdict_up(
+                pre.instantiate(&mut *store)?.call_evaluate(
+                    store,
+                    config,
+                    &adapt::health_input_down(input),
+                )?,
+            )),
+            Versioned::New(pre) => pre
+                .instantiate(&mut *store)?
+                .call_evaluate(store, config, input),
         })?;
         let verdict = (|| {
             Ok(match verdict {
@@ -528,7 +655,9 @@ impl TemplatePlugin {
     /// # Errors
     /// [`PluginError::InvalidOutput`] for a file that fails those checks,
     /// [`PluginError::OutputTooLarge`], [`PluginError::Refused`] with the plugin's
-    /// reason, or any sandbox error. Nothing is written by this function.
+    /// reason, [`PluginError::NeedsNewerContract`] when a 0.1.0 plugin is asked for a
+    /// split, a sticky key or several servers, or any sandbox error. Nothing is
+    /// written by this function.
     pub fn render(&self, input: &TemplateInput) -> Result<Vec<ProxyFile>, PluginError> {
         self.render_with_stats(input)?.0
     }
@@ -538,9 +667,30 @@ impl TemplatePlugin {
         &self,
         input: &TemplateInput,
     ) -> Result<(Result<Vec<ProxyFile>, PluginError>, CallStats), PluginError> {
-        let (answer, stats) = self.0.run(|pre, store, config| {
-            pre.instantiate(&mut *store)?
-                .call_render(store, config, input)
+        // Refused before the call: a 0.1.0 template would otherwise render a plain
+        // switch where a split was asked for.
+        let old_input = match &self.0.pre {
+            Versioned::Old(_) => Some(adapt::template_input_down(input).map_err(|detail| {
+                PluginError::NeedsNewerContract {
+                    plugin: self.name().to_owned(),
+                    kind: PluginKind::ProxyTemplate,
+                    version: WitVersion::V0_1_0.number(),
+                    detail,
+                }
+            })?),
+            Versioned::New(_) => None,
+        };
+        let (answer, stats) = self.0.run(|pre, store, config| match (pre, &old_input) {
+            (Versioned::Old(pre), Some(old_input)) => Ok(pre
+                .instantiate(&mut *store)?
+                .call_render(store, config, old_input)?
+                .map(adapt::proxy_files_up)),
+            (Versioned::New(pre), _) => pre
+                .instantiate(&mut *store)?
+                .call_render(store, config, input),
+            (Versioned::Old(_), None) => Err(wasmtime::format_err!(
+                "a 0.1.0 template was called without its adapted input (a cutover bug)"
+            )),
         })?;
         Ok((self.checked_files(answer), stats))
     }
@@ -564,6 +714,59 @@ impl TemplatePlugin {
     }
 }
 
+/// The most a `hold` or `abort` reason may be, in bytes: it goes into the audit log
+/// and a terminal line.
+const MAX_REASON: usize = 4096;
+
+impl AnalysisPlugin {
+    /// Judges one canary step: promote, hold (with why) or abort (with why).
+    ///
+    /// # Errors
+    /// [`PluginError::Refused`] when the plugin answers with an error instead of a
+    /// decision (a failed analysis, never a promotion), [`PluginError::InvalidOutput`]
+    /// for an empty or over-long reason, or any sandbox error.
+    pub fn analyze(&self, input: &AnalysisInput) -> Result<AnalysisDecision, PluginError> {
+        self.analyze_with_stats(input)?.0
+    }
+
+    /// [`Self::analyze`], with the call's cost even when the answer is refused.
+    pub(crate) fn analyze_with_stats(
+        &self,
+        input: &AnalysisInput,
+    ) -> Result<(Result<AnalysisDecision, PluginError>, CallStats), PluginError> {
+        let (answer, stats) = self.0.run(|pre, store, config| {
+            pre.instantiate(&mut *store)?
+                .call_analyze(store, config, input)
+        })?;
+        let reason = |why: String| {
+            // A hold or an abort is read by a human deciding what to do next; an empty
+            // one explains nothing.
+            if why.trim().is_empty() {
+                return Err(self.0.invalid(
+                    "a hold or abort without a reason; say why, for the deploy log".to_owned(),
+                ));
+            }
+            if why.len() > MAX_REASON {
+                return Err(self.0.invalid(format!(
+                    "a reason of {} bytes; keep it under {MAX_REASON}",
+                    why.len()
+                )));
+            }
+            self.0.text(why)
+        };
+        let decision = answer
+            .map_err(|why| self.0.refused(why))
+            .and_then(|decision| {
+                Ok(match decision {
+                    AnalysisDecision::Promote => AnalysisDecision::Promote,
+                    AnalysisDecision::Hold(why) => AnalysisDecision::Hold(reason(why)?),
+                    AnalysisDecision::Abort(why) => AnalysisDecision::Abort(reason(why)?),
+                })
+            });
+        Ok((decision, stats))
+    }
+}
+
 /// A scoped thread's result; a panic in it continues in the caller.
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
     handle
@@ -577,6 +780,7 @@ pub struct Plugins {
     selector: Option<SelectorPlugin>,
     health: Option<HealthPlugin>,
     template: Option<TemplatePlugin>,
+    analysis: Option<AnalysisPlugin>,
 }
 
 impl Plugins {
@@ -589,7 +793,7 @@ impl Plugins {
     ///
     /// # Errors
     /// The first [`PluginError`] found, in deploy order (gate, selector, health,
-    /// template) within each stage (sources and limits, compiling, linking and
+    /// template, analysis) within each stage (sources and limits, compiling, linking and
     /// validating the config).
     pub fn load<'a>(
         host: &PluginHost,
@@ -638,6 +842,7 @@ impl Plugins {
             selector: None,
             health: None,
             template: None,
+            analysis: None,
         };
         for (pending, compiled) in pending.into_iter().zip(compiled) {
             match pending.kind {
@@ -658,6 +863,11 @@ impl Plugins {
                 }
                 PluginKind::ProxyTemplate => {
                     plugins.template = Some(TemplatePlugin(
+                        pending.link(host, compiled, &reporter).map_err(in_file)?,
+                    ));
+                }
+                PluginKind::RolloutAnalysis => {
+                    plugins.analysis = Some(AnalysisPlugin(
                         pending.link(host, compiled, &reporter).map_err(in_file)?,
                     ));
                 }
@@ -698,6 +908,14 @@ impl Plugins {
         loaded(self.template.as_ref(), PluginKind::ProxyTemplate)
     }
 
+    /// The `rollout-analysis` plugin, which judges each step of a canary.
+    ///
+    /// # Errors
+    /// [`PluginError::NotLoaded`] when the command did not load it (a cutover bug).
+    pub fn analysis(&self) -> Result<&AnalysisPlugin, PluginError> {
+        loaded(self.analysis.as_ref(), PluginKind::RolloutAnalysis)
+    }
+
     /// What each loaded plugin's successful calls have cost so far, for the host's
     /// metrics.
     pub fn call_stats(&self) -> Vec<PluginCalls> {
@@ -706,6 +924,7 @@ impl Plugins {
             self.selector.as_ref().map(|p| &p.0.sandbox),
             self.health.as_ref().map(|p| &p.0.sandbox),
             self.template.as_ref().map(|p| &p.0.sandbox),
+            self.analysis.as_ref().map(|p| &p.0.sandbox),
         ];
         sandboxes
             .into_iter()

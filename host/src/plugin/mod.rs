@@ -1,5 +1,5 @@
 //! The host side of the WIT plugin worlds: find, verify, compile, sandbox and call
-//! the four policy plugins.
+//! the five policy plugins, whichever contract version (0.1.0 or 0.2.0) each targets.
 //!
 //! [`PluginHost`] (one per process) owns the WebAssembly engine, the linker, the
 //! epoch ticker behind every deadline and the compiled-code cache. [`Plugins::load`]
@@ -35,15 +35,32 @@ use wasmtime::{
     WasmBacktraceDetails,
 };
 
-pub use bindings::{WIT, WIT_VERSION, types};
+pub use bindings::{WIT, WIT_VERSION, WitVersion, types};
 pub use cache::sha256_hex;
 pub use error::PluginError;
-pub use kinds::{GatePlugin, HealthPlugin, PluginCalls, Plugins, SelectorPlugin, TemplatePlugin};
+pub use kinds::{
+    AnalysisPlugin, GatePlugin, HealthPlugin, PluginCalls, Plugins, SelectorPlugin, TemplatePlugin,
+};
 pub use limits::{BOUNDS, Bound, Limits};
 pub use settings::{LimitsConfig, PluginSettings, PluginSpec, PluginsConfig};
 
 use cache::DiskCache;
 use sandbox::{CallSlots, CallState, chain};
+
+/// The one copy of `color` that one Docker host runs: the container
+/// `<service>-<color>` at `addr`, on no Swarm node.
+pub fn single_host_instance(
+    service: &str,
+    color: crate::Color,
+    addr: std::net::SocketAddr,
+) -> types::Instance {
+    types::Instance {
+        id: crate::docker::container_name(service, color),
+        node: None,
+        address: addr.ip().to_string(),
+        port: addr.port(),
+    }
+}
 
 /// How often the epoch advances: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(5);
@@ -56,7 +73,7 @@ const POOL_SLOTS: u32 = 16;
 /// the pages a call dirtied are restored), so the next call takes no page faults.
 const KEEP_RESIDENT: usize = 4 << 20;
 
-/// The four policy kinds a plugin can implement: one WIT world and one
+/// The five policy kinds a plugin can implement: one WIT world and one
 /// `[plugins.<kind>]` config entry each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PluginKind {
@@ -68,15 +85,18 @@ pub enum PluginKind {
     HealthPolicy,
     /// Render the proxy config.
     ProxyTemplate,
+    /// Judge a canary step (new in cutover:plugin@0.2.0).
+    RolloutAnalysis,
 }
 
 impl PluginKind {
     /// All kinds, in the order a deploy uses them.
-    pub const ALL: [PluginKind; 4] = [
+    pub const ALL: [PluginKind; 5] = [
         PluginKind::DeployGate,
         PluginKind::TargetSelector,
         PluginKind::HealthPolicy,
         PluginKind::ProxyTemplate,
+        PluginKind::RolloutAnalysis,
     ];
 
     /// The name used in config (`[plugins.<name>]`) and as the WIT world name.
@@ -86,6 +106,7 @@ impl PluginKind {
             PluginKind::TargetSelector => "target-selector",
             PluginKind::HealthPolicy => "health-policy",
             PluginKind::ProxyTemplate => "proxy-template",
+            PluginKind::RolloutAnalysis => "rollout-analysis",
         }
     }
 }
@@ -335,6 +356,7 @@ mod tests {
         assert_send_sync::<SelectorPlugin>();
         assert_send_sync::<HealthPlugin>();
         assert_send_sync::<TemplatePlugin>();
+        assert_send_sync::<AnalysisPlugin>();
         assert_send_sync::<Plugins>();
     }
 

@@ -4,8 +4,8 @@
 //! Only data lives here; nothing is called.
 
 use super::types::{
-    Color, GateInput, HealthInput, KeyValue, ProbeResult, ProbeVerdict, SelectorInput, SlotStatus,
-    TemplateInput, Upstream,
+    AnalysisInput, Color, ColorTraffic, GateInput, HealthInput, Instance, InstanceProbe, KeyValue,
+    ProbeResult, ProbeVerdict, SelectorInput, SlotStatus, TemplateInput, TrafficMetrics, Upstream,
 };
 
 fn kv(key: &str, value: &str) -> KeyValue {
@@ -42,16 +42,23 @@ pub fn selector_input() -> SelectorInput {
         slots: vec![
             SlotStatus {
                 color: Color::Blue,
-                container_present: true,
-                running: true,
+                present: true,
+                desired: 1,
+                running: 1,
                 image: Some("hello:3".to_owned()),
+                image_digest: Some(
+                    "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                        .to_owned(),
+                ),
                 last_probe: ProbeVerdict::Healthy,
             },
             SlotStatus {
                 color: Color::Green,
-                container_present: false,
-                running: false,
+                present: false,
+                desired: 0,
+                running: 0,
                 image: None,
+                image_digest: None,
                 last_probe: ProbeVerdict::Unknown,
             },
         ],
@@ -75,6 +82,7 @@ pub fn health_input() -> HealthInput {
     HealthInput {
         service: "hello".to_owned(),
         color: Color::Green,
+        instance: instance(Color::Green),
         attempt: 3,
         elapsed_ms: 240,
         probe: probe(200, r#"{"status":"UP"}"#, 1_800),
@@ -91,20 +99,80 @@ pub fn health_input() -> HealthInput {
     }
 }
 
-/// Switching from blue on 127.0.0.1:18081 to green on 127.0.0.1:18082.
+/// The one container of `color` on one host: blue on 127.0.0.1:18081, green on 18082.
+pub fn instance(color: Color) -> Instance {
+    let (name, port) = match color {
+        Color::Blue => ("hello-blue", 18081),
+        Color::Green => ("hello-green", 18082),
+    };
+    Instance {
+        id: name.to_owned(),
+        node: None,
+        address: "127.0.0.1".to_owned(),
+        port,
+    }
+}
+
+/// Switching all traffic from blue on 127.0.0.1:18081 to green on 127.0.0.1:18082.
 pub fn template_input() -> TemplateInput {
     TemplateInput {
         service: "hello".to_owned(),
         target: Upstream {
             color: Color::Green,
-            address: "127.0.0.1".to_owned(),
-            port: 18082,
+            servers: vec![instance(Color::Green)],
         },
         previous: Some(Upstream {
             color: Color::Blue,
-            address: "127.0.0.1".to_owned(),
-            port: 18081,
+            servers: vec![instance(Color::Blue)],
         }),
+        target_weight: 100,
+        sticky_key: None,
         variables: vec![kv("server_name", "hello.example.com")],
+    }
+}
+
+/// `requests` responses, `errors` of them 5xx and the rest 2xx, with a p95 of `p95_us`.
+pub fn traffic(requests: u64, errors: u64, p95_us: u64) -> TrafficMetrics {
+    let some = |us: u64| (requests > 0).then_some(us);
+    TrafficMetrics {
+        requests,
+        success: requests - errors.min(requests),
+        client_errors: 0,
+        server_errors: errors.min(requests),
+        latency_p50_us: some(p95_us / 3),
+        latency_p95_us: some(p95_us),
+        latency_p99_us: some(p95_us + p95_us / 2),
+    }
+}
+
+/// The first step (10%) of a canary of green against blue, 30 s in: green answered
+/// 120 requests without an error, blue 1,080 with one 5xx.
+pub fn analysis_input() -> AnalysisInput {
+    AnalysisInput {
+        service: "hello".to_owned(),
+        step_index: 0,
+        step_count: 3,
+        weight: 10,
+        step_elapsed_ms: 30_000,
+        canary_elapsed_ms: 30_000,
+        canary: ColorTraffic {
+            color: Color::Green,
+            this_step: traffic(120, 0, 42_000),
+            whole_canary: traffic(120, 0, 42_000),
+        },
+        baseline: ColorTraffic {
+            color: Color::Blue,
+            this_step: traffic(1_080, 1, 40_000),
+            whole_canary: traffic(1_080, 1, 40_000),
+        },
+        probes: [Color::Blue, Color::Green]
+            .into_iter()
+            .map(|color| InstanceProbe {
+                color,
+                instance: instance(color),
+                probe: probe(200, r#"{"status":"UP"}"#, 1_500),
+                verdict: ProbeVerdict::Healthy,
+            })
+            .collect(),
     }
 }

@@ -23,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::PluginKind;
 use crate::events::{Event, Level, Reporter};
 use crate::plugin::bindings::gate::cutover::plugin::{host, types};
+use crate::plugin::bindings::v0_1_0::gate::cutover::plugin as v0_1_0;
 use crate::plugin::limits::Limits;
 use crate::plugin::{PluginError, TICK};
 
@@ -117,8 +118,22 @@ impl host::Host for CallState {
     }
 }
 
+// A guest built against 0.1.0 imports the 0.1.0 interfaces; its log lines go to the
+// same sink.
+impl v0_1_0::types::Host for CallState {}
+
+impl v0_1_0::host::Host for CallState {
+    fn log(&mut self, level: v0_1_0::types::LogLevel, message: String) {
+        self.log.write(
+            crate::plugin::bindings::adapt::log_level_up(level),
+            &message,
+        );
+    }
+}
+
 /// Links everything a plugin may import: WASI p2 (synchronous), with the monotonic
-/// clock replaced by a frozen one, and the `host` interface.
+/// clock replaced by a frozen one, and the `host` interface of every contract version
+/// the host runs (0.1.0 and 0.2.0 are distinct imports, so both can be linked).
 pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
@@ -127,6 +142,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
     })?;
     linker.allow_shadowing(false);
     crate::plugin::bindings::gate::DeployGate::add_to_linker::<
+        CallState,
+        wasmtime::component::HasSelf<CallState>,
+    >(linker, |state| state)?;
+    crate::plugin::bindings::v0_1_0::gate::DeployGate::add_to_linker::<
         CallState,
         wasmtime::component::HasSelf<CallState>,
     >(linker, |state| state)

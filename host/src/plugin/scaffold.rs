@@ -148,6 +148,7 @@ fn sample_answer(kind: PluginKind) -> &'static str {
         PluginKind::TargetSelector => "select -> green",
         PluginKind::HealthPolicy => "evaluate -> healthy",
         PluginKind::ProxyTemplate => "render -> 1 file(s)",
+        PluginKind::RolloutAnalysis => "analyze -> promote",
     }
 }
 
@@ -158,6 +159,7 @@ fn rust_names(kind: PluginKind) -> (&'static str, &'static str) {
         PluginKind::TargetSelector => ("TargetSelector", "export_target_selector"),
         PluginKind::HealthPolicy => ("HealthPolicy", "export_health_policy"),
         PluginKind::ProxyTemplate => ("ProxyTemplate", "export_proxy_template"),
+        PluginKind::RolloutAnalysis => ("RolloutAnalysis", "export_rollout_analysis"),
     }
 }
 
@@ -207,6 +209,7 @@ strip = true
         PluginKind::TargetSelector => RUST_SELECTOR,
         PluginKind::HealthPolicy => RUST_HEALTH,
         PluginKind::ProxyTemplate => RUST_TEMPLATE,
+        PluginKind::RolloutAnalysis => RUST_ANALYSIS,
     };
     let lib = body
         .replace("{trait}", trait_name)
@@ -227,6 +230,7 @@ fn python(kind: PluginKind, name: &str) -> Files {
         PluginKind::DeployGate | PluginKind::TargetSelector => PY_GATE,
         PluginKind::HealthPolicy => PY_HEALTH,
         PluginKind::ProxyTemplate => PY_TEMPLATE,
+        PluginKind::RolloutAnalysis => PY_ANALYSIS,
     };
     vec![
         (
@@ -515,12 +519,18 @@ cutover_plugin::{export}!(Policy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_plugin::{Color, ProbeResult};
+    use cutover_plugin::{Color, Instance, ProbeResult};
 
     fn input(attempt: u32, status: Option<u16>) -> HealthInput {
         HealthInput {
             service: "app".to_owned(),
             color: Color::Green,
+            instance: Instance {
+                id: "app-green".to_owned(),
+                node: None,
+                address: "127.0.0.1".to_owned(),
+                port: 8082,
+            },
             attempt,
             elapsed_ms: 100,
             probe: ProbeResult {
@@ -551,6 +561,10 @@ mod tests {
 
 const RUST_TEMPLATE: &str = r##"//! A cutover `{kind}` plugin: writes `set $service_url http://ADDR:PORT;` to
 //! `service-url.inc`, which the nginx config includes.
+//!
+//! It switches all traffic to one server. A canary split (`target-weight` under
+//! 100) or a colour with several servers (a Swarm service) needs `upstream` blocks:
+//! see `builtin:nginx-service-url` for one way to render them. This one refuses.
 //!
 //! Config (`[plugins.{kind}].config`; `{}` when left out):
 //! - `variable` (string, default `"service_url"`): the nginx variable it sets.
@@ -583,14 +597,19 @@ impl {trait} for Policy {
     type Config = Settings;
 
     fn render(config: &Settings, input: TemplateInput) -> Result<Vec<ProxyFile>, String> {
-        let target = &input.target;
-        if target.address.contains(|c: char| c.is_whitespace() || ";{}\"'#$".contains(c)) {
-            return Err(format!("the address {:?} would inject nginx syntax", target.address));
+        if input.target_weight != 100 {
+            return Err(format!("this template cannot split traffic ({}%)", input.target_weight));
+        }
+        let [server] = input.target.servers.as_slice() else {
+            return Err(format!("this template renders one server, not {}", input.target.servers.len()));
+        };
+        if server.address.contains(|c: char| c.is_whitespace() || ";{}\"'#$".contains(c)) {
+            return Err(format!("the address {:?} would inject nginx syntax", server.address));
         }
         let variable = config.variable.as_deref().unwrap_or("service_url");
         Ok(vec![ProxyFile {
             path: "service-url.inc".to_owned(),
-            contents: format!("set ${variable} http://{}:{};\n", target.address, target.port),
+            contents: format!("set ${variable} http://{};\n", server.socket_address()),
         }])
     }
 }
@@ -600,19 +619,139 @@ cutover_plugin::{export}!(Policy);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutover_plugin::{Color, Upstream};
+    use cutover_plugin::{Color, Instance, Upstream};
 
     #[test]
     fn renders_the_include() {
-        let input = TemplateInput {
+        let server = Instance {
+            id: "app-green".to_owned(),
+            node: None,
+            address: "127.0.0.1".to_owned(),
+            port: 8082,
+        };
+        let mut input = TemplateInput {
             service: "app".to_owned(),
-            target: Upstream { color: Color::Green, address: "127.0.0.1".to_owned(), port: 8082 },
+            target: Upstream { color: Color::Green, servers: vec![server] },
             previous: None,
+            target_weight: 100,
+            sticky_key: None,
             variables: Vec::new(),
         };
-        let files = Policy::render(&Settings::default(), input).unwrap();
+        let files = Policy::render(&Settings::default(), input.clone()).unwrap();
         assert_eq!(files[0].contents, "set $service_url http://127.0.0.1:8082;\n");
         assert!(cutover_plugin::parse_config::<Settings>(r#"{"variable":"a b"}"#).is_err());
+        input.target_weight = 10;
+        assert!(Policy::render(&Settings::default(), input).is_err());
+    }
+}
+"##;
+
+const RUST_ANALYSIS: &str = r##"//! A cutover `{kind}` plugin: judges one step of a canary. Holds until the
+//! canary served `min_requests` in this step, aborts when its share of 5xx
+//! responses is over `max_5xx_percent`, else promotes.
+//!
+//! `analyze` is called during every step of a canary (`[strategy] kind = "canary"`)
+//! with what the proxy's access log says each colour served. "hold" asks again
+//! later (bounded by the step's deadline); "abort" sends all traffic back to the
+//! live colour and stops the canary.
+//!
+//! Config (`[plugins.{kind}].config`; `{}` when left out):
+//! - `min_requests` (integer, default 20): canary requests before judging.
+//! - `max_5xx_percent` (number, default 1.0): the canary's 5xx share that aborts.
+
+use cutover_plugin::{AnalysisDecision, AnalysisInput, Config, {trait}, LogLevel, log};
+use serde::Deserialize;
+
+/// The plugin's config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Canary requests in a step before it is judged.
+    pub min_requests: u64,
+    /// The canary's share of 5xx responses, in percent, that aborts.
+    pub max_5xx_percent: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { min_requests: 20, max_5xx_percent: 1.0 }
+    }
+}
+
+impl Config for Settings {
+    fn validate(&self) -> Result<(), String> {
+        if !(0.0..=100.0).contains(&self.max_5xx_percent) {
+            return Err(format!("`max_5xx_percent` is {}; expected 0 to 100", self.max_5xx_percent));
+        }
+        Ok(())
+    }
+}
+
+pub struct Policy;
+
+impl {trait} for Policy {
+    type Config = Settings;
+
+    fn analyze(config: &Settings, input: AnalysisInput) -> Result<AnalysisDecision, String> {
+        let step = &input.canary.this_step;
+        log(LogLevel::Debug, &format!("step {}: {} requests", input.step_index, step.requests));
+        if step.requests < config.min_requests {
+            return Ok(AnalysisDecision::Hold(format!(
+                "{} of {} requests so far",
+                step.requests, config.min_requests
+            )));
+        }
+        let errors = step.server_error_percent().unwrap_or(0.0);
+        if errors > config.max_5xx_percent {
+            return Ok(AnalysisDecision::Abort(format!(
+                "{errors:.1}% of the canary's responses were 5xx"
+            )));
+        }
+        Ok(AnalysisDecision::Promote)
+    }
+}
+
+cutover_plugin::{export}!(Policy);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutover_plugin::{Color, ColorTraffic, TrafficMetrics};
+
+    fn input(requests: u64, errors: u64) -> AnalysisInput {
+        let traffic = |color, requests: u64, errors: u64| {
+            let metrics = TrafficMetrics {
+                requests,
+                success: requests - errors,
+                client_errors: 0,
+                server_errors: errors,
+                latency_p50_us: None,
+                latency_p95_us: None,
+                latency_p99_us: None,
+            };
+            ColorTraffic { color, this_step: metrics.clone(), whole_canary: metrics }
+        };
+        AnalysisInput {
+            service: "app".to_owned(),
+            step_index: 0,
+            step_count: 2,
+            weight: 10,
+            step_elapsed_ms: 1_000,
+            canary_elapsed_ms: 1_000,
+            canary: traffic(Color::Green, requests, errors),
+            baseline: traffic(Color::Blue, 10 * requests, 0),
+            probes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn holds_then_promotes_or_aborts() {
+        let config = Settings::default();
+        assert!(matches!(Policy::analyze(&config, input(5, 0)), Ok(AnalysisDecision::Hold(_))));
+        assert_eq!(Policy::analyze(&config, input(100, 1)), Ok(AnalysisDecision::Promote));
+        assert!(matches!(Policy::analyze(&config, input(100, 20)), Ok(AnalysisDecision::Abort(_))));
+        assert_eq!(cutover_plugin::take_logs().len(), 3);
+        assert!(cutover_plugin::parse_config::<Settings>(r#"{"max_5xx_percent":-1}"#).is_err());
     }
 }
 "##;
@@ -716,12 +855,46 @@ class WitWorld(wit_world.WitWorld):
         settings(config)
 
     def render(self, config: str, input: TemplateInput) -> list[ProxyFile]:
-        target = input.target
-        if any(c.isspace() or c in ";{}\"'#$" for c in target.address):
-            raise Err(f"the address {target.address!r} would inject nginx syntax")
+        if input.target_weight != 100:
+            raise Err(f"this template cannot split traffic ({input.target_weight}%)")
+        if len(input.target.servers) != 1:
+            raise Err(f"this template renders one server, not {len(input.target.servers)}")
+        server = input.target.servers[0]
+        if any(c.isspace() or c in ";{}\"'#$" for c in server.address):
+            raise Err(f"the address {server.address!r} would inject nginx syntax")
         variable = settings(config)["variable"]
-        contents = f"set ${variable} http://{target.address}:{target.port};\n"
+        contents = f"set ${variable} http://{server.address}:{server.port};\n"
         return [ProxyFile("service-url.inc", contents)]
+"##;
+
+const PY_ANALYSIS: &str = r##""""A cutover `{kind}` plugin: hold until the canary served `min_requests` in
+this step, abort when its share of 5xx responses is over `max_5xx_percent`, else
+promote."""
+{header}
+
+def settings(text: str) -> dict:
+    config = parse_config(text, {"min_requests": 20, "max_5xx_percent": 1.0})
+    if not isinstance(config["min_requests"], int) or config["min_requests"] < 1:
+        raise Err("`min_requests` must be an integer of at least 1")
+    if not isinstance(config["max_5xx_percent"], (int, float)):
+        raise Err("`max_5xx_percent` must be a number")
+    return config
+
+
+class WitWorld(wit_world.WitWorld):
+    def validate_config(self, config: str) -> None:
+        settings(config)
+
+    def analyze(self, config: str, input: AnalysisInput) -> AnalysisDecision:
+        config = settings(config)
+        step = input.canary.this_step
+        host.log(LogLevel.DEBUG, f"step {input.step_index}: {step.requests} requests")
+        if step.requests < config["min_requests"]:
+            return AnalysisDecision_Hold(f"{step.requests} of {config['min_requests']} requests so far")
+        errors = 100.0 * step.server_errors / step.requests
+        if errors > config["max_5xx_percent"]:
+            return AnalysisDecision_Abort(f"{errors:.1f}% of the canary's responses were 5xx")
+        return AnalysisDecision_Promote()
 "##;
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct PluginsConfig {
     /// `[plugins.proxy-template]`
     #[serde(rename = "proxy-template")]
     pub proxy_template: Option<PluginSpec>,
+    /// `[plugins.rollout-analysis]`
+    #[serde(rename = "rollout-analysis")]
+    pub rollout_analysis: Option<PluginSpec>,
 }
 
 impl PluginsConfig {
@@ -48,6 +51,7 @@ impl PluginsConfig {
             PluginKind::TargetSelector => self.target_selector.as_ref(),
             PluginKind::HealthPolicy => self.health_policy.as_ref(),
             PluginKind::ProxyTemplate => self.proxy_template.as_ref(),
+            PluginKind::RolloutAnalysis => self.rollout_analysis.as_ref(),
         }
     }
 }

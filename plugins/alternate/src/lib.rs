@@ -72,7 +72,7 @@ pub enum LiveMissing {
 impl cutover_plugin::Config for Config {}
 
 fn serving(slot: Option<&SlotStatus>) -> bool {
-    slot.is_some_and(|s| s.running && s.last_probe == ProbeVerdict::Healthy)
+    slot.is_some_and(|s| s.running > 0 && s.last_probe == ProbeVerdict::Healthy)
 }
 
 /// Chooses the colour to deploy to, or refuses with a reason a human should act on.
@@ -97,7 +97,7 @@ pub fn select(config: &Config, input: &SelectorInput) -> Result<Color, String> {
         };
     };
     let target = live.other();
-    if slot(live).is_some_and(|s| s.container_present) {
+    if slot(live).is_some_and(|s| s.present) {
         return Ok(target);
     }
     if serving(slot(target)) && config.live_missing == LiveMissing::Refuse {
@@ -137,9 +137,11 @@ mod tests {
     fn slot(color: Color, present: bool, running: bool, healthy: bool) -> SlotStatus {
         SlotStatus {
             color,
-            container_present: present,
-            running,
+            present,
+            desired: u32::from(running),
+            running: u32::from(running),
             image: present.then(|| "app:1".to_owned()),
+            image_digest: None,
             last_probe: if healthy {
                 ProbeVerdict::Healthy
             } else if running {

@@ -265,6 +265,12 @@ mod tests {
         HealthInput {
             service: "app".to_owned(),
             color: Color::Blue,
+            instance: cutover_plugin::Instance {
+                id: "app-blue".to_owned(),
+                node: None,
+                address: "127.0.0.1".to_owned(),
+                port: 8080,
+            },
             attempt: u32::try_from(history.len()).unwrap() + 1,
             elapsed_ms: 100,
             probe: current,

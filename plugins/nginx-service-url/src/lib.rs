@@ -2,6 +2,20 @@
 //! original script's include, `set $service_url http://ADDR:PORT;`, and optionally a
 //! second file from a template (a full `upstream`/`server` block).
 //!
+//! What the include points at depends on the traffic the host asks for:
+//! - all traffic to a colour with one server (one host): the server itself, exactly
+//!   as the original script did, so an external nginx that includes only the
+//!   include keeps working;
+//! - all traffic to a colour with several servers (a Swarm service): an `upstream`
+//!   block of every server, each with `max_fails`/`fail_timeout` so nginx skips a
+//!   node that dies later;
+//! - a canary split: one `upstream` of both colours' servers with weights that give
+//!   the target its percentage; or, with a sticky key, one upstream per colour and a
+//!   `split_clients` on the key that picks one of them, so a client stays on a colour.
+//!
+//! Upstream blocks go to `upstream_file`, which nginx must load at `http` level (the
+//! managed nginx loads `conf.d/*.conf` there; an external nginx needs an `include`).
+//!
 //! # Config
 //! ```toml
 //! [plugins.proxy-template]
@@ -24,6 +38,9 @@
 //!   `port`, `upstream` (`address:port`, IPv6 in brackets), `scheme`, `variable`, and
 //!   every key of `[proxy.variables]` (a key that reuses a built-in name is refused).
 //! - `template_file` (default `"<service>.conf"`): where the template's output goes.
+//! - `upstream_file` (default `"<service>-upstream.conf"`): where upstream blocks go.
+//! - `max_fails` (default 1) and `fail_timeout` (default `"5s"`): each upstream
+//!   server's passive health check.
 //!
 //! Every substituted value is refused when it holds whitespace, a control character
 //! or any of `; { } " ' \ # $`: each would end an nginx directive, open a block,
@@ -31,7 +48,7 @@
 
 #![deny(unsafe_code)]
 
-use cutover_plugin::{ProxyFile, ProxyTemplate, TemplateInput};
+use cutover_plugin::{ProxyFile, ProxyTemplate, TemplateInput, Upstream};
 use serde::Deserialize;
 
 /// Longest template accepted, in bytes.
@@ -46,6 +63,9 @@ struct RawConfig {
     scheme: Option<String>,
     template: Option<String>,
     template_file: Option<String>,
+    upstream_file: Option<String>,
+    max_fails: Option<u32>,
+    fail_timeout: Option<String>,
 }
 
 /// A checked config.
@@ -62,6 +82,12 @@ pub struct Config {
     pub template: Option<Vec<Piece>>,
     /// Where the template goes; `None` means `<service>.conf`.
     pub template_file: Option<String>,
+    /// Where upstream blocks go; `None` means `<service>-upstream.conf`.
+    pub upstream_file: Option<String>,
+    /// Failed attempts before nginx skips a server for `fail_timeout`.
+    pub max_fails: u32,
+    /// An nginx time (`5s`, `500ms`, `1m`).
+    pub fail_timeout: String,
 }
 
 /// A parsed template: literal text and placeholders.
@@ -207,22 +233,179 @@ impl TryFrom<RawConfig> for Config {
                 ));
             }
         }
+        if let Some(path) = &raw.upstream_file {
+            check_path("upstream_file", path)?;
+            if *path == file || raw.template_file.as_ref() == Some(path) {
+                return Err(format!(
+                    "`upstream_file` {path:?} is also `file` or `template_file`; give it its own file"
+                ));
+            }
+        }
+        let max_fails = raw.max_fails.unwrap_or(1);
+        if max_fails > 1000 {
+            return Err(format!(
+                "`max_fails` is {max_fails}; expected 0 (never skip a server) to 1000"
+            ));
+        }
+        let fail_timeout = raw.fail_timeout.unwrap_or_else(|| "5s".to_owned());
+        if !is_nginx_time(&fail_timeout) {
+            return Err(format!(
+                "`fail_timeout` is {fail_timeout:?}; expected an nginx time such as \"5s\", \"500ms\" or \"1m\""
+            ));
+        }
         Ok(Config {
             file,
             variable,
             scheme,
             template,
             template_file: raw.template_file,
+            upstream_file: raw.upstream_file,
+            max_fails,
+            fail_timeout,
         })
     }
 }
 
-/// `address:port`, with an IPv6 address in brackets.
-fn upstream(address: &str, port: u16) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
+/// `5s`, `500ms`, `1m`, `30`: digits and one nginx time unit.
+fn is_nginx_time(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    !digits.is_empty()
+        && digits.len() <= 9
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(unit, "" | "ms" | "s" | "m" | "h" | "d")
+}
+
+/// True for one or more nginx variables run together: `$cookie_session`,
+/// `$remote_addr$http_user_agent`.
+fn is_sticky_key(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix('$') else {
+        return false;
+    };
+    rest.split('$').all(is_name)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Where the include sends traffic, and the upstream blocks that needs.
+struct Routing {
+    /// The host part of the include's URL: a server, an upstream or a variable.
+    destination: String,
+    /// Upstream blocks and `split_clients`, for `upstream_file`; empty when the
+    /// include names the server itself.
+    blocks: String,
+}
+
+/// The `server` lines of `upstream`'s servers, each with `weight` (when not 1) and
+/// the passive health check.
+fn server_lines(config: &Config, upstream: &Upstream, weight: u64, out: &mut String) {
+    for address in upstream.addresses() {
+        let weight = if weight == 1 {
+            String::new()
+        } else {
+            format!(" weight={weight}")
+        };
+        out.push_str(&format!(
+            "    server {address}{weight} max_fails={} fail_timeout={};\n",
+            config.max_fails, config.fail_timeout
+        ));
+    }
+}
+
+/// The upstream named `name` of `upstream`'s servers.
+fn upstream_block(config: &Config, name: &str, upstream: &Upstream, out: &mut String) {
+    out.push_str(&format!("upstream {name} {{\n"));
+    server_lines(config, upstream, 1, out);
+    out.push_str("}\n");
+}
+
+/// Decides where traffic goes for `input` (see the module docs).
+fn routing(config: &Config, input: &TemplateInput) -> Result<Routing, String> {
+    let service = &input.service;
+    let target = &input.target;
+    let name_of = |u: &Upstream| format!("{service}-{}", u.color.name());
+    let weight = input.target_weight;
+    if weight == 0 || weight > 100 {
+        return Err(format!(
+            "target-weight is {weight}; expected 1 to 100 percent"
+        ));
+    }
+    let split = match (&input.previous, weight) {
+        (_, 100) => None,
+        (Some(previous), _) if previous.color != target.color => Some(previous),
+        _ => {
+            return Err(format!(
+                "asked to send {weight}% to {} and the rest to a previous colour, but there is none",
+                target.color.name()
+            ));
+        }
+    };
+    let mut blocks = String::new();
+    let Some(previous) = split else {
+        if let [server] = target.servers.as_slice() {
+            return Ok(Routing {
+                destination: server.socket_address(),
+                blocks,
+            });
+        }
+        upstream_block(config, &name_of(target), target, &mut blocks);
+        return Ok(Routing {
+            destination: name_of(target),
+            blocks,
+        });
+    };
+    match input.sticky_key.as_deref() {
+        Some(key) => {
+            if !is_sticky_key(key) {
+                return Err(format!(
+                    "sticky key {key:?} is not an nginx variable such as \"$cookie_session\""
+                ));
+            }
+            upstream_block(config, &name_of(target), target, &mut blocks);
+            upstream_block(config, &name_of(previous), previous, &mut blocks);
+            let variable: String = format!("cutover_{service}_upstream")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            blocks.push_str(&format!(
+                "# {weight}% of clients (by {key}) to {}, the rest to {}.\n\
+                 split_clients \"{key}\" ${variable} {{\n    {weight}% {};\n    * {};\n}}\n",
+                target.color.name(),
+                previous.color.name(),
+                name_of(target),
+                name_of(previous)
+            ));
+            Ok(Routing {
+                destination: format!("${variable}"),
+                blocks,
+            })
+        }
+        None => {
+            // Per-server weights that give each colour its share whatever its
+            // number of servers: target w * |previous|, previous (100 - w) * |target|.
+            let (n_target, n_previous) =
+                (target.servers.len() as u64, previous.servers.len() as u64);
+            let (w_target, w_previous) = (
+                u64::from(weight) * n_previous,
+                u64::from(100 - weight) * n_target,
+            );
+            let common = gcd(w_target, w_previous).max(1);
+            let name = format!("{service}-split");
+            blocks.push_str(&format!(
+                "# {weight}% of requests to {}, the rest to {}.\nupstream {name} {{\n",
+                target.color.name(),
+                previous.color.name()
+            ));
+            server_lines(config, target, w_target / common, &mut blocks);
+            server_lines(config, previous, w_previous / common, &mut blocks);
+            blocks.push_str("}\n");
+            Ok(Routing {
+                destination: name,
+                blocks,
+            })
+        }
     }
 }
 
@@ -235,13 +418,23 @@ pub fn render(config: &Config, input: &TemplateInput) -> Result<Vec<ProxyFile>, 
     let target = &input.target;
     let color = target.color.name();
     check_value("the service name", &input.service)?;
-    check_value("the target address", &target.address)?;
-    let upstream = upstream(&target.address, target.port);
-    let port = target.port.to_string();
+    let Some(first) = target.servers.first() else {
+        return Err(format!("the target colour {color} has no server"));
+    };
+    for server in target
+        .servers
+        .iter()
+        .chain(input.previous.iter().flat_map(|p| &p.servers))
+    {
+        check_value("the target address", &server.address)?;
+    }
+    let routing = routing(config, input)?;
+    let upstream = first.socket_address();
+    let port = first.port.to_string();
     let builtins: [(&str, &str); 7] = [
         ("service", &input.service),
         ("color", color),
-        ("address", &target.address),
+        ("address", &first.address),
         ("port", &port),
         ("upstream", &upstream),
         ("scheme", &config.scheme),
@@ -249,13 +442,31 @@ pub fn render(config: &Config, input: &TemplateInput) -> Result<Vec<ProxyFile>, 
     ];
     debug_assert!(builtins.iter().map(|b| b.0).eq(BUILTIN_NAMES));
 
+    let share = match input.target_weight {
+        100 => String::new(),
+        weight => format!(" {weight}%"),
+    };
     let mut files = vec![ProxyFile {
         path: config.file.clone(),
         contents: format!(
-            "# Written by cutover (builtin:nginx-service-url): {} -> {color}. Do not edit.\nset ${} {}://{upstream};\n",
-            input.service, config.variable, config.scheme
+            "# Written by cutover (builtin:nginx-service-url): {} ->{share} {color}. Do not edit.\nset ${} {}://{};\n",
+            input.service, config.variable, config.scheme, routing.destination
         ),
     }];
+    if !routing.blocks.is_empty() {
+        let path = config
+            .upstream_file
+            .clone()
+            .unwrap_or_else(|| format!("{}-upstream.conf", input.service));
+        check_path("upstream_file", &path)?;
+        files.push(ProxyFile {
+            path,
+            contents: format!(
+                "# Written by cutover (builtin:nginx-service-url). Do not edit.\n{}",
+                routing.blocks
+            ),
+        });
+    }
 
     let Some(template) = &config.template else {
         return Ok(files);
@@ -325,7 +536,16 @@ cutover_plugin::export_proxy_template!(NginxServiceUrl);
 mod tests {
     use super::*;
 
-    use cutover_plugin::{Color, KeyValue, Upstream};
+    use cutover_plugin::{Color, Instance, KeyValue};
+
+    fn server(address: &str, port: u16) -> Instance {
+        Instance {
+            id: format!("task-{port}"),
+            node: None,
+            address: address.to_owned(),
+            port,
+        }
+    }
 
     fn parse_config(json: &str) -> Result<Config, String> {
         cutover_plugin::parse_config(json)
@@ -336,10 +556,11 @@ mod tests {
             service: "app".to_owned(),
             target: Upstream {
                 color: Color::Green,
-                address: address.to_owned(),
-                port: 8080,
+                servers: vec![server(address, 8080)],
             },
             previous: None,
+            target_weight: 100,
+            sticky_key: None,
             variables: vars
                 .iter()
                 .map(|(k, v)| KeyValue {
@@ -420,6 +641,129 @@ mod tests {
         assert!(err.contains("`port` reuses"), "{err}");
     }
 
+    /// Green on three Swarm nodes, blue on one.
+    fn cluster(weight: u8, sticky: Option<&str>) -> TemplateInput {
+        let mut input = input("10.0.0.11", &[]);
+        input.target.servers = vec![
+            server("10.0.0.11", 8080),
+            server("10.0.0.12", 8080),
+            server("10.0.0.13", 8080),
+        ];
+        input.previous = Some(Upstream {
+            color: Color::Blue,
+            servers: vec![server("10.0.0.11", 8081)],
+        });
+        input.target_weight = weight;
+        input.sticky_key = sticky.map(str::to_owned);
+        input
+    }
+
+    #[test]
+    fn several_servers_become_an_upstream_with_passive_health() {
+        let files = rendered(
+            r#"{"fail_timeout":"10s","max_fails":2}"#,
+            &cluster(100, None),
+        )
+        .unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(
+            files[0].1.ends_with("set $service_url http://app-green;\n"),
+            "{}",
+            files[0].1
+        );
+        assert_eq!(files[1].0, "app-upstream.conf");
+        assert!(
+            files[1].1.ends_with(
+                "upstream app-green {\n    server 10.0.0.11:8080 max_fails=2 fail_timeout=10s;\n    \
+                 server 10.0.0.12:8080 max_fails=2 fail_timeout=10s;\n    \
+                 server 10.0.0.13:8080 max_fails=2 fail_timeout=10s;\n}\n"
+            ),
+            "{}",
+            files[1].1
+        );
+    }
+
+    #[test]
+    fn a_split_weights_servers_so_each_colour_gets_its_share() {
+        // One server each: 10 to 90 becomes 1 to 9.
+        let mut one_each = cluster(10, None);
+        one_each.target.servers.truncate(1);
+        let files = rendered("{}", &one_each).unwrap();
+        assert!(files[0].1.contains("app -> 10% green"), "{}", files[0].1);
+        assert!(
+            files[0].1.ends_with("set $service_url http://app-split;\n"),
+            "{}",
+            files[0].1
+        );
+        assert!(
+            files[1].1.ends_with(
+                "upstream app-split {\n    server 10.0.0.11:8080 max_fails=1 fail_timeout=5s;\n    \
+                 server 10.0.0.11:8081 weight=9 max_fails=1 fail_timeout=5s;\n}\n"
+            ),
+            "{}",
+            files[1].1
+        );
+        // Three green servers against one blue: 25% is 25 * 1 per green server and
+        // 75 * 3 per blue one, i.e. 1 : 9 each, 3 : 9 in all.
+        let files = rendered("{}", &cluster(25, None)).unwrap();
+        assert_eq!(
+            files[1].1.matches(" weight=9 ").count(),
+            1,
+            "{}",
+            files[1].1
+        );
+        assert_eq!(
+            files[1].1.matches("server 10.0.0.1").count(),
+            4,
+            "{}",
+            files[1].1
+        );
+    }
+
+    #[test]
+    fn a_sticky_split_picks_a_colour_upstream_per_client() {
+        let files = rendered("{}", &cluster(5, Some("$cookie_session"))).unwrap();
+        assert!(
+            files[0]
+                .1
+                .ends_with("set $service_url http://$cutover_app_upstream;\n"),
+            "{}",
+            files[0].1
+        );
+        let blocks = &files[1].1;
+        assert!(blocks.contains("upstream app-green {"), "{blocks}");
+        assert!(blocks.contains("upstream app-blue {"), "{blocks}");
+        assert!(
+            blocks.contains(
+                "split_clients \"$cookie_session\" $cutover_app_upstream {\n    5% app-green;\n    * app-blue;\n}\n"
+            ),
+            "{blocks}"
+        );
+        for bad in ["cookie", "$cookie;", "$a b", "$"] {
+            let err = rendered("{}", &cluster(5, Some(bad))).unwrap_err();
+            assert!(err.contains("sticky key"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_split_without_a_previous_colour_or_a_bad_weight_is_refused() {
+        let mut input = cluster(50, None);
+        input.previous = None;
+        assert!(
+            rendered("{}", &input)
+                .unwrap_err()
+                .contains("there is none")
+        );
+        assert!(
+            rendered("{}", &cluster(0, None))
+                .unwrap_err()
+                .contains("1 to 100")
+        );
+        let mut input = cluster(100, None);
+        input.target.servers.clear();
+        assert!(rendered("{}", &input).unwrap_err().contains("no server"));
+    }
+
     #[test]
     fn config_errors_name_the_key() {
         for (config, expected) in [
@@ -436,6 +780,10 @@ mod tests {
                 "both",
             ),
             (r#"{"fiel":"x"}"#, "unknown field `fiel`"),
+            (r#"{"fail_timeout":"5 s"}"#, "`fail_timeout`"),
+            (r#"{"fail_timeout":"5y"}"#, "`fail_timeout`"),
+            (r#"{"max_fails":5000}"#, "`max_fails`"),
+            (r#"{"upstream_file":"service-url.inc"}"#, "`upstream_file`"),
         ] {
             let err = parse_config(config).unwrap_err();
             assert!(err.contains(expected), "{config}: {err}");
