@@ -25,7 +25,7 @@ fn canary_service(prefix: &str, steps: &str, extra: &str) -> Service {
 /// Sets the analysis plugin's config (the built-in default plugin).
 fn analysis_config(svc: &Service, config: &str) {
     svc.append_config(&format!(
-        "\n[plugins.analysis]\nsource = \"builtin:canary-analysis\"\nconfig = {config}\n"
+        "\n[plugins.rollout-analysis]\nsource = \"builtin:canary-analysis\"\nconfig = {config}\n"
     ));
 }
 
@@ -141,7 +141,10 @@ fn a_release_that_fails_a_fifth_of_requests_is_aborted_at_its_first_step() {
     let entry = last_history(&svc);
     assert_eq!(entry["outcome"], "rolled-back", "{entry:#}");
     assert!(
-        entry["reason"].as_str().unwrap_or("").contains("canary aborted"),
+        entry["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("canary aborted"),
         "{entry:#}"
     );
     svc.assert_unchanged(&before, &["rolled-back"]);
@@ -211,7 +214,11 @@ fn a_good_release_is_promoted_through_every_step_and_loses_nothing() {
         report.samples.len(),
         split.lost.iter().take(5).collect::<Vec<_>>()
     );
-    assert!(report.slow_ok() >= 3, "slow requests completed: {}", report.slow_ok());
+    assert!(
+        report.slow_ok() >= 3,
+        "slow requests completed: {}",
+        report.slow_ok()
+    );
     assert!(split.by_version.contains_key(&2) && split.by_version.contains_key(&1));
     assert!(out.stderr.contains("canary"), "{}", out.stderr);
     let entry = last_history(&svc);
@@ -264,18 +271,29 @@ fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
         );
     }
     let on_v2 = seen.values().filter(|v| v[0] == "v2").count();
-    eprintln!("sticky canary at 30%: {on_v2} of {} clients on v2", seen.len());
+    eprintln!(
+        "sticky canary at 30%: {on_v2} of {} clients on v2",
+        seen.len()
+    );
     assert!(
         (2..=30).contains(&on_v2),
         "about 30% of the clients are on the canary: {on_v2}"
     );
 
     let promoted = svc.cutover(&["promote"]).success();
-    assert!(promoted.stderr.contains("taken by the runner"), "{}", promoted.stderr);
+    assert!(
+        promoted.stderr.contains("taken by the runner"),
+        "{}",
+        promoted.stderr
+    );
     deploy.wait().success();
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
     let again = svc.cutover(&["promote"]).code(1);
-    assert!(again.stderr.contains("no canary is running"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("no canary is running"),
+        "{}",
+        again.stderr
+    );
 }
 
 #[test]
@@ -293,7 +311,11 @@ fn abort_from_another_shell_puts_everything_back() {
     let aborted = svc
         .cutover(&["abort", "--reason", "dashboards look wrong"])
         .success();
-    assert!(aborted.stderr.contains("taken by the runner"), "{}", aborted.stderr);
+    assert!(
+        aborted.stderr.contains("taken by the runner"),
+        "{}",
+        aborted.stderr
+    );
     let out = deploy.wait().code(4);
     assert!(out.stderr.contains("aborted by"), "{}", out.stderr);
     let entry = last_history(&svc);
@@ -327,7 +349,10 @@ fn a_runner_killed_mid_canary_is_recovered_to_the_live_colour() {
                 .and_then(|v| v.trim_start_matches('v').parse().ok())
         })
         .collect();
-    assert!(versions.contains(&2) && versions.contains(&1), "{versions:?}");
+    assert!(
+        versions.contains(&2) && versions.contains(&1),
+        "{versions:?}"
+    );
 
     deploy.kill();
     let status = svc.status();

@@ -381,7 +381,14 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         _ => reporter,
     };
     let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
-    let ctx = Context::open(config, &plugin_host, plugins_used(&cli.command), reporter).await?;
+    let mut kinds = plugins_used(&cli.command).to_vec();
+    // Only a canary asks the analysis plugin: a blue/green deploy must not depend on it.
+    if matches!(cli.command, Command::Deploy { .. })
+        && config.strategy.kind == crate::strategy::StrategyKind::Canary
+    {
+        kinds.push(PluginKind::RolloutAnalysis);
+    }
+    let ctx = Context::open(config, &plugin_host, &kinds, reporter).await?;
     if let Command::Dashboard { listen, token_env } = &cli.command {
         return dashboard(ctx, *listen, token_env.as_deref()).await;
     }

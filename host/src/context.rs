@@ -134,23 +134,38 @@ impl Context {
 
     /// One probe of `color`, judged by the health policy as if it were the first.
     pub async fn probe_once(&self, color: Color) -> types::ProbeVerdict {
-        let Ok(policy) = self.plugins.health() else {
-            return types::ProbeVerdict::Unknown;
-        };
+        self.probe_judged(color).await.verdict
+    }
+
+    /// One probe of `color` and the health policy's verdict on it (unknown when no
+    /// health policy is loaded), as the analysis plugin sees it.
+    pub async fn probe_judged(&self, color: Color) -> types::InstanceProbe {
+        let instance = self.instance(color);
         let prober = Prober::new(self.config.upstream(color), &self.config.health);
         let probe = prober.probe().await;
-        let input = types::HealthInput {
-            service: self.service().to_owned(),
-            color: color.into(),
-            instance: self.instance(color),
-            attempt: 1,
-            elapsed_ms: 0,
-            probe,
-            history: Vec::new(),
+        let verdict = match self.plugins.health() {
+            Err(_) => types::ProbeVerdict::Unknown,
+            Ok(policy) => {
+                let input = types::HealthInput {
+                    service: self.service().to_owned(),
+                    color: color.into(),
+                    instance: instance.clone(),
+                    attempt: 1,
+                    elapsed_ms: 0,
+                    probe: probe.clone(),
+                    history: Vec::new(),
+                };
+                match policy.evaluate(&input) {
+                    Ok(types::HealthVerdict::Healthy) => types::ProbeVerdict::Healthy,
+                    _ => types::ProbeVerdict::Unhealthy,
+                }
+            }
         };
-        match policy.evaluate(&input) {
-            Ok(types::HealthVerdict::Healthy) => types::ProbeVerdict::Healthy,
-            _ => types::ProbeVerdict::Unhealthy,
+        types::InstanceProbe {
+            color: color.into(),
+            instance,
+            probe,
+            verdict,
         }
     }
 
@@ -269,35 +284,5 @@ impl Context {
             deploy_id: deploy_id.to_owned(),
             since: now_rfc3339(),
         }
-    }
-}
-
-// TEMPORARY until the v0.2.0 template and analysis worlds land (branch wit2).
-impl Context {
-    /// Renders the proxy files that send `weight` percent of traffic to `target` and
-    /// the rest to `live`.
-    ///
-    /// # Errors
-    /// [`DeployError`] when the plugin fails or its output is refused.
-    pub fn render_split(
-        &self,
-        target: Color,
-        live: Color,
-        weight: u8,
-    ) -> Result<Vec<types::ProxyFile>, DeployError> {
-        let _ = (live, weight);
-        self.render(target, None)
-    }
-
-    /// Asks the analysis plugin about a canary pause.
-    ///
-    /// # Errors
-    /// [`DeployError`] when the plugin fails.
-    pub fn analyze(
-        &self,
-        observation: &crate::deploy::canary::Observation,
-    ) -> Result<crate::deploy::canary::Judgement, DeployError> {
-        let _ = observation;
-        Ok(crate::deploy::canary::Judgement::Promote)
     }
 }

@@ -20,6 +20,7 @@ pub mod dashboard;
 pub mod deploy;
 pub mod docker;
 pub mod down;
+pub mod duration;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -12,10 +12,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::Duration;
+use crate::duration::Duration;
 
 /// `[strategy]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StrategyConfig {
     /// `blue-green` or `canary`.
@@ -35,6 +35,18 @@ pub struct StrategyConfig {
     /// Keeps one client on one colour during the canary.
     #[serde(default)]
     pub sticky: Option<Sticky>,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig {
+            kind: StrategyKind::default(),
+            steps: Vec::new(),
+            pause: PauseMode::default(),
+            step_deadline: default_step_deadline(),
+            sticky: None,
+        }
+    }
 }
 
 fn default_step_deadline() -> Duration {
@@ -79,7 +91,9 @@ impl Sticky {
     pub fn nginx_variable(&self) -> String {
         match self {
             Sticky::Cookie(name) => format!("$cookie_{name}"),
-            Sticky::Header(name) => format!("$http_{}", name.to_ascii_lowercase().replace('-', "_")),
+            Sticky::Header(name) => {
+                format!("$http_{}", name.to_ascii_lowercase().replace('-', "_"))
+            }
         }
     }
 
@@ -117,7 +131,9 @@ impl std::str::FromStr for CanaryStep {
         if let Some(percent) = text.strip_suffix('%') {
             return match percent.trim().parse::<u8>() {
                 Ok(w @ 1..=100) => Ok(CanaryStep::Weight(w)),
-                _ => Err(format!("{expected}; a weight is a whole percentage from 1% to 100%, found {text:?}")),
+                _ => Err(format!(
+                    "{expected}; a weight is a whole percentage from 1% to 100%, found {text:?}"
+                )),
             };
         }
         if let Some(duration) = text.strip_prefix("pause") {
@@ -145,11 +161,15 @@ impl StrategyConfig {
             let name = sticky.name();
             let ok = !name.is_empty()
                 && name.len() <= 64
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !ok {
                 return err(
                     "sticky",
-                    format!("expected a cookie or header name of letters, digits, `_` and `-`, found {name:?}"),
+                    format!(
+                        "expected a cookie or header name of letters, digits, `_` and `-`, found {name:?}"
+                    ),
                 );
             }
         }
@@ -169,8 +189,13 @@ impl StrategyConfig {
                 "a canary needs steps, e.g. [\"5%\", \"pause 30s\", \"25%\", \"pause 60s\", \"100%\"]".into(),
             );
         }
-        if weights.last() != Some(&100) || !matches!(self.steps.last(), Some(CanaryStep::Weight(100))) {
-            return err("steps", "the last step must be \"100%\" (the switch to the new colour)".into());
+        if weights.last() != Some(&100)
+            || !matches!(self.steps.last(), Some(CanaryStep::Weight(100)))
+        {
+            return err(
+                "steps",
+                "the last step must be \"100%\" (the switch to the new colour)".into(),
+            );
         }
         if weights.windows(2).any(|w| w[1] <= w[0]) {
             return err(
@@ -232,29 +257,42 @@ mod tests {
 
     #[test]
     fn bad_steps_say_what_was_expected() {
-        let e = parse(r#"kind = "canary"
-                         steps = ["5", "100%"]"#)
+        let e = parse(
+            r#"kind = "canary"
+                         steps = ["5", "100%"]"#,
+        )
         .unwrap_err();
         assert!(e.contains("\"5%\"") && e.contains("found \"5\""), "{e}");
-        let e = parse(r#"kind = "canary"
-                         steps = ["150%"]"#)
+        let e = parse(
+            r#"kind = "canary"
+                         steps = ["150%"]"#,
+        )
         .unwrap_err();
         assert!(e.contains("1% to 100%"), "{e}");
-        let e = parse(r#"kind = "canary"
-                         steps = ["5%", "pause 30s"]"#)
+        let e = parse(
+            r#"kind = "canary"
+                         steps = ["5%", "pause 30s"]"#,
+        )
         .unwrap_err();
-        assert!(e.contains("strategy.steps") && e.contains("\"100%\""), "{e}");
-        let e = parse(r#"kind = "canary"
-                         steps = ["50%", "10%", "100%"]"#)
+        assert!(
+            e.contains("strategy.steps") && e.contains("\"100%\""),
+            "{e}"
+        );
+        let e = parse(
+            r#"kind = "canary"
+                         steps = ["50%", "10%", "100%"]"#,
+        )
         .unwrap_err();
         assert!(e.contains("grow"), "{e}");
         let e = parse(r#"kind = "canary""#).unwrap_err();
         assert!(e.contains("needs steps"), "{e}");
         let e = parse(r#"steps = ["100%"]"#).unwrap_err();
         assert!(e.contains("strategy.kind") && e.contains("canary"), "{e}");
-        let e = parse(r#"kind = "canary"
+        let e = parse(
+            r#"kind = "canary"
                          steps = ["100%"]
-                         sticky = { cookie = "a;b" }"#)
+                         sticky = { cookie = "a;b" }"#,
+        )
         .unwrap_err();
         assert!(e.contains("strategy.sticky"), "{e}");
     }

@@ -56,13 +56,9 @@ impl Request {
     }
 
     fn latency_us(&self) -> u64 {
-        let us = (self.request_time.max(0.0) * 1_000_000.0).round();
-        // A request time beyond u64 microseconds is not a real measurement.
-        if us.is_finite() && us < u64::MAX as f64 {
-            us as u64
-        } else {
-            u64::MAX
-        }
+        // A negative or non-finite time is not a measurement: count it as 0.
+        std::time::Duration::try_from_secs_f64(self.request_time)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
     }
 }
 
@@ -238,7 +234,9 @@ mod tests {
     }
 
     fn line(upstream: &str, status: u16, seconds: f64) -> String {
-        format!(r#"{{"time":"2026-11-29T20:00:00+00:00","upstream":"{upstream}","status":{status},"request_time":{seconds}}}"#)
+        format!(
+            r#"{{"time":"2026-11-29T20:00:00+00:00","upstream":"{upstream}","status":{status},"request_time":{seconds}}}"#
+        )
     }
 
     #[test]
@@ -271,12 +269,18 @@ mod tests {
         let mut window = Window::default();
         assert_eq!(window.add_lines(&lines, &colors()), 103);
         let blue = window.metrics(Color::Blue);
-        assert_eq!((blue.requests, blue.success, blue.server_errors), (100, 100, 0));
+        assert_eq!(
+            (blue.requests, blue.success, blue.server_errors),
+            (100, 100, 0)
+        );
         assert_eq!(blue.latency_p50_us, Some(50_000));
         assert_eq!(blue.latency_p95_us, Some(95_000));
         assert_eq!(blue.latency_p99_us, Some(99_000));
         let green = window.metrics(Color::Green);
-        assert_eq!((green.requests, green.server_errors, green.client_errors), (2, 1, 1));
+        assert_eq!(
+            (green.requests, green.server_errors, green.client_errors),
+            (2, 1, 1)
+        );
         assert!((green.server_error_rate() - 0.5).abs() < 1e-9);
         assert_eq!(window.unattributed, 1);
         assert_eq!(Window::default().metrics(Color::Green).latency_p95_us, None);
@@ -290,7 +294,10 @@ mod tests {
         let mut tail = Tail::from_end(&path);
         assert!(tail.read_lines().unwrap().is_empty());
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         write!(f, "one\ntw").unwrap();
         assert_eq!(tail.read_lines().unwrap(), vec!["one"]);
         writeln!(f, "o").unwrap();

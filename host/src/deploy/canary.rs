@@ -20,8 +20,9 @@ use crate::context::Context;
 use crate::control::{self, Command};
 use crate::error::DeployError;
 use crate::events::Level;
-use crate::health;
 use crate::operation::Step;
+use crate::operation::millis;
+use crate::plugin::types::{self, AnalysisDecision};
 use crate::state::CanaryProgress;
 use crate::strategy::{CanaryStep, PauseMode};
 use crate::traffic::{ColorMetrics, Tail, Window};
@@ -29,6 +30,9 @@ use crate::traffic::{ColorMetrics, Tail, Window};
 /// How often a pause reads the access log, looks for a human's request and asks the
 /// analysis plugin (an abort is acted on within this).
 const POLL: Duration = Duration::from_secs(1);
+
+/// How often a manual pause says in the log what it waits for.
+const REMINDER: Duration = Duration::from_secs(30);
 
 /// What one pause ended with, when it did not abort.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,43 +43,6 @@ enum PauseEnd {
     Promoted(String),
 }
 
-/// What the analysis plugin sees about one pause.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    /// 0-based index of the pause's step in `[strategy] steps`.
-    pub step_index: usize,
-    /// How many steps there are.
-    pub step_count: usize,
-    /// The target's share of traffic now, in percent.
-    pub weight: u8,
-    /// Time in this step and in the whole canary.
-    pub step_elapsed: Duration,
-    /// Time since the first weight step.
-    pub canary_elapsed: Duration,
-    /// The target's traffic in this step, then the whole canary.
-    pub target_step: ColorMetrics,
-    /// The live colour's traffic in this step.
-    pub baseline_step: ColorMetrics,
-    /// The target over the whole canary.
-    pub target_total: ColorMetrics,
-    /// The live colour over the whole canary.
-    pub baseline_total: ColorMetrics,
-    /// A health probe of each colour made just now (health checks keep running during
-    /// a canary: the target first, then the live colour).
-    pub probes: Vec<(Color, crate::plugin::types::ProbeResult)>,
-}
-
-/// The analysis plugin's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Judgement {
-    /// Go on.
-    Promote,
-    /// Not sure yet: wait, up to the step's deadline.
-    Hold(String),
-    /// Stop the canary.
-    Abort(String),
-}
-
 /// The state of a running canary that the steps share.
 struct Canary {
     target: Color,
@@ -83,8 +50,6 @@ struct Canary {
     tail: Tail,
     colors: HashMap<String, Color>,
     total: Window,
-    /// Probes the target, then the live colour.
-    probers: [(Color, health::Prober); 2],
     started: Instant,
     weight: u8,
     /// A human promoted: the remaining pauses are skipped.
@@ -104,7 +69,6 @@ pub(super) async fn canary(run: &mut Run<'_>, target: Color, live: Color) -> Res
         tail: Tail::from_end(&ctx.proxy.access_log()),
         colors: HashMap::from([(ctx.config.upstream(target).to_string(), target), (ctx.config.upstream(live).to_string(), live)]),
         total: Window::default(),
-        probers: [target, live].map(|c| (c, health::Prober::new(ctx.config.upstream(c), &ctx.config.health))),
         started: Instant::now(),
         weight: 0,
         promoted: false,
@@ -136,14 +100,21 @@ pub(super) async fn canary(run: &mut Run<'_>, target: Color, live: Color) -> Res
 async fn set_weight(run: &mut Run<'_>, canary: &mut Canary, weight: u8) -> Result<(), DeployError> {
     let ctx = run.ctx;
     let (target, live) = (canary.target, canary.live);
-    let files = ctx.render_split(target, live, weight)?;
+    let sticky = ctx
+        .config
+        .strategy
+        .sticky
+        .as_ref()
+        .map(crate::strategy::Sticky::nginx_variable);
+    let files = ctx.render_split(target, live, weight, sticky.as_deref())?;
     let saved = steps::journal_files(run, &files)?;
     let work = async {
         ctx.proxy.write_and_test(&files, &saved).await?;
         ctx.proxy.switch().await?;
         Ok(())
     };
-    run.step(Step::Canary, work, |()| format!("{weight}% → {target}")).await?;
+    run.step(Step::Canary, work, |()| format!("{weight}% → {target}"))
+        .await?;
     canary.weight = weight;
     Ok(())
 }
@@ -187,12 +158,20 @@ async fn observe(
     let state_dir = ctx.config.state_dir();
     let began = Instant::now();
     let mut window = Window::default();
+    let mut next_reminder = Duration::ZERO;
     loop {
-        tokio::time::sleep(POLL.min(pause.saturating_sub(began.elapsed())).max(Duration::from_millis(50))).await;
-        let lines = canary.tail.read_lines().map_err(|e| DeployError::AccessLog {
-            path: ctx.proxy.access_log(),
-            source: e,
-        })?;
+        tokio::time::sleep(
+            POLL.min(pause.saturating_sub(began.elapsed()))
+                .max(Duration::from_millis(50)),
+        )
+        .await;
+        let lines = canary
+            .tail
+            .read_lines()
+            .map_err(|e| DeployError::AccessLog {
+                path: ctx.proxy.access_log(),
+                source: e,
+            })?;
         window.add_lines(&lines, &canary.colors);
         canary.total.add_lines(&lines, &canary.colors);
         if let Some(request) = control::take(&state_dir) {
@@ -209,33 +188,42 @@ async fn observe(
                 Command::Promote => return Ok(PauseEnd::Promoted(request.by)),
             }
         }
-        let mut probes = Vec::with_capacity(2);
-        for (color, prober) in &canary.probers {
-            probes.push((*color, prober.probe().await));
-        }
-        let observation = Observation {
-            step_index: index,
-            step_count: count,
+        // Health checks keep running during a canary: both colours, every poll.
+        let probes = vec![
+            ctx.probe_judged(canary.target).await,
+            ctx.probe_judged(canary.live).await,
+        ];
+        let traffic = |color: Color| types::ColorTraffic {
+            color: color.into(),
+            this_step: metrics(&window.metrics(color)),
+            whole_canary: metrics(&canary.total.metrics(color)),
+        };
+        let input = types::AnalysisInput {
+            service: ctx.service().to_owned(),
+            step_index: u32::try_from(index).unwrap_or(u32::MAX),
+            step_count: u32::try_from(count).unwrap_or(u32::MAX),
             weight: canary.weight,
-            step_elapsed: began.elapsed(),
-            canary_elapsed: canary.started.elapsed(),
-            target_step: window.metrics(canary.target),
-            baseline_step: window.metrics(canary.live),
-            target_total: canary.total.metrics(canary.target),
-            baseline_total: canary.total.metrics(canary.live),
+            step_elapsed_ms: millis(began.elapsed()),
+            canary_elapsed_ms: millis(canary.started.elapsed()),
+            canary: traffic(canary.target),
+            baseline: traffic(canary.live),
             probes,
         };
         let elapsed = began.elapsed();
-        match ctx.analyze(&observation)? {
-            Judgement::Abort(reason) => {
+        match ctx.plugins.analysis()?.analyze(&input)? {
+            AnalysisDecision::Abort(reason) => {
                 return Err(DeployError::CanaryAborted {
-                    reason: format!("the analysis plugin aborted at {}% ({}): {reason}", canary.weight, summary(&observation)),
+                    reason: format!(
+                        "the analysis plugin aborted at {}% ({}): {reason}",
+                        canary.weight,
+                        summary(&input)
+                    ),
                 });
             }
-            Judgement::Promote if !manual && elapsed >= pause => {
-                return Ok(PauseEnd::Judged(summary(&observation)));
+            AnalysisDecision::Promote if !manual && elapsed >= pause => {
+                return Ok(PauseEnd::Judged(summary(&input)));
             }
-            Judgement::Hold(reason) if !manual && elapsed >= deadline => {
+            AnalysisDecision::Hold(reason) if !manual && elapsed >= deadline => {
                 return Err(DeployError::CanaryAborted {
                     reason: format!(
                         "the analysis plugin still held after strategy.step_deadline ({}): {reason}",
@@ -245,19 +233,37 @@ async fn observe(
             }
             _ => {}
         }
-        if manual && elapsed.as_secs() % 30 == 0 && elapsed >= Duration::from_secs(30) {
+        if manual && elapsed >= next_reminder {
+            next_reminder += REMINDER;
             ctx.reporter.log(
                 Level::Info,
-                &format!("canary at {}%: waiting for `cutover promote` (or `cutover abort`)", canary.weight),
+                &format!(
+                    "canary at {}%: waiting for `cutover promote` (or `cutover abort`)",
+                    canary.weight
+                ),
             );
         }
     }
 }
 
+/// The host's traffic figures as the plugin contract spells them.
+fn metrics(m: &ColorMetrics) -> types::TrafficMetrics {
+    types::TrafficMetrics {
+        requests: m.requests,
+        success: m.success,
+        client_errors: m.client_errors,
+        server_errors: m.server_errors,
+        latency_p50_us: m.latency_p50_us,
+        latency_p95_us: m.latency_p95_us,
+        latency_p99_us: m.latency_p99_us,
+    }
+}
+
 /// One line on both colours' traffic in a step, for the log and the history.
-fn summary(o: &Observation) -> String {
-    let one = |m: &ColorMetrics| {
-        let ms = |us: Option<u64>| us.map_or_else(|| "-".to_owned(), |us| format!("{}ms", us / 1000));
+fn summary(input: &types::AnalysisInput) -> String {
+    let one = |m: &types::TrafficMetrics| {
+        let ms =
+            |us: Option<u64>| us.map_or_else(|| "-".to_owned(), |us| format!("{}ms", us / 1000));
         format!(
             "{} req, {} 5xx, p95 {}",
             m.requests,
@@ -265,5 +271,9 @@ fn summary(o: &Observation) -> String {
             ms(m.latency_p95_us)
         )
     };
-    format!("canary {}, baseline {}", one(&o.target_step), one(&o.baseline_step))
+    format!(
+        "canary {}, baseline {}",
+        one(&input.canary.this_step),
+        one(&input.baseline.this_step)
+    )
 }

@@ -160,12 +160,12 @@ mod tests {
             canary_elapsed_ms: 30_000,
             canary: ColorTraffic {
                 color: Color::Green,
-                this_step: canary.clone(),
+                this_step: canary,
                 whole_canary: canary,
             },
             baseline: ColorTraffic {
                 color: Color::Blue,
-                this_step: baseline.clone(),
+                this_step: baseline,
                 whole_canary: baseline,
             },
             probes: Vec::new(),
