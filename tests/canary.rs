@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::http_request;
 use crate::support::load::{Load, LoadConfig, LoadReport, Sample};
-use crate::support::service::Service;
+use crate::support::service::{Running, Service};
 
 /// A service whose deploys are canaries with `steps`, plus `extra` `[strategy]` keys.
 fn canary_service(prefix: &str, steps: &str, extra: &str) -> Service {
@@ -38,9 +38,15 @@ fn last_history(svc: &Service) -> Value {
 }
 
 /// The state file's running canary, once it waits for `cutover promote`.
-fn wait_for_manual_pause(svc: &Service, within: Duration) -> Value {
+fn wait_for_manual_pause(svc: &Service, deploy: &mut Running, within: Duration) -> Value {
     let start = Instant::now();
     while start.elapsed() < within {
+        if let Some(out) = deploy.ended() {
+            panic!(
+                "the deploy ended before its manual pause (exit {}):\n{}",
+                out.code, out.stderr
+            );
+        }
         if let Ok(text) = std::fs::read_to_string(svc.state_file())
             && let Ok(state) = serde_json::from_str::<Value>(&text)
             && state["in_progress"]["canary"]["waiting_for_promote"] == true
@@ -241,8 +247,8 @@ fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
         "pause = \"manual\"\nsticky = { cookie = \"session\" }",
     );
     svc.deploy("v1").success();
-    let deploy = svc.spawn_deploy("v2");
-    let canary = wait_for_manual_pause(&svc, Duration::from_secs(120));
+    let mut deploy = svc.spawn_deploy("v2");
+    let canary = wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
     assert_eq!(canary["weight"], 30, "{canary:#}");
 
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -305,8 +311,8 @@ fn abort_from_another_shell_puts_everything_back() {
     );
     svc.deploy("v1").success();
     let before = svc.baseline();
-    let deploy = svc.spawn_deploy("v2");
-    wait_for_manual_pause(&svc, Duration::from_secs(120));
+    let mut deploy = svc.spawn_deploy("v2");
+    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
 
     let aborted = svc
         .cutover(&["abort", "--reason", "dashboards look wrong"])
@@ -340,7 +346,7 @@ fn a_runner_killed_mid_canary_is_recovered_to_the_live_colour() {
     svc.deploy("v1").success();
     let before = svc.baseline();
     let mut deploy = svc.spawn_deploy("v2");
-    wait_for_manual_pause(&svc, Duration::from_secs(120));
+    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
     // Mid-canary, nginx splits the traffic.
     let versions: Vec<u16> = (0..20)
         .filter_map(|_| {

@@ -9,7 +9,7 @@ use cutover::config::{Config, HealthConfig};
 use cutover::events::Recorder;
 use cutover::health::{self, HealthError, Prober, UpstreamCheck, VerifyError, VerifySpec};
 use cutover::plugin::PluginError;
-use cutover::plugin::types::{HealthInput, HealthVerdict};
+use cutover::plugin::types::{HealthInput, HealthVerdict, Instance};
 
 use self::backend::Backend;
 
@@ -163,6 +163,16 @@ pub(crate) fn health_config(extra: &str) -> HealthConfig {
 
 type Running = health::StillRunningFuture<'static>;
 
+/// The probed backend as the health policy sees it.
+fn instance(color: Color) -> Instance {
+    Instance {
+        id: format!("probe-{color}"),
+        node: None,
+        address: "127.0.0.1".to_owned(),
+        port: 0,
+    }
+}
+
 fn always_running() -> impl FnMut() -> Running + Send {
     || Box::pin(async { Ok(true) })
 }
@@ -195,6 +205,7 @@ async fn healthy_after_the_app_stops_answering_503() {
         &health,
         "probe",
         Color::Blue,
+        &instance(Color::Blue),
         &judge,
         &mut always_running(),
         &recorder,
@@ -231,6 +242,7 @@ async fn deadline_names_the_last_probe_and_the_knob() {
         &health,
         "probe",
         Color::Green,
+        &instance(Color::Green),
         &two_xx,
         &mut always_running(),
         &cutover::events::Silent,
@@ -263,6 +275,7 @@ async fn deadline_while_nothing_listens_reports_the_refusal() {
         &health,
         "probe",
         Color::Blue,
+        &instance(Color::Blue),
         &two_xx,
         &mut always_running(),
         &cutover::events::Silent,
@@ -291,6 +304,7 @@ async fn failed_verdict_stops_at_once() {
         &health,
         "probe",
         Color::Blue,
+        &instance(Color::Blue),
         &judge,
         &mut always_running(),
         &cutover::events::Silent,
@@ -323,6 +337,7 @@ async fn a_container_that_stops_ends_the_wait() {
         &health,
         "probe",
         Color::Green,
+        &instance(Color::Green),
         &two_xx,
         &mut running,
         &cutover::events::Silent,
@@ -354,6 +369,7 @@ async fn a_judge_error_is_not_a_health_verdict() {
         &health,
         "probe",
         Color::Blue,
+        &instance(Color::Blue),
         &judge,
         &mut always_running(),
         &cutover::events::Silent,

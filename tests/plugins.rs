@@ -975,7 +975,7 @@ fn the_compiled_code_cache_is_reused_and_a_tampered_entry_is_recompiled() {
     let cold = PluginHost::new(Some(dir.path().to_owned())).unwrap();
     let cache = cold.cache_dir().expect("cache in use").to_owned();
     let messages = load_messages(&cold);
-    assert_eq!(messages.len(), 4, "{messages:?}");
+    assert_eq!(messages.len(), 5, "{messages:?}");
     assert!(
         messages.iter().all(|m| m.contains(" compiled in ")),
         "{messages:?}"
@@ -985,7 +985,7 @@ fn the_compiled_code_cache_is_reused_and_a_tampered_entry_is_recompiled() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(entries.len(), 8, "{entries:?}");
+    assert_eq!(entries.len(), 10, "{entries:?}");
     use std::os::unix::fs::PermissionsExt;
     for entry in &entries {
         assert_eq!(
@@ -1193,16 +1193,18 @@ fn builtins_target_0_2_0_and_the_latency_example_0_1_0() {
         host(),
         "latency-p95",
         &guest("latency_p95"),
-        r#"{"window":1,"p95_ms":5}"#,
+        r#"{"window":2,"p95_ms":5}"#,
         Limits::default(),
         silent(),
     )
     .unwrap();
     assert_eq!(example.version(), WitVersion::V0_1_0);
-    // The 0.2.0 input (with its instance) reaches the 0.1.0 guest through the adapter.
-    assert_eq!(
-        example.evaluate(&sample::health_input()).unwrap(),
-        HealthVerdict::Healthy
+    // The 0.2.0 input (with its instance) reaches the 0.1.0 guest through the adapter,
+    // which judges the sample's 503 probe.
+    let verdict = example.evaluate(&sample::health_input()).unwrap();
+    assert!(
+        matches!(&verdict, HealthVerdict::NotYet(why) if why.contains("503")),
+        "{verdict:?}"
     );
 }
 

@@ -99,6 +99,9 @@ impl Managed {
 }
 
 async fn get(url: &str) -> (u16, String, String) {
+    // reqwest is built without a default TLS provider; run alone, this test may be
+    // the first in the process to build a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

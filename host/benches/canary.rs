@@ -24,7 +24,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use load::{Load, LoadConfig, LoadReport};
 use serde_json::{Value, json};
@@ -49,7 +49,8 @@ fn options() -> Options {
         match arg.as_str() {
             "--rate" => o.rate = value().parse().expect("--rate R"),
             "--human-delay" => {
-                o.human_delay = Duration::from_secs_f64(value().parse().expect("--human-delay SECS"))
+                o.human_delay =
+                    Duration::from_secs_f64(value().parse().expect("--human-delay SECS"))
             }
             "--first-step" => o.first_step = value().parse().expect("--first-step PERCENT"),
             "--out" => o.out = PathBuf::from(value()),
@@ -57,7 +58,10 @@ fn options() -> Options {
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!((1..=99).contains(&o.first_step), "--first-step between 1 and 99");
+    assert!(
+        (1..=99).contains(&o.first_step),
+        "--first-step between 1 and 99"
+    );
     o
 }
 
@@ -86,7 +90,11 @@ impl Bench {
         let dir = tempfile::tempdir().expect("temp dir");
         let service = format!("bench-{name}-{}", std::process::id());
         let (listen, blue, green) = (free_port(), free_port(), free_port());
-        let bench = Bench { dir, service, listen };
+        let bench = Bench {
+            dir,
+            service,
+            listen,
+        };
         let config = format!(
             r#"service = "{service}"
 [image]
@@ -142,7 +150,10 @@ timeout = "15s"
     /// The bad knob for every container started from now on (v2 only: v1 already runs).
     fn make_next_release_bad(&self) {
         let text = std::fs::read_to_string(self.config()).expect("read config");
-        let text = text.replace("[container.env]\n", "[container.env]\nHELLO_ERROR_PERCENT = \"20\"\n");
+        let text = text.replace(
+            "[container.env]\n",
+            "[container.env]\nHELLO_ERROR_PERCENT = \"20\"\n",
+        );
         std::fs::write(self.config(), text).expect("write config");
     }
 
@@ -150,7 +161,13 @@ timeout = "15s"
     /// clock as it arrives. Returns the exit code and the stamped events.
     fn deploy_watched(&self, version: &str, load: &Load) -> (i32, Vec<(Duration, Value)>) {
         let mut child = self
-            .command(&["--output", "json", "deploy", "--build-arg", &format!("VERSION={version}")])
+            .command(&[
+                "--output",
+                "json",
+                "deploy",
+                "--build-arg",
+                &format!("VERSION={version}"),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -189,7 +206,11 @@ fn start_load(opts: &Options, proxy: SocketAddr) -> Load {
 
 /// What a row measured about v2's exposure.
 fn exposure(name: &str, report: &LoadReport, taken_out_at: Option<Duration>) -> Value {
-    let v2: Vec<_> = report.samples.iter().filter(|s| s.version == Some(2)).collect();
+    let v2: Vec<_> = report
+        .samples
+        .iter()
+        .filter(|s| s.version == Some(2))
+        .collect();
     let v2_bad = v2.iter().filter(|s| !s.ok()).count();
     let first_bad = v2.iter().find(|s| !s.ok()).map(|s| s.at + s.latency);
     let last_v2 = v2.last().map(|s| s.at + s.latency);
@@ -212,18 +233,29 @@ fn exposure(name: &str, report: &LoadReport, taken_out_at: Option<Duration>) -> 
 
 fn blue_green_row(opts: &Options) -> Value {
     let bench = Bench::new("bg", "");
-    assert_eq!(bench.run(&["deploy", "--build-arg", "VERSION=v1"]), 0, "v1 deploys");
+    assert_eq!(
+        bench.run(&["deploy", "--build-arg", "VERSION=v1"]),
+        0,
+        "v1 deploys"
+    );
     bench.make_next_release_bad();
     let load = start_load(opts, bench.proxy());
     std::thread::sleep(Duration::from_secs(1));
     let (code, _) = bench.deploy_watched("v2", &load);
-    assert_eq!(code, 0, "blue/green promotes the bad v2: its health and verify pass");
+    assert_eq!(
+        code, 0,
+        "blue/green promotes the bad v2: its health and verify pass"
+    );
     std::thread::sleep(opts.human_delay);
     assert_eq!(bench.run(&["rollback"]), 0, "the human's rollback");
     let taken_out = load.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let report = load.stop();
-    exposure("blue/green + a human after --human-delay", &report, Some(taken_out))
+    exposure(
+        "blue/green + a human after --human-delay",
+        &report,
+        Some(taken_out),
+    )
 }
 
 fn canary_row(opts: &Options) -> Value {
@@ -232,7 +264,11 @@ fn canary_row(opts: &Options) -> Value {
         opts.first_step
     );
     let bench = Bench::new("canary", &strategy);
-    assert_eq!(bench.run(&["deploy", "--build-arg", "VERSION=v1"]), 0, "v1 deploys");
+    assert_eq!(
+        bench.run(&["deploy", "--build-arg", "VERSION=v1"]),
+        0,
+        "v1 deploys"
+    );
     bench.make_next_release_bad();
     let load = start_load(opts, bench.proxy());
     std::thread::sleep(Duration::from_secs(1));
@@ -277,7 +313,10 @@ fn markdown(rows: &[Value], opts: &Options) -> String {
         opts.rate, opts.first_step, opts.human_delay
     );
     for r in rows {
-        let weight = match (r["weight_change_step_ms"].as_u64(), r["weight_step_start_to_first_v2_ms"].as_u64()) {
+        let weight = match (
+            r["weight_change_step_ms"].as_u64(),
+            r["weight_step_start_to_first_v2_ms"].as_u64(),
+        ) {
             (Some(a), Some(b)) => format!("{a} ms / {b} ms"),
             _ => "—".to_owned(),
         };
@@ -307,6 +346,4 @@ fn main() {
     )
     .expect("write results.json");
     println!("{md}");
-    let started = Instant::now();
-    let _ = started;
 }

@@ -176,7 +176,13 @@ impl Context {
 
     /// The one copy of `color` a single host runs: its container, at its upstream.
     pub fn instance(&self, color: Color) -> types::Instance {
-        crate::plugin::single_host_instance(self.service(), color, self.config.upstream(color))
+        let addr = self.config.upstream(color);
+        types::Instance {
+            id: self.engine.slot_name(color),
+            node: None,
+            address: addr.ip().to_string(),
+            port: addr.port(),
+        }
     }
 
     /// The proxy-template input for sending all traffic to `target`.

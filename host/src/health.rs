@@ -411,6 +411,7 @@ pub async fn wait_healthy(
     health: &HealthConfig,
     service: &str,
     color: Color,
+    instance: &crate::plugin::types::Instance,
     judge: &Judge<'_>,
     still_running: &mut StillRunning<'_>,
     reporter: &dyn Reporter,
@@ -448,7 +449,7 @@ pub async fn wait_healthy(
         let input = HealthInput {
             service: service.to_owned(),
             color: color.into(),
-            instance: crate::plugin::single_host_instance(service, color, prober.target()),
+            instance: instance.clone(),
             attempt: attempts,
             elapsed_ms: crate::operation::millis(start.elapsed()),
             probe: probe.clone(),

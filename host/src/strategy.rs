@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for CanaryStep {
 
 impl StrategyConfig {
     /// Checks what serde cannot: a canary's steps make sense as a whole. Returns the
-    /// key and the message for [`crate::config::ConfigError::Invalid`].
+    /// key and the message for the config's `Invalid` error.
     pub fn check(&self) -> Result<(), (String, String)> {
         let err = |key: &str, message: String| Err((format!("strategy.{key}"), message));
         if let Some(sticky) = &self.sticky {

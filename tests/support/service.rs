@@ -45,6 +45,25 @@ pub struct Running {
 }
 
 impl Running {
+    /// Its output, if it has already ended (for a test that waits on something the
+    /// run should reach, to say why it never did).
+    pub fn ended(&mut self) -> Option<Output> {
+        use std::io::Read;
+        let status = self.child.try_wait().ok().flatten()?;
+        let mut read = |pipe: Option<&mut dyn Read>| {
+            let mut text = String::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        };
+        Some(Output {
+            code: status.code().unwrap_or(-1),
+            stdout: read(self.child.stdout.as_mut().map(|p| p as &mut dyn Read)),
+            stderr: read(self.child.stderr.as_mut().map(|p| p as &mut dyn Read)),
+        })
+    }
+
     /// SIGKILLs it (no cleanup of any kind runs) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -176,6 +176,7 @@ pub(super) async fn wait_healthy(ctx: &Context, color: Color) -> Result<HealthRe
         &ctx.config.health,
         ctx.service(),
         color,
+        &ctx.instance(color),
         &judge,
         &mut still_running,
         ctx.reporter.as_ref(),

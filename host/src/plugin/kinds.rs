@@ -739,6 +739,9 @@ impl AnalysisPlugin {
                 .call_analyze(store, config, input)
         })?;
         let reason = |why: String| {
+            // Over the output cap is the sandbox's limit, as in every world; only then
+            // the analysis world's own rules.
+            self.0.check_size(why.len())?;
             // A hold or an abort is read by a human deciding what to do next; an empty
             // one explains nothing.
             if why.trim().is_empty() {

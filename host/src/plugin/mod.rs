@@ -47,21 +47,6 @@ pub use settings::{LimitsConfig, PluginSettings, PluginSpec, PluginsConfig};
 use cache::DiskCache;
 use sandbox::{CallSlots, CallState, chain};
 
-/// The one copy of `color` that one Docker host runs: the container
-/// `<service>-<color>` at `addr`, on no Swarm node.
-pub fn single_host_instance(
-    service: &str,
-    color: crate::Color,
-    addr: std::net::SocketAddr,
-) -> types::Instance {
-    types::Instance {
-        id: crate::docker::container_name(service, color),
-        node: None,
-        address: addr.ip().to_string(),
-        port: addr.port(),
-    }
-}
-
 /// How often the epoch advances: the resolution of every deadline.
 const TICK: Duration = Duration::from_millis(5);
 

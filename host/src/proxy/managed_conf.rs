@@ -130,6 +130,8 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20   uwsgi_temp_path {uwsgi};\n\
          \x20   scgi_temp_path {scgi};\n\
          \x20   server_tokens off;\n\
+         \x20   # Room for a sticky canary's `split_clients` variable, named after the service.\n\
+         \x20   variables_hash_bucket_size 128;\n\
          \x20   client_max_body_size 100M;\n\
          \n\
          \x20   include {http_glob};\n\
