@@ -355,9 +355,9 @@ pub fn render_index(rows: &[ServiceRow]) -> String {
     use std::fmt::Write as _;
     let mut body = String::from("<h1>cutover · services</h1>\n<div id=\"services\">\n");
     for row in rows {
-        let _ = write!(
+        let _ = writeln!(
             body,
-            "<div class=\"card service\" data-repository=\"{}\" data-live=\"{}\">\n",
+            "<div class=\"card service\" data-repository=\"{}\" data-live=\"{}\">",
             esc(&row.repository),
             row.live.map_or("none", Color::as_str)
         );

@@ -40,9 +40,9 @@ pub(super) struct Views {
     /// One plugin host for every dashboard, made on the first page view (a server
     /// nobody looks at never compiles a plugin).
     plugins: OnceCell<Result<PluginHost, String>>,
-    /// Per repository key: the config file's bytes it was opened with, and the
-    /// dashboard.
-    open: Mutex<HashMap<String, (Vec<u8>, Arc<Dashboard>)>>,
+    /// Per repository key: the dashboard, and the config file's bytes it was
+    /// opened with.
+    open: Mutex<HashMap<String, Opened>>,
     /// Open event streams. Each holds a connection for as long as the page is open,
     /// so they are capped well under `max_connections`: a wall of dashboards must
     /// not keep a webhook out.
@@ -59,6 +59,9 @@ impl Views {
         }
     }
 }
+
+/// A dashboard, and the bytes of the config file it was opened with.
+type Opened = (Vec<u8>, Arc<Dashboard>);
 
 /// The views' routes, behind the access rule, with `login` open.
 pub(super) fn router(app: Arc<App>) -> Router {
