@@ -83,7 +83,7 @@ fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) 
 /// An address of this host that is not loopback (the source address of its
 /// default route), so a request from it is a remote client's. A UDP `connect` sends
 /// nothing; it only picks the route.
-fn non_loopback_address() -> IpAddr {
+pub fn non_loopback_address() -> IpAddr {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     socket
         .connect("192.0.2.1:9")
@@ -95,7 +95,7 @@ fn non_loopback_address() -> IpAddr {
 
 /// Reads server-sent events from `/events` until one holds `until`; returns the
 /// `data:` lines seen. Bounded by `within`.
-fn read_events(stream: TcpStream, until: &str, within: Duration) -> Vec<String> {
+pub fn read_events(stream: TcpStream, until: &str, within: Duration) -> Vec<String> {
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
@@ -198,6 +198,45 @@ fn dashboard_with_a_token_refuses_missing_or_wrong_ones_with_401_and_never_print
     );
     let (status, _) = get(dash.addr, "/metrics", &[("Authorization", &bearer)]);
     assert_eq!(status, 200);
+    // A browser posts the token once to `login` and reads with the cookie it gets.
+    let login = |token: &str| {
+        http_request(
+            dash.addr,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            format!("token={token}&next=").as_bytes(),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let refused = login("dash-t0ken-5b1e");
+    assert_eq!(refused.status, 401);
+    assert!(refused.header("set-cookie").is_none());
+    let r = login(token);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("./"));
+    let cookie = r
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(!cookie.contains(token), "{cookie}");
+    for path in ["/", "/metrics"] {
+        assert_eq!(
+            get(dash.addr, path, &[("Cookie", &cookie)]).0,
+            200,
+            "{path}"
+        );
+    }
+    let (status, form) = get(dash.addr, "/", &[("Accept", "text/html")]);
+    assert_eq!(status, 401);
+    assert!(
+        form.contains("<form") && form.contains("action=\"login\""),
+        "{form}"
+    );
     let output = dash.stop();
     assert!(output.contains("bearer token from $DASH_TOKEN"), "{output}");
     assert!(!output.contains(token), "{output}");

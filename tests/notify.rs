@@ -231,3 +231,106 @@ timeout = "300ms"
     let audit = std::fs::read_to_string(svc.state_dir().join("audit.jsonl")).unwrap();
     assert_eq!(audit.lines().count(), 3, "the outcome was recorded first");
 }
+
+/// A deploy whose verification through nginx fails after the switch is rolled back
+/// (the previous proxy files restored and reloaded, blue serving again): exactly one
+/// POST to each webhook that selected `rolled-back` — the json receiver explicitly,
+/// the slack one by the default outcomes — and none to a webhook that did not.
+#[test]
+fn a_rolled_back_deploy_is_posted_once_to_the_webhooks_that_selected_it() {
+    let svc = Service::new("notify-rb");
+    let selected = Receiver::start(Answer::Ok);
+    let by_default = Receiver::start(Answer::Ok);
+    let unselected = Receiver::start(Answer::Ok);
+    let urls = [
+        selected.url("rb-selected"),
+        by_default.url("rb-default"),
+        unselected.url("rb-unselected"),
+    ];
+    let env = [
+        ("HOOK_RB", urls[0].as_str()),
+        ("HOOK_DEFAULT", urls[1].as_str()),
+        ("HOOK_OTHERS", urls[2].as_str()),
+    ];
+    svc.append_config(
+        r#"
+[[notify]]
+url_env = "HOOK_RB"
+format = "json"
+on = ["rolled-back"]
+
+[[notify]]
+url_env = "HOOK_DEFAULT"
+
+[[notify]]
+url_env = "HOOK_OTHERS"
+format = "json"
+on = ["succeeded", "failed", "denied", "interrupted"]
+"#,
+    );
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &env,
+        )
+    };
+    deploy("v1").success();
+    assert_eq!(unselected.bodies().len(), 1, "succeeded was selected there");
+    assert!(selected.bodies().is_empty() && by_default.bodies().is_empty());
+
+    // Green starts and is healthy, traffic switches to it, and the verification
+    // through nginx never sees the body it expects: the switch is undone.
+    svc.edit_config(|text| {
+        text.replace(
+            "[verify]\n",
+            "[verify]\nexpect_body = \"a body hello never answers\"\ntimeout = \"2s\"\n",
+        )
+    });
+    let out = deploy("v2").code(4);
+    assert!(warnings(&out).is_empty(), "{}", out.stderr);
+    assert_eq!(
+        svc.get("/").body.trim(),
+        "hello v1 from blue",
+        "rolled back"
+    );
+
+    let got = selected.bodies();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body = &got[0];
+    assert_eq!(body["service"], svc.name.as_str());
+    assert_eq!(body["kind"], "deploy");
+    assert_eq!(body["outcome"], "rolled-back");
+    assert_eq!(body["target"], "green");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not serve green")),
+        "{body}"
+    );
+    let steps: Vec<&str> = body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.ends_with(&["switch", "verify"]),
+        "ended at the verification after the switch: {steps:?}"
+    );
+    let audit = std::fs::read_to_string(svc.state_dir().join("audit.jsonl")).unwrap();
+    let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(body["deploy_id"], last["deploy_id"], "the recorded outcome");
+
+    let slack = by_default.bodies();
+    assert_eq!(slack.len(), 1, "{slack:?}");
+    let text = slack[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("deploy of *{}* rolled-back", svc.name)),
+        "{text}"
+    );
+    assert_eq!(
+        unselected.bodies().len(),
+        1,
+        "nothing for rolled-back there"
+    );
+}

@@ -121,6 +121,19 @@ struct Fixture {
 impl Fixture {
     /// `gate` is appended to the repository's `cutover.toml`.
     fn start(prefix: &str, gate: &str) -> Fixture {
+        Fixture::start_with(prefix, gate, [127, 0, 0, 1].into(), "", &[])
+    }
+
+    /// As [`Fixture::start`], the server listening on `ip` with `extra` appended to
+    /// its config (top-level keys first, then more `[[repository]]` tables) and `env`
+    /// added to its environment.
+    fn start_with(
+        prefix: &str,
+        gate: &str,
+        ip: std::net::IpAddr,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Fixture {
         let svc = Service::new(prefix);
         let base_config = std::fs::read_to_string(svc.config_path()).unwrap() + gate;
         // The checkout supplies the config from now on.
@@ -139,20 +152,25 @@ impl Fixture {
         Repo::clone_into(&origin, svc.dir.path());
 
         let conf_dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let port = free_port();
         let conf = conf_dir.path().join("cutover-serve.toml");
         std::fs::write(
             &conf,
             format!(
-                "listen = \"{addr}\"\nsecret_env = \"{SECRET_ENV}\"\nmax_body_bytes = {MAX_BODY}\n\
-                 lock_wait = \"2m\"\nshutdown_grace = \"4m\"\n\n[[repository]]\nname = \"{name}\"\n\
+                "listen = \"{listen}\"\nsecret_env = \"{SECRET_ENV}\"\nmax_body_bytes = {MAX_BODY}\n\
+                 lock_wait = \"2m\"\nshutdown_grace = \"4m\"\n{extra}\n[[repository]]\nname = \"{name}\"\n\
                  checkout = \"{checkout}\"\n",
+                listen = SocketAddr::new(ip, port),
                 checkout = svc.dir.path().display(),
             ),
         )
         .unwrap();
         let secret = format!("whsec-{}", unique_service("s"));
-        let server = ServeProcess::start(&conf, addr, &[(SECRET_ENV, &secret)], None);
+        let mut all = vec![(SECRET_ENV, secret.as_str())];
+        all.extend_from_slice(env);
+        // Reached on loopback whatever `ip` is (0.0.0.0 includes it).
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let server = ServeProcess::start(&conf, addr, &all, None);
         Fixture {
             server,
             svc,
@@ -891,4 +909,268 @@ fn deploys_need_the_bearer_token_once_one_is_configured() {
     assert!(log.contains("refused GET /deploys"), "{log}");
     assert!(!log.contains(&token), "the token is in the server log");
     assert!(!log.contains(&f.secret), "the secret is in the server log");
+}
+
+/// The `Set-Cookie` of a response, as the `Cookie` header a browser would send back.
+fn cookie_of(r: &HttpResponse) -> String {
+    let set = r.header("set-cookie").expect("a Set-Cookie header");
+    set.split(';').next().unwrap().trim().to_owned()
+}
+
+/// Regression-proofs the operator's views under `serve` (issue 14): one server, two
+/// repositories — one deployed through a signed webhook, one from a terminal (a
+/// success and a gate denial) — and a bearer token. `/` lists both services,
+/// `/services/<service>/` is each one's dashboard page, its `events` stream carries a
+/// running deploy, and `/metrics` counts each service apart. A client that is not on
+/// loopback gets in with the token as a bearer header or, like a browser, by posting
+/// it to `login` for a cookie; the token is in no log and no response.
+#[test]
+fn serve_shows_every_service_its_dashboard_and_metrics_and_lets_a_browser_in_with_the_token() {
+    const TOKEN_ENV: &str = "CUTOVER_TEST_VIEWS_TOKEN";
+    let token = format!("view-tok-{}", unique_service("t"));
+    // The second repository: never pushed, deployed from its own directory.
+    let other = Service::new("serve-views-b");
+    let f = Fixture::start_with(
+        "serve-views",
+        "",
+        [0, 0, 0, 0].into(),
+        &format!(
+            "deploys_token_env = \"{TOKEN_ENV}\"\n\n[[repository]]\nname = \"team/{}\"\ncheckout = \"{}\"\n",
+            other.name,
+            other.dir.path().display()
+        ),
+        &[(TOKEN_ENV, &token)],
+    );
+    let sha = f.push_version("v1");
+    let id = delivery();
+    assert_eq!(f.push_event("refs/heads/main", &sha, &id).status, 202);
+    // `/deploys` needs the token now; the fixture's helper sends none.
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let deadline = Instant::now() + DEPLOY_TIMEOUT;
+    loop {
+        let r = http_request(f.server.addr, "GET", "/deploys", &auth, b"", HTTP_TIMEOUT).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        if r.body.contains("\"finished\"") {
+            assert!(r.body.contains("\"succeeded\""), "{}", r.body);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}\n{}",
+            r.body,
+            f.server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (a, b) = (f.svc.name.as_str(), other.name.as_str());
+    let remote: SocketAddr = (
+        crate::dashboard::non_loopback_address(),
+        f.server.addr.port(),
+    )
+        .into();
+    let get = |addr: SocketAddr, path: &str, headers: &[(&str, &str)]| {
+        http_request(addr, "GET", path, headers, b"", HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    let page_a = format!("/services/{a}/");
+    let mut responses = Vec::new();
+
+    // Without the token nobody reads, loopback included; a wrong one changes nothing.
+    let wrong = format!("Bearer {token}x");
+    for addr in [f.server.addr, remote] {
+        for path in ["/", page_a.as_str(), "/metrics", "/deploys"] {
+            for headers in [&[][..], &[("Authorization", wrong.as_str())][..]] {
+                let r = get(addr, path, headers);
+                assert_eq!(
+                    r.status, 401,
+                    "{path} from {addr} with {headers:?}: {}",
+                    r.body
+                );
+                responses.push(r);
+            }
+        }
+    }
+    // The bearer header works from anywhere.
+    let r = get(remote, "/metrics", &auth);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // A browser that is not on loopback: the page answers 401 with a login form that
+    // posts back to the root's `login` and returns to the page.
+    let html = [("Accept", "text/html,application/xhtml+xml")];
+    let r = get(remote, &page_a, &html);
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("action=\"../../login\""), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("value=\"services/{a}/\"")),
+        "{}",
+        r.body
+    );
+    responses.push(r);
+    let form = |token: &str| format!("next=services%2F{a}%2F&token={token}");
+    let post = |body: &str| {
+        http_request(
+            remote,
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body.as_bytes(),
+            HTTP_TIMEOUT,
+        )
+        .unwrap()
+    };
+    let r = post(&form(&format!("{token}x")));
+    assert_eq!(r.status, 401, "a wrong token: {}", r.body);
+    assert!(r.header("set-cookie").is_none());
+    responses.push(r);
+    let r = post(&form(&token));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("services/{a}/").as_str())
+    );
+    let set_cookie = r.header("set-cookie").unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = cookie_of(&r);
+    responses.push(r);
+    let with_cookie = [("Cookie", cookie.as_str()), html[0]];
+
+    // The service's page: the same dashboard `cutover dashboard` serves.
+    let r = get(remote, &page_a, &with_cookie);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let audit = f.audit();
+    assert!(r.body.contains("data-live=\"blue\""), "{}", r.body);
+    assert!(r.body.contains(&format!(
+        "data-deploy=\"{}\"",
+        audit[0]["deploy_id"].as_str().unwrap()
+    )));
+    assert!(r.body.contains("<rect class=\"step"), "step bars");
+    assert!(
+        r.body.contains("href=\"../../\""),
+        "a link back to every service"
+    );
+    assert!(r.body.contains("EventSource('events')"));
+    responses.push(r);
+    let r = get(f.server.addr, &format!("/services/{a}"), &with_cookie);
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some(format!("{a}/").as_str()));
+    assert_eq!(
+        get(remote, "/services/no-such-service/", &with_cookie).status,
+        404
+    );
+    // The cookie opens `/deploys` too: one rule for every view.
+    assert_eq!(get(remote, "/deploys", &with_cookie).status, 200);
+
+    // The second service's events stream, while it deploys from a terminal.
+    let mut events = std::net::TcpStream::connect(remote).unwrap();
+    write!(
+        events,
+        "GET /services/{b}/events HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let deploy = other.spawn_deploy("v1");
+    let seen = crate::dashboard::read_events(events, "\"event\":\"finished\"", DEPLOY_TIMEOUT);
+    deploy.wait().success();
+    assert!(
+        seen.iter().any(|e| e.contains("\"event\":\"started\"")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.last().unwrap().contains("\"live\":\"blue\""),
+        "{seen:#?}"
+    );
+    other.append_config(crate::metrics::CICD_GATE);
+    other.deploy("v2").code(3);
+
+    // The index: both services, their live colour, linked to their pages.
+    let r = get(remote, "/", &with_cookie);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let repository_b = format!("team/{b}");
+    for (service, repository) in [(a, f.name.as_str()), (b, repository_b.as_str())] {
+        assert!(
+            r.body.contains(&format!("href=\"services/{service}/\"")),
+            "{}",
+            r.body
+        );
+        assert!(
+            r.body.contains(&format!(
+                "data-repository=\"{repository}\" data-live=\"blue\""
+            )),
+            "{}",
+            r.body
+        );
+    }
+    assert!(
+        r.body
+            .contains("<span class=\"badge denied\">denied</span>"),
+        "{}",
+        r.body
+    );
+    responses.push(r);
+
+    // One /metrics, each service under its own label.
+    let r = get(remote, "/metrics", &with_cookie);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let scrape = crate::metrics::parse(&r.body);
+    let deploys = |service: &str, outcome: &str| {
+        crate::metrics::sample(
+            &scrape,
+            "cutover_deploys_total",
+            &[
+                ("service", service),
+                ("kind", "deploy"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(deploys(a, "succeeded"), 1.0, "{}", r.body);
+    assert_eq!(deploys(b, "succeeded"), 1.0, "{}", r.body);
+    assert_eq!(deploys(b, "denied"), 1.0, "{}", r.body);
+    let denied_a = scrape.samples.iter().any(|s| {
+        s.metric == "cutover_deploys_total"
+            && s.labels.get("service") == Some(a)
+            && s.labels.get("outcome") == Some("denied")
+    });
+    assert!(!denied_a, "the denial was the other service's");
+    for service in [a, b] {
+        let live = |color| {
+            crate::metrics::sample(
+                &scrape,
+                "cutover_live",
+                &[("service", service), ("color", color)],
+            )
+        };
+        assert_eq!((live("blue"), live("green")), (1.0, 0.0), "{service}");
+        let gate = crate::metrics::sample(
+            &scrape,
+            "cutover_step_duration_seconds_count",
+            &[("service", service), ("step", "gate")],
+        );
+        assert_eq!(gate, if service == a { 1.0 } else { 2.0 }, "{service}");
+    }
+    responses.push(r);
+
+    // The token: in no response and nowhere in the log, which records the refusals
+    // and the login.
+    for r in &responses {
+        assert!(!r.body.contains(&token), "{}", r.body);
+        assert!(
+            r.headers.iter().all(|(_, v)| !v.contains(&token)),
+            "{:?}",
+            r.headers
+        );
+    }
+    let log = f.server.log_text();
+    assert!(!log.contains(&token), "the token is in the server log");
+    assert!(log.contains("logged in with the token"), "{log}");
+    assert!(log.contains("refused a login with a wrong token"), "{log}");
+    assert!(
+        log.contains("refused a read of the operator's views"),
+        "{log}"
+    );
+    f.assert_secret_never_written();
 }

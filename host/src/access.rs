@@ -1,31 +1,55 @@
-//! Who may read the operator's views (the dashboard, its event stream, `/metrics`):
-//! clients on loopback, or — once a bearer token is configured — whoever sends it,
-//! loopback included (behind a reverse proxy every client looks like loopback).
+//! Who may read the operator's views (the dashboard, its event stream, `/metrics`,
+//! serve's `/deploys`): clients on loopback, or — once a bearer token is configured —
+//! whoever proves they hold it, loopback included (behind a reverse proxy every client
+//! looks like loopback).
+//!
+//! A script proves it with `Authorization: Bearer <token>`. A browser cannot add that
+//! header to a page load or an `EventSource`, and a token in a URL ends up in proxy and
+//! history logs, so a browser posts the token once to `login` (a form, no script) and
+//! gets an `HttpOnly`, `SameSite=Strict` cookie holding a value derived from the token
+//! (not the token: a cookie store or a logged `Cookie` header does not reveal it;
+//! changing the token ends every session). Both are compared in constant time.
 //!
 //! The token comes from an environment variable and is held as a [`Secret`]: it is
-//! never logged, echoed in a refusal, or stored.
+//! never logged, echoed in a refusal, or stored. Links here are relative, so the views
+//! work behind a proxy that mounts them under a path prefix.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use hmac::digest::CtOutput;
 use sha2::{Digest, Sha256};
 
+use crate::html::esc;
 use crate::secret::Secret;
+
+/// The cookie a browser holds after logging in with the token.
+pub const COOKIE: &str = "cutover_session";
+
+/// How long a login lasts (seconds): a working day, then the token again.
+const COOKIE_MAX_AGE: u32 = 12 * 60 * 60;
+
+/// The most a login form may send; a token is far shorter.
+const LOGIN_BODY_LIMIT: usize = 4096;
 
 /// Why a client may not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// No token is configured and the client is not on loopback.
     NotLoopback,
-    /// A token is configured and the request does not carry it.
+    /// A token is configured and the request carries neither it nor the login cookie.
     BadToken,
 }
 
-/// Whether a client at `peer` sending `headers` may read.
+/// Whether a client at `peer` sending `headers` may read: with no token, only from
+/// loopback; with one, from anywhere with `Authorization: Bearer <token>` or the
+/// [`COOKIE`] that [`login`](routes) set.
 ///
 /// # Errors
 /// The [`Refusal`] when it may not.
@@ -37,47 +61,264 @@ pub fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Re
             Err(Refusal::NotLoopback)
         };
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Digests, not the strings: a comparison's time then says nothing of the token.
-    match given {
-        Some(given) if Sha256::digest(given) == Sha256::digest(token.expose()) => Ok(()),
-        _ => Err(Refusal::BadToken),
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.strip_prefix("Bearer "))
+        .any(|given| same(given, token.expose()));
+    let session = session_value(token);
+    if bearer || cookies(headers, COOKIE).any(|given| same(given, &session)) {
+        Ok(())
+    } else {
+        Err(Refusal::BadToken)
     }
 }
 
-/// Middleware: 401 for a client [`may_read`] refuses. Needs the connection's
-/// address (`into_make_service_with_connect_info::<SocketAddr>`).
+/// Equal strings, in time that does not depend on where they differ: their digests
+/// are compared with `subtle` (through `CtOutput`), so neither the token's length nor
+/// a matching prefix shows in the timing.
+fn same(given: &str, expected: &str) -> bool {
+    CtOutput::<Sha256>::new(Sha256::digest(given)) == CtOutput::new(Sha256::digest(expected))
+}
+
+/// The login cookie's value for `token`: a digest under a fixed label, so the cookie
+/// is useless anywhere else and does not reveal the token.
+fn session_value(token: &Secret) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"cutover dashboard session\0");
+    digest.update(token.expose());
+    hex::encode(digest.finalize())
+}
+
+/// The values of the cookies called `name` in every `Cookie` header.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+/// The access rule's shared state: the token, when one is configured.
+pub type Token = Arc<Option<Secret>>;
+
+/// Middleware: 401 for a client [`may_read`] refuses. A browser (it accepts HTML)
+/// gets the login form when a token would let it in. Needs the connection's address
+/// (`ConnectInfo<SocketAddr>`).
 pub async fn require(
-    State(token): State<Arc<Option<Secret>>>,
+    State(token): State<Token>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    match may_read(token.as_ref().as_ref(), peer.ip(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => {
-            let why = match refusal {
-                Refusal::NotLoopback => {
-                    "only loopback clients may read this without a bearer token; start the server with a token to allow others\n"
-                }
-                Refusal::BadToken => "send `Authorization: Bearer <token>`\n",
-            };
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                why,
-            )
-                .into_response()
-        }
+    let refusal = match may_read(token.as_ref().as_ref(), peer.ip(), request.headers()) {
+        Ok(()) => return next.run(request).await,
+        Err(refusal) => refusal,
+    };
+    let path = request.uri().path();
+    tracing::warn!(%peer, path, ?refusal, "refused a read of the operator's views");
+    let browser = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    let mut response = match refusal {
+        Refusal::NotLoopback => (
+            StatusCode::UNAUTHORIZED,
+            "only loopback clients may read this; configure a bearer token to let others in (then log in or send `Authorization: Bearer <token>`)\n",
+        )
+            .into_response(),
+        Refusal::BadToken if browser => (
+            StatusCode::UNAUTHORIZED,
+            Html(login_page(&up_to_root(path), &root_relative(path), None)),
+        )
+            .into_response(),
+        Refusal::BadToken => (
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>`, or log in with the token at `login` for a cookie\n",
+        )
+            .into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// `GET login` (the form) and `POST login` (check the token, set [`COOKIE`]), open to
+/// every client: layer [`require`] only on the other routes.
+pub fn routes(token: Token) -> Router {
+    Router::new()
+        .route("/login", get(login_form).post(login))
+        .with_state(token)
+}
+
+async fn login_form(request: Request) -> Html<String> {
+    let next = request
+        .uri()
+        .query()
+        .and_then(|q| form_value(q, "next"))
+        .unwrap_or_default();
+    Html(login_page("", &safe_next(&next), None))
+}
+
+async fn login(
+    State(token): State<Token>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let secure = request
+        .headers()
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_LIMIT).await else {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the login form is too large\n",
+        )
+            .into_response();
+    };
+    let body = String::from_utf8_lossy(&body);
+    let next = safe_next(&form_value(&body, "next").unwrap_or_default());
+    let Some(token) = token.as_ref() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no token is configured here: only loopback clients may read\n",
+        )
+            .into_response();
+    };
+    let given = form_value(&body, "token").unwrap_or_default();
+    if !same(&given, token.expose()) {
+        tracing::warn!(%peer, "refused a login with a wrong token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(login_page("", &next, Some("That is not the token."))),
+        )
+            .into_response();
     }
+    tracing::info!(%peer, "logged in with the token");
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Strict{}",
+        session_value(token),
+        if secure { "; Secure" } else { "" }
+    );
+    // Relative to `login`, so a path prefix added by a proxy is kept.
+    let location = if next.is_empty() {
+        "./".to_owned()
+    } else {
+        next
+    };
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    // Both values are built from hex digits and checked path characters.
+    if let (Ok(cookie), Ok(location)) = (
+        HeaderValue::from_str(&cookie),
+        HeaderValue::from_str(&location),
+    ) {
+        headers.insert(header::SET_COOKIE, cookie);
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// The login page: a password field posted to `{up}login`, coming back to `next`
+/// (relative to the views' root) afterwards.
+fn login_page(up: &str, next: &str, error: Option<&str>) -> String {
+    let error = error.map_or(String::new(), |e| {
+        format!("<div class=\"reason\">{}</div>\n", esc(e))
+    });
+    let body = format!(
+        "<h1>cutover · log in</h1>\n{error}<form class=\"card\" method=\"post\" action=\"{up}login\">\n\
+         <label>token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus></label>\n\
+         <input type=\"hidden\" name=\"next\" value=\"{next}\">\n<button type=\"submit\">log in</button>\n</form>\n\
+         <p class=\"meta\">The token is the one in the server's environment variable. It is sent once, in this form's body; \
+         the browser keeps a cookie derived from it for 12 hours.</p>\n",
+        next = esc(next),
+    );
+    crate::html::page("cutover · log in", &body, "")
+}
+
+/// The relative way from `path` back to the views' root: `""` for `/metrics`,
+/// `"../../"` for `/services/web/events`.
+fn up_to_root(path: &str) -> String {
+    "../".repeat(path.trim_start_matches('/').matches('/').count())
+}
+
+/// `path` relative to the root (`services/web/`), if it is safe to redirect to.
+fn root_relative(path: &str) -> String {
+    safe_next(path.trim_start_matches('/'))
+}
+
+/// `next` when it is a plain relative path (letters, digits, `/ _ . -`, no `..`, not
+/// starting with `/`), else empty: a login must not redirect to another site.
+fn safe_next(next: &str) -> String {
+    let plain = next.len() <= 256
+        && !next.starts_with('/')
+        && !next.contains("..")
+        && next
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+    if plain {
+        next.to_owned()
+    } else {
+        String::new()
+    }
+}
+
+/// The first value of `key` in a `application/x-www-form-urlencoded` string.
+fn form_value(form: &str, key: &str) -> Option<String> {
+    form.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+/// `+` as a space and `%XX` as its byte; a malformed escape is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                // Two hex digits: at most 255.
+                let byte = hex(bytes[i + 1])
+                    .zip(hex(bytes[i + 2]))
+                    .and_then(|(high, low)| u8::try_from(high * 16 + low).ok());
+                match byte {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with(name: &str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        headers
+    }
 
     #[test]
     fn loopback_only_unless_a_token_is_configured_then_the_token_everywhere() {
@@ -89,20 +330,73 @@ mod tests {
         assert_eq!(may_read(None, mapped, &none), Ok(()));
         assert_eq!(may_read(None, remote, &none), Err(Refusal::NotLoopback));
         let token = Secret::new("t0ken");
-        let with = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert("authorization", value.parse().unwrap());
-            headers
-        };
         for peer in [remote, loopback] {
-            assert_eq!(may_read(Some(&token), peer, &with("Bearer t0ken")), Ok(()));
+            let auth = |v: &str| with("authorization", v);
+            assert_eq!(may_read(Some(&token), peer, &auth("Bearer t0ken")), Ok(()));
             for bad in ["Bearer t0ke", "Bearer t0ken2", "Basic t0ken", "t0ken"] {
                 assert_eq!(
-                    may_read(Some(&token), peer, &with(bad)),
+                    may_read(Some(&token), peer, &auth(bad)),
                     Err(Refusal::BadToken)
                 );
             }
             assert_eq!(may_read(Some(&token), peer, &none), Err(Refusal::BadToken));
         }
+    }
+
+    #[test]
+    fn the_login_cookie_lets_a_browser_in_from_anywhere_and_holds_no_token() {
+        let token = Secret::new("t0ken");
+        let remote: IpAddr = "203.0.113.7".parse().unwrap();
+        let session = session_value(&token);
+        assert!(!session.contains("t0ken"));
+        assert_ne!(session, session_value(&Secret::new("other")));
+        let cookie = |v: &str| with("cookie", v);
+        for good in [
+            format!("{COOKIE}={session}"),
+            format!("theme=dark; {COOKIE}={session}; x=1"),
+        ] {
+            assert_eq!(may_read(Some(&token), remote, &cookie(&good)), Ok(()));
+        }
+        for bad in [
+            format!("{COOKIE}={}", &session[1..]),
+            format!("{COOKIE}=t0ken"),
+            format!("other={session}"),
+            format!("{COOKIE}={}", session_value(&Secret::new("t0ken2"))),
+        ] {
+            assert_eq!(
+                may_read(Some(&token), remote, &cookie(&bad)),
+                Err(Refusal::BadToken),
+                "{bad}"
+            );
+        }
+        // No token configured: a cookie is no way past the loopback rule.
+        assert_eq!(
+            may_read(None, remote, &cookie(&format!("{COOKIE}={session}"))),
+            Err(Refusal::NotLoopback)
+        );
+    }
+
+    #[test]
+    fn login_redirects_only_to_relative_paths_and_links_back_to_the_root() {
+        assert_eq!(safe_next("services/web/"), "services/web/");
+        for bad in [
+            "/x",
+            "//evil.example/",
+            "https://evil.example",
+            "a/../../b",
+            "a b",
+            "a?x=1",
+        ] {
+            assert_eq!(safe_next(bad), "", "{bad}");
+        }
+        assert_eq!(up_to_root("/"), "");
+        assert_eq!(up_to_root("/metrics"), "");
+        assert_eq!(up_to_root("/services/web/"), "../../");
+        assert_eq!(up_to_root("/services/web/events"), "../../");
+        assert_eq!(root_relative("/services/web/"), "services/web/");
+        let form = "next=services%2Fweb%2F&token=a+b%25c%2";
+        assert_eq!(form_value(form, "next").unwrap(), "services/web/");
+        assert_eq!(form_value(form, "token").unwrap(), "a b%c%2");
+        assert_eq!(form_value(form, "missing"), None);
     }
 }

@@ -9,12 +9,18 @@
 //! dashboard needs no channel to the deploy and survives restarts of either. The
 //! page has a few lines of script (an `EventSource`) and no build chain.
 //!
+//! `cutover dashboard` serves one service's views at `/`; `cutover serve` mounts the
+//! same page, stream and metrics for each service it deploys under
+//! `/services/<service>/`, with [`render_index`] at `/`. Links are relative, so both
+//! work behind a proxy that adds a path prefix.
+//!
 //! It only reads. Every route is behind the caller's access rule (loopback only by
-//! default, else a bearer token); nothing it renders is secret.
+//! default, else a bearer token or its login cookie, [`crate::access`]); nothing it
+//! renders is secret.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +30,10 @@ use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
 
+use crate::Color;
 use crate::audit::{AuditLog, Entry};
 use crate::context::Context;
 use crate::html::{deploy_list, esc, page};
@@ -40,15 +48,25 @@ const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// The most a tail reads at once; the rest comes on the next look.
 const TAIL_CHUNK: u64 = 256 * 1024;
 
-/// One service's dashboard: its context (for `status`) and its state directory.
+/// One service's dashboard: its context (for `status`), and the signal that ends
+/// its event streams when the server stops.
 pub struct Dashboard {
     ctx: Context,
+    stop: watch::Sender<bool>,
 }
 
 impl Dashboard {
     /// The dashboard of the service `ctx` was opened for.
     pub fn new(ctx: Context) -> Dashboard {
-        Dashboard { ctx }
+        Dashboard {
+            ctx,
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        self.ctx.service()
     }
 
     /// `GET /` (the page), `GET /events` (server-sent events) and `GET /metrics`,
@@ -62,7 +80,7 @@ impl Dashboard {
     }
 
     /// Serves the routes on `listener` behind [`crate::access::require`] with
-    /// `token`, until Ctrl-C or SIGTERM.
+    /// `token` (and its `login` form), until Ctrl-C or SIGTERM.
     ///
     /// # Errors
     /// When the listener fails.
@@ -71,17 +89,21 @@ impl Dashboard {
         listener: tokio::net::TcpListener,
         token: Option<crate::secret::Secret>,
     ) -> std::io::Result<()> {
-        let app = Arc::new(self)
+        let token = Arc::new(token);
+        let dashboard = Arc::new(self);
+        let app = dashboard
+            .clone()
             .routes()
             .layer(axum::middleware::from_fn_with_state(
-                Arc::new(token),
+                token.clone(),
                 crate::access::require,
-            ));
+            ))
+            .merge(crate::access::routes(token));
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let term = async {
@@ -96,40 +118,63 @@ impl Dashboard {
                 _ = tokio::signal::ctrl_c() => {}
                 () = term => {}
             }
+            // Open event streams never end by themselves: a graceful shutdown would
+            // wait for them forever.
+            dashboard.stop.send_replace(true);
         })
         .await
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.ctx.store.dir().join(crate::events::LOG_FILE)
+    /// The page: 503 when the service's status cannot be read. `index`, when
+    /// given, is a link back to the list of every service.
+    pub async fn page(&self, index: Option<&str>) -> Response {
+        let entries = AuditLog::new(self.ctx.store.dir())
+            .read()
+            .unwrap_or_default();
+        match crate::status::status(&self.ctx).await {
+            Ok(report) => Html(render(&report, &entries, index)).into_response(),
+            Err(e) => (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the status of {}: {e}", self.service()),
+            )
+                .into_response(),
+        }
     }
 }
 
 async fn page_handler(State(d): State<Arc<Dashboard>>) -> Response {
-    let entries = AuditLog::new(d.ctx.store.dir()).read().unwrap_or_default();
-    match crate::status::status(&d.ctx).await {
-        Ok(report) => Html(render(&report, &entries)).into_response(),
-        Err(e) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot read the service's status: {e}"),
-        )
-            .into_response(),
-    }
+    d.page(None).await
 }
 
 async fn metrics_handler(State(d): State<Arc<Dashboard>>) -> Response {
-    let records = crate::metrics::ServiceRecords::load(&d.ctx.config);
-    (
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        crate::metrics::encode_text(&[records]),
-    )
-        .into_response()
+    metrics_response(&[crate::metrics::ServiceRecords::load(&d.ctx.config)])
 }
 
 async fn events_handler(
     State(d): State<Arc<Dashboard>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    Sse::new(tail(d.log_path())).keep_alive(KeepAlive::default())
+    Sse::new(live_events(d.ctx.store.dir(), d.stop.subscribe())).keep_alive(KeepAlive::default())
+}
+
+/// `/metrics` of `services`, in the Prometheus text format.
+pub fn metrics_response(services: &[crate::metrics::ServiceRecords]) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::encode_text(services),
+    )
+        .into_response()
+}
+
+/// The events deploys append to `state_dir` from now on, one server-sent event per
+/// line, until `stop` turns true.
+pub fn live_events(
+    state_dir: &Path,
+    mut stop: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + use<> {
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    tail(state_dir.join(crate::events::LOG_FILE)).take_until(Box::pin(stopped))
 }
 
 /// The lines appended to `path` from now on, one event each. A file that shrank
@@ -193,10 +238,19 @@ new EventSource('events').onmessage = m => {
 </script>
 "#;
 
-/// The page for `report` and the audit log's `entries` (oldest first).
-pub fn render(report: &StatusReport, entries: &[Entry]) -> String {
+/// The page for `report` and the audit log's `entries` (oldest first); `index`, when
+/// given, links back to the list of every service.
+pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> String {
     use std::fmt::Write as _;
-    let mut body = format!("<h1>cutover · {}</h1>\n", esc(&report.service));
+    let mut body = String::new();
+    if let Some(index) = index {
+        let _ = writeln!(
+            body,
+            "<div class=\"meta\"><a id=\"index\" href=\"{}\">← every service</a></div>",
+            esc(index)
+        );
+    }
+    let _ = writeln!(body, "<h1>cutover · {}</h1>", esc(&report.service));
     let live = report.live.as_ref();
     let _ = write!(
         body,
@@ -276,6 +330,87 @@ pub fn render(report: &StatusReport, entries: &[Entry]) -> String {
         &entries[entries.len().saturating_sub(RECENT)..],
     ));
     page(&format!("cutover · {}", report.service), &body, SCRIPT)
+}
+
+/// One service on the index page of `cutover serve`.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceRow {
+    /// The repository it is deployed from (`owner/name`).
+    pub repository: String,
+    /// The service its `cutover.toml` names; none when that cannot be read.
+    pub service: Option<String>,
+    /// The live colour the state file records.
+    pub live: Option<Color>,
+    /// The newest audit entry.
+    pub last: Option<Entry>,
+    /// What the server is doing for it now (`running`, `queued`), if anything.
+    pub activity: Option<String>,
+    /// Why it cannot be shown (its config cannot be read).
+    pub problem: Option<String>,
+}
+
+/// The index of `cutover serve`: every service with its live colour and latest
+/// deploy, linked to its page at `services/<service>/`.
+pub fn render_index(rows: &[ServiceRow]) -> String {
+    use std::fmt::Write as _;
+    let mut body = String::from("<h1>cutover · services</h1>\n<div id=\"services\">\n");
+    for row in rows {
+        let _ = writeln!(
+            body,
+            "<div class=\"card service\" data-repository=\"{}\" data-live=\"{}\">",
+            esc(&row.repository),
+            row.live.map_or("none", Color::as_str)
+        );
+        match &row.service {
+            Some(service) => {
+                let _ = write!(
+                    body,
+                    "<b><a href=\"services/{s}/\">{s}</a></b> ",
+                    s = esc(service)
+                );
+            }
+            None => body.push_str("<b>?</b> "),
+        }
+        match row.live {
+            Some(c) => {
+                let _ = write!(body, "<span class=\"badge live-{c}\">{c}</span>");
+            }
+            None => body.push_str("<span class=\"badge\">nothing live</span>"),
+        }
+        if let Some(activity) = &row.activity {
+            let _ = write!(
+                body,
+                " <span class=\"activity\">{} now</span>",
+                esc(activity)
+            );
+        }
+        let _ = write!(body, "\n<div class=\"meta\">{}", esc(&row.repository));
+        if let Some(e) = &row.last {
+            let _ = write!(
+                body,
+                " · last: <span class=\"badge {o}\">{o}</span> {kind} {time}",
+                o = e.outcome.as_str(),
+                kind = crate::audit::kind_name(e.kind),
+                time = esc(&e.time)
+            );
+            if let Some(sha) = &e.git_sha {
+                let _ = write!(body, " sha <code>{}</code>", esc(&sha[..sha.len().min(12)]));
+            }
+        }
+        body.push_str("</div>\n");
+        if let Some(problem) = &row.problem {
+            let _ = writeln!(body, "<div class=\"reason problem\">{}</div>", esc(problem));
+        }
+        body.push_str("</div>\n");
+    }
+    body.push_str("</div>\n<p class=\"meta\"><a href=\"metrics\">metrics</a></p>\n");
+    // A page that watches several services reloads itself rather than holding an
+    // event stream per service.
+    page(
+        "cutover · services",
+        &body,
+        "<script>setTimeout(() => location.reload(), 10000);</script>\n",
+    )
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/deploys", get(list_deploys))
         .route("/hooks/github", post(github_hook))
         .route("/hooks/trigger", post(trigger_hook))
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(super::views::router(app))
 }
 
 /// A JSON answer.

@@ -28,8 +28,13 @@
 //! (forgetting their delivery ids so GitHub's "Redeliver" works after a restart), and
 //! waits up to `shutdown_grace` for running deploys to finish.
 //!
-//! `GET /deploys` answers loopback clients only, unless `deploys_token_env` names a
-//! variable holding a bearer token; then every client must send it (401 otherwise).
+//! `GET /` lists every service with its live colour; `GET /services/<service>/` is the
+//! page `cutover dashboard` serves for one service (with its live event stream at
+//! `events` beside it), and `GET /metrics` covers every service (see `views`).
+//!
+//! `GET /deploys` and those views answer loopback clients only, unless
+//! `deploys_token_env` names a variable holding a bearer token; then every client must
+//! send it, or the cookie `GET /login`'s form sets (401 otherwise).
 //!
 //! The webhook secret and the bearer token live only in memory (read from the
 //! environment variables the config names); they are never logged and are removed
@@ -43,6 +48,7 @@ mod http;
 mod push;
 mod queue;
 mod replay;
+mod views;
 mod worker;
 
 use std::collections::HashMap;
@@ -129,6 +135,8 @@ struct App {
     cutover_bin: PathBuf,
     lock_wait: Duration,
     stop: watch::Sender<bool>,
+    /// The dashboards of the services.
+    views: views::Views,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,6 +229,13 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let limits = conns::Limits::fitted(
+            conns::Limits {
+                max_connections: config.max_connections,
+                header_timeout: config.header_timeout.get(),
+            },
+            config.repositories.len(),
+        );
         let app = Arc::new(App {
             secret,
             deploys_token,
@@ -235,19 +250,14 @@ impl Server {
             cutover_bin,
             lock_wait: config.lock_wait.get(),
             stop: watch::channel(false).0,
+            // A quarter of the connections at most: the rest stay for webhooks.
+            views: views::Views::new(limits.max_connections / 4),
         });
         let mut tasks = tokio::task::JoinSet::new();
         for worker in app.workers.values() {
             tasks.spawn(work(app.clone(), worker.clone()));
         }
         let router = http::router(app.clone());
-        let limits = conns::Limits::fitted(
-            conns::Limits {
-                max_connections: config.max_connections,
-                header_timeout: config.header_timeout.get(),
-            },
-            config.repositories.len(),
-        );
         Ok(Server {
             listener,
             router,

@@ -152,6 +152,22 @@ impl Queue {
         dropped
     }
 
+    /// What the server is doing for `repository` now: `running`, `queued`, both, or
+    /// nothing.
+    pub(super) fn activity(&self, repository: &str) -> Option<String> {
+        let has = |state| {
+            self.runs
+                .iter()
+                .any(|r| r.repository == repository && r.state == state)
+        };
+        match (has(RunState::Running), has(RunState::Queued)) {
+            (true, true) => Some("running, one queued".to_owned()),
+            (true, false) => Some("running".to_owned()),
+            (false, true) => Some("queued".to_owned()),
+            (false, false) => None,
+        }
+    }
+
     /// The recent runs, oldest first.
     pub(super) fn runs(&self) -> Vec<DeployRun> {
         self.runs.iter().cloned().collect()
