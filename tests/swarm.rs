@@ -267,9 +267,8 @@ async fn cluster_state_labels_round_trip_between_managers() {
     let Some(cluster) = cluster() else { return };
     let dir = tempfile::tempdir().unwrap();
     let service = unique_service("sws");
-    let writer = cluster
-        .swarm(&cluster.config(dir.path(), &service, 0, "replicas = 1"))
-        .await;
+    let writer_config = cluster.config(dir.path(), &service, 0, "replicas = 1");
+    let writer = cluster.swarm(&writer_config).await;
     // Another runner, on another manager, with its own state directory.
     let other_dir = tempfile::tempdir().unwrap();
     let reader = cluster
@@ -348,6 +347,19 @@ async fn cluster_state_labels_round_trip_between_managers() {
     assert!(
         matches!(e, SwarmError::NeedsRegistry { nodes: NODES })
             && e.to_string().contains("each node pulls"),
+        "{e}"
+    );
+
+    // An engine that is no Swarm manager (the machine's own) is named as such.
+    let local = cutover::docker::Docker::connect_to("unix:///var/run/docker.sock")
+        .await
+        .expect("the machine's engine");
+    let e = Swarm::new(local, writer_config.clone())
+        .nodes()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, SwarmError::NotManager { .. }) && e.to_string().contains("not a Swarm manager"),
         "{e}"
     );
 
