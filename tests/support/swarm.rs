@@ -51,7 +51,8 @@ pub const NODES: usize = 3;
 const REGISTRY_PORT: u16 = 5000;
 /// The user the registry accepts.
 const REGISTRY_USER: &str = "swarm";
-/// The environment variable the tests' configs name for the registry password.
+/// The environment variable the tests' configs name for the registry password (a
+/// config must name one; a deploy run as a child process would be given it).
 pub const PASSWORD_ENV: &str = "CUTOVER_SWARM_TEST_PASSWORD";
 
 /// One node: a dockerd in its own network namespace.
@@ -95,7 +96,9 @@ pub struct SwarmCluster {
     pub host_addr: Ipv4Addr,
     /// The registry, `10.231.X.1:5000`.
     pub registry: SocketAddr,
-    /// Its password (also in [`PASSWORD_ENV`] of this process).
+    /// Its password. The configs name [`PASSWORD_ENV`], but this process never sets it
+    /// (`set_var` is unsafe in edition 2024 and unsafe code is denied): the tests hand
+    /// the password to the primitives in a [`RegistryAuth`] ([`SwarmCluster::auth`]).
     pub password: Secret,
     /// `10.231.X.1:5000/hello`.
     pub repo: String,
