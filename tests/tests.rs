@@ -24,5 +24,6 @@ mod proxy;
 mod remote;
 mod serve;
 mod shape;
+mod swarm;
 mod tls;
 mod zero_downtime;

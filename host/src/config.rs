@@ -195,6 +195,28 @@ pub struct EngineConfig {
     pub host: Option<String>,
     /// Client certificates for a `tcp://` engine that runs with `--tlsverify`.
     pub tls: Option<TlsFiles>,
+    /// Swarm: how many tasks each colour runs, at most one per node (default 1).
+    pub replicas: Option<u32>,
+    /// Swarm: `replicated` (the default, `replicas` tasks) or `global` (one task on
+    /// every node the constraints allow).
+    pub mode: Option<SwarmMode>,
+    /// Swarm: placement constraints, as `docker service create --constraint` takes
+    /// them (`node.labels.web==true`, `node.role!=manager`).
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Swarm: labels put on each colour's service (cutover adds its `cutover.*` ones).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl EngineConfig {
+    /// Swarm: the tasks a colour runs, `None` in global mode (one per eligible node).
+    pub fn swarm_replicas(&self) -> Option<u32> {
+        match self.mode {
+            Some(SwarmMode::Global) => None,
+            _ => Some(self.replicas.unwrap_or(1)),
+        }
+    }
 }
 
 /// The kinds of container engine cutover drives.
@@ -204,6 +226,19 @@ pub enum EngineKind {
     /// One Docker engine runs both colours as containers.
     #[default]
     Docker,
+    /// A Docker Swarm cluster (reached through one of its managers) runs each colour
+    /// as a service, `<service>-<colour>`.
+    Swarm,
+}
+
+/// How a Swarm service places its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwarmMode {
+    /// `replicas` tasks, at most one per node.
+    Replicated,
+    /// One task on every node the constraints allow.
+    Global,
 }
 
 /// The PEM files of a TLS client, as the docker CLI's `--tlscacert`, `--tlscert` and
@@ -596,6 +631,83 @@ impl Config {
         }
     }
 
+    /// The Swarm keys go with `kind = "swarm"` and can work: a colour on more than one
+    /// node needs a registry, each colour a published port, no container network.
+    fn check_swarm(&self) -> Result<(), ConfigError> {
+        let engine = &self.engine;
+        if engine.kind != EngineKind::Swarm {
+            let set = [
+                ("engine.replicas", engine.replicas.is_some()),
+                ("engine.mode", engine.mode.is_some()),
+                ("engine.constraints", !engine.constraints.is_empty()),
+                ("engine.labels", !engine.labels.is_empty()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(
+                    key,
+                    "this key is for a Swarm cluster: add `kind = \"swarm\"` to [engine], or remove it",
+                ));
+            }
+            return Ok(());
+        }
+        if engine.mode == Some(SwarmMode::Global) && engine.replicas.is_some() {
+            return Err(self.invalid(
+                "engine.replicas",
+                "`mode = \"global\"` runs one task on every eligible node; remove `replicas`, or remove `mode` to run a fixed number",
+            ));
+        }
+        if engine.replicas == Some(0) {
+            return Err(self.invalid(
+                "engine.replicas",
+                "expected at least 1 (retiring a colour scales it to 0 by itself)",
+            ));
+        }
+        let several_nodes = engine.swarm_replicas().is_none_or(|n| n > 1);
+        if several_nodes && self.image.registry.is_none() {
+            return Err(self.invalid(
+                "image.registry",
+                "a colour on more than one Swarm node needs a registry: each node pulls the image itself, and only a registry lets every node run the same bits by digest; set `registry = { server = \"HOST:PORT\", username = \"...\", password_env = \"...\" }` in [image] (a registry every node can reach), or `replicas = 1`",
+            ));
+        }
+        for (i, constraint) in engine.constraints.iter().enumerate() {
+            if !constraint.contains("==") && !constraint.contains("!=") {
+                return Err(self.invalid(
+                    &format!("engine.constraints[{i}]"),
+                    format!(
+                        "expected `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE` as `docker service create --constraint` takes it (e.g. \"node.labels.web==true\"), found {constraint:?}"
+                    ),
+                ));
+            }
+        }
+        if let Some(key) = engine.labels.keys().find(|k| k.starts_with("cutover.")) {
+            return Err(self.invalid(
+                &format!("engine.labels.{key}"),
+                "labels starting with `cutover.` are cutover's own (colour, deploy, cluster state); choose another name",
+            ));
+        }
+        for (key, slot) in [("blue", &self.blue), ("green", &self.green)] {
+            if slot.host_port.is_none() {
+                return Err(self.invalid(
+                    &format!("{key}.host_port"),
+                    "a Swarm colour publishes its port in host mode on every node it runs on, where nginx and the probes reach it: set `host_port`",
+                ));
+            }
+            if slot.ip.is_some() {
+                return Err(self.invalid(
+                    &format!("{key}.ip"),
+                    "a Swarm colour has one task per node, each reached at its node's address: remove `ip`",
+                ));
+            }
+        }
+        if self.container.network.is_some() {
+            return Err(self.invalid(
+                "container.network",
+                "a Swarm colour's tasks are reached through their host-mode port, not a bridge network: remove `network`",
+            ));
+        }
+        Ok(())
+    }
+
     /// `engine.host` has a scheme cutover can reach, and `engine.tls` goes with `tcp://`.
     fn check_strategy(&self) -> Result<(), ConfigError> {
         self.strategy
@@ -612,6 +724,7 @@ impl Config {
     }
 
     fn check_engine(&self) -> Result<(), ConfigError> {
+        self.check_swarm()?;
         let Some(host) = &self.engine.host else {
             if self.engine.tls.is_some() {
                 return Err(self.invalid(
@@ -1142,11 +1255,100 @@ listen = "127.0.0.1:8080"
         assert_eq!(tls.key, PathBuf::from("/etc/k.pem"));
     }
 
+    const REGISTRY: &str = "[image.registry]\nserver = \"10.0.0.1:5000\"\nusername = \"ci\"\npassword_env = \"REG_PW\"\n";
+
+    #[test]
+    fn swarm_engine_reads_replicas_global_constraints_and_labels() {
+        let c = parse(&format!(
+            "{MINIMAL}{REGISTRY}[engine]\nkind = \"swarm\"\nhost = \"ssh://deploy@manager1\"\n\
+             replicas = 3\nconstraints = [\"node.labels.web==true\"]\nlabels = {{ team = \"web\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Swarm);
+        assert_eq!(c.engine.swarm_replicas(), Some(3));
+        assert_eq!(c.engine.constraints, ["node.labels.web==true"]);
+        assert_eq!(c.engine.labels["team"], "web");
+
+        let c = parse(&format!(
+            "{MINIMAL}{REGISTRY}[engine]\nkind = \"swarm\"\nmode = \"global\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.engine.swarm_replicas(), None, "global: one per node");
+
+        // One replica may run from a local image: no registry needed at load time.
+        let c = parse(&format!("{MINIMAL}[engine]\nkind = \"swarm\"\n")).unwrap();
+        assert_eq!(c.engine.swarm_replicas(), Some(1));
+    }
+
+    #[test]
+    fn swarm_engine_errors_name_the_key_and_say_why() {
+        let swarm = "[engine]\nkind = \"swarm\"\n";
+        for (text, key, needle) in [
+            (
+                format!("{MINIMAL}{swarm}replicas = 3\n"),
+                "image.registry",
+                "each node pulls the image itself",
+            ),
+            (
+                format!("{MINIMAL}{swarm}mode = \"global\"\n"),
+                "image.registry",
+                "more than one Swarm node",
+            ),
+            (
+                format!("{MINIMAL}{REGISTRY}{swarm}mode = \"global\"\nreplicas = 2\n"),
+                "engine.replicas",
+                "remove `replicas`",
+            ),
+            (
+                format!("{MINIMAL}{swarm}replicas = 0\n"),
+                "engine.replicas",
+                "at least 1",
+            ),
+            (
+                format!("{MINIMAL}{swarm}constraints = [\"node.role\"]\n"),
+                "engine.constraints[0]",
+                "ATTRIBUTE==VALUE",
+            ),
+            (
+                format!("{MINIMAL}{swarm}labels = {{ \"cutover.color\" = \"x\" }}\n"),
+                "engine.labels.cutover.color",
+                "cutover's own",
+            ),
+            (
+                format!("{MINIMAL}[engine]\nreplicas = 3\n"),
+                "engine.replicas",
+                "kind = \"swarm\"",
+            ),
+            (
+                format!("{MINIMAL}[engine]\nconstraints = [\"node.role==manager\"]\n"),
+                "engine.constraints",
+                "kind = \"swarm\"",
+            ),
+            (
+                format!("{MINIMAL}{swarm}mode = \"spread\"\n"),
+                "engine.mode",
+                "global",
+            ),
+            (
+                format!("{MINIMAL}{swarm}[blue]\nupstream = \"10.0.0.5:80\"\n"),
+                "blue.host_port",
+                "host mode",
+            ),
+        ] {
+            let message = error_of(&text);
+            assert!(
+                message.contains(&format!("key `{key}`")),
+                "{text}: {message}"
+            );
+            assert!(message.contains(needle), "{text}: {message}");
+        }
+    }
+
     #[test]
     fn engine_section_errors_name_the_key() {
         for (engine, key, needle) in [
             ("hots = \"ssh://app1\"", "engine.hots", "unknown field"),
-            ("kind = \"swarm\"", "engine.kind", "docker"),
+            ("kind = \"kubernetes\"", "engine.kind", "swarm"),
             ("host = \"app1:2376\"", "engine.host", "tcp://HOST:PORT"),
             (
                 "host = \"ssh://\"",

@@ -68,7 +68,7 @@ impl Owner {
         s
     }
 
-    fn lease_expired(&self) -> bool {
+    pub(crate) fn lease_expired(&self) -> bool {
         humantime::parse_rfc3339(&self.lease_until).is_ok_and(|t| t < SystemTime::now())
     }
 }
@@ -240,7 +240,7 @@ fn read_owner(file: &mut File) -> Option<Owner> {
     serde_json::from_str(&text).ok()
 }
 
-fn lease_from_now() -> String {
+pub(crate) fn lease_from_now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now() + LEASE).to_string()
 }
 

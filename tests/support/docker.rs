@@ -117,8 +117,19 @@ pub struct TestRegistry {
 }
 
 impl TestRegistry {
-    /// Starts a registry and waits until it answers (401 on `/v2/`).
+    /// Starts a registry on a free loopback port and waits until it answers (401 on
+    /// `/v2/`).
     pub fn start(username: &str, password: &str) -> TestRegistry {
+        Self::start_at(
+            ([127, 0, 0, 1], super::free_port()).into(),
+            username,
+            password,
+        )
+    }
+
+    /// Starts a registry listening on `addr` (an address a test made, such as the
+    /// swarm cluster's bridge) and waits until it answers.
+    pub fn start_at(addr: SocketAddr, username: &str, password: &str) -> TestRegistry {
         let registry = require_tool("docker-registry", "docker-registry");
         let htpasswd = require_tool("htpasswd", "apache2-utils");
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
@@ -138,7 +149,6 @@ impl TestRegistry {
         assert!(hash.status.success(), "htpasswd failed: {hash:?}");
         std::fs::write(dir.path().join("htpasswd"), &hash.stdout).expect("cannot write htpasswd");
 
-        let addr: SocketAddr = ([127, 0, 0, 1], super::free_port()).into();
         let config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: cutover-test\n    path: {htpasswd}\n",
             root = dir.path().join("data").display(),
@@ -212,6 +222,11 @@ impl TestRegistry {
     /// Its data directory.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

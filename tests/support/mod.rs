@@ -16,6 +16,7 @@ pub mod load;
 pub mod nginx;
 pub mod remote;
 pub mod service;
+pub mod swarm;
 
 pub use docker::{DockerCleanup, TestRegistry, free_port, unique_service};
 pub use hello::{

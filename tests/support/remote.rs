@@ -313,16 +313,7 @@ impl PrivateDockerd {
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", engine.netns))
             .arg(dockerd)
-            .arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .arg("--data-root")
-            .arg(d.join("data"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .arg("-H")
-            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .args(private_dockerd_args(d))
             .arg("-H")
             .arg(format!("tcp://{addr}:2376"))
             .arg("--tlsverify")
@@ -332,7 +323,6 @@ impl PrivateDockerd {
             .arg(d.join("server-cert.pem"))
             .arg("--tlskey")
             .arg(d.join("server-key.pem"))
-            .args(["--storage-driver", "fuse-overlayfs"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -445,6 +435,27 @@ impl Drop for PrivateDockerd {
             .args(["netns", "del", &self.netns])
             .output();
     }
+}
+
+/// The arguments of a dockerd that keeps everything under `d` and never touches the
+/// machine's engine: `d/daemon.json` (the machine's pins a data-root), data-root,
+/// exec-root, pid file and the socket `d/docker.sock`, on fuse-overlayfs.
+pub fn private_dockerd_args(d: &Path) -> Vec<std::ffi::OsString> {
+    let path = |name: &str| d.join(name).into_os_string();
+    vec![
+        "--config-file".into(),
+        path("daemon.json"),
+        "--data-root".into(),
+        path("data"),
+        "--exec-root".into(),
+        path("exec"),
+        "--pidfile".into(),
+        path("docker.pid"),
+        "-H".into(),
+        format!("unix://{}", d.join("docker.sock").display()).into(),
+        "--storage-driver".into(),
+        "fuse-overlayfs".into(),
+    ]
 }
 
 /// Unmounts every mount point under `dir`, deepest first (fuse-overlayfs leaves its

@@ -175,7 +175,7 @@ impl fmt::Display for LastLines<'_> {
 }
 
 /// The HTTP status the engine answered with, when it answered.
-pub(super) fn status(e: &bollard::errors::Error) -> Option<u16> {
+pub(crate) fn status(e: &bollard::errors::Error) -> Option<u16> {
     match e {
         bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -184,7 +184,7 @@ pub(super) fn status(e: &bollard::errors::Error) -> Option<u16> {
 
 /// The engine's own words, without bollard's "Docker responded with status code" frame
 /// and without a final full stop (the messages continue after it).
-pub(super) fn engine_message(e: &bollard::errors::Error) -> String {
+pub(crate) fn engine_message(e: &bollard::errors::Error) -> String {
     let text = match e {
         bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
         bollard::errors::Error::DockerStreamError { error } => error.clone(),

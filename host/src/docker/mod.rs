@@ -11,7 +11,7 @@
 //! is reached through `ssh` and the remote's `docker system dial-stdio`).
 
 mod context;
-mod error;
+pub(crate) mod error;
 mod ssh;
 mod tls;
 
@@ -132,7 +132,7 @@ impl RegistryAuth {
 
     /// The credentials to send with a push or pull of `reference`: none for an image
     /// on another registry.
-    fn credentials_for(&self, reference: &str) -> Option<DockerCredentials> {
+    pub(crate) fn credentials_for(&self, reference: &str) -> Option<DockerCredentials> {
         self.applies_to(reference).then(|| self.credentials())
     }
 
@@ -359,8 +359,18 @@ impl Docker {
         &self.host
     }
 
+    /// The bollard client, for the other engine kinds' calls (the Swarm API).
+    pub(crate) fn client(&self) -> &bollard::Docker {
+        &self.client
+    }
+
     /// Maps a bollard error: transport failures become [`DockerError::Unreachable`].
-    fn api(&self, op: &'static str, target: &str, e: bollard::errors::Error) -> DockerError {
+    pub(crate) fn api(
+        &self,
+        op: &'static str,
+        target: &str,
+        e: bollard::errors::Error,
+    ) -> DockerError {
         if error::is_transport(&e) {
             DockerError::Unreachable {
                 host: self.host.clone(),
@@ -1066,7 +1076,7 @@ fn normalize_registry(host: &str) -> &str {
 
 /// Splits `registry:5000/repo:tag` into name and tag; a digest reference or one
 /// without a tag has no tag.
-fn split_tag(reference: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_tag(reference: &str) -> (&str, Option<&str>) {
     if reference.contains('@') {
         return (reference, None);
     }

@@ -6,10 +6,12 @@
 //! [`Engine`]; it never names a container or calls Docker itself. Today's one
 //! implementation is [`DockerHost`]: one Docker engine, one container per colour. A
 //! cluster engine (one service per colour, several tasks) is a second implementation
-//! of the same interface. An engine performs exactly what it is asked; it never
+//! of the same interface; [`Swarm`] holds its primitives (services, tasks, the
+//! cluster's state labels and lock). An engine performs exactly what it is asked; it never
 //! decides which colour to touch.
 
 mod docker_host;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +23,7 @@ use crate::Color;
 use crate::docker::{DockerError, RegistryAuth};
 
 pub use docker_host::DockerHost;
+pub use swarm::{Swarm, SwarmError};
 
 /// What an engine operation can fail with. Both engines cutover knows speak the
 /// Docker API, so they share its error (which already says what to do next).
