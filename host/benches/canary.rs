@@ -17,7 +17,6 @@
 #[allow(dead_code)]
 mod hello;
 #[path = "../../tests/support/load.rs"]
-#[allow(dead_code)]
 mod load;
 
 use std::io::{BufRead, BufReader};
@@ -219,7 +218,7 @@ fn exposure(name: &str, report: &LoadReport, taken_out_at: Option<Duration>) -> 
         .iter()
         .filter(|s| s.version != Some(2))
         .count();
-    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let ms = |d: Option<Duration>| d.map(cutover::operation::millis);
     json!({
         "row": name,
         "requests": report.samples.len(),
@@ -300,7 +299,7 @@ fn canary_row(opts: &Options) -> Value {
     row["weight_step_start_to_first_v2_ms"] = json!(
         weight_step
             .zip(first_v2)
-            .map(|(a, b)| b.saturating_sub(a).as_millis() as u64)
+            .map(|(a, b)| cutover::operation::millis(b.saturating_sub(a)))
     );
     row
 }

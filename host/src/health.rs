@@ -406,6 +406,9 @@ pub type Judge<'a> = dyn Fn(&HealthInput) -> Result<HealthVerdict, PluginError> 
 ///
 /// # Errors
 /// [`HealthError`] saying which of those ended the wait, with the last probe.
+// Eight distinct inputs (what to probe, how, for whom, judged how, still running?,
+// reported where): a struct bundling them would only rename the arguments.
+#[allow(clippy::too_many_arguments)]
 pub async fn wait_healthy(
     prober: &Prober,
     health: &HealthConfig,

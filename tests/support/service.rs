@@ -50,7 +50,7 @@ impl Running {
     pub fn ended(&mut self) -> Option<Output> {
         use std::io::Read;
         let status = self.child.try_wait().ok().flatten()?;
-        let mut read = |pipe: Option<&mut dyn Read>| {
+        let read = |pipe: Option<&mut dyn Read>| {
             let mut text = String::new();
             if let Some(pipe) = pipe {
                 let _ = pipe.read_to_string(&mut text);
