@@ -156,8 +156,8 @@ struct Knobs {
     startup_delay: Duration,
     health: HealthMode,
     exit_after: Option<Duration>,
-    /// This percentage of `GET /` answers 500 (every request whose count falls in the
-    /// first `error_percent` of each hundred), for a release that is healthy but bad.
+    /// This percentage of `GET /` answers 500, spread evenly over the requests, for a
+    /// release that is healthy but bad.
     error_percent: u64,
     /// `GET /` waits this long first, for a release that is healthy but slow.
     root_delay: Duration,
@@ -280,7 +280,10 @@ impl App {
             "/" => {
                 let seen = self.root_requests.fetch_add(1, Ordering::SeqCst);
                 thread::sleep(self.knobs.root_delay);
-                let status = if seen % 100 < self.knobs.error_percent {
+                // Spread evenly (20%: every fifth request), so a share of the
+                // traffic sees the same rate as the whole.
+                let p = self.knobs.error_percent;
+                let status = if (seen + 1) * p / 100 > seen * p / 100 {
                     500
                 } else {
                     200

@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::control::{self, Command};
 use crate::error::DeployError;
 use crate::events::Level;
+use crate::health;
 use crate::operation::Step;
 use crate::operation::millis;
 use crate::plugin::types::{self, AnalysisDecision};
@@ -111,12 +112,60 @@ async fn set_weight(run: &mut Run<'_>, canary: &mut Canary, weight: u8) -> Resul
     let work = async {
         ctx.proxy.write_and_test(&files, &saved).await?;
         ctx.proxy.switch().await?;
-        Ok(())
+        confirm_split(ctx, target, weight, sticky.is_some()).await
     };
-    run.step(Step::Canary, work, |()| format!("{weight}% → {target}"))
-        .await?;
+    run.step(Step::Canary, work, |tries| {
+        format!("{weight}% → {target}{tries}")
+    })
+    .await?;
     canary.weight = weight;
     Ok(())
+}
+
+/// The verify step of a weight change: requests through the proxy until one is
+/// answered by the target (at 5%, about twenty), so a split that nginx loaded but
+/// that never reaches the target fails here, not in the analysis. A sticky split is
+/// not checked this way (every probe would carry the same, empty, key), nor a proxy
+/// that does not name its upstream (external mode without `X-Cutover-Upstream`).
+async fn confirm_split(
+    ctx: &Context,
+    target: Color,
+    weight: u8,
+    sticky: bool,
+) -> Result<String, DeployError> {
+    if sticky {
+        return Ok(" (sticky: not probed)".to_owned());
+    }
+    let spec = health::VerifySpec::from_config(&ctx.config, target);
+    let wanted = ctx.config.upstream(target).to_string();
+    let began = Instant::now();
+    let timeout = ctx.config.verify.timeout.get();
+    let (mut tries, mut named) = (0u32, 0u32);
+    while began.elapsed() < timeout {
+        tries += 1;
+        match health::serving_upstream(&spec).await {
+            Some(upstream) if upstream == wanted => {
+                return Ok(format!(
+                    ", target answered request {tries} through the proxy"
+                ));
+            }
+            Some(_) => named += 1,
+            None => {}
+        }
+        if tries >= 20 && named == 0 {
+            ctx.reporter.log(
+                Level::Warn,
+                "the proxy names no upstream (X-Cutover-Upstream), so the split could not be checked through it",
+            );
+            return Ok(" (not checked: the proxy names no upstream)".to_owned());
+        }
+    }
+    Err(DeployError::CanaryAborted {
+        reason: format!(
+            "after the switch to {weight}%, none of {tries} requests through the proxy ({}) reached {target} ({wanted}) within verify.timeout",
+            spec.url
+        ),
+    })
 }
 
 /// Records where the canary is, so `status` (and the lock's reader) can say it.
