@@ -340,3 +340,16 @@ fn down_in_external_mode_says_what_it_left_and_what_to_change() {
         "nginx answers, with nothing behind it"
     );
 }
+
+#[test]
+fn a_swarm_engine_is_refused_until_its_deploy_flow_lands() {
+    let svc = Service::new("e2e-swarm-refused");
+    svc.append_config("\n[engine]\nkind = \"swarm\"\n");
+    let out = svc.deploy("v1").code(5);
+    assert!(
+        out.stderr.contains("engine.kind") && out.stderr.contains("cannot deploy yet"),
+        "{}",
+        out.stderr
+    );
+    assert!(svc.containers().is_empty(), "nothing was started");
+}

@@ -52,6 +52,20 @@ impl Context {
         kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Context, DeployError> {
+        if config.engine.kind == crate::config::EngineKind::Swarm {
+            // The Swarm primitives exist (engine::swarm) but the deploy flow does not
+            // drive them yet: refusing beats deploying to one engine as if it were
+            // the cluster.
+            return Err(crate::config::ConfigError::Invalid {
+                path: config.file.clone(),
+                key: "engine.kind".to_owned(),
+                message: "`swarm` cannot deploy yet: this version has the Swarm engine's \
+                          building blocks but not its deploy flow. Use kind = \"docker\" \
+                          (one engine, local or remote over ssh:// or tcp:// with TLS)"
+                    .to_owned(),
+            }
+            .into());
+        }
         let plugins = Plugins::load(plugin_host, &config, kinds, reporter.clone())?;
         let engine = Box::new(DockerHost::new(
             Docker::connect(&config.engine).await?,
