@@ -147,7 +147,8 @@ async fn managed_nginx_starts_switches_and_stops() {
         before,
         [SavedFile {
             path: SERVICE_URL.to_owned(),
-            contents: None
+            contents: None,
+            front: None,
         }]
     );
     assert_eq!(reload.kind, ReloadKind::Started);

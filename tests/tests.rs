@@ -11,6 +11,7 @@ mod dashboard;
 mod deploy;
 mod docker;
 mod faults;
+mod fronts;
 mod gate;
 mod health;
 mod history;

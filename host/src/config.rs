@@ -383,6 +383,32 @@ pub struct ProxyConfig {
     /// `log_format cutover_json`), which a canary reads to judge each colour. Managed
     /// mode writes its own.
     pub access_log: Option<PathBuf>,
+    /// More nginx front ends (`[[proxy.extra]]`), each external, switched together
+    /// with this one: every step runs on all of them, and a failure on any restores
+    /// all of them.
+    #[serde(default)]
+    pub extra: Vec<ExtraFrontEnd>,
+}
+
+/// One more nginx in front of the service (`[[proxy.extra]]`), driven like an
+/// external `[proxy]`: its own config directory, test and reload commands (which may
+/// go through `ssh`), and the URL that reaches the service through it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraFrontEnd {
+    /// Names it in messages and in the journal (letters, digits, `-`, `_`, `.`).
+    pub name: String,
+    /// The directory the rendered files are written to.
+    pub config_dir: PathBuf,
+    /// The command that checks its config (default `<proxy.nginx> -t`).
+    pub test_command: Option<Vec<String>>,
+    /// The command that reloads it gracefully (default `<proxy.nginx> -s reload`).
+    pub reload_command: Option<Vec<String>>,
+    /// The pid file of this nginx when it runs on this host (lets the drain watch it).
+    pub pid_file: Option<PathBuf>,
+    /// The URL that reaches the service through this nginx; verified after each
+    /// switch with `[verify]`'s host, expectations and timeout.
+    pub verify_url: String,
 }
 
 /// The check, through the proxy, that the target really serves after the switch.
@@ -708,6 +734,58 @@ impl Config {
         Ok(())
     }
 
+    /// Each `[[proxy.extra]]` has a unique plain name, usable commands and an
+    /// http(s) URL; a canary (which reads one nginx's access log) takes none.
+    fn check_extra_front_ends(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, front) in self.proxy.extra.iter().enumerate() {
+            let key = |k: &str| format!("proxy.extra[{i}].{k}");
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if front.name.is_empty() || !front.name.chars().all(plain) {
+                return Err(self.invalid(
+                    &key("name"),
+                    "expected a name of letters, digits, `-`, `_` or `.`, e.g. \"lb2\"",
+                ));
+            }
+            if !names.insert(front.name.as_str()) {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!(
+                        "`{}` names two front ends; give each its own name",
+                        front.name
+                    ),
+                ));
+            }
+            for (k, cmd) in [
+                ("test_command", &front.test_command),
+                ("reload_command", &front.reload_command),
+            ] {
+                if cmd.as_ref().is_some_and(|c| c.is_empty()) {
+                    return Err(self.invalid(
+                        &key(k),
+                        "expected a non-empty argv list, e.g. [\"ssh\", \"lb2\", \"sudo\", \"nginx\", \"-t\"]",
+                    ));
+                }
+            }
+            let url = &front.verify_url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(self.invalid(
+                    &key("verify_url"),
+                    "expected an http:// or https:// URL that reaches the service through this nginx",
+                ));
+            }
+        }
+        if !self.proxy.extra.is_empty()
+            && self.strategy.kind == crate::strategy::StrategyKind::Canary
+        {
+            return Err(self.invalid(
+                "proxy.extra",
+                "a canary judges the split from one nginx's access log, so it drives one front end: remove `[[proxy.extra]]` or use the blue/green strategy",
+            ));
+        }
+        Ok(())
+    }
+
     /// `engine.host` has a scheme cutover can reach, and `engine.tls` goes with `tcp://`.
     fn check_strategy(&self) -> Result<(), ConfigError> {
         self.strategy
@@ -919,6 +997,7 @@ impl Config {
                 ));
             }
         }
+        self.check_extra_front_ends()?;
         if self.proxy.command_timeout.get().is_zero() {
             return Err(self.invalid(
                 "proxy.command_timeout",
@@ -1378,6 +1457,31 @@ listen = "127.0.0.1:8080"
             );
             assert!(message.contains(needle), "{engine}: {message}");
         }
+    }
+
+    #[test]
+    fn extra_front_ends_are_parsed_and_checked() {
+        let lb2 = "\n[[proxy.extra]]\nname = \"lb2\"\nconfig_dir = \"lb2/conf.d\"\n\
+                   reload_command = [\"ssh\", \"lb2\", \"sudo\", \"nginx\", \"-s\", \"reload\"]\n\
+                   verify_url = \"http://10.0.0.12/health\"\n";
+        let c = parse(&format!("{MINIMAL}{lb2}")).unwrap();
+        assert_eq!(c.proxy.extra.len(), 1);
+        assert_eq!(c.proxy.extra[0].name, "lb2");
+        assert!(c.proxy.extra[0].test_command.is_none());
+        let twice = error_of(&format!("{MINIMAL}{lb2}{lb2}"));
+        assert!(
+            twice.contains("proxy.extra[1].name") && twice.contains("`lb2` names two"),
+            "{twice}"
+        );
+        let no_url = error_of(&format!("{MINIMAL}{}", lb2.replace("http://", "ftp://")));
+        assert!(no_url.contains("proxy.extra[0].verify_url"), "{no_url}");
+        let empty = error_of(&format!(
+            "{MINIMAL}{}",
+            lb2.replace("verify_url", "test_command = []\nverify_url")
+        ));
+        assert!(empty.contains("proxy.extra[0].test_command"), "{empty}");
+        let missing = error_of(&format!("{MINIMAL}{}", lb2.replace("config_dir", "# ")));
+        assert!(missing.contains("config_dir"), "{missing}");
     }
 
     #[test]

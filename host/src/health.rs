@@ -655,6 +655,14 @@ pub enum VerifyError {
     /// The check itself is malformed.
     #[error("cannot verify through the proxy: {0}")]
     Spec(String),
+    /// Verification failed through one of several front ends.
+    #[error("through front end `{name}`: {error}")]
+    Front {
+        /// `proxy` for `[proxy]`, else the `[[proxy.extra]]` name.
+        name: String,
+        /// What failed there.
+        error: Box<VerifyError>,
+    },
 }
 
 /// The checks derived from a [`VerifySpec`], with `{color}` substituted.
@@ -818,6 +826,50 @@ pub async fn verify_through_proxy(
         wanted: proof.wanted(),
         seen,
     })
+}
+
+/// [`verify_through_proxy`] through every front end in turn, `[proxy]` first and
+/// then each `[[proxy.extra]]` at its `verify_url` (external: its upstream header is
+/// checked when sent), with `[verify]`'s host, expectations and timeout.
+///
+/// # Errors
+/// The first front end that did not serve `color`, by name when there are several.
+pub async fn verify_through_front_ends(
+    config: &Config,
+    color: Color,
+) -> Result<VerifyReport, VerifyError> {
+    let timeout = config.verify.timeout.get();
+    let primary = VerifySpec::from_config(config, color);
+    let named = |name: &str, error: VerifyError| {
+        if config.proxy.extra.is_empty() {
+            error
+        } else {
+            VerifyError::Front {
+                name: name.to_owned(),
+                error: Box::new(error),
+            }
+        }
+    };
+    let mut report = verify_through_proxy(&primary, timeout)
+        .await
+        .map_err(|e| named("proxy", e))?;
+    for front in &config.proxy.extra {
+        let spec = VerifySpec {
+            url: front.verify_url.clone(),
+            expect_upstream: UpstreamCheck::IfSent(config.upstream(color)),
+            ..primary.clone()
+        };
+        let more = verify_through_proxy(&spec, timeout)
+            .await
+            .map_err(|e| named(&front.name, e))?;
+        report.attempts += more.attempts;
+        report.elapsed += more.elapsed;
+        // The weakest proof among the front ends is what the report can claim.
+        if more.proof == VerifyProof::Unproven {
+            report.proof = VerifyProof::Unproven;
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use crate::context::Context;
 use crate::engine::PreparedImage;
 use crate::error::DeployError;
 use crate::events::{Event, Level};
-use crate::health::{self, VerifySpec};
+use crate::health;
 use crate::operation::{OperationKind, Outcome, Step};
 use crate::plugin::types;
 use crate::state::{Journal, SavedFile, State};
@@ -242,11 +242,7 @@ async fn finish_switch(
     ctx.proxy.write_saved(written)?;
     ctx.proxy.test().await?;
     let reload = ctx.proxy.switch().await?;
-    health::verify_through_proxy(
-        &VerifySpec::from_config(&ctx.config, color),
-        ctx.config.verify.timeout.get(),
-    )
-    .await?;
+    health::verify_through_front_ends(&ctx.config, color).await?;
     let image_id = match &journal.image_id {
         Some(id) => id.clone(),
         None => ctx
@@ -349,10 +345,12 @@ mod tests {
             saved_files: Some(vec![SavedFile {
                 path: "service-url.inc".to_owned(),
                 contents: Some("blue".to_owned()),
+                front: None,
             }]),
             written_files: Some(vec![SavedFile {
                 path: "service-url.inc".to_owned(),
                 contents: Some("green".to_owned()),
+                front: None,
             }]),
             steps: done
                 .iter()

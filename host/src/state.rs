@@ -98,6 +98,9 @@ pub struct SavedFile {
     pub path: String,
     /// Its contents, or none when the file did not exist.
     pub contents: Option<String>,
+    /// The `[[proxy.extra]]` front end it belongs to; none for `[proxy]`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<String>,
 }
 
 /// The deploy in progress, saved as each step starts (so a step saved as started may

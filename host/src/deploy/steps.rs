@@ -12,7 +12,7 @@ use crate::engine::{self, PreparedImage};
 use crate::error::DeployError;
 use crate::events::{Event, Level};
 use crate::git::GitFacts;
-use crate::health::{self, HealthReport, VerifyReport, VerifySpec};
+use crate::health::{self, HealthReport, VerifyReport};
 use crate::operation::Step;
 use crate::plugin::types::{self, GateDecision};
 use crate::proxy::{DrainReport, Reload};
@@ -226,14 +226,20 @@ pub(super) fn journal_files(
         .map(|f| f.path.clone())
         .filter(|p| saved.iter().all(|s| &s.path != p))
         .collect();
-    saved.extend(run.ctx.proxy.snapshot(&new)?);
+    saved.extend(run.ctx.proxy.snapshot_all(&new)?);
     run.journal.saved_files = Some(saved.clone());
+    // Every front end gets the same files.
     run.journal.written_files = Some(
-        files
-            .iter()
-            .map(|f| SavedFile {
-                path: f.path.clone(),
-                contents: Some(f.contents.clone()),
+        run.ctx
+            .proxy
+            .front_tags()
+            .into_iter()
+            .flat_map(|front| {
+                files.iter().map(move |f| SavedFile {
+                    path: f.path.clone(),
+                    contents: Some(f.contents.clone()),
+                    front: front.clone(),
+                })
             })
             .collect(),
     );
@@ -254,11 +260,7 @@ async fn switch(ctx: &Context) -> Result<Reload, DeployError> {
 }
 
 async fn verify(ctx: &Context, color: Color) -> Result<VerifyReport, DeployError> {
-    Ok(health::verify_through_proxy(
-        &VerifySpec::from_config(&ctx.config, color),
-        ctx.config.verify.timeout.get(),
-    )
-    .await?)
+    Ok(health::verify_through_front_ends(&ctx.config, color).await?)
 }
 
 /// From here on the target is live, whatever happens next.

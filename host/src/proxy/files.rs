@@ -66,6 +66,7 @@ pub(crate) fn snapshot(dir: &Path, paths: &[String]) -> Result<Vec<SavedFile>, P
             Ok(SavedFile {
                 path: path.clone(),
                 contents,
+                front: None,
             })
         })
         .collect()
@@ -299,6 +300,7 @@ mod tests {
         let current = vec![SavedFile {
             path: "service-url.inc".to_owned(),
             contents: Some("# blue\nset $service_url http://127.0.0.1:18081;\n".to_owned()),
+            front: None,
         }];
         let next = [file(
             "service-url.inc",
@@ -317,6 +319,7 @@ mod tests {
         let current = vec![SavedFile {
             path: "a.inc".to_owned(),
             contents: Some("x\n".to_owned()),
+            front: None,
         }];
         assert_eq!(
             diff(&current, &[file("a.inc", "x")]),
@@ -334,10 +337,12 @@ mod tests {
             SavedFile {
                 path: "same.conf".to_owned(),
                 contents: Some("x\n".to_owned()),
+                front: None,
             },
             SavedFile {
                 path: "long.conf".to_owned(),
                 contents: Some("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n".to_owned()),
+                front: None,
             },
         ];
         let next = [

@@ -14,8 +14,11 @@
 
 mod command;
 mod files;
+mod fronts;
 mod managed_conf;
 mod procs;
+
+pub use fronts::Proxy;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,7 +27,7 @@ use command::{Argv, RunError};
 use managed_conf::Layout;
 use procs::ProcId;
 
-use crate::config::{Config, ProxyMode};
+use crate::config::{Config, ExtraFrontEnd, ProxyMode};
 use crate::plugin::types::ProxyFile;
 use crate::state::SavedFile;
 
@@ -166,6 +169,17 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// A step failed on one of several front ends (`[proxy]` is `proxy`, the others
+    /// go by their `[[proxy.extra]]` name).
+    #[error("front end `{name}` ({}): {error}{}", dir.display(), extra_keys_note(name))]
+    Front {
+        /// The front end's name.
+        name: String,
+        /// Its config directory.
+        dir: PathBuf,
+        /// What failed there.
+        error: Box<ProxyError>,
+    },
     /// Putting the previous files back failed, so the proxy may be left on new files.
     #[error(
         "{cause}; then {}: {error}. Check {} by hand before the next deploy",
@@ -201,7 +215,9 @@ impl ProxyError {
             | ProxyError::Write(_)
             | ProxyError::Remove { .. }
             | ProxyError::Layout { .. } => true,
-            ProxyError::Restore { error, .. } => error.is_environment(),
+            ProxyError::Restore { error, .. } | ProxyError::Front { error, .. } => {
+                error.is_environment()
+            }
             _ => false,
         }
     }
@@ -210,7 +226,11 @@ impl ProxyError {
     /// config test or reload then failed: nginx may still serve the files it had
     /// before the switch, which only a request through it can tell.
     pub fn previous_files_restored(&self) -> bool {
-        matches!(self, ProxyError::Restore { error, .. } if error.is_after_restored_files())
+        match self {
+            ProxyError::Restore { error, .. } => error.is_after_restored_files(),
+            ProxyError::Front { error, .. } => error.previous_files_restored(),
+            _ => false,
+        }
     }
 
     /// Whether this failure, inside a restore, came after the previous files were
@@ -222,6 +242,7 @@ impl ProxyError {
                 | ProxyError::Remove { .. }
                 | ProxyError::InvalidFile { .. }
                 | ProxyError::Restore { .. }
+                | ProxyError::Front { .. }
         )
     }
 }
@@ -246,13 +267,15 @@ pub struct Reload {
     pub at: Instant,
     master: Option<ProcId>,
     old_workers: Vec<ProcId>,
+    /// The reloads of the `[[proxy.extra]]` front ends, in config order.
+    extra: Vec<Reload>,
 }
 
 impl Reload {
     /// How many nginx workers were serving before the switch and are being retired
     /// (zero when nginx was just started or is not watched).
     pub fn old_workers(&self) -> usize {
-        self.old_workers.len()
+        self.old_workers.len() + self.extra.iter().map(Reload::old_workers).sum::<usize>()
     }
 }
 
@@ -323,6 +346,15 @@ impl Purpose {
     }
 }
 
+/// The keys of an external nginx, from `[proxy]` or a `[[proxy.extra]]`.
+struct External<'a> {
+    config_dir: &'a Path,
+    test_command: Option<&'a [String]>,
+    reload_command: Option<&'a [String]>,
+    pid_file: Option<&'a Path>,
+    access_log: Option<&'a Path>,
+}
+
 #[derive(Debug, Clone)]
 struct Managed {
     /// `nginx -p <prefix> -c <conf> -e <error log>`.
@@ -333,9 +365,9 @@ struct Managed {
     shutdown_timeout: Duration,
 }
 
-/// The proxy in front of the service, as the config describes it.
+/// One nginx in front of the service: `[proxy]` or one `[[proxy.extra]]`.
 #[derive(Debug, Clone)]
-pub struct Proxy {
+pub struct Nginx {
     mode: ProxyMode,
     nginx: PathBuf,
     config_dir: PathBuf,
@@ -355,9 +387,9 @@ pub struct Proxy {
     hidden_env: Vec<String>,
 }
 
-impl Proxy {
-    /// The proxy described by `config`. Touches nothing until a method runs.
-    pub fn new(config: &Config) -> Proxy {
+impl Nginx {
+    /// The `[proxy]` nginx described by `config`. Touches nothing until a method runs.
+    pub fn new(config: &Config) -> Nginx {
         let p = &config.proxy;
         let nginx = p.nginx.clone();
         let command_timeout = p.command_timeout.get();
@@ -380,7 +412,7 @@ impl Proxy {
                     argv.0.extend(extra.iter().map(Into::into));
                     argv
                 };
-                Proxy {
+                Nginx {
                     mode: ProxyMode::Managed,
                     config_dir: layout.conf_d.clone(),
                     pid_file: Some(layout.pid_file.clone()),
@@ -403,30 +435,56 @@ impl Proxy {
                     hidden_env,
                 }
             }
-            ProxyMode::External => {
-                let argv = |given: &Option<Vec<String>>, default: &[&str]| match given {
-                    Some(argv) => Argv::new(argv.iter().map(String::as_str)),
-                    None => {
-                        let mut argv = Argv::new([nginx.as_os_str()]);
-                        argv.0.extend(default.iter().map(Into::into));
-                        argv
-                    }
-                };
-                Proxy {
-                    mode: ProxyMode::External,
+            ProxyMode::External => Nginx::external(
+                config,
+                External {
                     // check() refuses external mode without `config_dir`.
-                    config_dir: config.resolve(p.config_dir.as_deref().unwrap_or(Path::new("."))),
-                    managed: None,
-                    test_command: argv(&p.test_command, &["-t"]),
-                    reload_command: argv(&p.reload_command, &["-s", "reload"]),
-                    pid_file: p.pid_file.as_ref().map(|f| config.resolve(f)),
-                    access_log: p.access_log.as_ref().map(|f| config.resolve(f)),
-                    nginx,
-                    command_timeout,
-                    drain_timeout,
-                    hidden_env,
-                }
+                    config_dir: p.config_dir.as_deref().unwrap_or(Path::new(".")),
+                    test_command: p.test_command.as_deref(),
+                    reload_command: p.reload_command.as_deref(),
+                    pid_file: p.pid_file.as_deref(),
+                    access_log: p.access_log.as_deref(),
+                },
+            ),
+        }
+    }
+
+    /// A `[[proxy.extra]]` front end: always external.
+    pub fn extra(config: &Config, front: &ExtraFrontEnd) -> Nginx {
+        Nginx::external(
+            config,
+            External {
+                config_dir: &front.config_dir,
+                test_command: front.test_command.as_deref(),
+                reload_command: front.reload_command.as_deref(),
+                pid_file: front.pid_file.as_deref(),
+                access_log: None,
+            },
+        )
+    }
+
+    fn external(config: &Config, e: External<'_>) -> Nginx {
+        let nginx = config.proxy.nginx.clone();
+        let argv = |given: Option<&[String]>, default: &[&str]| match given {
+            Some(argv) => Argv::new(argv.iter().map(String::as_str)),
+            None => {
+                let mut argv = Argv::new([nginx.as_os_str()]);
+                argv.0.extend(default.iter().map(Into::into));
+                argv
             }
+        };
+        Nginx {
+            mode: ProxyMode::External,
+            config_dir: config.resolve(e.config_dir),
+            managed: None,
+            test_command: argv(e.test_command, &["-t"]),
+            reload_command: argv(e.reload_command, &["-s", "reload"]),
+            pid_file: e.pid_file.map(|f| config.resolve(f)),
+            access_log: e.access_log.map(|f| config.resolve(f)),
+            nginx,
+            command_timeout: config.proxy.command_timeout.get(),
+            drain_timeout: config.drain.timeout.get(),
+            hidden_env: config.secret_env_vars(),
         }
     }
 
@@ -539,7 +597,7 @@ impl Proxy {
     /// before it retires them). External: runs the reload command; with
     /// `proxy.pid_file` naming a local nginx it records and waits the same way.
     /// When this returns, every new connection reaches the new config; requests
-    /// already in flight finish on the old workers (see [`Proxy::drain`]).
+    /// already in flight finish on the old workers (see [`Nginx::drain`]).
     ///
     /// # Errors
     /// [`ProxyError::Start`] or [`ProxyError::Reload`] with nginx's message (a reload
@@ -568,6 +626,7 @@ impl Proxy {
                         at: Instant::now(),
                         master: None,
                         old_workers: Vec::new(),
+                        extra: Vec::new(),
                     });
                 }
             },
@@ -596,6 +655,7 @@ impl Proxy {
             at: Instant::now(),
             master: Some(master),
             old_workers,
+            extra: Vec::new(),
         })
     }
 
@@ -681,6 +741,7 @@ impl Proxy {
                     at: Instant::now(),
                     master: Some(master),
                     old_workers: Vec::new(),
+                    extra: Vec::new(),
                 });
             }
             if Instant::now() >= deadline {
@@ -935,6 +996,16 @@ impl Proxy {
     }
 }
 
+/// For a `[[proxy.extra]]` front end, which keys the `proxy.*` names in its error mean.
+fn extra_keys_note(name: &str) -> String {
+    if name == fronts::PRIMARY {
+        return String::new();
+    }
+    format!(
+        "\n(`{name}` is a `[[proxy.extra]]` front end: the `proxy.*` keys named above are its own keys in the entry with name = \"{name}\")"
+    )
+}
+
 fn pid(raw: i32) -> Result<rustix::process::Pid, ProxyError> {
     rustix::process::Pid::from_raw(raw).ok_or_else(|| ProxyError::Stop {
         pid: raw,
@@ -983,7 +1054,7 @@ mod tests {
 
     #[test]
     fn managed_commands_point_at_the_prefix() {
-        let proxy = Proxy::new(&config("mode = \"managed\"\nlisten = \"127.0.0.1:8080\""));
+        let proxy = Nginx::new(&config("mode = \"managed\"\nlisten = \"127.0.0.1:8080\""));
         assert_eq!(
             proxy.config_dir(),
             Path::new("/srv/app/.cutover/nginx/conf.d")
@@ -997,7 +1068,7 @@ mod tests {
 
     #[test]
     fn external_defaults_use_the_configured_nginx() {
-        let proxy = Proxy::new(&config(
+        let proxy = Nginx::new(&config(
             "mode = \"external\"\nconfig_dir = \"conf.d\"\nnginx = \"/opt/nginx/sbin/nginx\"",
         ));
         assert_eq!(proxy.config_dir(), Path::new("/srv/app/conf.d"));
@@ -1006,7 +1077,7 @@ mod tests {
             proxy.reload_command.to_string(),
             "/opt/nginx/sbin/nginx -s reload"
         );
-        let proxy = Proxy::new(&config(
+        let proxy = Nginx::new(&config(
             "mode = \"external\"\nconfig_dir = \"/etc/nginx/conf.d\"\n\
              reload_command = [\"ssh\", \"web1\", \"sudo\", \"systemctl\", \"reload\", \"nginx\"]",
         ));
