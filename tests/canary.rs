@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::support::http_request;
 use crate::support::load::{Load, LoadConfig, LoadReport, Sample};
-use crate::support::service::{Running, Service};
+use crate::support::service::{Baseline, Running, Service};
 
 /// A service whose deploys are canaries with `steps`, plus `extra` `[strategy]` keys.
 fn canary_service(prefix: &str, steps: &str, extra: &str) -> Service {
@@ -59,6 +59,21 @@ fn wait_for_manual_pause(svc: &Service, deploy: &mut Running, within: Duration) 
         "the canary did not reach its manual pause within {within:?}; state: {}",
         std::fs::read_to_string(svc.state_file()).unwrap_or_default()
     );
+}
+
+/// v1 live, then a deploy of v2 as a 50% canary that waits at a manual pause: the
+/// service, what served before, and the waiting deploy.
+fn v2_waiting_at_a_manual_pause(prefix: &str) -> (Service, Baseline, Running) {
+    let svc = canary_service(
+        prefix,
+        r#"["50%", "pause 1s", "100%"]"#,
+        "pause = \"manual\"",
+    );
+    svc.deploy("v1").success();
+    let before = svc.baseline();
+    let mut deploy = svc.spawn_deploy("v2");
+    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
+    (svc, before, deploy)
 }
 
 /// Requests a version answered, and the failures it did not cause itself.
@@ -304,15 +319,7 @@ fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
 
 #[test]
 fn abort_from_another_shell_puts_everything_back() {
-    let svc = canary_service(
-        "e2e-canary-abort",
-        r#"["50%", "pause 1s", "100%"]"#,
-        "pause = \"manual\"",
-    );
-    svc.deploy("v1").success();
-    let before = svc.baseline();
-    let mut deploy = svc.spawn_deploy("v2");
-    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
+    let (svc, before, deploy) = v2_waiting_at_a_manual_pause("e2e-canary-abort");
 
     let aborted = svc
         .cutover(&["abort", "--reason", "dashboards look wrong"])
@@ -338,15 +345,7 @@ fn abort_from_another_shell_puts_everything_back() {
 
 #[test]
 fn a_runner_killed_mid_canary_is_recovered_to_the_live_colour() {
-    let svc = canary_service(
-        "e2e-canary-kill",
-        r#"["50%", "pause 1s", "100%"]"#,
-        "pause = \"manual\"",
-    );
-    svc.deploy("v1").success();
-    let before = svc.baseline();
-    let mut deploy = svc.spawn_deploy("v2");
-    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
+    let (svc, before, mut deploy) = v2_waiting_at_a_manual_pause("e2e-canary-kill");
     // Mid-canary, nginx splits the traffic.
     let versions: Vec<u16> = (0..20)
         .filter_map(|_| {

@@ -230,8 +230,10 @@ fn exposure(name: &str, report: &LoadReport, taken_out_at: Option<Duration>) -> 
     })
 }
 
-fn blue_green_row(opts: &Options) -> Value {
-    let bench = Bench::new("bg", "");
+/// A service with v1 live, the next release made bad, and the load running for a
+/// second: where both rows start.
+fn v1_live_under_load(opts: &Options, name: &str, strategy: &str) -> (Bench, Load) {
+    let bench = Bench::new(name, strategy);
     assert_eq!(
         bench.run(&["deploy", "--build-arg", "VERSION=v1"]),
         0,
@@ -240,6 +242,11 @@ fn blue_green_row(opts: &Options) -> Value {
     bench.make_next_release_bad();
     let load = start_load(opts, bench.proxy());
     std::thread::sleep(Duration::from_secs(1));
+    (bench, load)
+}
+
+fn blue_green_row(opts: &Options) -> Value {
+    let (bench, load) = v1_live_under_load(opts, "bg", "");
     let (code, _) = bench.deploy_watched("v2", &load);
     assert_eq!(
         code, 0,
@@ -262,15 +269,7 @@ fn canary_row(opts: &Options) -> Value {
         "[strategy]\nkind = \"canary\"\nsteps = [\"{}%\", \"pause 60s\", \"100%\"]\n",
         opts.first_step
     );
-    let bench = Bench::new("canary", &strategy);
-    assert_eq!(
-        bench.run(&["deploy", "--build-arg", "VERSION=v1"]),
-        0,
-        "v1 deploys"
-    );
-    bench.make_next_release_bad();
-    let load = start_load(opts, bench.proxy());
-    std::thread::sleep(Duration::from_secs(1));
+    let (bench, load) = v1_live_under_load(opts, "canary", &strategy);
     let (code, events) = bench.deploy_watched("v2", &load);
     assert_eq!(code, 4, "the canary aborts");
     let finished = events

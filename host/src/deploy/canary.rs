@@ -75,15 +75,15 @@ pub(super) async fn canary(run: &mut Run<'_>, target: Color, live: Color) -> Res
         promoted: false,
     };
     let count = strategy.steps.len();
+    let manual = strategy.pause == PauseMode::Manual;
     for (index, step) in strategy.steps.iter().enumerate() {
-        set_progress(run, index, &canary, false).map_err(Failure::BeforeSwitch)?;
+        let waits_for_promote = manual && matches!(step, CanaryStep::Pause(_));
+        set_progress(run, index, &canary, waits_for_promote).map_err(Failure::BeforeSwitch)?;
         let result = match *step {
             CanaryStep::Weight(100) => break,
             CanaryStep::Weight(weight) => set_weight(run, &mut canary, weight).await,
             CanaryStep::Pause(_) if canary.promoted => continue,
             CanaryStep::Pause(pause) => {
-                let manual = strategy.pause == PauseMode::Manual;
-                set_progress(run, index, &canary, manual).map_err(Failure::BeforeSwitch)?;
                 run.step(Step::Canary, observe(ctx, &mut canary, index, count, pause), describe_pause).await.map(|end| {
                     canary.promoted |= matches!(end, PauseEnd::Promoted(_));
                 })
@@ -242,7 +242,7 @@ async fn observe(
             ctx.probe_judged(canary.target).await,
             ctx.probe_judged(canary.live).await,
         ];
-        let traffic = |color: Color| types::ColorTraffic {
+        let mut traffic = |color: Color| types::ColorTraffic {
             color: color.into(),
             this_step: metrics(&window.metrics(color)),
             whole_canary: metrics(&canary.total.metrics(color)),
