@@ -342,12 +342,14 @@ fn down_in_external_mode_says_what_it_left_and_what_to_change() {
 }
 
 #[test]
-fn a_swarm_engine_is_refused_until_its_deploy_flow_lands() {
+fn a_swarm_engine_that_is_no_manager_is_refused_before_anything_starts() {
+    // This machine's own engine is not in swarm mode: the error says to point
+    // `engine.host` at a manager, and nothing is built or started.
     let svc = Service::new("e2e-swarm-refused");
     svc.append_config("\n[engine]\nkind = \"swarm\"\n");
-    let out = svc.deploy("v1").code(5);
+    let out = svc.deploy("v1").code(7);
     assert!(
-        out.stderr.contains("engine.kind") && out.stderr.contains("cannot deploy yet"),
+        out.stderr.contains("not a Swarm manager") && out.stderr.contains("engine.host"),
         "{}",
         out.stderr
     );

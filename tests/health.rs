@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cutover::Color;
-use cutover::config::{Config, HealthConfig};
+use cutover::config::{Config, HealthConfig, Upstreams};
 use cutover::events::Recorder;
 use cutover::health::{self, HealthError, Prober, UpstreamCheck, VerifyError, VerifySpec};
 use cutover::plugin::PluginError;
@@ -464,7 +464,7 @@ async fn verify_needs_the_upstream_header_when_asked() {
     // The backend does not add X-Cutover-Upstream: only the managed nginx does.
     let app = Backend::start("green").await;
     let spec = VerifySpec {
-        expect_upstream: UpstreamCheck::Required(app.addr),
+        expect_upstream: UpstreamCheck::Required(Upstreams::One(app.addr)),
         ..spec(app.addr, Color::Green)
     };
     let err = health::verify_through_proxy(&spec, Duration::from_millis(100))

@@ -245,6 +245,10 @@ fn floor_boundary(text: &str, at: usize) -> usize {
 
 fn apply(text: &str, mutation: &Mutation) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // An earlier mutation may have truncated the text to nothing.
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
     let n = lines.len();
     match mutation {
         Mutation::DeleteLine(i) => {

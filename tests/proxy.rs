@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cutover::Color;
-use cutover::config::Config;
+use cutover::config::{Config, Upstreams};
 use cutover::health::{self, UpstreamCheck, VerifySpec};
 use cutover::plugin::types::ProxyFile;
 use cutover::proxy::{Proxy, ProxyError, ReloadKind};
@@ -79,7 +79,7 @@ impl Managed {
             expect_header: None,
             expect_body: None,
             color,
-            expect_upstream: UpstreamCheck::Required(target.addr),
+            expect_upstream: UpstreamCheck::Required(Upstreams::One(target.addr)),
         }
     }
 
@@ -470,7 +470,7 @@ impl External {
             expect_header: None,
             expect_body: Some("backend {color}".to_owned()),
             color,
-            expect_upstream: UpstreamCheck::Required(target.addr),
+            expect_upstream: UpstreamCheck::Required(Upstreams::One(target.addr)),
         }
     }
 }

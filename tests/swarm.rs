@@ -13,7 +13,10 @@ use cutover::engine::Swarm;
 use cutover::engine::swarm::{SwarmError, TaskEndpoint};
 use cutover::lock::Owner;
 
-use crate::support::swarm::{NODES, cluster, load_config};
+use crate::support::load::{Load, LoadConfig};
+use crate::support::nginx::ExternalNginx;
+use crate::support::service::{Output, Service};
+use crate::support::swarm::{NODES, cluster, exclusive, load_config};
 use crate::support::{http_get, unique_service};
 
 /// The most a task start or stop may take here before a test gives up.
@@ -69,8 +72,11 @@ async fn assert_every_task_answers(tasks: &[TaskEndpoint], version: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
+#[allow(clippy::await_holding_lock)]
 async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_back() {
     let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let service = unique_service("swc");
     let config = cluster.config(
@@ -179,8 +185,11 @@ async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
+#[allow(clippy::await_holding_lock)]
 async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
     let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
     let service = unique_service("swl");
     // Two runners with their own state directories, on two different managers.
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -263,8 +272,11 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
+#[allow(clippy::await_holding_lock)]
 async fn cluster_state_labels_round_trip_between_managers() {
     let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let service = unique_service("sws");
     let writer_config = cluster.config(dir.path(), &service, 0, "replicas = 1");
@@ -365,5 +377,350 @@ async fn cluster_state_labels_round_trip_between_managers() {
 
     for color in Color::BOTH {
         writer.remove_color(color).await.unwrap();
+    }
+}
+
+/// `cutover status --output json` of `svc` on the swarm.
+fn swarm_status(svc: &Service) -> serde_json::Value {
+    let cluster = cluster().expect("cluster");
+    let out = svc.cutover_env(&["status", "--output", "json"], &cluster.env());
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status JSON: {e}\n{}\n{}", out.stdout, out.stderr))
+}
+
+/// The state of `color` in a status report.
+fn colour_state(status: &serde_json::Value, color: &str) -> String {
+    status["colors"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["color"] == color))
+        .map(|c| c["state"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_request() {
+    let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-e2e", 0, "", "");
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    let first = deploy("v1").success();
+    assert!(first.stderr.contains("3 of 3 healthy"), "{}", first.stderr);
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+    assert_eq!(colour_state(&status, "blue"), "3 of 3 task(s) running");
+
+    let load = Load::start(LoadConfig {
+        fast_rate: 150,
+        fast_connections: 4,
+        slow_connections: 3,
+        slow_ms: (1000, 3000),
+        max_duration: Duration::from_secs(300),
+        ..LoadConfig::new(svc.proxy_addr())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    deploy("v2").success();
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "green", "{status:#}");
+    assert_eq!(colour_state(&status, "green"), "3 of 3 task(s) running");
+    assert_eq!(
+        colour_state(&status, "blue"),
+        "0 of 0 task(s) running",
+        "blue retired"
+    );
+    deploy("v1").success();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+
+    let failed = report.failed();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed (non-2xx {}, timeouts {}, connection errors {}); first: {:?}",
+        failed.len(),
+        report.samples.len(),
+        report.non_2xx(),
+        report.timeouts(),
+        report.connection_errors(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        report.samples.len() > 300,
+        "the load ran: {}",
+        report.samples.len()
+    );
+    assert!(
+        report.slow_ok() >= 4,
+        "slow requests completed: {}",
+        report.slow_ok()
+    );
+    let versions: BTreeSet<u16> = report.samples.iter().filter_map(|s| s.version).collect();
+    assert!(versions.contains(&2), "v2 served under load: {versions:?}");
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+
+    // Every task of the live colour is in nginx's upstream, at its node's address.
+    let upstream = std::fs::read_to_string(svc.conf_d.join(format!("{}-upstream.conf", svc.name)))
+        .unwrap_or_default()
+        + &std::fs::read_to_string(svc.conf_d.join("service-url.inc")).unwrap_or_default();
+    for node in &cluster.nodes {
+        assert!(
+            upstream.contains(&format!("{}:{}", node.addr, svc.blue)),
+            "{} missing from the proxy files:\n{upstream}",
+            node.addr
+        );
+    }
+    // The cluster records the truth for any other runner.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let state = runtime
+        .block_on(async { cluster.swarm(&config).await.read_state().await })
+        .expect("read state");
+    assert_eq!(
+        (state.live, state.previous),
+        (Some(Color::Blue), Some(Color::Green))
+    );
+}
+
+/// Runners of one service on the swarm, each with its own state directory (another
+/// CI agent) and a manager of its own, all switching one external nginx.
+struct Runners {
+    runners: Vec<Service>,
+    _nginx: ExternalNginx,
+}
+
+impl Runners {
+    fn new(prefix: &str, count: usize) -> Runners {
+        let cluster = cluster().expect("cluster");
+        let nginx = ExternalNginx::start(([127, 0, 0, 1], 9).into());
+        let reload = nginx.argv(&["-s", "reload"]);
+        let mut first = cluster.service(prefix, 0, "", "");
+        first.use_external(&nginx, &reload);
+        let text = std::fs::read_to_string(first.config_path()).expect("config");
+        let mut runners = vec![first];
+        for n in 1..count {
+            let mut other = Service::new(&format!("{prefix}-runner{n}"));
+            // Same service, same front end; its own state directory (beside its own
+            // config) and another manager.
+            let manager = cluster.nodes[n % NODES].docker_host();
+            let own = text.replace(&cluster.nodes[0].docker_host(), &manager);
+            other.edit_config(|_| own);
+            other.listen = runners[0].listen;
+            other.conf_d = runners[0].conf_d.clone();
+            runners.push(other);
+        }
+        Runners {
+            runners,
+            _nginx: nginx,
+        }
+    }
+
+    fn deploy(&self, runner: usize, version: &str, fault: Option<&str>) -> Output {
+        let cluster = cluster().expect("cluster");
+        let mut env: Vec<(&str, &str)> = cluster.env().to_vec();
+        if let Some(fault) = fault {
+            env.push(("CUTOVER_FAULT", fault));
+        }
+        self.runners[runner].cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &env,
+        )
+    }
+
+    /// What the front end answers on `/`.
+    fn answer(&self) -> String {
+        self.runners[0].get("/").body.trim().to_owned()
+    }
+}
+
+#[test]
+fn two_runners_with_their_own_state_directories_never_deploy_at_once_and_follow_the_cluster() {
+    if cluster().is_none() {
+        return;
+    }
+    let _serial = exclusive();
+    let runners = Runners::new("swarm-two", 2);
+    let cluster = cluster().expect("cluster");
+    // Started together: one deploys, the other is refused and names it.
+    let spawn = |n: usize| {
+        runners.runners[n].spawn_env(&["deploy", "--build-arg", "VERSION=v1"], &cluster.env())
+    };
+    let (a, b) = (spawn(0), spawn(1));
+    let (a, b) = (a.wait(), b.wait());
+    let (won, lost) = match (a.code, b.code) {
+        (0, 6) => (0, b),
+        (6, 0) => (1, a),
+        _ => panic!(
+            "expected one success and one lock refusal:\nA {}: {}\nB {}: {}",
+            a.code, a.stderr, b.code, b.stderr
+        ),
+    };
+    assert!(
+        lost.stderr.contains("holds its lock in the swarm") && lost.stderr.contains("pid"),
+        "{}",
+        lost.stderr
+    );
+    assert_eq!(runners.answer(), "hello v1 from blue");
+
+    // The other runner's state file knows nothing; the cluster's labels tell it blue
+    // is live, so it deploys to green.
+    let other = 1 - won;
+    let out = runners.deploy(other, "v2", None).success();
+    assert!(
+        out.stderr.contains("another runner deployed since"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(runners.answer(), "hello v2 from green");
+    // And the first runner's status tells the truth from the cluster, not its file.
+    let status = swarm_status(&runners.runners[won]);
+    assert_eq!(status["live"]["color"], "green", "{status:#}");
+}
+
+#[test]
+fn a_runner_killed_mid_deploy_is_recovered_by_another_with_its_own_state_directory() {
+    if cluster().is_none() {
+        return;
+    }
+    let _serial = exclusive();
+    let runners = Runners::new("swarm-kill", 3);
+    runners.deploy(0, "v1", None).success();
+    // Killed after the health step: green runs v2 but never served. The next runner
+    // reads blue from the cluster, clears green and deploys to it.
+    let killed = runners.deploy(1, "v2", Some("after:health"));
+    assert_ne!(killed.code, 0, "{}", killed.stderr);
+    assert_eq!(runners.answer(), "hello v1 from blue");
+    runners.deploy(2, "v3", None).success();
+    assert_eq!(runners.answer(), "hello v3 from green");
+    // Killed after the switch, before the cluster's labels were written: nginx
+    // serves blue (v4), the labels still say green. The next runner follows what
+    // nginx proves, records it, and deploys to green.
+    let killed = runners.deploy(0, "v4", Some("after:switch"));
+    assert_ne!(killed.code, 0, "{}", killed.stderr);
+    assert_eq!(runners.answer(), "hello v4 from blue");
+    let out = runners.deploy(1, "v5", None);
+    let out = out.success();
+    assert_eq!(runners.answer(), "hello v5 from green", "{}", out.stderr);
+    let status = swarm_status(&runners.runners[2]);
+    assert_eq!(status["live"]["color"], "green", "{status:#}");
+    assert_eq!(status["previous"]["color"], "blue", "{status:#}");
+}
+
+#[test]
+fn a_node_cut_off_during_a_deploy_fails_it_by_quorum_naming_the_node_and_min_healthy_goes_on() {
+    let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-cut", 0, "", "");
+    svc.edit_config(|text| text.replace("deadline = \"60s\"", "deadline = \"20s\""));
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    let lost = &cluster.nodes[2];
+    lost.set_link(false);
+    // Restored however the test ends, for the tests after it.
+    let _restore = OnDrop(|| {
+        cluster.nodes[2].set_link(true);
+        cluster.wait_all_ready();
+    });
+
+    let out = deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("of 3 green task(s)") && out.stderr.contains(&lost.hostname),
+        "the error names the node that failed:\n{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+
+    // Two of three are enough when the config says so: the upstream holds those two.
+    svc.edit_config(|text| text.replace("[health]\n", "[health]\nmin_healthy = 2\n"));
+    let out = deploy("v2").success();
+    assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    let files: String = svc
+        .proxy_files()
+        .values()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    assert!(
+        !files.contains(&format!("{}:{}", lost.addr, svc.green)),
+        "{files}"
+    );
+    for node in &cluster.nodes[..2] {
+        assert!(
+            files.contains(&format!("{}:{}", node.addr, svc.green)),
+            "{files}"
+        );
+    }
+}
+
+#[test]
+fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight_requests() {
+    let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-lost", 0, "", "");
+    svc.cutover_env(&["deploy", "--build-arg", "VERSION=v1"], &cluster.env())
+        .success();
+    let load = Load::start(LoadConfig {
+        fast_rate: 100,
+        fast_connections: 4,
+        slow_connections: 3,
+        slow_ms: (1000, 3000),
+        max_duration: Duration::from_secs(120),
+        timeout: Duration::from_secs(8),
+        ..LoadConfig::new(svc.proxy_addr())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let lost = &cluster.nodes[1];
+    let cut_at = load.elapsed();
+    lost.set_link(false);
+    let _restore = OnDrop(|| {
+        cluster.nodes[1].set_link(true);
+        cluster.wait_all_ready();
+    });
+    // Long enough for the requests caught on the lost node to time out, and for
+    // nginx to route around it many times over.
+    std::thread::sleep(Duration::from_secs(12));
+    let report = load.stop();
+
+    let failed = report.failed();
+    let after_cut = report.samples.iter().filter(|s| s.at > cut_at).count();
+    eprintln!(
+        "node {} cut at {cut_at:?}: {} of {} requests failed, all started before the cut; {after_cut} after it, all answered",
+        lost.hostname,
+        failed.len(),
+        report.samples.len()
+    );
+    // Only requests in flight on that node when it went away are lost: each started
+    // before the cut, and there are at most as many as the load's connections.
+    assert!(
+        failed.iter().all(|s| s.at <= cut_at),
+        "a request started after the cut failed: {:?}",
+        failed
+            .iter()
+            .filter(|s| s.at > cut_at)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(failed.len() <= 4 + 3, "{} lost: {failed:?}", failed.len());
+    assert!(after_cut > 300, "the load went on: {after_cut}");
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+}
+
+/// Runs its closure when dropped.
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }

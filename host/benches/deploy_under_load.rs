@@ -2,27 +2,31 @@
 //! and, in the same harness on the same app and nginx, the original write-up's script
 //! (`benches/baseline/original-deploy.sh`) as the baseline.
 //!
+//! With `--swarm`, a third row deploys the same way to the tests' 3-node Docker Swarm
+//! (tests/support/swarm.rs; needs root): 3 replicas, built on a node and pulled by
+//! digest from the cluster's registry, nginx on the host sending traffic to every task.
+//!
 //! `cargo bench -p cutover --bench deploy_under_load -- [--deploys N] [--rate R]
-//!  [--slow-connections S] [--baseline-interval SECS] [--skip-baseline] [--out DIR]`
+//!  [--slow-connections S] [--baseline-interval SECS] [--skip-baseline] [--swarm]
+//!  [--only-swarm] [--out DIR]`
 //!
 //! Writes `results.md` and `results.json` to `--out` (default
 //! `target/bench-deploy/`) and prints the Markdown table. Loopback only; every loop is
 //! bounded in count and time.
 
-#[path = "../../tests/support/hello.rs"]
-#[allow(dead_code)]
-mod hello;
-#[path = "../../tests/support/load.rs"]
-mod load;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use support::{free_port, hello, load, workspace_root};
 
 use cutover::operation::millis;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use load::{Latency, Load, LoadConfig, LoadReport};
@@ -34,6 +38,8 @@ struct Options {
     slow_connections: usize,
     baseline_interval: f64,
     skip_baseline: bool,
+    swarm: bool,
+    only_swarm: bool,
     out: PathBuf,
 }
 
@@ -44,6 +50,8 @@ fn options() -> Options {
         slow_connections: 2,
         baseline_interval: 10.0,
         skip_baseline: false,
+        swarm: false,
+        only_swarm: false,
         out: workspace_root().join("target/bench-deploy"),
     };
     let mut args = std::env::args().skip(1);
@@ -59,6 +67,8 @@ fn options() -> Options {
                 o.baseline_interval = value().parse().expect("--baseline-interval SECS")
             }
             "--skip-baseline" => o.skip_baseline = true,
+            "--swarm" => o.swarm = true,
+            "--only-swarm" => (o.swarm, o.only_swarm) = (true, true),
             "--out" => o.out = PathBuf::from(value()),
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
@@ -73,12 +83,6 @@ fn options() -> Options {
 }
 
 /// The workspace root (also what the shared `hello` support module asks for).
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent directory")
-}
-
 /// Runs its closure when dropped, so a panicking run still cleans up what it started.
 struct OnDrop<F: FnMut()>(F);
 
@@ -86,13 +90,6 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         (self.0)()
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -175,17 +172,20 @@ fn watch(
 }
 
 impl Observer {
+    /// `direct`: where the target's copies answer (one container; a Swarm's tasks,
+    /// healthy when every one answers).
     fn start(
-        target_port: u16,
+        direct: Vec<SocketAddr>,
         proxy: SocketAddr,
         color: &'static str,
         pid: Option<u32>,
     ) -> Observer {
         let stop = Arc::new(AtomicBool::new(false));
-        let direct: SocketAddr = ([127, 0, 0, 1], target_port).into();
         let mut threads = vec![
             watch(stop.clone(), move |seen| {
-                let ok = get(direct, "/health").is_some_and(|(s, _)| s == 200);
+                let ok = direct
+                    .iter()
+                    .all(|d| get(*d, "/health").is_some_and(|(s, _)| s == 200));
                 if ok {
                     seen.healthy_at = Some(Instant::now());
                 }
@@ -265,6 +265,9 @@ struct DeployMeasure {
 
 struct Row {
     name: &'static str,
+    /// The steps whose time is the app's, Docker's or a chosen wait, not cutover's
+    /// own: subtracted from the wall time for the overhead.
+    docker_steps: &'static [&'static str],
     deploys: Vec<DeployMeasure>,
     load: LoadReport,
 }
@@ -333,19 +336,88 @@ timeout = "15s"
     });
     run(cutover(&["deploy", "--image", &images[0]]).stderr(Stdio::null()));
     let proxy: SocketAddr = ([127, 0, 0, 1], listen).into();
+    let direct = |color: &str| {
+        let port = if color == "blue" { blue } else { green };
+        vec![SocketAddr::from(([127, 0, 0, 1], port))]
+    };
+    let deploy = |i: usize| {
+        let mut cmd = cutover(&["deploy", "--image", &images[(i + 1) % 2]]);
+        cmd.args(["--output", "json"]);
+        cmd
+    };
+    let (deploys, load) = deploys_under_load(opts, proxy, direct, deploy);
+    Row {
+        name: "cutover",
+        docker_steps: &["health", "drain"],
+        deploys,
+        load,
+    }
+}
+
+/// The swarm row: the same deploys and load, to 3 replicas on the tests' 3-node swarm.
+fn swarm_row(opts: &Options) -> Row {
+    let cluster = support::swarm::cluster().expect("the swarm row builds its cluster as root");
+    let svc = cluster.service("bench-swarm", 0, "", "");
+    // As fast a health check as the single-host row's.
+    svc.edit_config(|text| {
+        text.replace(
+            "interval = \"100ms\"",
+            "interval = \"20ms\"\nfirst_delay = \"10ms\"",
+        )
+    });
+    let env = cluster.env();
+    let cutover = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.arg("--config").arg(svc.config_path()).args(args);
+        cmd.envs(env.iter().copied());
+        cmd
+    };
+    run(cutover(&["deploy", "--build-arg", "VERSION=v1"]).stderr(Stdio::null()));
+    let nodes: Vec<std::net::Ipv4Addr> = cluster.nodes.iter().map(|n| n.addr).collect();
+    let direct = |color: &str| {
+        let port = if color == "blue" { svc.blue } else { svc.green };
+        nodes
+            .iter()
+            .map(|addr| SocketAddr::from((*addr, port)))
+            .collect()
+    };
+    let deploy = |i: usize| {
+        let version = format!("VERSION=v{}", (i + 1) % 2 + 1);
+        let mut cmd = cutover(&["deploy", "--build-arg", &version]);
+        cmd.args(["--output", "json"]);
+        cmd
+    };
+    let (deploys, load) = deploys_under_load(opts, svc.proxy_addr(), direct, deploy);
+    Row {
+        name: "swarm",
+        // Beside the app's start and drain: building and pushing the image, and Swarm
+        // stopping the target's old tasks.
+        docker_steps: &["image", "clear", "health", "drain"],
+        deploys,
+        load,
+    }
+}
+
+/// Runs `opts.deploys` deploys (`deploy(i)` makes the i-th command; it goes to
+/// `alternate(i)`, whose copies answer at `direct(colour)`) under load through `proxy`,
+/// measuring each from its JSON events and from outside.
+fn deploys_under_load(
+    opts: &Options,
+    proxy: SocketAddr,
+    direct: impl Fn(&str) -> Vec<SocketAddr>,
+    deploy: impl Fn(usize) -> Command,
+) -> (Vec<DeployMeasure>, LoadReport) {
     let load = start_load(opts, proxy);
     let mut deploys = Vec::new();
     for i in 0..opts.deploys {
         let color = alternate(i);
-        let port = if color == "blue" { blue } else { green };
-        let image = &images[(i + 1) % 2];
         let began = Instant::now();
-        let mut child = cutover(&["deploy", "--image", image, "--output", "json"])
+        let mut child = deploy(i)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn cutover");
-        let observer = Observer::start(port, proxy, color, Some(child.id()));
+        let observer = Observer::start(direct(color), proxy, color, Some(child.id()));
         let mut m = DeployMeasure::default();
         let stdout = child.stdout.take().expect("piped");
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -381,12 +453,7 @@ timeout = "15s"
         deploys.push(m);
     }
     std::thread::sleep(Duration::from_secs(1));
-    let load = load.stop();
-    Row {
-        name: "cutover",
-        deploys,
-        load,
-    }
+    (deploys, load.stop())
 }
 
 fn baseline_row(opts: &Options, images: &[String; 2]) -> Row {
@@ -485,7 +552,12 @@ http {{
         let color = alternate(i);
         let port = if color == "blue" { blue } else { green };
         let began = Instant::now();
-        let observer = Observer::start(port, proxy, color, None);
+        let observer = Observer::start(
+            vec![SocketAddr::from(([127, 0, 0, 1], port))],
+            proxy,
+            color,
+            None,
+        );
         let out = deploy(&images[(i + 1) % 2])
             .output()
             .expect("baseline script");
@@ -520,6 +592,7 @@ http {{
     let load = load.stop();
     Row {
         name: "baseline (original script)",
+        docker_steps: &[],
         deploys,
         load,
     }
@@ -555,16 +628,20 @@ fn summarize(row: &Row) -> Value {
             *steps.entry(k.clone()).or_default() += *v as f64 / row.deploys.len() as f64;
         }
     }
-    // cutover's own overhead: wall time minus the app's start-to-healthy wait minus
-    // the drain it chose to wait for in-flight requests.
+    // cutover's own overhead: wall time minus the app's start-to-healthy wait, the
+    // drain it chose to wait for in-flight requests, and (on a swarm) Docker's own
+    // build/push and task stops: the row's `docker_steps`.
     let overhead: Vec<f64> = row
         .deploys
         .iter()
         .filter(|d| !d.steps.is_empty())
         .map(|d| {
-            let health = *d.steps.get("health").unwrap_or(&0) as f64;
-            let drain = *d.steps.get("drain").unwrap_or(&0) as f64;
-            d.wall.as_secs_f64() * 1000.0 - health - drain
+            let docker: u64 = row
+                .docker_steps
+                .iter()
+                .map(|s| *d.steps.get(*s).unwrap_or(&0))
+                .sum();
+            d.wall.as_secs_f64() * 1000.0 - docker as f64
         })
         .collect();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
@@ -600,6 +677,12 @@ fn summarize(row: &Row) -> Value {
     })
 }
 
+fn is_baseline(row: &Value) -> bool {
+    row["row"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("baseline"))
+}
+
 fn markdown(rows: &[Value], opts: &Options) -> String {
     let mut md = format!(
         "Deploys under load: {} deploys per row, {} req/s short requests on 4 keep-alive connections, \
@@ -627,12 +710,18 @@ fn markdown(rows: &[Value], opts: &Options) -> String {
             f(&r["latency_near_switch_ms"]["p50"]), f(&r["latency_near_switch_ms"]["p99"]), f(&r["latency_near_switch_ms"]["max"]),
             f(&r["deploy_wall_ms"]["median"]),
             f(&r["healthy_to_serving_ms"]["median"]), f(&r["healthy_to_serving_ms"]["max"]),
-            if r["row"] == "cutover" { f(&r["overhead_ms"]["median"]) } else { "-".to_owned() },
-            if r["row"] == "cutover" { format!("{:.1}", r["peak_rss_mib"].as_f64().unwrap_or(0.0)) } else { "-".to_owned() },
+            if !is_baseline(r) { f(&r["overhead_ms"]["median"]) } else { "-".to_owned() },
+            if !is_baseline(r) { format!("{:.1}", r["peak_rss_mib"].as_f64().unwrap_or(0.0)) } else { "-".to_owned() },
         ));
     }
-    if let Some(steps) = rows.first().and_then(|r| r["mean_step_ms"].as_object()) {
-        md.push_str("\ncutover mean step times (ms): ");
+    for row in rows.iter().filter(|r| !is_baseline(r)) {
+        let Some(steps) = row["mean_step_ms"].as_object() else {
+            continue;
+        };
+        md.push_str(&format!(
+            "\n{} mean step times (ms): ",
+            row["row"].as_str().unwrap_or("")
+        ));
         let parts: Vec<String> = steps
             .iter()
             .map(|(k, v)| format!("{k} {:.0}", v.as_f64().unwrap_or(0.0)))
@@ -640,7 +729,7 @@ fn markdown(rows: &[Value], opts: &Options) -> String {
         md.push_str(&parts.join(", "));
         md.push('\n');
     }
-    if rows.len() == 2 {
+    if rows.len() >= 2 && rows[0]["row"] == "cutover" && is_baseline(&rows[1]) {
         let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
             (Some(a), Some(b)) if a > 0.0 => format!("{:.1}×", b / a),
             _ => "-".to_owned(),
@@ -668,16 +757,16 @@ fn main() {
                 .status();
         }
     });
-    let rows = Mutex::new(Vec::new());
-    rows.lock()
-        .unwrap()
-        .push(summarize(&cutover_row(&opts, &images)));
-    if !opts.skip_baseline {
-        rows.lock()
-            .unwrap()
-            .push(summarize(&baseline_row(&opts, &images)));
+    let mut rows = Vec::new();
+    if !opts.only_swarm {
+        rows.push(summarize(&cutover_row(&opts, &images)));
+        if !opts.skip_baseline {
+            rows.push(summarize(&baseline_row(&opts, &images)));
+        }
     }
-    let rows = rows.into_inner().unwrap();
+    if opts.swarm {
+        rows.push(summarize(&swarm_row(&opts)));
+    }
     let md = markdown(&rows, &opts);
     std::fs::write(opts.out.join("results.md"), &md).expect("results.md");
     std::fs::write(

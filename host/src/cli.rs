@@ -419,6 +419,9 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                 Recovered::Nothing => "nothing to recover".to_owned(),
                 Recovered::Interrupted => "reconciled the interrupted deploy".to_owned(),
                 Recovered::Adopted(color) => format!("adopted {color} as the live colour"),
+                Recovered::Followed(color) => {
+                    format!("{color} is live, as the cluster records it")
+                }
             };
             ctx.reporter.log(crate::events::Level::Info, &message);
             Ok(exit::OK)

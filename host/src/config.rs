@@ -219,6 +219,51 @@ impl EngineConfig {
     }
 }
 
+/// Where a colour's copies answer, as a verifier matches nginx's `$upstream_addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstreams {
+    /// Exactly this address (one container on one host).
+    One(SocketAddr),
+    /// Any address at this port (a Swarm colour's tasks, one per node).
+    AnyOnPort(u16),
+}
+
+impl Upstreams {
+    /// Whether `addr` (`address:port`, as nginx writes it) is one of these; of a
+    /// list (`a:1, b:2`: nginx tried `a` first), the one that answered: the last.
+    pub fn matches(&self, addr: &str) -> bool {
+        let addr = addr.rsplit(", ").next().unwrap_or(addr).trim();
+        match self {
+            Upstreams::One(one) => addr == one.to_string(),
+            Upstreams::AnyOnPort(port) => {
+                addr.parse::<SocketAddr>().is_ok_and(|a| a.port() == *port)
+            }
+        }
+    }
+
+    /// Whether `text` (a proxy file) names one of these.
+    pub fn named_in(&self, text: &str) -> bool {
+        match self {
+            Upstreams::One(one) => text.contains(&one.to_string()),
+            Upstreams::AnyOnPort(port) => {
+                let needle = format!(":{port}");
+                text.match_indices(&needle).any(|(i, _)| {
+                    !text[i + needle.len()..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstreams::One(one) => write!(f, "{one}"),
+            Upstreams::AnyOnPort(port) => write!(f, "<any node>:{port}"),
+        }
+    }
+}
+
 /// The kinds of container engine cutover drives.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -325,6 +370,9 @@ pub struct HealthConfig {
     /// Response headers passed to the health-policy plugin.
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Swarm: how many of a colour's tasks must be healthy before traffic moves to
+    /// them (default: all of its replicas).
+    pub min_healthy: Option<u32>,
 }
 
 impl Default for HealthConfig {
@@ -337,6 +385,7 @@ impl Default for HealthConfig {
             interval: default_interval(),
             deadline: default_health_deadline(),
             headers: Vec::new(),
+            min_healthy: None,
         }
     }
 }
@@ -649,6 +698,25 @@ impl Config {
         }
     }
 
+    /// The addresses `color`'s copies answer at, as nginx names them in
+    /// `$upstream_addr`: the one upstream of a single host, or any node's address at
+    /// the colour's published port on a Swarm.
+    pub fn upstreams(&self, color: crate::Color) -> Upstreams {
+        match self.engine.kind {
+            EngineKind::Docker => Upstreams::One(self.upstream(color)),
+            EngineKind::Swarm => Upstreams::AnyOnPort(self.upstream(color).port()),
+        }
+    }
+
+    /// How many of `color`'s copies must be healthy: `health.min_healthy`, else all
+    /// of `wanted`.
+    pub fn min_healthy(&self, wanted: usize) -> usize {
+        self.health
+            .min_healthy
+            .map_or(wanted, |n| usize::try_from(n).unwrap_or(usize::MAX))
+            .min(wanted)
+    }
+
     fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.file.clone(),
@@ -662,6 +730,12 @@ impl Config {
     fn check_swarm(&self) -> Result<(), ConfigError> {
         let engine = &self.engine;
         if engine.kind != EngineKind::Swarm {
+            if self.health.min_healthy.is_some() {
+                return Err(self.invalid(
+                    "health.min_healthy",
+                    "one Docker host runs one copy of each colour, which must be healthy; this key is for a Swarm cluster (`kind = \"swarm\"` in [engine]): remove it",
+                ));
+            }
             let set = [
                 ("engine.replicas", engine.replicas.is_some()),
                 ("engine.mode", engine.mode.is_some()),
@@ -680,6 +754,20 @@ impl Config {
             return Err(self.invalid(
                 "engine.replicas",
                 "`mode = \"global\"` runs one task on every eligible node; remove `replicas`, or remove `mode` to run a fixed number",
+            ));
+        }
+        if self.health.min_healthy == Some(0) {
+            return Err(self.invalid(
+                "health.min_healthy",
+                "expected at least 1: traffic never moves to a colour with no healthy task",
+            ));
+        }
+        if let (Some(min), Some(replicas)) = (self.health.min_healthy, engine.swarm_replicas())
+            && min > replicas
+        {
+            return Err(self.invalid(
+                "health.min_healthy",
+                format!("expected at most `engine.replicas` ({replicas}): a colour never has more healthy tasks than it runs"),
             ));
         }
         if engine.replicas == Some(0) {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use crate::Color;
 use crate::ci::CiFacts;
 use crate::config::Config;
+use crate::config::EngineKind;
 use crate::docker::{Docker, RegistryAuth};
-use crate::engine::{DockerHost, Engine, PreparedImage};
+use crate::engine::{DockerHost, Engine, EngineLock, PreparedImage, Replica, SwarmEngine};
 use crate::error::DeployError;
 use crate::events::{Level, Reporter};
 use crate::git::GitFacts;
@@ -21,7 +22,30 @@ use crate::lock::{DeployLock, Owner};
 use crate::plugin::{PluginHost, PluginKind, Plugins, types};
 use crate::proxy::Proxy;
 use crate::secret::Secret;
-use crate::state::{Slot, StateStore, now_rfc3339};
+use crate::state::{Slot, State, StateStore, now_rfc3339};
+
+/// The service's deploy lock as a command holds it. See [`Context::lock`].
+#[derive(Debug)]
+pub struct Held {
+    local: DeployLock,
+    engine: Option<EngineLock>,
+}
+
+impl Held {
+    /// Who holds it.
+    pub fn owner(&self) -> &Owner {
+        self.local.owner()
+    }
+
+    /// Releases it, waiting until the engine's lock is written free (dropping it
+    /// releases too, but only as long as the process lives on).
+    pub async fn release(self) {
+        if let Some(engine) = self.engine {
+            engine.release().await;
+        }
+        drop(self.local);
+    }
+}
 
 /// Everything a command needs: the config and the handles to the world.
 pub struct Context {
@@ -52,25 +76,12 @@ impl Context {
         kinds: &[PluginKind],
         reporter: Arc<dyn Reporter>,
     ) -> Result<Context, DeployError> {
-        if config.engine.kind == crate::config::EngineKind::Swarm {
-            // The Swarm primitives exist (engine::swarm) but the deploy flow does not
-            // drive them yet: refusing beats deploying to one engine as if it were
-            // the cluster.
-            return Err(crate::config::ConfigError::Invalid {
-                path: config.file.clone(),
-                key: "engine.kind".to_owned(),
-                message: "`swarm` cannot deploy yet: this version has the Swarm engine's \
-                          building blocks but not its deploy flow. Use kind = \"docker\" \
-                          (one engine, local or remote over ssh:// or tcp:// with TLS)"
-                    .to_owned(),
-            }
-            .into());
-        }
         let plugins = Plugins::load(plugin_host, &config, kinds, reporter.clone())?;
-        let engine = Box::new(DockerHost::new(
-            Docker::connect(&config.engine).await?,
-            config.clone(),
-        ));
+        let docker = Docker::connect(&config.engine).await?;
+        let engine: Box<dyn Engine> = match config.engine.kind {
+            EngineKind::Docker => Box::new(DockerHost::new(docker, config.clone())),
+            EngineKind::Swarm => Box::new(SwarmEngine::open(docker, config.clone()).await?),
+        };
         let proxy = Proxy::new(&config);
         let store = StateStore::new(&config.state_dir(), &config.service);
         Ok(Context {
@@ -88,20 +99,23 @@ impl Context {
         &self.config.service
     }
 
-    /// Takes the service's deploy lock for `operation`, reporting a takeover from a
-    /// holder that died.
+    /// Takes the service's deploy lock for `operation` (this machine's, then the
+    /// engine's when runners on several machines share it), reporting a takeover from
+    /// a holder that died.
     ///
     /// # Errors
-    /// [`DeployError::Lock`] when another live process holds it after `wait`.
+    /// [`DeployError::Lock`] when another live process holds it after `wait`;
+    /// [`DeployError::Swarm`] naming the other runner that holds it in the cluster.
     pub async fn lock(
         &self,
         operation: &str,
         wait: Duration,
         run_url: Option<String>,
-    ) -> Result<DeployLock, DeployError> {
+    ) -> Result<Held, DeployError> {
         self.store.ensure_dir()?;
         let owner = Owner::this_process(operation, run_url);
         let lock = DeployLock::acquire(self.store.dir(), self.service(), owner, wait).await?;
+        let engine = self.engine.lock(lock.owner(), wait).await?;
         if let Some(dead) = &lock.taken_over {
             self.reporter.log(
                 Level::Warn,
@@ -111,7 +125,77 @@ impl Context {
                 ),
             );
         }
-        Ok(lock)
+        Ok(Held {
+            local: lock,
+            engine,
+        })
+    }
+
+    /// The state file, brought in line with the engine's own record of the live
+    /// colour when it keeps one (a Swarm's labels): another runner, with another state
+    /// file, may have deployed since. Returns what was changed, for a warning.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine cannot be asked.
+    /// With `repair`, a record the proxy proves stale is rewritten (not by `status`,
+    /// which only reads).
+    pub async fn follow_recorded(
+        &self,
+        state: &mut State,
+        repair: bool,
+    ) -> Result<Option<String>, DeployError> {
+        let Some(mut recorded) = self.engine.recorded_live().await? else {
+            return Ok(None);
+        };
+        // A runner killed between the switch and writing the record leaves the proxy
+        // serving the other colour, running: the switch happened, so it is live.
+        if let Some(served) = crate::observe::served_color(self).await
+            && served != recorded.live
+            && self
+                .engine
+                .inspect(served)
+                .await?
+                .is_some_and(|i| i.running)
+        {
+            if repair {
+                self.engine.record_live(served, Some(recorded.live)).await?;
+            }
+            recorded = crate::engine::RecordedLive {
+                live: served,
+                previous: Some(recorded.live),
+                serial: recorded.serial + 1,
+            };
+        }
+        let known = state.live.as_ref().map(|s| s.color);
+        if known == Some(recorded.live) {
+            return Ok(None);
+        }
+        state.live = self.slot_from_engine(recorded.live).await?;
+        state.previous = match recorded.previous {
+            Some(color) => self.slot_from_engine(color).await?,
+            None => None,
+        };
+        Ok(Some(format!(
+            "the cluster records {} live{}, but this runner's state file said {}: another runner deployed since; following the cluster",
+            recorded.live,
+            recorded
+                .previous
+                .map_or_else(String::new, |p| format!(" ({p} before it)")),
+            known.map_or_else(|| "nothing".to_owned(), |c| c.to_string()),
+        )))
+    }
+
+    /// The record of what the engine runs in `color`'s slot, for a colour this
+    /// runner did not deploy.
+    async fn slot_from_engine(&self, color: Color) -> Result<Option<Slot>, DeployError> {
+        Ok(self.engine.inspect(color).await?.map(|i| {
+            let image = PreparedImage {
+                digest: Some(i.image.clone()).filter(|r| r.contains("@sha256:")),
+                id: i.image_id,
+                reference: i.image,
+            };
+            self.slot(color, image, &i.deploy_id.unwrap_or_default())
+        }))
     }
 
     /// What each slot really is, for the selector and for `status`.
@@ -128,13 +212,11 @@ impl Context {
             } else {
                 types::ProbeVerdict::Unknown
             };
-            // One host runs one container per colour: it is "desired" while it runs.
-            let copies = u32::from(running);
             slots.push(types::SlotStatus {
                 color: color.into(),
                 present: instance.is_some(),
-                desired: copies,
-                running: copies,
+                desired: instance.as_ref().map_or(0, |i| i.desired),
+                running: instance.as_ref().map_or(0, |i| i.running_copies),
                 image_digest: instance
                     .as_ref()
                     .map(|i| i.image_id.clone())
@@ -151,11 +233,16 @@ impl Context {
         self.probe_judged(color).await.verdict
     }
 
-    /// One probe of `color` and the health policy's verdict on it (unknown when no
-    /// health policy is loaded), as the analysis plugin sees it.
+    /// One probe of `color` (its first running copy) and the health policy's verdict
+    /// on it (unknown when no health policy is loaded), as the analysis plugin sees it.
     pub async fn probe_judged(&self, color: Color) -> types::InstanceProbe {
-        let instance = self.instance(color);
-        let prober = Prober::new(self.config.upstream(color), &self.config.health);
+        let replica = match self.engine.replicas(color).await {
+            Ok(replicas) => replicas.into_iter().next(),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| self.configured_replica(color));
+        let instance = instance_of(&replica);
+        let prober = Prober::new(replica.addr, &self.config.health);
         let probe = prober.probe().await;
         let verdict = match self.plugins.health() {
             Err(_) => types::ProbeVerdict::Unknown,
@@ -188,40 +275,56 @@ impl Context {
         crate::gate::gate_input(self.service(), git, ci)
     }
 
-    /// The one copy of `color` a single host runs: its container, at its upstream.
-    pub fn instance(&self, color: Color) -> types::Instance {
-        let addr = self.config.upstream(color);
-        types::Instance {
+    /// `color` at the address the config gives it: the one container of a single
+    /// host (for a Swarm, where copies are tasks on nodes, only a placeholder for
+    /// previews such as the file names a template writes).
+    pub fn configured_instance(&self, color: Color) -> types::Instance {
+        instance_of(&self.configured_replica(color))
+    }
+
+    fn configured_replica(&self, color: Color) -> Replica {
+        Replica {
             id: self.engine.slot_name(color),
             node: None,
-            address: addr.ip().to_string(),
-            port: addr.port(),
+            addr: self.config.upstream(color),
         }
     }
 
-    /// The proxy-template input for sending all traffic to `target`.
-    pub fn template_input(&self, target: Color, previous: Option<Color>) -> types::TemplateInput {
-        self.split_input(target, previous, 100, None)
+    /// The running copies of `color` as the plugins see them; the configured
+    /// address when none runs (a plan's preview of a colour not started yet).
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine cannot be asked.
+    pub async fn servers(&self, color: Color) -> Result<Vec<types::Instance>, DeployError> {
+        let replicas = self.engine.replicas(color).await?;
+        if replicas.is_empty() {
+            return Ok(vec![self.configured_instance(color)]);
+        }
+        Ok(replicas.iter().map(instance_of).collect())
+    }
+
+    /// `color`'s upstream for the template: `servers`.
+    pub fn upstream(color: Color, servers: Vec<types::Instance>) -> types::Upstream {
+        types::Upstream {
+            color: color.into(),
+            servers,
+        }
     }
 
     /// The proxy-template input for sending `weight` percent of traffic to `target` and
     /// the rest to `previous` (100: all to `target`), optionally keeping each client
     /// on one colour by the nginx variable `sticky_key` (e.g. `$cookie_session`).
-    pub fn split_input(
+    pub fn template_input(
         &self,
-        target: Color,
-        previous: Option<Color>,
+        target: types::Upstream,
+        previous: Option<types::Upstream>,
         weight: u8,
         sticky_key: Option<&str>,
     ) -> types::TemplateInput {
-        let upstream = |color: Color| types::Upstream {
-            color: color.into(),
-            servers: vec![self.instance(color)],
-        };
         types::TemplateInput {
             service: self.service().to_owned(),
-            target: upstream(target),
-            previous: previous.map(upstream),
+            target,
+            previous,
             target_weight: weight,
             sticky_key: sticky_key.map(str::to_owned),
             variables: self
@@ -237,35 +340,56 @@ impl Context {
         }
     }
 
-    /// Renders the proxy files for `target`; the plugin host has already checked
+    /// Renders the proxy files that send all traffic to `target`'s copies, with
+    /// `previous` (its running copies) beside it; the plugin host has already checked
     /// them against [`crate::rendered`].
     ///
     /// # Errors
-    /// [`DeployError`] when the plugin fails or its output is refused.
-    pub fn render(
+    /// [`DeployError`] when the engine cannot be asked, the plugin fails or its output
+    /// is refused.
+    pub async fn render(
         &self,
         target: Color,
         previous: Option<Color>,
     ) -> Result<Vec<types::ProxyFile>, DeployError> {
-        let template = self.plugins.template()?;
-        Ok(template.render(&self.template_input(target, previous))?)
+        let servers = self.servers(target).await?;
+        self.render_to(servers, target, previous, 100, None).await
     }
 
-    /// Renders the proxy files for a canary step: `weight` percent to `target`, the
-    /// rest to `previous`, sticky on `sticky_key` when given.
+    /// Renders the proxy files for `target` at the configured addresses, without
+    /// asking the engine: enough to learn which files the template writes.
     ///
     /// # Errors
-    /// [`DeployError`] when the plugin fails, refuses, or targets 0.1.0 (which
-    /// cannot render a split).
-    pub fn render_split(
+    /// [`DeployError`] when the plugin fails or its output is refused.
+    pub fn render_configured(&self, target: Color) -> Result<Vec<types::ProxyFile>, DeployError> {
+        let target = Self::upstream(target, vec![self.configured_instance(target)]);
+        let template = self.plugins.template()?;
+        Ok(template.render(&self.template_input(target, None, 100, None))?)
+    }
+
+    /// Renders the proxy files sending `weight` percent of traffic to `target_servers`
+    /// (copies of `target`) and the rest to `previous`'s running copies, sticky on
+    /// `sticky_key` when given.
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine cannot be asked, the plugin fails, refuses,
+    /// or targets 0.1.0 and is asked for what only 0.2.0 renders (a split, several
+    /// servers).
+    pub async fn render_to(
         &self,
+        target_servers: Vec<types::Instance>,
         target: Color,
-        previous: Color,
+        previous: Option<Color>,
         weight: u8,
         sticky_key: Option<&str>,
     ) -> Result<Vec<types::ProxyFile>, DeployError> {
+        let previous = match previous {
+            Some(color) => Some(Self::upstream(color, self.servers(color).await?)),
+            None => None,
+        };
+        let target = Self::upstream(target, target_servers);
         let template = self.plugins.template()?;
-        Ok(template.render(&self.split_input(target, Some(previous), weight, sticky_key))?)
+        Ok(template.render(&self.template_input(target, previous, weight, sticky_key))?)
     }
 
     /// The registry credentials, when a registry is configured.
@@ -300,9 +424,19 @@ impl Context {
             image_ref: image.reference,
             image_digest: image.digest,
             container: self.engine.slot_name(color),
-            upstream: self.config.upstream(color).to_string(),
+            upstream: self.config.upstreams(color).to_string(),
             deploy_id: deploy_id.to_owned(),
             since: now_rfc3339(),
         }
+    }
+}
+
+/// A running copy as the plugins see it.
+pub fn instance_of(replica: &Replica) -> types::Instance {
+    types::Instance {
+        id: replica.id.clone(),
+        node: replica.node.clone(),
+        address: replica.addr.ip().to_string(),
+        port: replica.addr.port(),
     }
 }

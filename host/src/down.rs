@@ -17,7 +17,13 @@ use crate::state::State;
 /// # Errors
 /// [`DeployError`] when the lock is held or Docker, nginx or the state file fail.
 pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
-    let _lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
+    let lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
+    let result = down_locked(ctx, images).await;
+    lock.release().await;
+    result
+}
+
+async fn down_locked(ctx: &Context, images: bool) -> Result<(), DeployError> {
     let managed = ctx.config.proxy.mode == ProxyMode::Managed;
     if managed {
         ctx.proxy.stop().await?;

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use crate::Color;
 use crate::config::ConfigError;
 use crate::docker::DockerError;
+use crate::engine::{EngineError, SwarmError};
 use crate::git::GitError;
-use crate::health::{HealthError, VerifyError};
+use crate::health::{HealthError, QuorumError, VerifyError};
 use crate::lock::LockError;
 use crate::plugin::PluginError;
 use crate::proxy::ProxyError;
@@ -48,6 +49,12 @@ pub enum DeployError {
     /// A Docker operation failed.
     #[error(transparent)]
     Docker(Box<DockerError>),
+    /// A Swarm operation failed (no manager, lock held in the cluster, ...).
+    #[error(transparent)]
+    Swarm(Box<SwarmError>),
+    /// Too few of a colour's copies became healthy.
+    #[error(transparent)]
+    Quorum(Box<QuorumError>),
     /// A proxy operation failed.
     #[error(transparent)]
     Proxy(Box<ProxyError>),
@@ -142,10 +149,30 @@ macro_rules! boxed_from {
 
 boxed_from!(
     Docker(DockerError),
+    Quorum(QuorumError),
     Proxy(ProxyError),
     Plugin(PluginError),
     Verify(VerifyError),
 );
+
+impl From<SwarmError> for DeployError {
+    /// A Docker failure underneath a Swarm operation stays a Docker error.
+    fn from(error: SwarmError) -> DeployError {
+        match error {
+            SwarmError::Docker(e) => DeployError::Docker(Box::new(e)),
+            other => DeployError::Swarm(Box::new(other)),
+        }
+    }
+}
+
+impl From<EngineError> for DeployError {
+    fn from(error: EngineError) -> DeployError {
+        match error {
+            EngineError::Docker(e) => e.into(),
+            EngineError::Swarm(e) => e.into(),
+        }
+    }
+}
 
 impl From<HealthError> for DeployError {
     /// The health wait passes through what failed underneath it (the engine, the
@@ -153,7 +180,7 @@ impl From<HealthError> for DeployError {
     /// error and a plugin's config error still a config error.
     fn from(error: HealthError) -> DeployError {
         match error {
-            HealthError::Engine(e) => DeployError::Docker(e),
+            HealthError::Engine(e) => (*e).into(),
             HealthError::Judge(e) => DeployError::Plugin(e),
             other => DeployError::Health(Box::new(other)),
         }
@@ -172,6 +199,13 @@ impl DeployError {
                 ErrorClass::Environment
             }
             DeployError::Docker(e) if e.is_environment() => ErrorClass::Environment,
+            DeployError::Swarm(e) if matches!(**e, SwarmError::LockHeld { .. }) => {
+                ErrorClass::LockHeld
+            }
+            DeployError::Swarm(e) if matches!(**e, SwarmError::NeedsRegistry { .. }) => {
+                ErrorClass::Config
+            }
+            DeployError::Swarm(e) if e.is_environment() => ErrorClass::Environment,
             DeployError::Proxy(e) if e.is_environment() => ErrorClass::Environment,
             DeployError::Plugin(e) if e.is_config_error() => ErrorClass::Config,
             // The machine is unreachable, so undoing failed for the same reason the
@@ -210,7 +244,7 @@ mod tests {
 
     #[test]
     fn docker_outage_during_the_health_wait_is_an_environment_error() {
-        let error = DeployError::from(HealthError::Engine(Box::new(unreachable_docker())));
+        let error = DeployError::from(HealthError::Engine(Box::new(unreachable_docker().into())));
         assert!(matches!(error, DeployError::Docker(_)), "{error:?}");
         assert_eq!(error.class(), ErrorClass::Environment);
     }

@@ -20,8 +20,8 @@ use reqwest::header::{CONNECTION, HOST, HeaderMap, HeaderValue};
 use tokio::time::Instant;
 
 use crate::Color;
-use crate::config::{Config, HealthConfig, ProxyMode};
-use crate::docker::DockerError;
+use crate::config::{Config, HealthConfig, ProxyMode, Upstreams};
+use crate::engine::EngineError;
 use crate::events::{Level, Reporter};
 use crate::plugin::PluginError;
 use crate::plugin::types::{HealthInput, HealthVerdict, KeyValue, ProbeResult};
@@ -385,12 +385,33 @@ pub enum HealthError {
     /// Whether the container still runs could not be found out (the engine went
     /// away); kept as the engine's own error, an environment problem.
     #[error(transparent)]
-    Engine(Box<DockerError>),
+    Engine(Box<EngineError>),
+}
+
+/// Too few of a colour's tasks became healthy.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "only {healthy} of {wanted} {color} task(s) of {service} became healthy, {needed} needed (`health.min_healthy`): {}. Check those nodes (`docker node ls`) and the tasks' logs (`docker service logs {service}-{color}`); the live colour still serves",
+    failures.join("; ")
+)]
+pub struct QuorumError {
+    /// The service.
+    pub service: String,
+    /// The colour.
+    pub color: Color,
+    /// Healthy tasks.
+    pub healthy: usize,
+    /// Tasks the colour should run.
+    pub wanted: usize,
+    /// Healthy tasks needed.
+    pub needed: usize,
+    /// Each task that did not pass, and why, naming its node.
+    pub failures: Vec<String>,
 }
 
 /// The answer to [`StillRunning`].
 pub type StillRunningFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<bool, DockerError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<bool, EngineError>> + Send + 'a>>;
 
 /// Asks whether the container being probed still runs.
 pub type StillRunning<'a> = dyn FnMut() -> StillRunningFuture<'a> + Send + 'a;
@@ -519,12 +540,12 @@ pub struct VerifySpec {
 pub enum UpstreamCheck {
     /// Not looked at.
     Ignore,
-    /// When the response carries the header, it must name this `address:port`
+    /// When the response carries the header, it must name one of these addresses
     /// (external mode: the nginx may or may not add it).
-    IfSent(SocketAddr),
-    /// The response must carry the header naming this `address:port` (managed mode,
-    /// where cutover's nginx always adds it).
-    Required(SocketAddr),
+    IfSent(Upstreams),
+    /// The response must carry the header naming one of these addresses (managed
+    /// mode, where cutover's nginx always adds it).
+    Required(Upstreams),
 }
 
 impl VerifySpec {
@@ -553,8 +574,8 @@ impl VerifySpec {
             expect_body: config.verify.expect_body.clone(),
             color,
             expect_upstream: match config.proxy.mode {
-                ProxyMode::Managed => UpstreamCheck::Required(config.upstream(color)),
-                ProxyMode::External => UpstreamCheck::IfSent(config.upstream(color)),
+                ProxyMode::Managed => UpstreamCheck::Required(config.upstreams(color)),
+                ProxyMode::External => UpstreamCheck::IfSent(config.upstreams(color)),
             },
         }
     }
@@ -669,7 +690,7 @@ pub enum VerifyError {
 struct Proof {
     header: Option<(String, String)>,
     body: Option<String>,
-    upstream: Option<String>,
+    upstream: Option<Upstreams>,
     upstream_required: bool,
     content_names_color: bool,
 }
@@ -699,7 +720,7 @@ impl Proof {
                 .map(|b| b.replace("{color}", color)),
             upstream: match spec.expect_upstream {
                 UpstreamCheck::Ignore => None,
-                UpstreamCheck::IfSent(a) | UpstreamCheck::Required(a) => Some(a.to_string()),
+                UpstreamCheck::IfSent(a) | UpstreamCheck::Required(a) => Some(a),
             },
             upstream_required: matches!(spec.expect_upstream, UpstreamCheck::Required(_)),
             content_names_color: spec.content_names_color(),
@@ -744,7 +765,8 @@ impl Proof {
         if let Some(upstream) = &self.upstream {
             let got = header(UPSTREAM_HEADER);
             named = got.is_some();
-            ok &= got.as_deref() == Some(upstream.as_str()) || !(named || self.upstream_required);
+            ok &= got.as_deref().is_some_and(|got| upstream.matches(got))
+                || !(named || self.upstream_required);
             seen.push(format!(
                 "{UPSTREAM_HEADER}: {}",
                 got.as_deref().unwrap_or("(absent)")
@@ -856,7 +878,7 @@ pub async fn verify_through_front_ends(
     for front in &config.proxy.extra {
         let spec = VerifySpec {
             url: front.verify_url.clone(),
-            expect_upstream: UpstreamCheck::IfSent(config.upstream(color)),
+            expect_upstream: UpstreamCheck::IfSent(config.upstreams(color)),
             ..primary.clone()
         };
         let more = verify_through_proxy(&spec, timeout)
@@ -884,7 +906,9 @@ mod tests {
             expect_header: Some("X-Color: {color}".to_owned()),
             expect_body: Some("color={color}".to_owned()),
             color: Color::Green,
-            expect_upstream: UpstreamCheck::Required("127.0.0.1:18082".parse().unwrap()),
+            expect_upstream: UpstreamCheck::Required(Upstreams::One(
+                "127.0.0.1:18082".parse().unwrap(),
+            )),
         }
     }
 
@@ -938,13 +962,13 @@ mod tests {
         assert_eq!(spec.url, "http://127.0.0.1:8080/health");
         assert_eq!(
             spec.expect_upstream,
-            UpstreamCheck::Required(config.upstream(Color::Green))
+            UpstreamCheck::Required(config.upstreams(Color::Green))
         );
     }
 
     #[test]
     fn external_verify_without_color_cannot_claim_the_colour() {
-        let upstream = "127.0.0.1:18082".parse().unwrap();
+        let upstream = Upstreams::One("127.0.0.1:18082".parse().unwrap());
         let plain = VerifySpec {
             expect_header: None,
             expect_body: None,

@@ -71,6 +71,13 @@ impl Owner {
     pub(crate) fn lease_expired(&self) -> bool {
         humantime::parse_rfc3339(&self.lease_until).is_ok_and(|t| t < SystemTime::now())
     }
+
+    /// Whether this owner is known to be gone: it ran on this machine and its process
+    /// no longer exists. (On another machine only its lease can tell; a reused pid
+    /// only makes this answer "not gone", the safe way.)
+    pub(crate) fn gone_from_this_host(&self) -> bool {
+        self.host == hostname() && !Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
 }
 
 /// The lock could not be taken.

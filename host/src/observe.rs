@@ -16,20 +16,21 @@ pub async fn served_color(ctx: &Context) -> Option<Color> {
     let upstream = health::serving_upstream(&spec).await?;
     Color::BOTH
         .into_iter()
-        .find(|c| ctx.config.upstream(*c).to_string() == upstream)
+        .find(|c| ctx.config.upstreams(*c).matches(&upstream))
 }
 
 /// The colour the proxy files point at: the files the template would write, read
-/// from disk, searched for each colour's `address:port`. None when neither or both
+/// from disk, searched for each colour's addresses. None when neither or both
 /// are named, or the template plugin is not loaded.
 pub fn files_target(ctx: &Context) -> Option<Color> {
-    let files = ctx.render(Color::Blue, None).ok()?;
+    // Only the file names matter: rendered for the configured address of each colour.
+    let files = ctx.render_configured(Color::Blue).ok()?;
     let paths: Vec<String> = files.into_iter().map(|f| f.path).collect();
     let current = ctx.proxy.snapshot(&paths).ok()?;
     let text: String = current.into_iter().filter_map(|f| f.contents).collect();
     let named: Vec<Color> = Color::BOTH
         .into_iter()
-        .filter(|c| text.contains(&ctx.config.upstream(*c).to_string()))
+        .filter(|c| ctx.config.upstreams(*c).named_in(&text))
         .collect();
     match named.as_slice() {
         [one] => Some(*one),

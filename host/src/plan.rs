@@ -65,7 +65,7 @@ pub async fn plan(
     };
     let proxy_diff = match target {
         Some(color) => {
-            let files = ctx.render(color, live)?;
+            let files = ctx.render(color, live).await?;
             let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
             let current = ctx.proxy.snapshot(&paths)?;
             ctx.proxy.diff(&current, &files)

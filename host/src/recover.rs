@@ -138,6 +138,44 @@ pub fn decide(journal: &Journal, state: &State, observed: Observed) -> Action {
     }
 }
 
+/// Reconciles the deploy recorded in `state.in_progress`, if any, unless the
+/// engine's record of the live colour moved on since it started (another runner
+/// deployed meanwhile): then undoing or finishing it would act on a world that no
+/// longer exists, so it is closed as `interrupted` untouched. The caller holds the
+/// lock. Returns whether there was a journal.
+///
+/// # Errors
+/// As [`reconcile`].
+pub async fn reconcile_or_drop(ctx: &Context, state: &mut State) -> Result<bool, DeployError> {
+    let Some(journal) = state.in_progress.clone() else {
+        return Ok(false);
+    };
+    let recorded = ctx.engine.recorded_live().await?;
+    if let (Some(started), Some(now)) = (journal.engine_serial, recorded) {
+        // The run writes one record itself, before its drain step.
+        let own = u64::from(journal.reached(Step::Drain));
+        if now.serial > started + own {
+            let reason = format!(
+                "interrupted at `{}`; superseded: another runner recorded {} live since, so nothing of it was undone or finished",
+                journal.step, now.live
+            );
+            ctx.reporter.log(
+                Level::Warn,
+                &format!("deploy {}: {reason}", journal.deploy_id),
+            );
+            state.in_progress = None;
+            state.push_record(
+                journal.record(Outcome::Interrupted, Some(reason)),
+                ctx.config.history.deploys,
+            );
+            ctx.store.save(state)?;
+            return Ok(true);
+        }
+    }
+    reconcile(ctx, state).await?;
+    Ok(true)
+}
+
 /// Reconciles the deploy recorded in `state.in_progress`, if any; the caller holds
 /// the lock. The state is saved with the journal closed as `interrupted`.
 ///
@@ -166,6 +204,12 @@ pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployErr
         },
     };
     let summary = act(ctx, state, &journal, decide(&journal, state, observed)).await?;
+    if let Some(live) = &state.live {
+        // The engine's record (a Swarm's labels) may lag the state file when the
+        // runner died between the two.
+        let previous = state.previous.as_ref().map(|s| s.color);
+        ctx.engine.record_live(live.color, previous).await?;
+    }
     let record = journal.record(
         Outcome::Interrupted,
         Some(format!("interrupted at `{}`; {summary}", journal.step)),
@@ -280,6 +324,9 @@ pub enum Recovered {
     /// The state file recorded no live colour, but the proxy serves a running,
     /// healthy container: it was adopted as live.
     Adopted(Color),
+    /// The engine records another live colour than the state file did (another
+    /// runner deployed it): the state file now follows the engine.
+    Followed(Color),
 }
 
 /// `cutover recover`: reconcile an interrupted deploy, and adopt what really serves
@@ -289,16 +336,28 @@ pub enum Recovered {
 /// [`DeployError`] when the lock is held, the state file is unreadable, or
 /// reconciling fails.
 pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, DeployError> {
-    let _lock = ctx
+    let lock = ctx
         .lock("recover", lock_wait, CiFacts::from_env().run_url())
         .await?;
+    let outcome = recover_locked(ctx).await;
+    lock.release().await;
+    outcome
+}
+
+async fn recover_locked(ctx: &Context) -> Result<Recovered, DeployError> {
     let mut state = ctx.store.load()?;
-    let outcome = if state.in_progress.is_some() {
-        reconcile(ctx, &mut state).await?;
+    let mut outcome = if reconcile_or_drop(ctx, &mut state).await? {
         Recovered::Interrupted
     } else {
         Recovered::Nothing
     };
+    if let Some(note) = ctx.follow_recorded(&mut state, true).await? {
+        ctx.reporter.log(Level::Warn, &note);
+        ctx.store.save(&state)?;
+        if let (Recovered::Nothing, Some(live)) = (&outcome, &state.live) {
+            outcome = Recovered::Followed(live.color);
+        }
+    }
     if state.live.is_none()
         && let Some(color) = crate::observe::files_target(ctx)
         && let Some(instance) = ctx.engine.inspect(color).await?
@@ -357,6 +416,7 @@ mod tests {
                 .map(|&step| StepTiming { step, ms: 1 })
                 .collect(),
             canary: None,
+            engine_serial: None,
         }
     }
 

@@ -138,6 +138,11 @@ pub struct Journal {
     /// Where a canary is, while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryProgress>,
+    /// The number of the engine's record of the live colour when this run started,
+    /// for engines that keep one (a Swarm): a newer record means another runner
+    /// deployed since, and this journal is obsolete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_serial: Option<u64>,
 }
 
 /// Where a running canary is: `status` shows it, `recover` knows traffic was split.

@@ -29,8 +29,10 @@ pub struct ColorStatus {
     pub image_id: Option<String>,
     /// `healthy`, `unhealthy` or `not probed`.
     pub health: String,
-    /// The address the proxy uses for this colour.
+    /// The address the proxy uses for this colour (`<any node>:PORT` on a Swarm).
     pub upstream: String,
+    /// Whether it runs (on a Swarm: at least one task).
+    pub running: bool,
 }
 
 /// What the proxy serves and what its files say.
@@ -78,13 +80,19 @@ pub struct StatusReport {
 /// problem in the report.
 pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
     let mut problems = Vec::new();
-    let state = match ctx.store.load() {
+    let mut state = match ctx.store.load() {
         Ok(state) => Some(state),
         Err(e) => {
             problems.push(e.to_string());
             None
         }
     };
+    if let Some(state) = &mut state
+        && let Some(note) = ctx.follow_recorded(state, false).await?
+    {
+        // Shown, not saved: status only reads.
+        problems.push(note);
+    }
     let live = state.as_ref().and_then(|s| s.live.clone());
 
     let mut colors = Vec::new();
@@ -106,7 +114,8 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
             image: instance.as_ref().map(|i| i.image.clone()),
             image_id: instance.as_ref().map(|i| i.image_id.clone()),
             health: health.to_owned(),
-            upstream: ctx.config.upstream(color).to_string(),
+            upstream: ctx.config.upstreams(color).to_string(),
+            running: instance.as_ref().is_some_and(|i| i.running),
         });
     }
 
@@ -130,7 +139,7 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
 
     if let Some(slot) = &live {
         let real = colors.iter().find(|c| c.color == slot.color);
-        if real.is_none_or(|c| c.state != "running") {
+        if real.is_none_or(|c| !c.running) {
             problems.push(format!(
                 "the state file says {} is live, but its container is not running; \
                  run `cutover rollback` or `cutover deploy` to bring up a healthy colour",

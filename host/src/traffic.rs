@@ -6,7 +6,7 @@
 //! [`Window`] turns them into requests, status classes and latency percentiles per
 //! colour, attributing each request by the upstream address that answered it.
 
-use std::collections::HashMap;
+use crate::config::Upstreams;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -162,9 +162,12 @@ pub struct Window {
 }
 
 impl Window {
-    /// Counts one request, attributed through `colors` (upstream `addr:port` → colour).
-    pub fn add(&mut self, request: &Request, colors: &HashMap<String, Color>) {
-        let Some(color) = request.answered_by().and_then(|a| colors.get(a)) else {
+    /// Counts one request, attributed through `colors` (where each colour answers).
+    pub fn add(&mut self, request: &Request, colors: &[(Upstreams, Color)]) {
+        let Some(color) = request
+            .answered_by()
+            .and_then(|a| colors.iter().find(|(u, _)| u.matches(a)).map(|(_, c)| c))
+        else {
             self.unattributed += 1;
             return;
         };
@@ -184,7 +187,7 @@ impl Window {
     }
 
     /// Parses and counts log lines; returns how many were in the format.
-    pub fn add_lines(&mut self, lines: &[String], colors: &HashMap<String, Color>) -> usize {
+    pub fn add_lines(&mut self, lines: &[String], colors: &[(Upstreams, Color)]) -> usize {
         let mut parsed = 0;
         for request in lines.iter().filter_map(|l| Request::parse(l)) {
             self.add(&request, colors);
@@ -228,11 +231,17 @@ fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn colors() -> HashMap<String, Color> {
-        HashMap::from([
-            ("127.0.0.1:8081".to_owned(), Color::Blue),
-            ("127.0.0.1:8082".to_owned(), Color::Green),
-        ])
+    fn colors() -> Vec<(Upstreams, Color)> {
+        vec![
+            (
+                Upstreams::One("127.0.0.1:8081".parse().unwrap()),
+                Color::Blue,
+            ),
+            (
+                Upstreams::One("127.0.0.1:8082".parse().unwrap()),
+                Color::Green,
+            ),
+        ]
     }
 
     fn line(upstream: &str, status: u16, seconds: f64) -> String {

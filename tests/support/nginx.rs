@@ -119,7 +119,8 @@ impl Drop for Immutable {
 
 /// An nginx the test configures and starts itself, for external mode: it listens on a
 /// free loopback port and includes `conf.d/*.inc` inside `location /`, which sets
-/// `$service_url` (what cutover's default template writes). Stopped on drop.
+/// `$service_url` (what cutover's default template writes), and `conf.d/*.conf` at
+/// http level (where upstream blocks go). Stopped on drop.
 pub struct ExternalNginx {
     // Fields drop in order: nginx must be stopped while its pid file still exists,
     // and a tmpfs unmounted before its directory is removed.
@@ -169,6 +170,7 @@ impl ExternalNginx {
             "{user}pid {pid};\nerror_log {err};\nevents {{}}\nhttp {{\n access_log off;\n\
              client_body_temp_path {t}/body; proxy_temp_path {t}/proxy; fastcgi_temp_path {t}/fcgi;\n\
              uwsgi_temp_path {t}/uwsgi; scgi_temp_path {t}/scgi;\n\
+             include {conf_d}/*.conf;\n\
              server {{ listen {listen};\n  location / {{ include {conf_d}/*.inc; proxy_pass $service_url;\n\
              {header} }} }}\n}}\n",
             user = if is_root() { "user root;\n" } else { "" },

@@ -41,6 +41,7 @@ use cutover::secret::Secret;
 
 use super::nginx::is_root;
 use super::remote::private_dockerd_args;
+use super::service::Service;
 use super::{TestRegistry, build_hello_image, require_tool, run_ok};
 
 /// Where each run keeps its directory: `<ROOT>/<pid>`.
@@ -64,6 +65,8 @@ pub struct SwarmNode {
     pub hostname: String,
     /// Its directory (data-root, exec-root, socket, pid file, log).
     dir: PathBuf,
+    /// Its network namespace.
+    netns: String,
     /// Its dockerd (nsenter and unshare exec it), kept so a test may stop it; the
     /// teardown script kills it by pid file.
     dockerd: Option<Child>,
@@ -73,6 +76,13 @@ impl SwarmNode {
     /// `unix://<socket>`, for `engine.host` or `Docker::connect_to`.
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.dir.join("docker.sock").display())
+    }
+
+    /// Cuts (`false`) or restores (`true`) this node's only link: it drops off the
+    /// bridge, as a machine whose network fails does (packets vanish, no reset).
+    pub fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run_ok(Command::new("ip").args(["-n", &self.netns, "link", "set", "eth0", state]));
     }
 
     /// The docker CLI on this node's engine.
@@ -176,6 +186,107 @@ listen = "127.0.0.1:{listen}"
     }
 }
 
+impl SwarmCluster {
+    /// A service for the cutover binary on this swarm, reached through node `node`'s
+    /// socket: hello built from `examples/` on that node's engine and pushed to the
+    /// registry, 3 replicas, the managed nginx on loopback; `engine` is added to
+    /// `[engine]`, `extra` at the end. Run it with [`SwarmCluster::env`].
+    pub fn service(&self, prefix: &str, node: usize, engine: &str, extra: &str) -> Service {
+        let svc = Service::new(prefix);
+        let text = format!(
+            r#"service = "{name}"
+
+[image]
+build = {{ context = "{context}", args = {{ VERSION = "dev" }} }}
+keep = 2
+
+[image.registry]
+server = "{registry}"
+username = "{REGISTRY_USER}"
+password_env = "{PASSWORD_ENV}"
+
+[container]
+port = 8080
+stop_grace = "2s"
+
+[container.env]
+
+[engine]
+kind = "swarm"
+host = "{host}"
+replicas = 3
+{engine}
+
+[blue]
+host_port = {blue}
+
+[green]
+host_port = {green}
+
+[health]
+path = "/health"
+interval = "100ms"
+deadline = "60s"
+
+[proxy]
+mode = "managed"
+listen = "127.0.0.1:{listen}"
+
+[verify]
+expect_header = "X-Hello-Color: {{color}}"
+
+[drain]
+timeout = "10s"
+{extra}"#,
+            name = svc.name,
+            context = super::hello_context().display(),
+            registry = self.registry,
+            host = self.nodes[node].docker_host(),
+            blue = svc.blue,
+            green = svc.green,
+            listen = svc.listen,
+        );
+        svc.edit_config(|_| text);
+        svc
+    }
+
+    /// Waits until every node is ready again (after a test restored a link), at most
+    /// a minute.
+    ///
+    /// # Panics
+    /// When one is still not ready then.
+    pub fn wait_all_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.nodes[0]
+                .docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
+                .output()
+                .expect("docker node ls");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ready = text.lines().filter(|l| l.ends_with(" Ready")).count();
+            if ready == NODES {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nodes not ready again:\n{text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The environment a cutover process needs on this swarm: the registry password.
+    pub fn env(&self) -> [(&'static str, &str); 1] {
+        [(PASSWORD_ENV, self.password.expose())]
+    }
+}
+
+/// Held by every test that deploys to the shared swarm through the binary, so that
+/// one that cuts a node's link never runs beside another.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Writes `text` as `dir/cutover.toml` and loads it.
 pub fn load_config(dir: &Path, text: &str) -> Config {
     let path = dir.join("cutover.toml");
@@ -259,6 +370,7 @@ fn build() -> SwarmCluster {
             addr: Ipv4Addr::new(10, 231, subnet, 10 + u8::try_from(n).expect("3 nodes")),
             hostname: format!("cutover-swarm-n{n}"),
             dir: dir.join(format!("n{n}")),
+            netns: names.nodes[n - 1].clone(),
             dockerd: None,
         })
         .collect();

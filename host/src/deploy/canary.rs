@@ -10,7 +10,7 @@
 //! target: the same undo as a failed switch, so recovery needs no canary-only rule
 //! beyond "a canary that did not reach its final switch is rolled back".
 
-use std::collections::HashMap;
+use crate::config::Upstreams;
 use std::time::{Duration, Instant};
 
 use super::run::{Failure, Run};
@@ -49,7 +49,7 @@ struct Canary {
     target: Color,
     live: Color,
     tail: Tail,
-    colors: HashMap<String, Color>,
+    colors: Vec<(Upstreams, Color)>,
     total: Window,
     started: Instant,
     weight: u8,
@@ -68,7 +68,7 @@ pub(super) async fn canary(run: &mut Run<'_>, target: Color, live: Color) -> Res
         target,
         live,
         tail: Tail::from_end(&ctx.proxy.access_log()),
-        colors: HashMap::from([(ctx.config.upstream(target).to_string(), target), (ctx.config.upstream(live).to_string(), live)]),
+        colors: vec![(ctx.config.upstreams(target), target), (ctx.config.upstreams(live), live)],
         total: Window::default(),
         started: Instant::now(),
         weight: 0,
@@ -107,7 +107,15 @@ async fn set_weight(run: &mut Run<'_>, canary: &mut Canary, weight: u8) -> Resul
         .sticky
         .as_ref()
         .map(crate::strategy::Sticky::nginx_variable);
-    let files = ctx.render_split(target, live, weight, sticky.as_deref())?;
+    let files = ctx
+        .render_to(
+            run.healthy.clone(),
+            target,
+            Some(live),
+            weight,
+            sticky.as_deref(),
+        )
+        .await?;
     let saved = steps::journal_files(run, &files)?;
     let work = async {
         ctx.proxy.write_and_test(&files, &saved).await?;
@@ -137,14 +145,14 @@ async fn confirm_split(
         return Ok(" (sticky: not probed)".to_owned());
     }
     let spec = health::VerifySpec::from_config(&ctx.config, target);
-    let wanted = ctx.config.upstream(target).to_string();
+    let wanted = ctx.config.upstreams(target);
     let began = Instant::now();
     let timeout = ctx.config.verify.timeout.get();
     let (mut tries, mut named) = (0u32, 0u32);
     while began.elapsed() < timeout {
         tries += 1;
         match health::serving_upstream(&spec).await {
-            Some(upstream) if upstream == wanted => {
+            Some(upstream) if wanted.matches(&upstream) => {
                 return Ok(format!(
                     ", target answered request {tries} through the proxy"
                 ));

@@ -16,6 +16,7 @@
 
 pub mod canary;
 pub mod image;
+pub mod readiness;
 mod rollback;
 mod run;
 pub mod steps;
@@ -106,8 +107,8 @@ pub async fn deploy(
     ctx.proxy.preflight()?;
     let mut run = Run::start(ctx, OperationKind::Deploy, options.lock_wait, run_label(ci)).await?;
     let report = match steps::deploy(&mut run, git, ci, options).await {
-        Ok(steps::Flow::Denied(reason)) => run.finish(Outcome::Denied, Some(reason), None)?,
-        Ok(steps::Flow::Done) => run.finish(Outcome::Succeeded, None, None)?,
+        Ok(steps::Flow::Denied(reason)) => run.finish(Outcome::Denied, Some(reason), None).await?,
+        Ok(steps::Flow::Done) => run.finish(Outcome::Succeeded, None, None).await?,
         Err(failure) => run.fail(failure).await?,
     };
     audit(ctx, &report.audit_entry(OperationKind::Deploy, git, ci)).await;

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use super::readiness::{Readiness, wait_healthy};
 use super::run::{Failure, Run};
-use super::steps::{cut_over, describe_health, wait_healthy};
+use super::steps::cut_over;
 use super::{DeployReport, audit, run_label};
 use crate::Color;
 use crate::ci::CiFacts;
@@ -34,7 +35,7 @@ pub async fn rollback(
                 .await?
         }
         Some(back) => match rollback_steps(&mut run, back).await {
-            Ok(()) => run.finish(Outcome::Succeeded, None, None)?,
+            Ok(()) => run.finish(Outcome::Succeeded, None, None).await?,
             Err(failure) => run.fail(failure).await?,
         },
     };
@@ -56,7 +57,7 @@ async fn rollback_steps(run: &mut Run<'_>, back: Slot) -> Result<(), Failure> {
     let id = run.journal.deploy_id.clone();
 
     run.step(Step::Start, bring_back(ctx, color, &image, &id), String::clone).await.map_err(pre)?;
-    run.step(Step::Health, wait_healthy(ctx, color), describe_health).await.map_err(pre)?;
+    run.healthy = run.step(Step::Health, wait_healthy(ctx, color), Readiness::describe).await.map_err(pre)?.healthy;
 
     cut_over(run, ctx.slot(color, image, &id)).await
 }
@@ -76,7 +77,12 @@ async fn bring_back(
             format!("{name} restarted")
         }
         None => {
-            ctx.engine.start(color, image, deploy_id).await?;
+            // The previous deploy's image: on this engine already, or on the
+            // registry, with credentials when the password is at hand.
+            let auth = ctx.registry_auth().ok().flatten();
+            ctx.engine
+                .start(color, image, deploy_id, auth.as_ref())
+                .await?;
             format!("{name} recreated from {}", image.reference)
         }
     })

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use super::DeployReport;
 use crate::Color;
 use crate::context::Context;
+use crate::context::Held;
 use crate::error::{DeployError, ErrorClass};
 use crate::events::Event;
+use crate::events::Level;
 use crate::fault;
-use crate::lock::DeployLock;
 use crate::operation::{OperationKind, Outcome, Step, StepTiming, millis};
+use crate::plugin::types;
 use crate::recover::Undo;
 use crate::state::{Journal, State, now_rfc3339};
 
@@ -38,8 +40,10 @@ pub(super) enum Failure {
 /// One running deploy or rollback.
 pub(super) struct Run<'a> {
     pub(super) ctx: &'a Context,
-    /// Held for the whole run; released (and its lease renewal stopped) on drop.
-    _lock: DeployLock,
+    /// Held for the whole run; released when it finishes (or, failing that, on drop).
+    lock: Held,
+    /// The copies of the target that passed the health step: the proxy's servers.
+    pub(super) healthy: Vec<types::Instance>,
     pub(super) state: State,
     pub(super) journal: Journal,
     started: Instant,
@@ -59,9 +63,12 @@ impl<'a> Run<'a> {
         };
         let lock = ctx.lock(operation, lock_wait, run_url).await?;
         let mut state = ctx.store.load()?;
-        if state.in_progress.is_some() {
-            crate::recover::reconcile(ctx, &mut state).await?;
+        crate::recover::reconcile_or_drop(ctx, &mut state).await?;
+        if let Some(note) = ctx.follow_recorded(&mut state, true).await? {
+            ctx.reporter.log(Level::Warn, &note);
+            ctx.store.save(&state)?;
         }
+        let engine_serial = ctx.engine.recorded_live().await?.map(|r| r.serial);
         let id = new_deploy_id();
         ctx.reporter.emit(&Event::Started {
             id: id.clone(),
@@ -82,11 +89,13 @@ impl<'a> Run<'a> {
             saved_files: None,
             written_files: None,
             canary: None,
+            engine_serial,
             steps: Vec::new(),
         };
         Ok(Run {
             ctx,
-            _lock: lock,
+            lock,
+            healthy: Vec::new(),
             state,
             journal,
             started: Instant::now(),
@@ -147,7 +156,7 @@ impl<'a> Run<'a> {
     }
 
     /// Closes the journal with a record and emits the final event.
-    pub(super) fn finish(
+    pub(super) async fn finish(
         mut self,
         outcome: Outcome,
         reason: Option<String>,
@@ -160,6 +169,7 @@ impl<'a> Run<'a> {
         );
         self.ctx.store.save(&self.state)?;
         let live = self.state.live.as_ref().map(|s| s.color);
+        self.lock.release().await;
         self.ctx.reporter.emit(&Event::Finished {
             id: self.journal.deploy_id.clone(),
             outcome,
@@ -185,12 +195,13 @@ impl<'a> Run<'a> {
         })
     }
 
-    fn finish_failed(
+    async fn finish_failed(
         self,
         outcome: Outcome,
         error: &DeployError,
     ) -> Result<DeployReport, DeployError> {
         self.finish(outcome, Some(error.to_string()), Some(error.class()))
+            .await
     }
 
     /// Ends a failed run according to where it failed. Before the switch, what it
@@ -202,10 +213,13 @@ impl<'a> Run<'a> {
                 if let Err(cleanup) = Undo::for_run(&self.journal).run(self.ctx).await {
                     return Err(error.then_cleanup_failed(cleanup));
                 }
-                self.finish_failed(Outcome::Failed, &error)
+                self.finish_failed(Outcome::Failed, &error).await
             }
-            Failure::RolledBack(error) => self.finish_failed(Outcome::RolledBack, &error),
-            Failure::Fatal(error) => Err(error),
+            Failure::RolledBack(error) => self.finish_failed(Outcome::RolledBack, &error).await,
+            Failure::Fatal(error) => {
+                self.lock.release().await;
+                Err(error)
+            }
         }
     }
 }

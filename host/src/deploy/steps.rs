@@ -4,6 +4,7 @@
 
 use super::DeployOptions;
 use super::image;
+use super::readiness::{self, Readiness};
 use super::run::{Failure, Run};
 use crate::Color;
 use crate::ci::CiFacts;
@@ -12,7 +13,7 @@ use crate::engine::{self, PreparedImage};
 use crate::error::DeployError;
 use crate::events::{Event, Level};
 use crate::git::GitFacts;
-use crate::health::{self, HealthReport, VerifyReport};
+use crate::health::{self, VerifyReport};
 use crate::operation::Step;
 use crate::plugin::types::{self, GateDecision};
 use crate::proxy::{DrainReport, Reload};
@@ -50,7 +51,7 @@ pub(super) async fn deploy(
     run.step(Step::Clear, clear(ctx, target), String::clone).await.map_err(pre)?;
     run.journal.container = Some(ctx.engine.slot_name(target));
     run.step(Step::Start, start(ctx, target, &image, &id), String::clone).await.map_err(pre)?;
-    run.step(Step::Health, wait_healthy(ctx, target), describe_health).await.map_err(pre)?;
+    run.healthy = run.step(Step::Health, readiness::wait_healthy(ctx, target), Readiness::describe).await.map_err(pre)?.healthy;
     if let (StrategyKind::Canary, Some(live)) = (ctx.config.strategy.kind, run.live()) {
         super::canary::canary(run, target, live).await?;
     }
@@ -69,7 +70,8 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     let color = target.color;
     let previous = run.state.live.clone();
 
-    let files = run.step(Step::Render, render(ctx, color, previous.as_ref()), |f| describe_files(f)).await;
+    let healthy = run.healthy.clone();
+    let files = run.step(Step::Render, render(ctx, &healthy, color, previous.as_ref()), |f| describe_files(f)).await;
     let files = undo_split(run, files).await?;
     let saved = journal_files(run, &files).map_err(pre)?;
     let validated = run.step(Step::Validate, validate(ctx, &files, &saved), |()| "config test passed".to_owned()).await;
@@ -80,6 +82,7 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     restore_on_error(run, &saved, verified).await?;
 
     promote(run, target, previous.clone()).map_err(fatal)?;
+    warn_on_error(ctx, record_live(ctx, color, previous.as_ref()).await);
     run.step(Step::Drain, drain(ctx, &reload, previous.is_some()), describe_drain).await.map_err(fatal)?;
     warn_on_error(ctx, run.step(Step::Retire, retire(ctx, previous.as_ref()), String::clone).await);
     warn_on_error(ctx, run.step(Step::Prune, prune(ctx, images_in_use(&run.state)), |n| format!("{n} old image(s) removed")).await);
@@ -154,7 +157,11 @@ async fn start(
     image: &PreparedImage,
     deploy_id: &str,
 ) -> Result<String, DeployError> {
-    let id = ctx.engine.start(color, image, deploy_id).await?;
+    let auth = ctx.registry_auth()?;
+    let id = ctx
+        .engine
+        .start(color, image, deploy_id, auth.as_ref())
+        .await?;
     Ok(format!(
         "{} ({})",
         ctx.engine.slot_name(color),
@@ -162,49 +169,22 @@ async fn start(
     ))
 }
 
-/// Probes `color` until the health policy says healthy; on failure shows the app's
-/// last log lines, usually the fastest way to the cause.
-pub(super) async fn wait_healthy(ctx: &Context, color: Color) -> Result<HealthReport, DeployError> {
-    let policy = ctx.plugins.health()?;
-    let prober = health::Prober::new(ctx.config.upstream(color), &ctx.config.health);
-    let judge = |input: &types::HealthInput| policy.evaluate(input);
-    let mut still_running = || -> health::StillRunningFuture<'_> {
-        Box::pin(async move { Ok(ctx.engine.inspect(color).await?.is_some_and(|i| i.running)) })
-    };
-    let result = health::wait_healthy(
-        &prober,
-        &ctx.config.health,
-        ctx.service(),
-        color,
-        &ctx.instance(color),
-        &judge,
-        &mut still_running,
-        ctx.reporter.as_ref(),
-    )
-    .await;
-    if result.is_err()
-        && let Ok(logs) = ctx.engine.logs(color, 20).await
-        && !logs.trim().is_empty()
-    {
-        ctx.reporter.emit(&Event::Log {
-            level: Level::Warn,
-            source: ctx.engine.slot_name(color),
-            message: format!("last log lines:\n{}", logs.trim_end()),
-        });
-    }
-    Ok(result?)
-}
-
-pub(super) fn describe_health(report: &HealthReport) -> String {
-    format!("healthy after {} probe(s)", report.attempts)
-}
-
+/// Renders the proxy files sending all traffic to `healthy`, the copies of `color`
+/// that passed the health step.
 async fn render(
     ctx: &Context,
+    healthy: &[types::Instance],
     color: Color,
     previous: Option<&Slot>,
 ) -> Result<Vec<types::ProxyFile>, DeployError> {
-    ctx.render(color, previous.map(|s| s.color))
+    ctx.render_to(
+        healthy.to_vec(),
+        color,
+        previous.map(|s| s.color),
+        100,
+        None,
+    )
+    .await
 }
 
 fn describe_files(files: &[types::ProxyFile]) -> String {
@@ -269,6 +249,19 @@ fn promote(run: &mut Run<'_>, mut target: Slot, previous: Option<Slot>) -> Resul
     run.state.previous = previous;
     run.state.live = Some(target);
     run.save()
+}
+
+/// Tells the engine which colour is live now, when it keeps a record that other
+/// runners read (a Swarm's labels); the state file already says so.
+async fn record_live(
+    ctx: &Context,
+    live: Color,
+    previous: Option<&Slot>,
+) -> Result<(), DeployError> {
+    Ok(ctx
+        .engine
+        .record_live(live, previous.map(|s| s.color))
+        .await?)
 }
 
 async fn drain(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
-use super::{Engine, EngineError, ImageSource, Instance, OnLine, PreparedImage};
+use super::{Engine, EngineError, ImageSource, Instance, OnLine, PreparedImage, Replica};
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, RegistryAuth};
@@ -63,39 +63,15 @@ impl DockerHost {
             stop_grace: config.container.stop_grace.get(),
         }
     }
-}
 
-#[async_trait]
-impl Engine for DockerHost {
-    fn describe(&self) -> String {
-        self.docker.host().to_owned()
-    }
-
-    fn slot_name(&self, color: Color) -> String {
-        docker::container_name(self.service(), color)
-    }
-
-    async fn inspect(&self, color: Color) -> Result<Option<Instance>, EngineError> {
-        let info = self
-            .docker
-            .inspect_container(&self.slot_name(color))
-            .await?;
-        Ok(info.map(|c| Instance {
-            deploy_id: c.labels.get(docker::LABEL_DEPLOY).cloned(),
-            name: c.name,
-            running: c.running,
-            status: c.status,
-            image: c.image,
-            image_id: c.image_id,
-        }))
-    }
-
-    async fn prepare_image(
+    /// Builds or pulls the image on this engine (pushing a build when `auth` is
+    /// given); the Swarm engine builds on its manager through this too.
+    pub(super) async fn prepare(
         &self,
         source: &ImageSource,
         auth: Option<&RegistryAuth>,
         on_line: &mut OnLine<'_>,
-    ) -> Result<PreparedImage, EngineError> {
+    ) -> Result<PreparedImage, docker::DockerError> {
         match source {
             ImageSource::Pull { reference } => {
                 // Only the registry the reference names gets the credentials.
@@ -145,9 +121,60 @@ impl Engine for DockerHost {
             }
         }
     }
+}
+
+#[async_trait]
+impl Engine for DockerHost {
+    fn describe(&self) -> String {
+        self.docker.host().to_owned()
+    }
+
+    fn slot_name(&self, color: Color) -> String {
+        docker::container_name(self.service(), color)
+    }
+
+    async fn inspect(&self, color: Color) -> Result<Option<Instance>, EngineError> {
+        let info = self
+            .docker
+            .inspect_container(&self.slot_name(color))
+            .await?;
+        Ok(info.map(|c| Instance {
+            deploy_id: c.labels.get(docker::LABEL_DEPLOY).cloned(),
+            // One container: asked to run while it runs (a stopped one stays stopped).
+            desired: u32::from(c.running),
+            running_copies: u32::from(c.running),
+            name: c.name,
+            running: c.running,
+            status: c.status,
+            image: c.image,
+            image_id: c.image_id,
+        }))
+    }
+
+    async fn replicas(&self, color: Color) -> Result<Vec<Replica>, EngineError> {
+        // The one container, at the address the config gives its colour, while it runs.
+        let running = self.inspect(color).await?.is_some_and(|i| i.running);
+        Ok(running
+            .then(|| Replica {
+                id: self.slot_name(color),
+                node: None,
+                addr: self.config.upstream(color),
+            })
+            .into_iter()
+            .collect())
+    }
+
+    async fn prepare_image(
+        &self,
+        source: &ImageSource,
+        auth: Option<&RegistryAuth>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<PreparedImage, EngineError> {
+        Ok(self.prepare(source, auth, on_line).await?)
+    }
 
     async fn clear(&self, color: Color) -> Result<(), EngineError> {
-        self.docker.remove_container(&self.slot_name(color)).await
+        Ok(self.docker.remove_container(&self.slot_name(color)).await?)
     }
 
     async fn start(
@@ -155,31 +182,35 @@ impl Engine for DockerHost {
         color: Color,
         image: &PreparedImage,
         deploy_id: &str,
+        _auth: Option<&RegistryAuth>,
     ) -> Result<String, EngineError> {
+        // The image is on this engine already (built, or pulled by `prepare_image`).
         if let Some(network) = &self.config.container.network {
             self.docker.ensure_network(network, self.service()).await?;
         }
         let spec = self.container_spec(color, &image.id, deploy_id);
-        self.docker.run_container(&spec).await
+        Ok(self.docker.run_container(&spec).await?)
     }
 
     async fn resume(&self, color: Color) -> Result<(), EngineError> {
-        self.docker.start_container(&self.slot_name(color)).await
+        Ok(self.docker.start_container(&self.slot_name(color)).await?)
     }
 
     async fn stop(&self, color: Color) -> Result<(), EngineError> {
-        self.docker
+        Ok(self
+            .docker
             .stop_container(
                 &self.slot_name(color),
                 self.config.container.stop_grace.get(),
             )
-            .await
+            .await?)
     }
 
     async fn logs(&self, color: Color, lines: usize) -> Result<String, EngineError> {
-        self.docker
+        Ok(self
+            .docker
             .container_logs(&self.slot_name(color), lines)
-            .await
+            .await?)
     }
 
     async fn service_images(&self) -> Result<Vec<String>, EngineError> {
@@ -193,7 +224,7 @@ impl Engine for DockerHost {
     }
 
     async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
-        self.docker.remove_image(id).await
+        Ok(self.docker.remove_image(id).await?)
     }
 
     async fn remove_extras(&self) -> Result<(), EngineError> {

@@ -3,18 +3,20 @@
 //! cleared, plus the images the service's deploys make.
 //!
 //! The state machine (`deploy`, `recover`, `down`, `status`) talks only to
-//! [`Engine`]; it never names a container or calls Docker itself. Today's one
-//! implementation is [`DockerHost`]: one Docker engine, one container per colour. A
-//! cluster engine (one service per colour, several tasks) is a second implementation
-//! of the same interface; [`Swarm`] holds its primitives (services, tasks, the
-//! cluster's state labels and lock). An engine performs exactly what it is asked; it never
-//! decides which colour to touch.
+//! [`Engine`]; it never names a container or calls Docker itself. [`DockerHost`] is
+//! one Docker engine, one container per colour; [`SwarmEngine`] is a Swarm cluster,
+//! one service per colour with a task on each of several nodes, built on the
+//! primitives of [`Swarm`] (services, tasks, the cluster's state labels and lock). A
+//! colour's running copies are its [`Replica`]s. An engine performs exactly what it
+//! is asked; it never decides which colour to touch.
 
 mod docker_host;
 pub mod swarm;
+mod swarm_engine;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -24,10 +26,41 @@ use crate::docker::{DockerError, RegistryAuth};
 
 pub use docker_host::DockerHost;
 pub use swarm::{Swarm, SwarmError};
+pub use swarm_engine::SwarmEngine;
 
-/// What an engine operation can fail with. Both engines cutover knows speak the
-/// Docker API, so they share its error (which already says what to do next).
-pub type EngineError = DockerError;
+/// What an engine operation can fail with: the Docker API's error (which already
+/// says what to do next), or a Swarm one (no manager, lock held, ...).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The Docker API failed.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// A Swarm operation failed.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+}
+
+impl EngineError {
+    /// Whether the engine is unreachable or unusable, rather than this deploy wrong.
+    pub fn is_environment(&self) -> bool {
+        match self {
+            EngineError::Docker(e) => e.is_environment(),
+            EngineError::Swarm(e) => e.is_environment(),
+        }
+    }
+}
+
+/// One running copy of a colour, where the probes and the proxy reach it: the
+/// container of a single host, or one task of a Swarm service at its node's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    /// The engine's id for it (container name, task id).
+    pub id: String,
+    /// The node it runs on, when the engine has nodes.
+    pub node: Option<String>,
+    /// Where it answers.
+    pub addr: SocketAddr,
+}
 
 /// What runs in one colour's slot now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +77,10 @@ pub struct Instance {
     pub image_id: String,
     /// The deploy that created it, from its label.
     pub deploy_id: Option<String>,
+    /// How many copies the engine is asked to run (a stopped container: 0).
+    pub desired: u32,
+    /// How many copies run now.
+    pub running_copies: u32,
 }
 
 /// Where a deploy's image comes from: the one decision `deploy` and `plan` share.
@@ -137,6 +174,58 @@ pub trait Engine: Send + Sync {
         on_line: &mut OnLine<'_>,
     ) -> Result<PreparedImage, EngineError>;
 
+    /// The running copies of `color`, where probes and the proxy reach them; empty
+    /// when none runs.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn replicas(&self, color: Color) -> Result<Vec<Replica>, EngineError>;
+
+    /// The machines of the engine that do not answer (a Swarm's nodes that are not
+    /// ready), for errors; empty for a single host.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn nodes_down(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+
+    /// The live and previous colour as the engine itself records them, for a runner
+    /// whose own state file does not know (another machine, another state
+    /// directory); `None` when the engine records nothing (a single host: the state
+    /// file is the record).
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn recorded_live(&self) -> Result<Option<RecordedLive>, EngineError> {
+        Ok(None)
+    }
+
+    /// Records `live` (and the colour live before it) in the engine, when it keeps a
+    /// record ([`Engine::recorded_live`]); a single host does nothing.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the record cannot be written.
+    async fn record_live(&self, live: Color, previous: Option<Color>) -> Result<(), EngineError> {
+        let _ = (live, previous);
+        Ok(())
+    }
+
+    /// Takes the service's deploy lock in the engine, for engines shared by runners on
+    /// several machines (a Swarm); `None` when the local lock is enough. Waits up to
+    /// `wait` for another holder.
+    ///
+    /// # Errors
+    /// [`EngineError`] naming the holder when it is still held after `wait`.
+    async fn lock(
+        &self,
+        owner: &crate::lock::Owner,
+        wait: std::time::Duration,
+    ) -> Result<Option<EngineLock>, EngineError> {
+        let _ = (owner, wait);
+        Ok(None)
+    }
+
     /// Removes whatever occupies `color`'s slot; succeeds when it is empty.
     ///
     /// # Errors
@@ -144,7 +233,8 @@ pub trait Engine: Send + Sync {
     async fn clear(&self, color: Color) -> Result<(), EngineError>;
 
     /// Starts `image` in `color`'s (empty) slot, labelled with `deploy_id`; returns
-    /// the engine's id for it.
+    /// the engine's id for it. `auth` goes with it when other machines must pull the
+    /// image (a Swarm's nodes).
     ///
     /// # Errors
     /// [`EngineError`] when it cannot be created or started (e.g. its port is taken).
@@ -153,6 +243,7 @@ pub trait Engine: Send + Sync {
         color: Color,
         image: &PreparedImage,
         deploy_id: &str,
+        auth: Option<&RegistryAuth>,
     ) -> Result<String, EngineError>;
 
     /// Starts the stopped instance in `color`'s slot again.
@@ -191,6 +282,50 @@ pub trait Engine: Send + Sync {
     /// # Errors
     /// [`EngineError`] when the engine refuses.
     async fn remove_extras(&self) -> Result<(), EngineError>;
+}
+
+/// The live and previous colour as an engine records them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedLive {
+    /// The colour serving.
+    pub live: Color,
+    /// The colour that served before it, kept for a rollback.
+    pub previous: Option<Color>,
+    /// The record's number: each record is one above the one before.
+    pub serial: u64,
+}
+
+/// A deploy lock held in the engine: renewed in the background while held, released
+/// by [`EngineLock::release`] (or, best effort, when dropped).
+#[derive(Debug)]
+pub struct EngineLock {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EngineLock {
+    /// A lock whose holder `task` renews it until `stop` fires or is dropped, then
+    /// releases it.
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
+        EngineLock {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Releases the lock and waits until the release is written.
+    pub async fn release(mut self) {
+        drop(self.stop.take());
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for EngineLock {
+    fn drop(&mut self) {
+        // The holder task releases on its own once `stop` is gone; it only needs
+        // the runtime to live long enough, which `release` guarantees.
+        drop(self.stop.take());
+    }
 }
 
 /// Removes the service's images beyond the newest `keep`, never one in `in_use`;

@@ -187,6 +187,17 @@ impl TaskEndpoint {
     }
 }
 
+/// How many tasks of a colour Swarm wants and has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    /// Tasks whose desired state is running.
+    pub desired: u32,
+    /// Of those, the ones running.
+    pub running: u32,
+    /// Containers running, including tasks being shut down.
+    pub alive: u32,
+}
+
 /// A service's labels and the version index they were read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceLabels {
@@ -241,6 +252,7 @@ impl ClusterLock {
 }
 
 /// One service's colours on a Docker Swarm cluster. See the module docs.
+#[derive(Debug, Clone)]
 pub struct Swarm {
     docker: Docker,
     config: Config,
@@ -255,6 +267,11 @@ impl Swarm {
     /// The service `color` runs as: `<service>-<colour>`.
     pub fn service_name(&self, color: Color) -> String {
         docker::container_name(&self.config.service, color)
+    }
+
+    /// How long a task is given to stop before it is killed (`container.stop_grace`).
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.config.container.stop_grace.get()
     }
 
     /// The name of the service's lock config.
@@ -278,10 +295,7 @@ impl Swarm {
     /// # Errors
     /// [`SwarmError::NotManager`] when the engine is no manager; [`SwarmError::Docker`].
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, SwarmError> {
-        let nodes = self
-            .docker
-            .client()
-            .list_nodes(None::<ListNodesOptions>)
+        let nodes = through_election(|| self.docker.client().list_nodes(None::<ListNodesOptions>))
             .await
             .map_err(|e| self.api("list nodes of", "the swarm", e))?;
         Ok(nodes
@@ -532,14 +546,13 @@ impl Swarm {
             ("service", vec![name.as_str()]),
             ("desired-state", vec!["running"]),
         ]);
-        let tasks = self
-            .docker
-            .client()
-            .list_tasks(Some(
+        let tasks = through_election(|| {
+            self.docker.client().list_tasks(Some(
                 ListTasksOptionsBuilder::default().filters(&filters).build(),
             ))
-            .await
-            .map_err(|e| self.api("list tasks of service", &name, e))?;
+        })
+        .await
+        .map_err(|e| self.api("list tasks of service", &name, e))?;
         let nodes: HashMap<String, NodeInfo> = self
             .nodes()
             .await?
@@ -576,6 +589,36 @@ impl Swarm {
             .collect();
         running.sort_by(|a, b| a.slot.cmp(&b.slot).then_with(|| a.node_id.cmp(&b.node_id)));
         Ok(running)
+    }
+
+    /// How many of `color`'s tasks Swarm wants running and how many containers still
+    /// run (a task being shut down counts until its container exits); `None` when the
+    /// service does not exist.
+    ///
+    /// # Errors
+    /// [`SwarmError::Docker`] when the service or its tasks cannot be read.
+    pub async fn task_counts(&self, color: Color) -> Result<Option<TaskCounts>, SwarmError> {
+        let name = self.service_name(color);
+        if self.inspect(&name).await?.is_none() {
+            return Ok(None);
+        }
+        let filters = HashMap::from([("service", vec![name.as_str()])]);
+        let tasks = through_election(|| {
+            self.docker.client().list_tasks(Some(
+                ListTasksOptionsBuilder::default().filters(&filters).build(),
+            ))
+        })
+        .await
+        .map_err(|e| self.api("list tasks of service", &name, e))?;
+        let mut counts = TaskCounts::default();
+        for task in tasks {
+            let wanted = task.desired_state == Some(TaskState::RUNNING);
+            let running = task.status.and_then(|s| s.state) == Some(TaskState::RUNNING);
+            counts.desired += u32::from(wanted);
+            counts.running += u32::from(wanted && running);
+            counts.alive += u32::from(running);
+        }
+        Ok(Some(counts))
     }
 
     /// `color`'s service labels and the version they were read at; `None` when the
@@ -668,7 +711,7 @@ impl Swarm {
     /// [`SwarmError::NotManager`], [`SwarmError::Docker`].
     pub async fn read_lock(&self) -> Result<LockSnapshot, SwarmError> {
         let name = self.lock_name();
-        match self.docker.client().inspect_config(&name).await {
+        match through_election(|| self.docker.client().inspect_config(&name)).await {
             Ok(config) => {
                 let labels = config.spec.and_then(|s| s.labels).unwrap_or_default();
                 Ok(LockSnapshot {
@@ -709,7 +752,13 @@ impl Swarm {
         seen: &LockSnapshot,
         owner: &Owner,
     ) -> Result<ClusterLock, SwarmError> {
-        if let Some(holder) = seen.holder.as_ref().filter(|h| !h.lease_expired()) {
+        // A holder whose lease ran out, or that died on this very machine, is taken
+        // over (the write below still loses to any runner that took it meanwhile).
+        if let Some(holder) = seen
+            .holder
+            .as_ref()
+            .filter(|h| !h.lease_expired() && !h.gone_from_this_host())
+        {
             return Err(self.held(holder));
         }
         let token = ulid::Ulid::generate().to_string();
@@ -865,11 +914,12 @@ impl Swarm {
 
     /// The service `name`'s spec and version; `None` when it does not exist.
     async fn inspect(&self, name: &str) -> Result<Option<(ServiceSpec, u64)>, SwarmError> {
-        match self
-            .docker
-            .client()
-            .inspect_service(name, None::<InspectServiceOptions>)
-            .await
+        match through_election(|| {
+            self.docker
+                .client()
+                .inspect_service(name, None::<InspectServiceOptions>)
+        })
+        .await
         {
             Ok(service) => Ok(Some((
                 service.spec.unwrap_or_default(),
@@ -957,6 +1007,38 @@ fn holder_of(labels: &HashMap<String, String>) -> Option<Owner> {
 fn owner_label(owner: &Owner) -> String {
     // An Owner is plain strings and a number: it always serializes.
     serde_json::to_string(owner).unwrap_or_default()
+}
+
+/// How long a read waits out a leader election before its error counts.
+const ELECTION: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs a read, again while the managers have no leader: Swarm answers 500 ("does
+/// not have a leader", a raft deadline) during an election, which a manager that
+/// rejoins after a network split can force. A deploy rides that out instead of
+/// failing on it.
+async fn through_election<T, F, Fut>(mut read: F) -> Result<T, bollard::errors::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + ELECTION;
+    loop {
+        match read().await {
+            Err(e) if in_election(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether Swarm refused because its managers are electing a leader.
+fn in_election(e: &bollard::errors::Error) -> bool {
+    let message = engine_message(e);
+    status(e) == Some(500)
+        && (message.contains("does not have a leader")
+            || message.contains("DeadlineExceeded")
+            || message.contains("context deadline exceeded"))
 }
 
 /// Swarm refuses a write carrying an old version index with "update out of sequence".

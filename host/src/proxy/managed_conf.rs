@@ -150,6 +150,9 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20           proxy_set_header X-Real-IP $remote_addr;\n\
          \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          \x20           proxy_set_header X-Forwarded-Host $host;\n\
+         \x20           # A backend that does not answer (a Swarm node that died) is given\n\
+         \x20           # up on quickly and the request retried on the next one.\n\
+         \x20           proxy_connect_timeout 2s;\n\
          \x20           # Names the backend that answered, so cutover can prove the switch.\n\
          \x20           add_header X-Cutover-Upstream $upstream_addr always;\n\
          \x20       }}\n\

@@ -1,0 +1,264 @@
+//! The health step: waits until enough of a colour's copies are healthy.
+//!
+//! One Docker host runs one copy, probed at its configured address until the health
+//! policy says healthy, says failed, the container stops, or `health.deadline` passes.
+//! A Swarm colour runs one task per node: every running task is probed at its node's
+//! address, each judged by the health policy on its own history, and tasks that start
+//! later (a slow pull) are picked up as they appear. The colour is ready when all of
+//! its replicas are healthy, or when `health.min_healthy` of them are and nothing has
+//! changed for [`SETTLE`] (so a dead node does not hold the deploy for the whole
+//! deadline). Otherwise the error names each task that failed and its node.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use crate::Color;
+use crate::config::EngineKind;
+use crate::context::{Context, instance_of};
+use crate::engine::Replica;
+use crate::error::DeployError;
+use crate::events::{Event, Level};
+use crate::health::{self, HealthError, HealthReport, QuorumError};
+use crate::plugin::types;
+
+/// How long a colour with `health.min_healthy` healthy tasks waits for more to
+/// start or pass before it goes ahead without them.
+pub const SETTLE: Duration = Duration::from_secs(5);
+/// How often the running tasks are listed while waiting.
+const LIST_EVERY: Duration = Duration::from_millis(500);
+
+/// The copies of a colour that passed.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// The healthy copies, in the order they passed; the proxy sends traffic to these.
+    pub healthy: Vec<types::Instance>,
+    /// How many copies the colour is meant to run.
+    pub wanted: usize,
+    /// Probes of the copy that took the most.
+    pub attempts: u32,
+}
+
+impl Readiness {
+    /// One line for the step's event.
+    pub fn describe(&self) -> String {
+        if self.wanted == 1 && self.healthy.len() == 1 && self.healthy[0].node.is_none() {
+            return format!("healthy after {} probe(s)", self.attempts);
+        }
+        let nodes: Vec<&str> = self
+            .healthy
+            .iter()
+            .map(|i| i.node.as_deref().unwrap_or(&i.id))
+            .collect();
+        format!(
+            "{} of {} healthy ({}) after at most {} probe(s)",
+            self.healthy.len(),
+            self.wanted,
+            nodes.join(", "),
+            self.attempts
+        )
+    }
+}
+
+/// Waits until `color` is ready (see the module docs); on failure of a single host's
+/// container, shows its last log lines, usually the fastest way to the cause.
+///
+/// # Errors
+/// The single copy's [`HealthError`] as a [`DeployError`]; [`QuorumError`] on a
+/// Swarm; the engine's or the plugin's error.
+pub async fn wait_healthy(ctx: &Context, color: Color) -> Result<Readiness, DeployError> {
+    match ctx.config.engine.kind {
+        EngineKind::Docker => one_copy(ctx, color).await,
+        EngineKind::Swarm => every_task(ctx, color).await,
+    }
+}
+
+async fn one_copy(ctx: &Context, color: Color) -> Result<Readiness, DeployError> {
+    let instance = ctx.configured_instance(color);
+    let replica = Replica {
+        id: instance.id.clone(),
+        node: None,
+        addr: ctx.config.upstream(color),
+    };
+    match probe_copy(ctx, color, replica).await {
+        (_, Ok(report)) => Ok(Readiness {
+            healthy: vec![instance],
+            wanted: 1,
+            attempts: report.attempts,
+        }),
+        (_, Err(error)) => {
+            show_logs(ctx, color).await;
+            Err(error.into())
+        }
+    }
+}
+
+/// Probes one copy until the health policy decides; it counts as running while the
+/// engine lists it.
+async fn probe_copy(
+    ctx: &Context,
+    color: Color,
+    replica: Replica,
+) -> (Replica, Result<HealthReport, HealthError>) {
+    let policy = match ctx.plugins.health() {
+        Ok(policy) => policy,
+        Err(e) => return (replica, Err(HealthError::Judge(Box::new(e)))),
+    };
+    let judge = |input: &types::HealthInput| policy.evaluate(input);
+    let prober = health::Prober::new(replica.addr, &ctx.config.health);
+    let id = replica.id.clone();
+    let mut still_running = || -> health::StillRunningFuture<'_> {
+        let id = id.clone();
+        Box::pin(async move { Ok(ctx.engine.replicas(color).await?.iter().any(|r| r.id == id)) })
+    };
+    let result = health::wait_healthy(
+        &prober,
+        &ctx.config.health,
+        ctx.service(),
+        color,
+        &instance_of(&replica),
+        &judge,
+        &mut still_running,
+        ctx.reporter.as_ref(),
+    )
+    .await;
+    (replica, result)
+}
+
+async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployError> {
+    let deadline =
+        Instant::now() + ctx.config.health.first_delay.get() + ctx.config.health.deadline.get();
+    let mut seen = HashSet::new();
+    let mut pending = FuturesUnordered::new();
+    let mut healthy: Vec<(Replica, HealthReport)> = Vec::new();
+    let mut failed: Vec<(Replica, HealthError)> = Vec::new();
+    let mut progress = Instant::now();
+    let mut wanted = 0;
+    loop {
+        wanted = wanted.max(wanted_tasks(ctx, color).await?);
+        for replica in ctx.engine.replicas(color).await? {
+            if seen.insert(replica.id.clone()) {
+                progress = Instant::now();
+                pending.push(probe_copy(ctx, color, replica));
+            }
+        }
+        let needed = ctx.config.min_healthy(wanted).max(1);
+        if wanted > 0 && healthy.len() >= wanted {
+            break;
+        }
+        if healthy.len() >= needed && progress.elapsed() >= SETTLE {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            Some((replica, result)) = pending.next(), if !pending.is_empty() => {
+                progress = Instant::now();
+                match result {
+                    Ok(report) => {
+                        ctx.reporter.log(Level::Info, &format!("{color}: {} healthy after {} probe(s)", describe(&replica), report.attempts));
+                        healthy.push((replica, report));
+                    }
+                    Err(error) => {
+                        ctx.reporter.emit(&Event::Log { level: Level::Warn, source: describe(&replica), message: error.to_string() });
+                        failed.push((replica, error));
+                    }
+                }
+            }
+            () = tokio::time::sleep(LIST_EVERY) => {}
+        }
+    }
+    let needed = ctx.config.min_healthy(wanted).max(1);
+    if healthy.len() >= needed {
+        return Ok(Readiness {
+            attempts: healthy.iter().map(|(_, r)| r.attempts).max().unwrap_or(0),
+            healthy: healthy.iter().map(|(r, _)| instance_of(r)).collect(),
+            wanted,
+        });
+    }
+    Err(
+        quorum_error(ctx, color, wanted, needed, &healthy, &failed, &seen)
+            .await
+            .into(),
+    )
+}
+
+/// How many tasks `color` should run: `engine.replicas`, or in global mode as many
+/// as Swarm wants running.
+async fn wanted_tasks(ctx: &Context, color: Color) -> Result<usize, DeployError> {
+    if let Some(n) = ctx.config.engine.swarm_replicas() {
+        return Ok(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    let desired = ctx.engine.inspect(color).await?.map_or(0, |i| i.desired);
+    Ok(usize::try_from(desired).unwrap_or(usize::MAX))
+}
+
+/// The error naming every task that did not pass, and the tasks that never ran.
+async fn quorum_error(
+    ctx: &Context,
+    color: Color,
+    wanted: usize,
+    needed: usize,
+    healthy: &[(Replica, HealthReport)],
+    failed: &[(Replica, HealthError)],
+    seen: &HashSet<String>,
+) -> QuorumError {
+    let mut failures: Vec<String> = failed
+        .iter()
+        .map(|(replica, error)| format!("{}: {error}", describe(replica)))
+        .collect();
+    let answered: HashSet<&String> = healthy
+        .iter()
+        .map(|(r, _)| &r.id)
+        .chain(failed.iter().map(|(r, _)| &r.id))
+        .collect();
+    let undecided = seen.iter().filter(|id| !answered.contains(id)).count();
+    if undecided > 0 {
+        failures.push(format!(
+            "{undecided} task(s) not healthy within `health.deadline` ({})",
+            humantime::format_duration(ctx.config.health.deadline.get())
+        ));
+    }
+    let never_ran = wanted.saturating_sub(seen.len());
+    if never_ran > 0 {
+        let mut line = format!("{never_ran} task(s) never ran");
+        let down = ctx.engine.nodes_down().await.unwrap_or_default();
+        if !down.is_empty() {
+            line.push_str(&format!(" (nodes not ready: {})", down.join(", ")));
+        }
+        failures.push(line);
+    }
+    QuorumError {
+        service: ctx.service().to_owned(),
+        color,
+        healthy: healthy.len(),
+        wanted,
+        needed,
+        failures,
+    }
+}
+
+/// `task 1a2b3c4d5e6f on node2 (10.0.0.12:8081)`.
+fn describe(replica: &Replica) -> String {
+    let id = &replica.id[..replica.id.len().min(12)];
+    match &replica.node {
+        Some(node) => format!("task {id} on {node} ({})", replica.addr),
+        None => format!("{id} ({})", replica.addr),
+    }
+}
+
+/// Shows the last log lines of `color`'s container, when the engine has them.
+async fn show_logs(ctx: &Context, color: Color) {
+    if let Ok(logs) = ctx.engine.logs(color, 20).await
+        && !logs.trim().is_empty()
+    {
+        ctx.reporter.emit(&Event::Log {
+            level: Level::Warn,
+            source: ctx.engine.slot_name(color),
+            message: format!("last log lines:\n{}", logs.trim_end()),
+        });
+    }
+}

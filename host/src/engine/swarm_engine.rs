@@ -1,0 +1,272 @@
+//! [`SwarmEngine`]: the state machine's slot operations on a Docker Swarm cluster,
+//! through the primitives of [`Swarm`].
+//!
+//! A colour's slot is its service `<service>-<colour>`; its copies are the service's
+//! running tasks, each reached at its node's address and the colour's host-mode port.
+//! Clearing a slot scales the service to 0 and waits for its containers to exit (the
+//! next start reuses the service, so its host ports are free); starting creates or
+//! updates it to the deploy's image by digest; stopping (retire) scales it to 0,
+//! resuming scales it back. Images are built on the manager's engine and pushed to the
+//! registry, from which every node pulls the same digest. The live colour and the
+//! deploy lock live in the cluster (see [`Swarm`]) so that every runner sees them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::swarm::Swarm;
+use super::{
+    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, OnLine, PreparedImage,
+    RecordedLive, Replica, SwarmError,
+};
+use crate::Color;
+use crate::config::Config;
+use crate::docker::{self, Docker, RegistryAuth};
+use crate::lock::Owner;
+
+/// How often a held cluster lock's lease is renewed (a third of its 60 s lease).
+const RENEW_EVERY: Duration = Duration::from_secs(20);
+/// How often a runner waiting for the cluster lock, or for a colour's tasks to exit,
+/// looks again.
+const POLL: Duration = Duration::from_millis(250);
+/// How long clearing a colour waits for its containers to exit beyond their stop
+/// grace period.
+const EXIT_SLACK: Duration = Duration::from_secs(30);
+
+/// One service's colours on a Swarm. See the module docs.
+pub struct SwarmEngine {
+    swarm: Swarm,
+    /// The manager's own engine: where images are built and pruned.
+    manager: DockerHost,
+}
+
+impl SwarmEngine {
+    /// The engine for `config`'s service on the swarm `docker` manages; checks that
+    /// `docker` is a manager and that a swarm of several nodes has a registry.
+    ///
+    /// # Errors
+    /// [`EngineError::Swarm`] when it is no manager or a registry is missing.
+    pub async fn open(docker: Docker, config: Config) -> Result<SwarmEngine, EngineError> {
+        let swarm = Swarm::new(docker.clone(), config.clone());
+        swarm.check_cluster().await?;
+        Ok(SwarmEngine {
+            swarm,
+            manager: DockerHost::new(docker, config),
+        })
+    }
+
+    /// Waits until none of `color`'s containers runs (a retired colour's tasks stop
+    /// after their grace period), so a new task can bind the colour's host port.
+    async fn wait_exited(&self, color: Color, grace: Duration) -> Result<(), EngineError> {
+        let deadline = tokio::time::Instant::now() + grace + EXIT_SLACK;
+        loop {
+            let alive = self.swarm.task_counts(color).await?.map_or(0, |c| c.alive);
+            if alive == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SwarmError::Conflict {
+                    object: self.swarm.service_name(color),
+                    attempts: 1,
+                    message: format!(
+                        "{alive} task(s) still running {} after it was scaled to 0",
+                        humantime::format_duration(grace + EXIT_SLACK)
+                    ),
+                }
+                .into());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// The reference the nodes run: the registry digest when the image has one
+/// (`name@sha256:...`), else the reference itself (a one-node swarm with no registry).
+fn run_reference(image: &PreparedImage) -> String {
+    match &image.digest {
+        Some(digest) if digest.contains('@') => digest.clone(),
+        Some(digest) => format!("{}@{digest}", docker::split_tag(&image.reference).0),
+        None => image.reference.clone(),
+    }
+}
+
+#[async_trait]
+impl Engine for SwarmEngine {
+    fn describe(&self) -> String {
+        format!("the swarm managed by {}", self.manager.describe())
+    }
+
+    fn slot_name(&self, color: Color) -> String {
+        self.swarm.service_name(color)
+    }
+
+    async fn inspect(&self, color: Color) -> Result<Option<Instance>, EngineError> {
+        let Some(found) = self.swarm.labels(color).await? else {
+            return Ok(None);
+        };
+        let counts = self.swarm.task_counts(color).await?.unwrap_or_default();
+        let image = found
+            .labels
+            .get(super::swarm::LABEL_DIGEST)
+            .cloned()
+            .unwrap_or_default();
+        Ok(Some(Instance {
+            name: self.slot_name(color),
+            running: counts.running > 0,
+            status: format!("{} of {} task(s) running", counts.running, counts.desired),
+            image_id: image
+                .split_once('@')
+                .map_or_else(String::new, |(_, digest)| digest.to_owned()),
+            image,
+            deploy_id: found.labels.get(docker::LABEL_DEPLOY).cloned(),
+            desired: counts.desired,
+            running_copies: counts.running,
+        }))
+    }
+
+    async fn replicas(&self, color: Color) -> Result<Vec<Replica>, EngineError> {
+        Ok(self
+            .swarm
+            .running_tasks(color)
+            .await?
+            .into_iter()
+            .map(|task| Replica {
+                addr: task.addr(),
+                id: task.task_id,
+                node: Some(task.hostname),
+            })
+            .collect())
+    }
+
+    async fn prepare_image(
+        &self,
+        source: &ImageSource,
+        auth: Option<&RegistryAuth>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<PreparedImage, EngineError> {
+        match source {
+            ImageSource::Build { reference, .. } => {
+                // Built on the manager, then pushed: the nodes pull it by digest.
+                let built = self.manager.prepare(source, None, on_line).await?;
+                let digest = match auth {
+                    Some(auth) => Some(self.swarm.push_image(reference, auth).await?),
+                    None => None,
+                };
+                Ok(PreparedImage { digest, ..built })
+            }
+            ImageSource::Pull { .. } => Ok(self.manager.prepare(source, auth, on_line).await?),
+        }
+    }
+
+    async fn clear(&self, color: Color) -> Result<(), EngineError> {
+        if self.swarm.labels(color).await?.is_none() {
+            return Ok(());
+        }
+        self.swarm.retire(color).await?;
+        self.wait_exited(color, self.swarm.stop_grace()).await
+    }
+
+    async fn start(
+        &self,
+        color: Color,
+        image: &PreparedImage,
+        deploy_id: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<String, EngineError> {
+        Ok(self
+            .swarm
+            .deploy_color(color, &run_reference(image), deploy_id, auth)
+            .await?)
+    }
+
+    async fn resume(&self, color: Color) -> Result<(), EngineError> {
+        Ok(self.swarm.resume(color).await?)
+    }
+
+    async fn stop(&self, color: Color) -> Result<(), EngineError> {
+        match self.swarm.retire(color).await {
+            Ok(()) | Err(SwarmError::NoService { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn logs(&self, _color: Color, _lines: usize) -> Result<String, EngineError> {
+        // A task's log lives on its node; `docker service logs` gathers them. Not
+        // read here: the health error already names each failed task and node.
+        Ok(String::new())
+    }
+
+    async fn service_images(&self) -> Result<Vec<String>, EngineError> {
+        self.manager.service_images().await
+    }
+
+    async fn remove_image(&self, id: &str) -> Result<(), EngineError> {
+        self.manager.remove_image(id).await
+    }
+
+    async fn remove_extras(&self) -> Result<(), EngineError> {
+        for color in Color::BOTH {
+            self.swarm.remove_color(color).await?;
+        }
+        Ok(())
+    }
+
+    async fn nodes_down(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .swarm
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| !n.ready)
+            .map(|n| match n.addr {
+                Some(addr) => format!("{} ({addr})", n.hostname),
+                None => n.hostname,
+            })
+            .collect())
+    }
+
+    async fn recorded_live(&self) -> Result<Option<RecordedLive>, EngineError> {
+        let state = self.swarm.read_state().await?;
+        Ok(state.live.map(|live| RecordedLive {
+            live,
+            previous: state.previous,
+            serial: state.serial,
+        }))
+    }
+
+    async fn record_live(&self, live: Color, previous: Option<Color>) -> Result<(), EngineError> {
+        self.swarm.record_state(live, previous).await?;
+        Ok(())
+    }
+
+    async fn lock(&self, owner: &Owner, wait: Duration) -> Result<Option<EngineLock>, EngineError> {
+        let started = tokio::time::Instant::now();
+        let mut held = loop {
+            match self.swarm.lock(owner).await {
+                Ok(held) => break held,
+                Err(SwarmError::LockHeld { .. }) if started.elapsed() < wait => {
+                    tokio::time::sleep(POLL.max(Duration::from_secs(1))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let swarm = self.swarm.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        // A failed renewal leaves the lease to run out; the next
+                        // tick tries again, and a lost lock shows at release.
+                        let _ = swarm.renew(&mut held).await;
+                    }
+                }
+            }
+            let _ = swarm.release(held).await;
+        });
+        Ok(Some(EngineLock::new(stop, task)))
+    }
+}
