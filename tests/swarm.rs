@@ -621,13 +621,9 @@ fn a_node_cut_off_during_a_deploy_fails_it_by_quorum_naming_the_node_and_min_hea
         )
     };
     deploy("v1").success();
-    let lost = &cluster.nodes[2];
-    lost.set_link(false);
-    // Restored however the test ends, for the tests after it.
-    let _restore = OnDrop(|| {
-        cluster.nodes[2].set_link(true);
-        cluster.wait_all_ready();
-    });
+    // Back however the test ends, for the tests after it.
+    let lost_node = cluster.lose_node(2);
+    let lost = lost_node.node();
 
     let out = deploy("v2").code(4);
     assert!(
@@ -678,13 +674,9 @@ fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight
         ..LoadConfig::new(svc.proxy_addr())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let lost = &cluster.nodes[1];
-    let cut_at = load.elapsed();
-    lost.set_link(false);
-    let _restore = OnDrop(|| {
-        cluster.nodes[1].set_link(true);
-        cluster.wait_all_ready();
-    });
+    let lost_node = cluster.lose_node(1);
+    let lost = lost_node.node();
+    let cut_at = load.elapsed().saturating_sub(lost_node.cut.elapsed());
     // Long enough for the requests caught on the lost node to time out, and for
     // nginx to route around it many times over.
     std::thread::sleep(Duration::from_secs(12));
@@ -716,11 +708,41 @@ fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight
     assert_eq!(status["live"]["color"], "blue", "{status:#}");
 }
 
-/// Runs its closure when dropped.
-struct OnDrop<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)();
-    }
+#[test]
+fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes() {
+    let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
+    let strategy = "\n[strategy]\nkind = \"canary\"\nsteps = [\"30%\", \"pause 4s\", \"100%\"]\n";
+    let svc = cluster.service("swarm-canary", 0, "", strategy);
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    let load = Load::start(LoadConfig {
+        fast_rate: 60,
+        fast_connections: 2,
+        slow_connections: 0,
+        max_duration: Duration::from_secs(120),
+        ..LoadConfig::new(svc.proxy_addr())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = deploy("v2").success();
+    let report = load.stop();
+    assert!(out.stderr.contains("30% → green"), "{}", out.stderr);
+    assert!(
+        report.failed().is_empty(),
+        "{:?}",
+        report.failed().iter().take(5).collect::<Vec<_>>()
+    );
+    // During the 30% step both versions answered, each from its colour's tasks.
+    let versions: BTreeSet<u16> = report.samples.iter().filter_map(|s| s.version).collect();
+    assert_eq!(
+        versions,
+        BTreeSet::from([1, 2]),
+        "both versions served during the split"
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }

@@ -13,7 +13,9 @@ use crate::ci::CiFacts;
 use crate::config::Config;
 use crate::config::EngineKind;
 use crate::docker::{Docker, RegistryAuth};
-use crate::engine::{DockerHost, Engine, EngineLock, PreparedImage, Replica, SwarmEngine};
+use crate::engine::{
+    DockerHost, Engine, EngineLock, PreparedImage, RecordedLive, Replica, SwarmEngine,
+};
 use crate::error::DeployError;
 use crate::events::{Level, Reporter};
 use crate::git::GitFacts;
@@ -131,41 +133,17 @@ impl Context {
         })
     }
 
-    /// The state file, brought in line with the engine's own record of the live
-    /// colour when it keeps one (a Swarm's labels): another runner, with another state
-    /// file, may have deployed since. Returns what was changed, for a warning.
+    /// Brings `state` in line with `recorded`, the engine's record of the live colour
+    /// (as `observe::engine_record` reads it): another runner, with another state file,
+    /// may have deployed since. Returns what changed, for a warning.
     ///
     /// # Errors
     /// [`DeployError`] when the engine cannot be asked.
-    /// With `repair`, a record the proxy proves stale is rewritten (not by `status`,
-    /// which only reads).
-    pub async fn follow_recorded(
+    pub async fn follow(
         &self,
         state: &mut State,
-        repair: bool,
+        recorded: &RecordedLive,
     ) -> Result<Option<String>, DeployError> {
-        let Some(mut recorded) = self.engine.recorded_live().await? else {
-            return Ok(None);
-        };
-        // A runner killed between the switch and writing the record leaves the proxy
-        // serving the other colour, running: the switch happened, so it is live.
-        if let Some(served) = crate::observe::served_color(self).await
-            && served != recorded.live
-            && self
-                .engine
-                .inspect(served)
-                .await?
-                .is_some_and(|i| i.running)
-        {
-            if repair {
-                self.engine.record_live(served, Some(recorded.live)).await?;
-            }
-            recorded = crate::engine::RecordedLive {
-                live: served,
-                previous: Some(recorded.live),
-                serial: recorded.serial + 1,
-            };
-        }
         let known = state.live.as_ref().map(|s| s.color);
         if known == Some(recorded.live) {
             return Ok(None);

@@ -2,10 +2,13 @@
 //! nginx serves (asked through nginx itself) and the colour its files on disk name.
 //!
 //! `status`, `recover` and `deploy` all judge the state file against these answers.
-//! This module only reads: it sends one request through the proxy and reads files.
+//! This module only reads: it sends one request through the proxy, reads files and
+//! asks the engine.
 
 use crate::Color;
 use crate::context::Context;
+use crate::engine::RecordedLive;
+use crate::error::DeployError;
 use crate::health::{self, VerifySpec};
 
 /// The colour nginx really sends traffic to, asked through nginx itself: the backend
@@ -36,4 +39,30 @@ pub fn files_target(ctx: &Context) -> Option<Color> {
         [one] => Some(*one),
         _ => None,
     }
+}
+
+/// The engine's record of the live colour (a Swarm's labels), as the proxy proves it:
+/// a runner killed between the switch and writing the record leaves nginx serving the
+/// other colour, running — the switch happened, so that colour is live. The second
+/// value says the record lags that way (it is for a writer to fix). `None` for an
+/// engine that keeps no record.
+///
+/// # Errors
+/// [`DeployError`] when the engine cannot be asked.
+pub async fn engine_record(ctx: &Context) -> Result<Option<(RecordedLive, bool)>, DeployError> {
+    let Some(recorded) = ctx.engine.recorded_live().await? else {
+        return Ok(None);
+    };
+    if let Some(served) = served_color(ctx).await
+        && served != recorded.live
+        && ctx.engine.inspect(served).await?.is_some_and(|i| i.running)
+    {
+        let proven = RecordedLive {
+            live: served,
+            previous: Some(recorded.live),
+            serial: recorded.serial + 1,
+        };
+        return Ok(Some((proven, true)));
+    }
+    Ok(Some((recorded, false)))
 }

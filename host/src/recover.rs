@@ -138,6 +138,27 @@ pub fn decide(journal: &Journal, state: &State, observed: Observed) -> Action {
     }
 }
 
+/// Brings `state` in line with the engine's record of the live colour (see
+/// [`crate::observe::engine_record`]), first rewriting a record the proxy proves
+/// stale; returns what changed, for a warning.
+///
+/// # Errors
+/// [`DeployError`] when the engine cannot be asked or written.
+pub async fn follow_recorded(
+    ctx: &Context,
+    state: &mut State,
+) -> Result<Option<String>, DeployError> {
+    let Some((recorded, lags)) = crate::observe::engine_record(ctx).await? else {
+        return Ok(None);
+    };
+    if lags {
+        ctx.engine
+            .record_live(recorded.live, recorded.previous)
+            .await?;
+    }
+    ctx.follow(state, &recorded).await
+}
+
 /// Reconciles the deploy recorded in `state.in_progress`, if any, unless the
 /// engine's record of the live colour moved on since it started (another runner
 /// deployed meanwhile): then undoing or finishing it would act on a world that no
@@ -351,7 +372,7 @@ async fn recover_locked(ctx: &Context) -> Result<Recovered, DeployError> {
     } else {
         Recovered::Nothing
     };
-    if let Some(note) = ctx.follow_recorded(&mut state, true).await? {
+    if let Some(note) = follow_recorded(ctx, &mut state).await? {
         ctx.reporter.log(Level::Warn, &note);
         ctx.store.save(&state)?;
         if let (Recovered::Nothing, Some(live)) = (&outcome, &state.live) {

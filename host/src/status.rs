@@ -88,7 +88,8 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         }
     };
     if let Some(state) = &mut state
-        && let Some(note) = ctx.follow_recorded(state, false).await?
+        && let Some((recorded, _)) = observe::engine_record(ctx).await?
+        && let Some(note) = ctx.follow(state, &recorded).await?
     {
         // Shown, not saved: status only reads.
         problems.push(note);

@@ -250,24 +250,48 @@ timeout = "10s"
         svc
     }
 
-    /// Waits until every node is ready again (after a test restored a link), at most
-    /// a minute.
-    ///
-    /// # Panics
-    /// When one is still not ready then.
-    pub fn wait_all_ready(&self) {
+    /// Takes node `index` (not node 1, where the tests' managers are) off the network
+    /// until the returned guard drops: first demoted to a worker, so that losing it
+    /// and its return never disturb the managers' raft (a manager that rejoins after
+    /// a split can force a leader election, which a slow machine may take long to
+    /// finish), then its only link cut: packets vanish, no reset, as when a machine's
+    /// network fails. The guard restores the link, waits until it is ready, and
+    /// promotes it again.
+    pub fn lose_node(&self, index: usize) -> LostNode<'_> {
+        assert!(index > 0, "node 1 is every test's manager");
+        let node = &self.nodes[index];
+        run_ok(&mut self.nodes[0].docker(&["node", "demote", &node.hostname]));
+        self.wait_until(|text| text.contains(&format!("{} Ready Worker", node.hostname)));
+        node.set_link(false);
+        LostNode {
+            cluster: self,
+            index,
+            cut: Instant::now(),
+        }
+    }
+
+    /// Waits (a minute at most) until `ready` accepts `docker node ls` as node 1 sees
+    /// it: one line per node, `<hostname> <status> <role>`.
+    fn wait_until(&self, ready: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let out = self.nodes[0]
-                .docker(&["node", "ls", "--format", "{{.Hostname}} {{.Status}}"])
+                .docker(&[
+                    "node",
+                    "ls",
+                    "--format",
+                    "{{.Hostname}} {{.Status}} {{if .ManagerStatus}}Manager{{else}}Worker{{end}}",
+                ])
                 .output()
                 .expect("docker node ls");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let ready = text.lines().filter(|l| l.ends_with(" Ready")).count();
-            if ready == NODES {
+            if out.status.success() && ready(&text) {
                 return;
             }
-            assert!(Instant::now() < deadline, "nodes not ready again:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "the swarm did not settle:\n{text}"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -275,6 +299,51 @@ timeout = "10s"
     /// The environment a cutover process needs on this swarm: the registry password.
     pub fn env(&self) -> [(&'static str, &str); 1] {
         [(PASSWORD_ENV, self.password.expose())]
+    }
+}
+
+/// A node taken off the network by [`SwarmCluster::lose_node`]; back when dropped.
+pub struct LostNode<'a> {
+    cluster: &'a SwarmCluster,
+    index: usize,
+    /// Just after its link went down.
+    pub cut: Instant,
+}
+
+impl LostNode<'_> {
+    /// The node.
+    pub fn node(&self) -> &SwarmNode {
+        &self.cluster.nodes[self.index]
+    }
+}
+
+impl Drop for LostNode<'_> {
+    fn drop(&mut self) {
+        let node = self.node();
+        node.set_link(true);
+        let cluster = self.cluster;
+        cluster.wait_until(|text| text.lines().filter(|l| l.contains(" Ready ")).count() == NODES);
+        run_ok(&mut cluster.nodes[0].docker(&["node", "promote", &node.hostname]));
+        // Promoted, and answering as a manager itself.
+        cluster.wait_until(|text| {
+            text.lines()
+                .filter(|l| l.ends_with(" Ready Manager"))
+                .count()
+                == NODES
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !node
+            .docker(&["node", "ls", "-q"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{} never answered as a manager again",
+                node.hostname
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 }
 

@@ -64,7 +64,7 @@ impl<'a> Run<'a> {
         let lock = ctx.lock(operation, lock_wait, run_url).await?;
         let mut state = ctx.store.load()?;
         crate::recover::reconcile_or_drop(ctx, &mut state).await?;
-        if let Some(note) = ctx.follow_recorded(&mut state, true).await? {
+        if let Some(note) = crate::recover::follow_recorded(ctx, &mut state).await? {
             ctx.reporter.log(Level::Warn, &note);
             ctx.store.save(&state)?;
         }
