@@ -580,32 +580,52 @@ fn two_runners_with_their_own_state_directories_never_deploy_at_once_and_follow_
 }
 
 #[test]
-fn a_runner_killed_mid_deploy_is_recovered_by_another_with_its_own_state_directory() {
+fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_directory() {
     if cluster().is_none() {
         return;
     }
     let _serial = exclusive();
+    // Three runners take turns: one is killed, the next deploys, the third checks
+    // `status`. A killed runner's journal stays in its state directory; when its turn
+    // comes again, another runner has deployed since, so it is closed untouched.
     let runners = Runners::new("swarm-kill", 3);
     runners.deploy(0, "v1", None).success();
-    // Killed after the health step: green runs v2 but never served. The next runner
-    // reads blue from the cluster, clears green and deploys to it.
-    let killed = runners.deploy(1, "v2", Some("after:health"));
-    assert_ne!(killed.code, 0, "{}", killed.stderr);
-    assert_eq!(runners.answer(), "hello v1 from blue");
-    runners.deploy(2, "v3", None).success();
-    assert_eq!(runners.answer(), "hello v3 from green");
-    // Killed after the switch, before the cluster's labels were written: nginx
-    // serves blue (v4), the labels still say green. The next runner follows what
-    // nginx proves, records it, and deploys to green.
-    let killed = runners.deploy(0, "v4", Some("after:switch"));
-    assert_ne!(killed.code, 0, "{}", killed.stderr);
-    assert_eq!(runners.answer(), "hello v4 from blue");
-    let out = runners.deploy(1, "v5", None);
-    let out = out.success();
-    assert_eq!(runners.answer(), "hello v5 from green", "{}", out.stderr);
-    let status = swarm_status(&runners.runners[2]);
-    assert_eq!(status["live"]["color"], "green", "{status:#}");
-    assert_eq!(status["previous"]["color"], "blue", "{status:#}");
+    let (mut live, mut version) = ("blue", 1);
+    let other = |c: &str| if c == "blue" { "green" } else { "blue" };
+    for (k, step) in [
+        "clear", "start", "health", "render", "validate", "switch", "verify", "drain", "retire",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (killer, next, reader) = (k % 3, (k + 1) % 3, (k + 2) % 3);
+        let killed = runners.deploy(
+            killer,
+            &format!("v{}", version + 1),
+            Some(&format!("after:{step}")),
+        );
+        assert_ne!(killed.code, 0, "killed after {step}: {}", killed.stderr);
+        // From the switch on, nginx serves the killed run's target.
+        if ["switch", "verify", "drain", "retire"].contains(&step) {
+            (live, version) = (other(live), version + 1);
+        }
+        assert_eq!(
+            runners.answer(),
+            format!("hello v{version} from {live}"),
+            "after a kill after {step}"
+        );
+        let out = runners.deploy(next, &format!("v{}", version + 1), None);
+        let out = out.code(0);
+        (live, version) = (other(live), version + 1);
+        assert_eq!(
+            runners.answer(),
+            format!("hello v{version} from {live}"),
+            "the deploy after a kill after {step}:\n{}",
+            out.stderr
+        );
+        let status = swarm_status(&runners.runners[reader]);
+        assert_eq!(status["live"]["color"], live, "after {step}: {status:#}");
+    }
 }
 
 #[test]

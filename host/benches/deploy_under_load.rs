@@ -173,27 +173,43 @@ fn watch(
 
 impl Observer {
     /// `direct`: where the target's copies answer (one container; a Swarm's tasks,
-    /// healthy when every one answers).
+    /// healthy when every one answers). With `version`, a copy and the proxy count
+    /// only when they answer `/` as that version (a Swarm colour's retired tasks may
+    /// still answer while they stop).
     fn start(
         direct: Vec<SocketAddr>,
         proxy: SocketAddr,
-        color: &'static str,
+        target: (&'static str, Option<String>),
         pid: Option<u32>,
     ) -> Observer {
+        let (color, version) = target;
         let stop = Arc::new(AtomicBool::new(false));
+        // Without a version, `/health` answering 200 is enough (one container, which
+        // only runs while it is the deploy's).
+        let answers = move |addr: SocketAddr, want_color: Option<&str>| match &version {
+            Some(version) => get(addr, "/").is_some_and(|(s, c, v)| {
+                s == 200
+                    && v.as_deref() == Some(version.as_str())
+                    && want_color.is_none_or(|w| c.as_deref() == Some(w))
+            }),
+            None => match want_color {
+                Some(w) => {
+                    get(addr, "/").is_some_and(|(s, c, _)| s == 200 && c.as_deref() == Some(w))
+                }
+                None => get(addr, "/health").is_some_and(|(s, _, _)| s == 200),
+            },
+        };
+        let direct_answers = answers.clone();
         let mut threads = vec![
             watch(stop.clone(), move |seen| {
-                let ok = direct
-                    .iter()
-                    .all(|d| get(*d, "/health").is_some_and(|(s, _)| s == 200));
+                let ok = direct.iter().all(|d| direct_answers(*d, None));
                 if ok {
                     seen.healthy_at = Some(Instant::now());
                 }
                 ok
             }),
             watch(stop.clone(), move |seen| {
-                let ok =
-                    get(proxy, "/").is_some_and(|(s, c)| s == 200 && c.as_deref() == Some(color));
+                let ok = answers(proxy, Some(color));
                 if ok {
                     seen.serving_at = Some(Instant::now());
                 }
@@ -228,7 +244,8 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 /// A one-shot GET on a fresh connection: status and X-Hello-Color.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
+/// The status, `X-Hello-Color` and `X-Hello-Version` of `GET path`.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>, Option<String>)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(100))).ok()?;
@@ -241,14 +258,14 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, Option<String>)> {
     s.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let color = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("X-Hello-Color:")
-                .or_else(|| l.strip_prefix("x-hello-color:"))
+    let header = |name: &str| {
+        text.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
         })
-        .map(|v| v.trim().to_owned());
-    Some((status, color))
+    };
+    Some((status, header("X-Hello-Color"), header("X-Hello-Version")))
 }
 
 /// What one deploy of a row measured.
@@ -345,7 +362,7 @@ timeout = "15s"
         cmd.args(["--output", "json"]);
         cmd
     };
-    let (deploys, load) = deploys_under_load(opts, proxy, direct, deploy);
+    let (deploys, load) = deploys_under_load(opts, proxy, direct, deploy, |_| None);
     Row {
         name: "cutover",
         docker_steps: &["health", "drain"],
@@ -381,13 +398,17 @@ fn swarm_row(opts: &Options) -> Row {
             .map(|addr| SocketAddr::from((*addr, port)))
             .collect()
     };
+    // Deploy i runs v(i+2), a version of its own: the observer waits for it, since
+    // the colour's tasks retired one deploy earlier (running the version of two
+    // deploys ago) may still answer on its port while they stop.
+    let version = |i: usize| format!("v{}", i + 2);
     let deploy = |i: usize| {
-        let version = format!("VERSION=v{}", (i + 1) % 2 + 1);
-        let mut cmd = cutover(&["deploy", "--build-arg", &version]);
+        let mut cmd = cutover(&["deploy", "--build-arg", &format!("VERSION={}", version(i))]);
         cmd.args(["--output", "json"]);
         cmd
     };
-    let (deploys, load) = deploys_under_load(opts, svc.proxy_addr(), direct, deploy);
+    let (deploys, load) =
+        deploys_under_load(opts, svc.proxy_addr(), direct, deploy, |i| Some(version(i)));
     Row {
         name: "swarm",
         // Beside the app's start and drain: building and pushing the image, and Swarm
@@ -399,13 +420,15 @@ fn swarm_row(opts: &Options) -> Row {
 }
 
 /// Runs `opts.deploys` deploys (`deploy(i)` makes the i-th command; it goes to
-/// `alternate(i)`, whose copies answer at `direct(colour)`) under load through `proxy`,
-/// measuring each from its JSON events and from outside.
+/// `alternate(i)`, whose copies answer at `direct(colour)`, as `version(i)` when
+/// given) under load through `proxy`, measuring each from its JSON events and from
+/// outside.
 fn deploys_under_load(
     opts: &Options,
     proxy: SocketAddr,
     direct: impl Fn(&str) -> Vec<SocketAddr>,
     deploy: impl Fn(usize) -> Command,
+    version: impl Fn(usize) -> Option<String>,
 ) -> (Vec<DeployMeasure>, LoadReport) {
     let load = start_load(opts, proxy);
     let mut deploys = Vec::new();
@@ -417,7 +440,7 @@ fn deploys_under_load(
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn cutover");
-        let observer = Observer::start(direct(color), proxy, color, Some(child.id()));
+        let observer = Observer::start(direct(color), proxy, (color, version(i)), Some(child.id()));
         let mut m = DeployMeasure::default();
         let stdout = child.stdout.take().expect("piped");
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -555,7 +578,7 @@ http {{
         let observer = Observer::start(
             vec![SocketAddr::from(([127, 0, 0, 1], port))],
             proxy,
-            color,
+            (color, None),
             None,
         );
         let out = deploy(&images[(i + 1) % 2])

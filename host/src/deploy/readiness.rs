@@ -10,6 +10,7 @@
 //! deadline). Otherwise the error names each task that failed and its node.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -27,8 +28,19 @@ use crate::plugin::types;
 /// How long a colour with `health.min_healthy` healthy tasks waits for more to
 /// start or pass before it goes ahead without them.
 pub const SETTLE: Duration = Duration::from_secs(5);
-/// How often the running tasks are listed while waiting.
-const LIST_EVERY: Duration = Duration::from_millis(500);
+/// How often the running tasks are listed while waiting: a task that starts is
+/// probed at most this long after Swarm reports it running.
+const LIST_EVERY: Duration = Duration::from_millis(100);
+
+/// How a probed copy is known to still run.
+#[derive(Clone, Copy)]
+enum StillListed<'a> {
+    /// Ask the engine before each probe (one container: one inspect).
+    Ask,
+    /// Look it up in the task list the health loop keeps fresh (a Swarm colour: one
+    /// list per [`LIST_EVERY`] for all its tasks, not one per probe).
+    In(&'a Mutex<HashSet<String>>),
+}
 
 /// The copies of a colour that passed.
 #[derive(Debug, Clone)]
@@ -82,7 +94,7 @@ async fn one_copy(ctx: &Context, color: Color) -> Result<Readiness, DeployError>
         node: None,
         addr: ctx.config.upstream(color),
     };
-    match probe_copy(ctx, color, replica).await {
+    match probe_copy(ctx, color, replica, StillListed::Ask).await {
         (_, Ok(report)) => Ok(Readiness {
             healthy: vec![instance],
             wanted: 1,
@@ -101,6 +113,7 @@ async fn probe_copy(
     ctx: &Context,
     color: Color,
     replica: Replica,
+    listed: StillListed<'_>,
 ) -> (Replica, Result<HealthReport, HealthError>) {
     let policy = match ctx.plugins.health() {
         Ok(policy) => policy,
@@ -111,7 +124,15 @@ async fn probe_copy(
     let id = replica.id.clone();
     let mut still_running = || -> health::StillRunningFuture<'_> {
         let id = id.clone();
-        Box::pin(async move { Ok(ctx.engine.replicas(color).await?.iter().any(|r| r.id == id)) })
+        Box::pin(async move {
+            Ok(match listed {
+                StillListed::In(ids) => ids
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(&id),
+                StillListed::Ask => ctx.engine.replicas(color).await?.iter().any(|r| r.id == id),
+            })
+        })
     };
     let result = health::wait_healthy(
         &prober,
@@ -131,6 +152,8 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let deadline =
         Instant::now() + ctx.config.health.first_delay.get() + ctx.config.health.deadline.get();
     let mut seen = HashSet::new();
+    // Before `pending`, whose probes borrow it.
+    let listed = Mutex::new(HashSet::new());
     let mut pending = FuturesUnordered::new();
     let mut healthy: Vec<(Replica, HealthReport)> = Vec::new();
     let mut failed: Vec<(Replica, HealthError)> = Vec::new();
@@ -138,10 +161,15 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let mut wanted = 0;
     loop {
         wanted = wanted.max(wanted_tasks(ctx, color).await?);
-        for replica in ctx.engine.replicas(color).await? {
+        let running = ctx.engine.replicas(color).await?;
+        *listed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            running.iter().map(|r| r.id.clone()).collect();
+        for replica in running {
             if seen.insert(replica.id.clone()) {
                 progress = Instant::now();
-                pending.push(probe_copy(ctx, color, replica));
+                pending.push(probe_copy(ctx, color, replica, StillListed::In(&listed)));
             }
         }
         let needed = ctx.config.min_healthy(wanted).max(1);
