@@ -284,7 +284,7 @@ async fn cluster_state_labels_round_trip_between_managers() {
     // Another runner, on another manager, with its own state directory.
     let other_dir = tempfile::tempdir().unwrap();
     let reader = cluster
-        .swarm(&cluster.config(other_dir.path(), &service, 2, "replicas = 1"))
+        .swarm(&cluster.config(other_dir.path(), &service, 1, "replicas = 1"))
         .await;
     let auth = cluster.auth();
 
@@ -504,7 +504,8 @@ impl Runners {
             let mut other = Service::new(&format!("{prefix}-runner{n}"));
             // Same service, same front end; its own state directory (beside its own
             // config) and another manager.
-            let manager = cluster.nodes[n % NODES].docker_host();
+            // Nodes 1 and 2 are the managers (node 3 is the one fault tests lose).
+            let manager = cluster.nodes[n % 2].docker_host();
             let own = text.replace(&cluster.nodes[0].docker_host(), &manager);
             other.edit_config(|_| own);
             other.listen = runners[0].listen;
@@ -629,7 +630,8 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
 }
 
 #[test]
-fn a_node_cut_off_during_a_deploy_fails_it_by_quorum_naming_the_node_and_min_healthy_goes_on() {
+fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_min_healthy_goes_on()
+ {
     let Some(cluster) = cluster() else { return };
     let _serial = exclusive();
     let svc = cluster.service("swarm-cut", 0, "", "");
@@ -641,11 +643,25 @@ fn a_node_cut_off_during_a_deploy_fails_it_by_quorum_naming_the_node_and_min_hea
         )
     };
     deploy("v1").success();
+    // Each task's first probe comes 15 s after it is seen running, so the node is cut
+    // while the deploy waits in its health step, before its task there was judged.
+    svc.edit_config(|text| text.replace("[health]\n", "[health]\nfirst_delay = \"15s\"\n"));
+    let running = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
+    let in_health = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(svc.state_file())
+        .is_ok_and(|state| state.contains("\"step\": \"health\""))
+    {
+        assert!(
+            Instant::now() < in_health,
+            "the deploy never reached its health step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Back however the test ends, for the tests after it.
-    let lost_node = cluster.lose_node(2);
+    let lost_node = cluster.lose_node();
     let lost = lost_node.node();
 
-    let out = deploy("v2").code(4);
+    let out = running.wait().code(4);
     assert!(
         out.stderr.contains("of 3 green task(s)") && out.stderr.contains(&lost.hostname),
         "the error names the node that failed:\n{}",
@@ -656,7 +672,12 @@ fn a_node_cut_off_during_a_deploy_fails_it_by_quorum_naming_the_node_and_min_hea
     assert_eq!(status["live"]["color"], "blue", "{status:#}");
 
     // Two of three are enough when the config says so: the upstream holds those two.
-    svc.edit_config(|text| text.replace("[health]\n", "[health]\nmin_healthy = 2\n"));
+    svc.edit_config(|text| {
+        text.replace(
+            "[health]\nfirst_delay = \"15s\"\n",
+            "[health]\nmin_healthy = 2\n",
+        )
+    });
     let out = deploy("v2").success();
     assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
@@ -694,7 +715,7 @@ fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight
         ..LoadConfig::new(svc.proxy_addr())
     });
     std::thread::sleep(Duration::from_secs(3));
-    let lost_node = cluster.lose_node(1);
+    let lost_node = cluster.lose_node();
     let lost = lost_node.node();
     let cut_at = load.elapsed().saturating_sub(lost_node.cut.elapsed());
     // Long enough for the requests caught on the lost node to time out, and for
