@@ -433,6 +433,10 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
         "blue retired"
     );
     deploy("v1").success();
+    // And back: green (v2, retired to 0 tasks) is scaled up again, judged, switched to.
+    let back = svc.cutover_env(&["rollback"], &cluster.env()).success();
+    assert!(back.stderr.contains("3 of 3 healthy"), "{}", back.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
 
@@ -459,7 +463,6 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
     );
     let versions: BTreeSet<u16> = report.samples.iter().filter_map(|s| s.version).collect();
     assert!(versions.contains(&2), "v2 served under load: {versions:?}");
-    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
 
     // Every task of the live colour is in nginx's upstream, at its node's address.
     let upstream = std::fs::read_to_string(svc.conf_d.join(format!("{}-upstream.conf", svc.name)))
@@ -467,7 +470,7 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
         + &std::fs::read_to_string(svc.conf_d.join("service-url.inc")).unwrap_or_default();
     for node in &cluster.nodes {
         assert!(
-            upstream.contains(&format!("{}:{}", node.addr, svc.blue)),
+            upstream.contains(&format!("{}:{}", node.addr, svc.green)),
             "{} missing from the proxy files:\n{upstream}",
             node.addr
         );
@@ -480,7 +483,7 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
         .expect("read state");
     assert_eq!(
         (state.live, state.previous),
-        (Some(Color::Blue), Some(Color::Green))
+        (Some(Color::Green), Some(Color::Blue))
     );
 }
 
