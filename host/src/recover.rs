@@ -138,25 +138,35 @@ pub fn decide(journal: &Journal, state: &State, observed: Observed) -> Action {
     }
 }
 
+/// What [`follow_recorded`] found and did.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// What changed in the state, for a warning.
+    pub note: Option<String>,
+    /// The number of the engine's record now (none for an engine that keeps none),
+    /// so a run need not read the record again to journal it.
+    pub serial: Option<u64>,
+}
+
 /// Brings `state` in line with the engine's record of the live colour (see
 /// [`crate::observe::engine_record`]), first rewriting a record the proxy proves
-/// stale; returns what changed, for a warning.
+/// stale.
 ///
 /// # Errors
 /// [`DeployError`] when the engine cannot be asked or written.
-pub async fn follow_recorded(
-    ctx: &Context,
-    state: &mut State,
-) -> Result<Option<String>, DeployError> {
+pub async fn follow_recorded(ctx: &Context, state: &mut State) -> Result<Followed, DeployError> {
     let Some((recorded, lags)) = crate::observe::engine_record(ctx).await? else {
-        return Ok(None);
+        return Ok(Followed::default());
     };
     if lags {
         ctx.engine
             .record_live(recorded.live, recorded.previous)
             .await?;
     }
-    ctx.follow(state, &recorded).await
+    Ok(Followed {
+        note: ctx.follow(state, &recorded).await?,
+        serial: Some(recorded.serial),
+    })
 }
 
 /// Reconciles the deploy recorded in `state.in_progress`, if any, unless the
@@ -372,7 +382,7 @@ async fn recover_locked(ctx: &Context) -> Result<Recovered, DeployError> {
     } else {
         Recovered::Nothing
     };
-    if let Some(note) = follow_recorded(ctx, &mut state).await? {
+    if let Some(note) = follow_recorded(ctx, &mut state).await?.note {
         ctx.reporter.log(Level::Warn, &note);
         ctx.store.save(&state)?;
         if let (Recovered::Nothing, Some(live)) = (&outcome, &state.live) {

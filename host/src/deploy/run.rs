@@ -64,11 +64,12 @@ impl<'a> Run<'a> {
         let lock = ctx.lock(operation, lock_wait, run_url).await?;
         let mut state = ctx.store.load()?;
         crate::recover::reconcile_or_drop(ctx, &mut state).await?;
-        if let Some(note) = crate::recover::follow_recorded(ctx, &mut state).await? {
-            ctx.reporter.log(Level::Warn, &note);
+        let followed = crate::recover::follow_recorded(ctx, &mut state).await?;
+        if let Some(note) = &followed.note {
+            ctx.reporter.log(Level::Warn, note);
             ctx.store.save(&state)?;
         }
-        let engine_serial = ctx.engine.recorded_live().await?.map(|r| r.serial);
+        let engine_serial = followed.serial;
         let id = new_deploy_id();
         ctx.reporter.emit(&Event::Started {
             id: id.clone(),
