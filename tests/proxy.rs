@@ -15,19 +15,12 @@ use cutover::proxy::{Proxy, ProxyError, ReloadKind};
 use cutover::state::SavedFile;
 
 use crate::health::backend::Backend;
+use crate::support::docker::free_port;
 use crate::support::nginx::{
     ExternalNginx as External, Immutable, NginxGuard, alive, children, master_pid,
 };
 
 const SERVICE_URL: &str = "service-url.inc";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn service_url(addr: SocketAddr) -> ProxyFile {
     ProxyFile {

@@ -1,10 +1,12 @@
 //! Docker helpers for tests: unique service names, free loopback ports, a guard that
 //! removes everything labelled for a service, and a throwaway registry.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,12 +26,24 @@ pub fn unique_service(prefix: &str) -> String {
     format!("{prefix}-{}-{n}{t:x}", std::process::id())
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago and that no other caller in this test
+/// process has been given. The kernel may hand the same ephemeral port to two binds in
+/// a row once the first is closed, so a test asking for a proxy port and a colour port
+/// could get one port twice (a CI run failed on exactly that).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("cannot bind 127.0.0.1:0 to find a free port");
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// On drop (also when the test panicked) removes every container, image and network
