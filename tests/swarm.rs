@@ -5,7 +5,7 @@
 //! runners on two managers; the cluster state labels read from another manager.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cutover::Color;
@@ -591,44 +591,88 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
     let _serial = exclusive();
     // Three runners take turns: one is killed, the next deploys, the third checks
     // `status`. A killed runner's journal stays in its state directory; when its turn
-    // comes again, another runner has deployed since, so it is closed untouched.
+    // comes again, another runner has deployed since, so it is closed untouched —
+    // except after every other kill, where the killed runner runs `cutover recover`
+    // at once and reconciles its own journal against the cluster.
     let runners = Runners::new("swarm-kill", 3);
     runners.deploy(0, "v1", None).success();
+    // The third runner has never deployed: `recover` from its empty state directory
+    // (on the other manager) takes the live colour from the cluster's labels.
+    let out = runners.runners[2].cutover_env(&["recover"], &cluster().expect("cluster").env());
+    let out = out.success();
+    assert!(
+        out.stderr
+            .contains("blue is live, as the cluster records it"),
+        "{}",
+        out.stderr
+    );
     let (mut live, mut version) = ("blue", 1);
     let other = |c: &str| if c == "blue" { "green" } else { "blue" };
-    for (k, step) in [
-        "clear", "start", "health", "render", "validate", "switch", "verify", "drain", "retire",
+    for (k, fault) in [
+        "before:gate",
+        "after:image",
+        "after:select",
+        "after:clear",
+        "after:start",
+        "after:health",
+        "after:render",
+        "after:validate",
+        "after:switch",
+        "after:verify",
+        "after:drain",
+        "after:retire",
+        "after:prune",
     ]
     .into_iter()
     .enumerate()
     {
         let (killer, next, reader) = (k % 3, (k + 1) % 3, (k + 2) % 3);
-        let killed = runners.deploy(
-            killer,
-            &format!("v{}", version + 1),
-            Some(&format!("after:{step}")),
-        );
-        assert_ne!(killed.code, 0, "killed after {step}: {}", killed.stderr);
+        let killed = runners.deploy(killer, &format!("v{}", version + 1), Some(fault));
+        assert_ne!(killed.code, 0, "killed {fault}: {}", killed.stderr);
         // From the switch on, nginx serves the killed run's target.
-        if ["switch", "verify", "drain", "retire"].contains(&step) {
+        let step = fault.split_once(':').map_or(fault, |(_, step)| step);
+        if ["switch", "verify", "drain", "retire", "prune"].contains(&step) {
             (live, version) = (other(live), version + 1);
         }
-        assert_eq!(
-            runners.answer(),
-            format!("hello v{version} from {live}"),
-            "after a kill after {step}"
-        );
+        let expected = format!("hello v{version} from {live}");
+        assert_eq!(runners.answer(), expected, "after a kill {fault}");
+        if k % 2 == 1 {
+            // `status` names the interrupted deploy before `recover` closes it.
+            let status = swarm_status(&runners.runners[killer]);
+            assert!(
+                status["interrupted"]["deploy_id"].is_string(),
+                "status after a kill {fault}: {status:#}"
+            );
+            let out = runners.runners[killer]
+                .cutover_env(&["recover"], &cluster().expect("cluster").env());
+            let out = out.success();
+            assert!(
+                out.stderr.contains("reconciled the interrupted deploy"),
+                "recover after a kill {fault}: {}",
+                out.stderr
+            );
+            assert_eq!(runners.answer(), expected, "recover after a kill {fault}");
+            let status = swarm_status(&runners.runners[killer]);
+            assert!(
+                status["interrupted"].is_null(),
+                "recover after {fault}: {status:#}"
+            );
+            assert_eq!(
+                status["live"]["color"], live,
+                "recover after {fault}: {status:#}"
+            );
+        }
         let out = runners.deploy(next, &format!("v{}", version + 1), None);
         let out = out.code(0);
         (live, version) = (other(live), version + 1);
         assert_eq!(
             runners.answer(),
             format!("hello v{version} from {live}"),
-            "the deploy after a kill after {step}:\n{}",
+            "the deploy after a kill {fault}:\n{}",
             out.stderr
         );
         let status = swarm_status(&runners.runners[reader]);
-        assert_eq!(status["live"]["color"], live, "after {step}: {status:#}");
+        assert_eq!(status["live"]["color"], live, "after {fault}: {status:#}");
     }
 }
 
@@ -699,6 +743,87 @@ fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_
             "{files}"
         );
     }
+}
+
+#[test]
+fn a_nodes_engine_killed_during_the_health_step_loses_its_task_and_quorum_decides() {
+    let Some(cluster) = cluster() else { return };
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-engine", 0, "", "");
+    // Each task's first probe comes 25 s after it is seen running: long enough for the
+    // manager to give up on a node whose engine died (about 12 s here) first.
+    svc.edit_config(|text| {
+        text.replace(
+            "deadline = \"60s\"",
+            "deadline = \"45s\"\nfirst_delay = \"25s\"",
+        )
+    });
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    let running = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
+    // Node 3's green task answers (so cutover sees it running and waits to probe it)...
+    let node = &cluster.nodes[NODES - 1];
+    let task = SocketAddr::from((node.addr, svc.green));
+    let answers = || {
+        http_get(task, "/", Duration::from_secs(2))
+            .is_ok_and(|r| r.body.trim() == "hello v2 from green")
+    };
+    let started = Instant::now() + Duration::from_secs(90);
+    while !answers() {
+        assert!(
+            Instant::now() < started,
+            "node 3's green task never answered on {task}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... when its engine is killed. Started again however the test ends.
+    let killed = cluster.kill_engine();
+    // The app still answers: only the engine died ...
+    assert!(answers(), "the app on {task} died with its engine");
+    // ... but the cluster no longer counts it once the node is down.
+    let down = cluster.wait_node_status(&node.hostname, "Down", Duration::from_secs(24));
+    eprintln!(
+        "node 3 marked down {:.1} s after its engine was killed",
+        down.as_secs_f64()
+    );
+
+    let out = running.wait().code(4);
+    assert!(
+        out.stderr.contains("of 3 green task(s)")
+            && (out.stderr.contains(&format!("on {} (", node.hostname))
+                && out.stderr.contains("its node is down")
+                || out
+                    .stderr
+                    .contains(&format!("nodes not ready: {}", node.hostname))),
+        "the error names the node whose engine died, and why:\n{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+    assert!(status["interrupted"].is_null(), "{status:#}");
+
+    // With two of three enough, the deploy goes on while the engine is still down,
+    // and the upstream holds only the two tasks Swarm runs.
+    svc.edit_config(|text| text.replace("first_delay = \"25s\"", "min_healthy = 2"));
+    let out = deploy("v2").success();
+    assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    let files: String = svc
+        .proxy_files()
+        .values()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    assert!(
+        !files.contains(&format!("{}:{}", node.addr, svc.green)),
+        "{files}"
+    );
+    drop(killed);
 }
 
 #[test]

@@ -24,7 +24,7 @@
 //! process runs it when this test process exits however it exits (its stdin is a
 //! pipe only this process holds), and the next run runs it for a run that left
 //! things behind. It removes the services, leaves the swarm, kills each dockerd (and
-//! its containerd) by pid file, the registry by pid, unmounts the fuse-overlayfs
+//! its containerd) by pid file, container shims a killed engine left, the registry by pid, unmounts the fuse-overlayfs
 //! mounts under the run's directory and deletes the link and the namespaces (the
 //! bridge and the nodes' links go with them).
 
@@ -122,6 +122,8 @@ pub struct SwarmCluster {
     pub up_time: Duration,
     /// Its registry: never dropped; the teardown script kills it by pid.
     _registry: TestRegistry,
+    /// Node engines a test killed and started again ([`SwarmCluster::kill_engine`]).
+    restarted: std::sync::Mutex<Vec<Child>>,
     /// The process that tears the cluster down once this one exits.
     _reaper: Reaper,
 }
@@ -268,10 +270,61 @@ timeout = "10s"
         }
     }
 
+    /// Kills node 3's dockerd with SIGKILL (its pid file; its containerd goes with it,
+    /// its containers' shims stay) until the returned guard drops, as when a node's
+    /// engine crashes: the node's apps may still answer, but no manager hears from it
+    /// and, after its heartbeat runs out, Swarm marks it down and gives up its tasks.
+    /// Node 3, the worker, for the reason [`SwarmCluster::lose_node`] gives. The guard
+    /// starts the engine again on the same data-root (it rejoins the swarm by itself)
+    /// and waits until every node is ready.
+    pub fn kill_engine(&self) -> KilledEngine<'_> {
+        let index = NODES - 1;
+        let node = &self.nodes[index];
+        let pid = std::fs::read_to_string(node.dir.join("docker.pid"))
+            .expect("node 3's docker.pid")
+            .trim()
+            .to_owned();
+        run_ok(Command::new("kill").args(["-KILL", &pid]));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}/exe")).exists() {
+            assert!(Instant::now() < deadline, "dockerd {pid} outlived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A dead daemon's pid file stops the next one from starting ("pid file found")
+        // while its pid is still a zombie of this process.
+        std::fs::remove_file(node.dir.join("docker.pid")).expect("remove node 3's docker.pid");
+        KilledEngine {
+            cluster: self,
+            index,
+            killed: Instant::now(),
+        }
+    }
+
+    /// Waits until node 1 sees `hostname` with `status` (`Down`, `Ready`); a panic
+    /// after `within`.
+    pub fn wait_node_status(&self, hostname: &str, status: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        let wanted = format!("{hostname} {status} ");
+        if let Err(text) =
+            self.wait_for(within, |text| text.lines().any(|l| l.starts_with(&wanted)))
+        {
+            panic!("{hostname} was not {status} within {within:?}:\n{text}");
+        }
+        started.elapsed()
+    }
+
     /// Waits (a minute at most) until `ready` accepts `docker node ls` as node 1 sees
     /// it: one line per node, `<hostname> <status> <role>`.
     fn wait_until(&self, ready: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        if let Err(text) = self.wait_for(Duration::from_secs(60), ready) {
+            panic!("the swarm did not settle:\n{text}");
+        }
+    }
+
+    /// Polls `docker node ls` until `ready` accepts it; its last text when `within`
+    /// ran out first.
+    fn wait_for(&self, within: Duration, ready: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         loop {
             let out = self.nodes[0]
                 .docker(&[
@@ -284,12 +337,11 @@ timeout = "10s"
                 .expect("docker node ls");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if out.status.success() && ready(&text) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the swarm did not settle:\n{text}"
-            );
+            if Instant::now() >= deadline {
+                return Err(text);
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -320,6 +372,44 @@ impl Drop for LostNode<'_> {
         self.node().set_link(true);
         self.cluster
             .wait_until(|text| text.lines().filter(|l| l.contains(" Ready ")).count() == NODES);
+    }
+}
+
+/// A node whose engine [`SwarmCluster::kill_engine`] killed; started again when
+/// dropped.
+pub struct KilledEngine<'a> {
+    cluster: &'a SwarmCluster,
+    index: usize,
+    /// Just after its dockerd died.
+    pub killed: Instant,
+}
+
+impl KilledEngine<'_> {
+    /// The node.
+    pub fn node(&self) -> &SwarmNode {
+        &self.cluster.nodes[self.index]
+    }
+}
+
+impl Drop for KilledEngine<'_> {
+    fn drop(&mut self) {
+        let node = self.node();
+        let dockerd = require_tool("dockerd", "docker.io");
+        // Kept like the first one (the teardown script kills it by its pid file).
+        let restarted = start_dockerd(&dockerd, node, &node.netns, self.cluster.registry);
+        self.cluster
+            .restarted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(restarted);
+        let all_ready =
+            |text: &str| text.lines().filter(|l| l.contains(" Ready ")).count() == NODES;
+        if let Err(text) = self.cluster.wait_for(Duration::from_secs(60), all_ready) {
+            panic!(
+                "node 3's engine, started again, did not rejoin:\n{text}\nits log:\n{}",
+                node.log()
+            );
+        }
     }
 }
 
@@ -474,6 +564,7 @@ fn build() -> SwarmCluster {
         local_v2,
         up_time,
         _registry: registry_process,
+        restarted: std::sync::Mutex::new(Vec::new()),
         _reaper: reaper,
     }
 }
@@ -544,9 +635,16 @@ for p in $pids; do
   while kill -0 "$p" 2>/dev/null && [ $i -lt 150 ]; do sleep 0.1; i=$((i+1)); done
   kill -9 "$p" 2>/dev/null
 done
+# A node whose engine a test killed may leave its containers' shims behind (its
+# engine started again normally takes them over): kill those of this run and their
+# containers.
+ps -eo pid=,args= | awk -v d="$d/" '$2 ~ /containerd-shim/ && index($0, d) {{ print $1 }}' |
+  while read -r s; do pkill -KILL -P "$s" 2>/dev/null; kill -KILL "$s" 2>/dev/null; done
 awk -v d="$d/" 'index($2, d) == 1 {{ print $2 }}' /proc/mounts | sort -r | while read -r m; do
   umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
 done
+ps -eo pid=,args= | awk -v d="$d/" '$2 ~ /fuse-overlayfs/ && index($0, d) {{ print $1 }}' |
+  xargs -r kill 2>/dev/null
 ip link del {uplink} 2>/dev/null
 for ns in {namespaces}; do ip netns del "$ns" 2>/dev/null; done
 [ -f "$d/registry.dir" ] && rm -rf "$(cat "$d/registry.dir")"

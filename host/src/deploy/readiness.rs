@@ -191,7 +191,11 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
                         healthy.push((replica, report));
                     }
                     Err(error) => {
-                        ctx.reporter.emit(&Event::Log { level: Level::Warn, source: describe(&replica), message: error.to_string() });
+                        let down = match error {
+                            HealthError::Exited { .. } => ctx.engine.nodes_down().await.unwrap_or_default(),
+                            _ => Vec::new(),
+                        };
+                        ctx.reporter.emit(&Event::Log { level: Level::Warn, source: describe(&replica), message: why(&replica, &error, &down) });
                         failed.push((replica, error));
                     }
                 }
@@ -234,9 +238,10 @@ async fn quorum_error(
     failed: &[(Replica, HealthError)],
     seen: &HashSet<String>,
 ) -> QuorumError {
+    let down = ctx.engine.nodes_down().await.unwrap_or_default();
     let mut failures: Vec<String> = failed
         .iter()
-        .map(|(replica, error)| format!("{}: {error}", describe(replica)))
+        .map(|(replica, error)| format!("{}: {}", describe(replica), why(replica, error, &down)))
         .collect();
     let answered: HashSet<&String> = healthy
         .iter()
@@ -253,7 +258,6 @@ async fn quorum_error(
     let never_ran = wanted.saturating_sub(seen.len());
     if never_ran > 0 {
         let mut line = format!("{never_ran} task(s) never ran");
-        let down = ctx.engine.nodes_down().await.unwrap_or_default();
         if !down.is_empty() {
             line.push_str(&format!(" (nodes not ready: {})", down.join(", ")));
         }
@@ -266,6 +270,23 @@ async fn quorum_error(
         wanted,
         needed,
         failures,
+    }
+}
+
+/// Why `replica` failed. A task that stopped running on a node the managers report
+/// down (`down`, from [`crate::engine::Engine::nodes_down`]) is not the app's fault:
+/// Swarm gave it up because the node's engine or network died, whatever its
+/// container there still does.
+fn why(replica: &Replica, error: &HealthError, down: &[String]) -> String {
+    let node_down = replica.node.as_ref().is_some_and(|node| {
+        down.iter()
+            .any(|d| d == node || d.starts_with(&format!("{node} (")))
+    });
+    match error {
+        HealthError::Exited { .. } if node_down => {
+            "its node is down (the managers lost it and gave the task up)".to_owned()
+        }
+        error => error.to_string(),
     }
 }
 

@@ -15,7 +15,7 @@
 //! header of a service create or update (Swarm keeps it with the service so every
 //! node can pull) and of a push.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use bollard::models::{
@@ -159,6 +159,9 @@ pub struct NodeInfo {
     pub addr: Option<IpAddr>,
     /// Whether Swarm sees it ready.
     pub ready: bool,
+    /// Whether Swarm has given it up (down or disconnected, not merely unknown for a
+    /// moment after a leader election): what its containers do is not known.
+    pub down: bool,
 }
 
 /// A running task of a colour, where nginx and the probes reach it.
@@ -194,7 +197,10 @@ pub struct TaskCounts {
     pub desired: u32,
     /// Of those, the ones running.
     pub running: u32,
-    /// Containers running, including tasks being shut down.
+    /// Containers running, including tasks being shut down, on nodes that are not
+    /// down: a down node's tasks stay "running" in Swarm's view until it comes back
+    /// (and then its agent stops the ones no longer wanted), so waiting for them
+    /// would wait for a node, not for a container.
     pub alive: u32,
 }
 
@@ -307,6 +313,10 @@ impl Swarm {
                     hostname: n.description.and_then(|d| d.hostname).unwrap_or_default(),
                     addr: status.addr.as_deref().and_then(|a| a.parse().ok()),
                     ready: matches!(status.state, Some(NodeState::READY)),
+                    down: matches!(
+                        status.state,
+                        Some(NodeState::DOWN | NodeState::DISCONNECTED)
+                    ),
                 }
             })
             .collect())
@@ -610,13 +620,21 @@ impl Swarm {
         })
         .await
         .map_err(|e| self.api("list tasks of service", &name, e))?;
+        let down: HashSet<String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.down)
+            .map(|n| n.id)
+            .collect();
         let mut counts = TaskCounts::default();
         for task in tasks {
             let wanted = task.desired_state == Some(TaskState::RUNNING);
             let running = task.status.and_then(|s| s.state) == Some(TaskState::RUNNING);
+            let on_down_node = task.node_id.is_some_and(|id| down.contains(&id));
             counts.desired += u32::from(wanted);
             counts.running += u32::from(wanted && running);
-            counts.alive += u32::from(running);
+            counts.alive += u32::from(running && !on_down_node);
         }
         Ok(Some(counts))
     }
