@@ -25,6 +25,8 @@ use crate::support::guests::{guest, guests};
 
 /// The sha256 of the released `wit/v0.1.0/plugin.wit`.
 const WIT_V0_1_0_SHA256: &str = "66ed2e8839fb7433c9d6b9f49f36accc72325801de528cd5ec046f55bb1d61c5";
+/// Pinned when the Swarm and canary work that shaped 0.2.0 was done.
+const WIT_V0_2_0_SHA256: &str = "277a41a437e9efee7e16b466baba081d2e29011dede5b1056260deadda918955";
 
 fn workspace() -> PathBuf {
     crate::support::workspace_root().to_owned()
@@ -1138,33 +1140,37 @@ fn plugin_check_recognises_each_builtin_kind() {
 // ---------------------------------------------------------------------------------
 // The released contract.
 
-#[test]
-fn wit_v0_1_0_is_frozen() {
-    let path = workspace().join("wit/v0.1.0/plugin.wit");
-    let digest = sha256_hex(&std::fs::read(&path).unwrap());
+/// Fails with the advice to add a new package version when `version`'s WIT file no
+/// longer has the digest it was released with, and checks `plugin wit` prints it.
+fn assert_frozen(version: WitVersion, dir: &str, pinned: &str) {
+    let path = workspace().join("wit").join(dir).join("plugin.wit");
+    let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(
-        digest,
-        WIT_V0_1_0_SHA256,
-        "{} changed, but cutover:plugin@0.1.0 is released and frozen: plugins built \
-         against it must keep loading. Revert the edit and add wit/v0.2.0/ (a new \
-         package version with its own bindings) instead.",
+        sha256_hex(text.as_bytes()),
+        pinned,
+        "{} changed, but it is released and frozen: plugins built against it must \
+         keep loading. Revert the edit and add a new package version (wit/vX.Y.Z/ with \
+         its own bindings) instead.",
         path.display()
     );
     assert_eq!(
         cli(PluginCommand::Wit {
-            version: Some(WitVersion::V0_1_0)
+            version: Some(version)
         })
         .unwrap(),
-        std::fs::read_to_string(&path).unwrap()
+        text
     );
 }
 
-/// The freeze test of 0.2.0, without its pin: the last of the Swarm and canary
-/// issues adds `WIT_V0_2_0_SHA256` here, as 0.1.0 has, and drops "NOT FROZEN YET".
 #[test]
-fn wit_v0_2_0_exists_beside_v0_1_0_and_is_what_plugin_wit_prints() {
-    let path = workspace().join("wit/v0.2.0/plugin.wit");
-    let text = std::fs::read_to_string(&path).unwrap();
+fn wit_v0_1_0_is_frozen() {
+    assert_frozen(WitVersion::V0_1_0, "v0.1.0", WIT_V0_1_0_SHA256);
+}
+
+#[test]
+fn wit_v0_2_0_is_frozen_beside_v0_1_0_and_is_what_plugin_wit_prints() {
+    assert_frozen(WitVersion::V0_2_0, "v0.2.0", WIT_V0_2_0_SHA256);
+    let text = std::fs::read_to_string(workspace().join("wit/v0.2.0/plugin.wit")).unwrap();
     assert!(text.contains("package cutover:plugin@0.2.0;"), "{text}");
     for world in [
         "deploy-gate",
@@ -1175,7 +1181,6 @@ fn wit_v0_2_0_exists_beside_v0_1_0_and_is_what_plugin_wit_prints() {
     ] {
         assert!(text.contains(&format!("world {world} {{")), "{world}");
     }
-    assert!(text.contains("NOT FROZEN YET"), "unpinned until frozen");
     assert_eq!(cli(PluginCommand::Wit { version: None }).unwrap(), text);
     assert_eq!(cutover::plugin::WIT_VERSION, "0.2.0");
 }
