@@ -32,6 +32,10 @@ pub const SETTLE: Duration = Duration::from_secs(5);
 /// probed at most this long after Swarm reports it running.
 const LIST_EVERY: Duration = Duration::from_millis(100);
 
+/// How often a global-mode colour's wanted task count is asked again (it changes
+/// only when nodes join, leave or change labels).
+const WANTED_EVERY: Duration = Duration::from_secs(1);
+
 /// How a probed copy is known to still run.
 #[derive(Clone, Copy)]
 enum StillListed<'a> {
@@ -159,8 +163,12 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let mut failed: Vec<(Replica, HealthError)> = Vec::new();
     let mut progress = Instant::now();
     let mut wanted = 0;
+    let mut wanted_at: Option<Instant> = None;
     loop {
-        wanted = wanted.max(wanted_tasks(ctx, color).await?);
+        if wanted_at.is_none_or(|at| at.elapsed() >= WANTED_EVERY) {
+            wanted = wanted.max(wanted_tasks(ctx, color).await?);
+            wanted_at = Some(Instant::now());
+        }
         let running = ctx.engine.replicas(color).await?;
         *listed
             .lock()
