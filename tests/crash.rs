@@ -26,14 +26,7 @@ fn light_load(svc: &Service) -> Load {
 
 #[track_caller]
 fn assert_nothing_lost(report: &LoadReport) {
-    let failed = report.failed();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed; first: {:?}",
-        failed.len(),
-        report.samples.len(),
-        failed.iter().take(5).collect::<Vec<_>>()
-    );
+    report.assert_none_failed();
     assert!(!report.samples.is_empty(), "the load ran");
 }
 

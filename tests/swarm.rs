@@ -440,17 +440,7 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
 
-    let failed = report.failed();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed (non-2xx {}, timeouts {}, connection errors {}); first: {:?}",
-        failed.len(),
-        report.samples.len(),
-        report.non_2xx(),
-        report.timeouts(),
-        report.connection_errors(),
-        failed.iter().take(5).collect::<Vec<_>>()
-    );
+    report.assert_none_failed();
     assert!(
         report.samples.len() > 300,
         "the load ran: {}",
@@ -901,11 +891,7 @@ fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes(
     let out = deploy("v2").success();
     let report = load.stop();
     assert!(out.stderr.contains("30% → green"), "{}", out.stderr);
-    assert!(
-        report.failed().is_empty(),
-        "{:?}",
-        report.failed().iter().take(5).collect::<Vec<_>>()
-    );
+    report.assert_none_failed();
     // During the 30% step both versions answered, each from its colour's tasks.
     let versions: BTreeSet<u16> = report.samples.iter().filter_map(|s| s.version).collect();
     assert_eq!(

@@ -29,17 +29,7 @@ fn three_deploys_under_load_lose_no_request() {
     std::thread::sleep(Duration::from_millis(500));
     let report = load.stop();
 
-    let failed = report.failed();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed (non-2xx {}, timeouts {}, connection errors {}); first: {:?}",
-        failed.len(),
-        report.samples.len(),
-        report.non_2xx(),
-        report.timeouts(),
-        report.connection_errors(),
-        failed.iter().take(5).collect::<Vec<_>>()
-    );
+    report.assert_none_failed();
     assert!(
         report.samples.len() > 500,
         "the load ran: {}",

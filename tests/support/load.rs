@@ -422,6 +422,23 @@ impl LoadReport {
         self.samples.iter().filter(|s| !s.ok()).collect()
     }
 
+    /// Panics, counting each kind of failure and showing the first five, unless every
+    /// request got a 2xx.
+    #[track_caller]
+    pub fn assert_none_failed(&self) {
+        let failed = self.failed();
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed (non-2xx {}, timeouts {}, connection errors {}); first: {:?}",
+            failed.len(),
+            self.samples.len(),
+            self.non_2xx(),
+            self.timeouts(),
+            self.connection_errors(),
+            failed.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+
     /// Count of responses with a non-2xx status.
     pub fn non_2xx(&self) -> usize {
         self.samples
