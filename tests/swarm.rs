@@ -16,7 +16,7 @@ use cutover::lock::Owner;
 use crate::support::load::{Load, LoadConfig};
 use crate::support::nginx::ExternalNginx;
 use crate::support::service::{Output, Service};
-use crate::support::swarm::{NODES, cluster, exclusive, load_config};
+use crate::support::swarm::{NODES, SwarmNode, cluster, exclusive, load_config};
 use crate::support::{http_get, unique_service};
 
 /// The most a task start or stop may take here before a test gives up.
@@ -666,6 +666,27 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
     }
 }
 
+/// Deploys v2 with `min_healthy = 2` already set while `lost` is gone: it goes on
+/// with two of three tasks, green serves, and the proxy files (returned) name no
+/// task on `lost`.
+fn goes_on_without(svc: &Service, lost: &SwarmNode) -> String {
+    let cluster = cluster().expect("cluster");
+    let out = svc.cutover_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
+    let out = out.success();
+    assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    let files: String = svc
+        .proxy_files()
+        .values()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    assert!(
+        !files.contains(&format!("{}:{}", lost.addr, svc.green)),
+        "{files}"
+    );
+    files
+}
+
 #[test]
 fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_min_healthy_goes_on()
  {
@@ -715,18 +736,7 @@ fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_
             "[health]\nmin_healthy = 2\n",
         )
     });
-    let out = deploy("v2").success();
-    assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
-    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
-    let files: String = svc
-        .proxy_files()
-        .values()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    assert!(
-        !files.contains(&format!("{}:{}", lost.addr, svc.green)),
-        "{files}"
-    );
+    let files = goes_on_without(&svc, lost);
     for node in &cluster.nodes[..2] {
         assert!(
             files.contains(&format!("{}:{}", node.addr, svc.green)),
@@ -801,18 +811,7 @@ fn a_nodes_engine_killed_during_the_health_step_loses_its_task_and_quorum_decide
     // With two of three enough, the deploy goes on while the engine is still down,
     // and the upstream holds only the two tasks Swarm runs.
     svc.edit_config(|text| text.replace("first_delay = \"25s\"", "min_healthy = 2"));
-    let out = deploy("v2").success();
-    assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
-    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
-    let files: String = svc
-        .proxy_files()
-        .values()
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    assert!(
-        !files.contains(&format!("{}:{}", node.addr, svc.green)),
-        "{files}"
-    );
+    goes_on_without(&svc, node);
     drop(killed);
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::Color;
 use crate::config::EngineKind;
 use crate::context::{Context, instance_of};
-use crate::engine::Replica;
+use crate::engine::{NodeDown, Replica};
 use crate::error::DeployError;
 use crate::events::{Event, Level};
 use crate::health::{self, HealthError, HealthReport, QuorumError};
@@ -160,7 +160,8 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let listed = Mutex::new(HashSet::new());
     let mut pending = FuturesUnordered::new();
     let mut healthy: Vec<(Replica, HealthReport)> = Vec::new();
-    let mut failed: Vec<(Replica, HealthError)> = Vec::new();
+    // Each with why it failed, as reported when it did.
+    let mut failed: Vec<(Replica, String)> = Vec::new();
     let mut progress = Instant::now();
     let mut wanted = 0;
     let mut wanted_at: Option<Instant> = None;
@@ -203,8 +204,9 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
                             HealthError::Exited { .. } => ctx.engine.nodes_down().await.unwrap_or_default(),
                             _ => Vec::new(),
                         };
-                        ctx.reporter.emit(&Event::Log { level: Level::Warn, source: describe(&replica), message: why(&replica, &error, &down) });
-                        failed.push((replica, error));
+                        let why = why(&replica, &error, &down);
+                        ctx.reporter.emit(&Event::Log { level: Level::Warn, source: describe(&replica), message: why.clone() });
+                        failed.push((replica, why));
                     }
                 }
             }
@@ -243,13 +245,12 @@ async fn quorum_error(
     wanted: usize,
     needed: usize,
     healthy: &[(Replica, HealthReport)],
-    failed: &[(Replica, HealthError)],
+    failed: &[(Replica, String)],
     seen: &HashSet<String>,
 ) -> QuorumError {
-    let down = ctx.engine.nodes_down().await.unwrap_or_default();
     let mut failures: Vec<String> = failed
         .iter()
-        .map(|(replica, error)| format!("{}: {}", describe(replica), why(replica, error, &down)))
+        .map(|(replica, why)| format!("{}: {why}", describe(replica)))
         .collect();
     let answered: HashSet<&String> = healthy
         .iter()
@@ -266,7 +267,9 @@ async fn quorum_error(
     let never_ran = wanted.saturating_sub(seen.len());
     if never_ran > 0 {
         let mut line = format!("{never_ran} task(s) never ran");
+        let down = ctx.engine.nodes_down().await.unwrap_or_default();
         if !down.is_empty() {
+            let down: Vec<String> = down.iter().map(ToString::to_string).collect();
             line.push_str(&format!(" (nodes not ready: {})", down.join(", ")));
         }
         failures.push(line);
@@ -285,11 +288,11 @@ async fn quorum_error(
 /// down (`down`, from [`crate::engine::Engine::nodes_down`]) is not the app's fault:
 /// Swarm gave it up because the node's engine or network died, whatever its
 /// container there still does.
-fn why(replica: &Replica, error: &HealthError, down: &[String]) -> String {
-    let node_down = replica.node.as_ref().is_some_and(|node| {
-        down.iter()
-            .any(|d| d == node || d.starts_with(&format!("{node} (")))
-    });
+fn why(replica: &Replica, error: &HealthError, down: &[NodeDown]) -> String {
+    let node_down = replica
+        .node
+        .as_ref()
+        .is_some_and(|node| down.iter().any(|d| d.hostname == *node));
     match error {
         HealthError::Exited { .. } if node_down => {
             "its node is down (the managers lost it and gave the task up)".to_owned()

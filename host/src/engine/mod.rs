@@ -62,6 +62,24 @@ pub struct Replica {
     pub addr: SocketAddr,
 }
 
+/// A machine of the engine that does not answer (a Swarm node that is not ready).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeDown {
+    /// Its host name, as [`Replica::node`] names it.
+    pub hostname: String,
+    /// Its address, when the engine knows it.
+    pub addr: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Display for NodeDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(addr) => write!(f, "{} ({addr})", self.hostname),
+            None => f.write_str(&self.hostname),
+        }
+    }
+}
+
 /// What runs in one colour's slot now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
@@ -186,7 +204,7 @@ pub trait Engine: Send + Sync {
     ///
     /// # Errors
     /// [`EngineError`] when the engine cannot be asked.
-    async fn nodes_down(&self) -> Result<Vec<String>, EngineError> {
+    async fn nodes_down(&self) -> Result<Vec<NodeDown>, EngineError> {
         Ok(Vec::new())
     }
 

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 
 use super::swarm::Swarm;
 use super::{
-    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, OnLine, PreparedImage,
-    RecordedLive, Replica, SwarmError,
+    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, NodeDown, OnLine,
+    PreparedImage, RecordedLive, Replica, SwarmError,
 };
 use crate::Color;
 use crate::config::Config;
@@ -211,16 +211,16 @@ impl Engine for SwarmEngine {
         Ok(())
     }
 
-    async fn nodes_down(&self) -> Result<Vec<String>, EngineError> {
+    async fn nodes_down(&self) -> Result<Vec<NodeDown>, EngineError> {
         Ok(self
             .swarm
             .nodes()
             .await?
             .into_iter()
             .filter(|n| !n.ready)
-            .map(|n| match n.addr {
-                Some(addr) => format!("{} ({addr})", n.hostname),
-                None => n.hostname,
+            .map(|n| NodeDown {
+                hostname: n.hostname,
+                addr: n.addr,
             })
             .collect())
     }
