@@ -37,42 +37,50 @@ fn last_history(svc: &Service) -> Value {
     entries.into_iter().next_back().expect("a history entry")
 }
 
-/// The state file's running canary, once it waits for `cutover promote`.
-fn wait_for_manual_pause(svc: &Service, deploy: &mut Running, within: Duration) -> Value {
+/// The state file's running canary, once it waits for `cutover promote` at the step
+/// `step_index` of `[strategy] steps`.
+fn wait_for_manual_pause(
+    svc: &Service,
+    deploy: &mut Running,
+    step_index: u64,
+    within: Duration,
+) -> Value {
     let start = Instant::now();
     while start.elapsed() < within {
         if let Some(out) = deploy.ended() {
             panic!(
-                "the deploy ended before its manual pause (exit {}):\n{}",
+                "the deploy ended before its manual pause at step {step_index} (exit {}):\n{}",
                 out.code, out.stderr
             );
         }
         if let Ok(text) = std::fs::read_to_string(svc.state_file())
             && let Ok(state) = serde_json::from_str::<Value>(&text)
             && state["in_progress"]["canary"]["waiting_for_promote"] == true
+            && state["in_progress"]["canary"]["step_index"] == step_index
         {
             return state["in_progress"]["canary"].clone();
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "the canary did not reach its manual pause within {within:?}; state: {}",
+        "the canary did not reach its manual pause at step {step_index} within {within:?}; state: {}",
         std::fs::read_to_string(svc.state_file()).unwrap_or_default()
     );
 }
 
-/// v1 live, then a deploy of v2 as a 50% canary that waits at a manual pause: the
-/// service, what served before, and the waiting deploy.
+/// The manual canary's steps: two pauses, so a test can tell "past this pause" from
+/// "past every pause".
+const MANUAL_STEPS: &str = r#"["50%", "pause 1s", "80%", "pause 1s", "100%"]"#;
+
+/// v1 live, then a deploy of v2 as a 50% canary that waits at the first of its two
+/// manual pauses ([`MANUAL_STEPS`]): the service, what served before, and the
+/// waiting deploy.
 fn v2_waiting_at_a_manual_pause(prefix: &str) -> (Service, Baseline, Running) {
-    let svc = canary_service(
-        prefix,
-        r#"["50%", "pause 1s", "100%"]"#,
-        "pause = \"manual\"",
-    );
+    let svc = canary_service(prefix, MANUAL_STEPS, "pause = \"manual\"");
     svc.deploy("v1").success();
     let before = svc.baseline();
     let mut deploy = svc.spawn_deploy("v2");
-    wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
+    wait_for_manual_pause(&svc, &mut deploy, 1, Duration::from_secs(120));
     (svc, before, deploy)
 }
 
@@ -263,7 +271,7 @@ fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
     );
     svc.deploy("v1").success();
     let mut deploy = svc.spawn_deploy("v2");
-    let canary = wait_for_manual_pause(&svc, &mut deploy, Duration::from_secs(120));
+    let canary = wait_for_manual_pause(&svc, &mut deploy, 1, Duration::from_secs(120));
     assert_eq!(canary["weight"], 30, "{canary:#}");
 
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -315,6 +323,50 @@ fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
         "{}",
         again.stderr
     );
+}
+
+#[test]
+fn one_promote_at_a_manual_pause_goes_past_that_pause_only() {
+    let (svc, _before, mut deploy) = v2_waiting_at_a_manual_pause("e2e-canary-promote-one");
+
+    svc.cutover(&["promote"]).success();
+    let canary = wait_for_manual_pause(&svc, &mut deploy, 3, Duration::from_secs(60));
+    assert_eq!(canary["weight"], 80, "{canary:#}");
+    // Still waiting a while later, and v1 still takes its 20%: the first promote did
+    // not skip the second pause.
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(out) = deploy.ended() {
+        panic!(
+            "one promote ended the canary past its second manual pause (exit {}):\n{}",
+            out.code, out.stderr
+        );
+    }
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(svc.state_file()).unwrap()).unwrap();
+    assert_eq!(
+        state["in_progress"]["canary"]["waiting_for_promote"], true,
+        "{state:#}"
+    );
+    let versions: Vec<String> = (0..40)
+        .filter_map(|_| svc.get("/").header("X-Hello-Version").map(str::to_owned))
+        .collect();
+    assert!(
+        versions.iter().any(|v| v == "v1") && versions.iter().any(|v| v == "v2"),
+        "both colours serve at the second pause: {versions:?}"
+    );
+
+    svc.cutover(&["promote"]).success();
+    deploy.wait().success();
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    let entry = last_history(&svc);
+    assert_eq!(entry["outcome"], "succeeded", "{entry:#}");
+    let canary_steps = entry["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step"] == "canary")
+        .count();
+    assert_eq!(canary_steps, 4, "two weights and two pauses: {entry:#}");
 }
 
 #[test]

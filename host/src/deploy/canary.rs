@@ -53,7 +53,9 @@ struct Canary {
     total: Window,
     started: Instant,
     weight: u8,
-    /// A human promoted: the remaining pauses are skipped.
+    /// A human promoted a timed pause: the remaining pauses are skipped. With
+    /// `pause = "manual"` it stays false, since a promote there goes past only the
+    /// pause it waits at (README, `cutover promote`).
     promoted: bool,
 }
 
@@ -85,7 +87,7 @@ pub(super) async fn canary(run: &mut Run<'_>, target: Color, live: Color) -> Res
             CanaryStep::Pause(_) if canary.promoted => continue,
             CanaryStep::Pause(pause) => {
                 run.step(Step::Canary, observe(ctx, &mut canary, index, count, pause), describe_pause).await.map(|end| {
-                    canary.promoted |= matches!(end, PauseEnd::Promoted(_));
+                    canary.promoted |= !manual && matches!(end, PauseEnd::Promoted(_));
                 })
             }
         };
