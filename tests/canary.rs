@@ -262,6 +262,101 @@ fn a_good_release_is_promoted_through_every_step_and_loses_nothing() {
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
 
+/// A stand-in for a broken proxy: answers every request with a 502 that names
+/// `upstream`, as nginx does when the backend it tried failed. Stops on drop.
+struct BadGateway {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BadGateway {
+    fn start(upstream: u16) -> BadGateway {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = stream.read(&mut [0u8; 4096]);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 502 Bad Gateway\r\nX-Cutover-Upstream: 127.0.0.1:{upstream}\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        BadGateway { addr, stop }
+    }
+}
+
+impl Drop for BadGateway {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_proxy_that_answers_5xx_or_not_at_all_fails_the_canary_split_check() {
+    // A split check that let a broken proxy pass would go on to the pause, where the
+    // analysis holds (no traffic reaches nginx) and the canary aborts with "still
+    // held" at its end instead.
+    let svc = canary_service(
+        "e2e-canary-broken-proxy",
+        r#"["50%", "pause 10s", "100%"]"#,
+        "step_deadline = \"5s\"",
+    );
+    svc.deploy("v1").success();
+    let before = svc.baseline();
+    let verify_at = |url: &str| {
+        svc.edit_config(|text| {
+            let plain = text.replace(&verify_url_line(&text), "");
+            plain.replace("[verify]\n", &format!("[verify]\nurl = \"{url}\"\n"))
+        });
+    };
+
+    let nobody = format!("http://127.0.0.1:{}/", crate::support::free_port());
+    verify_at(&nobody);
+    let out = svc.deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("requests through the proxy") && out.stderr.contains("did not answer"),
+        "an unreachable proxy fails the 50% step: {}",
+        out.stderr
+    );
+
+    let gateway = BadGateway::start(svc.green);
+    verify_at(&format!("http://{}/", gateway.addr));
+    let out = svc.deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("requests through the proxy") && out.stderr.contains("answered 502"),
+        "a proxy answering 502 fails the 50% step: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("not checked"), "{}", out.stderr);
+
+    // `status` asks the proxy at verify.url too: ask the real one again.
+    verify_at(&format!("http://{}/", svc.proxy_addr()));
+    svc.assert_unchanged(&before, &["rolled-back"]);
+}
+
+/// The `url = ...` line of the config's `[verify]` table, or "" when it has none.
+fn verify_url_line(config: &str) -> String {
+    config
+        .split_once("[verify]\n")
+        .and_then(|(_, rest)| rest.lines().next())
+        .filter(|line| line.starts_with("url = "))
+        .map(|line| format!("{line}\n"))
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
     let svc = canary_service(

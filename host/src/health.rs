@@ -10,6 +10,7 @@
 //! `verify.ca_file`).
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -178,21 +179,79 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
 /// really answered (a 502 also names the upstream nginx tried). `status` uses it to
 /// report what nginx really serves, which can differ from its files on disk.
 pub async fn serving_upstream(spec: &VerifySpec) -> Option<String> {
-    upstream_header(&spec.url, spec.host.as_deref(), spec.ca_file.as_deref()).await
+    match ask_proxy(spec).await {
+        ProxyAnswer::Named(upstream) => Some(upstream),
+        _ => None,
+    }
 }
 
-async fn upstream_header(url: &str, host: Option<&str>, ca_file: Option<&Path>) -> Option<String> {
-    let client = client(Duration::from_secs(2), ca_file).ok()?;
-    let response = with_host(client.get(url), host).ok()?.send().await.ok()?;
-    if response.status().is_server_error() {
-        return None;
+/// What one request through the proxy told about who answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAnswer {
+    /// Answered below 500, naming this backend in `X-Cutover-Upstream`.
+    Named(String),
+    /// Answered below 500 without naming a backend (an external proxy without the
+    /// header).
+    Unnamed,
+    /// Answered with a server error: the proxy, or the backend it reached, is broken.
+    ServerError {
+        /// The status code.
+        status: u16,
+        /// The backend the proxy names, if it does (nginx names the one it tried).
+        upstream: Option<String>,
+    },
+    /// No answer at all: refused, reset, timed out, TLS failed, or no client could
+    /// be built (an unreadable `verify.ca_file`).
+    Unreachable(String),
+}
+
+impl fmt::Display for ProxyAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyAnswer::Named(upstream) => write!(f, "answered by {upstream}"),
+            ProxyAnswer::Unnamed => f.write_str("answered without naming its upstream"),
+            ProxyAnswer::ServerError {
+                status,
+                upstream: Some(upstream),
+            } => write!(f, "answered {status} (upstream {upstream})"),
+            ProxyAnswer::ServerError {
+                status,
+                upstream: None,
+            } => write!(f, "answered {status}"),
+            ProxyAnswer::Unreachable(why) => write!(f, "did not answer ({why})"),
+        }
     }
-    response
+}
+
+/// One request through the proxy at `spec.url` on a fresh connection, classified.
+pub async fn ask_proxy(spec: &VerifySpec) -> ProxyAnswer {
+    let timeout = Duration::from_secs(2);
+    let client = match client(timeout, spec.ca_file.as_deref()) {
+        Ok(client) => client,
+        Err(why) => return ProxyAnswer::Unreachable(why),
+    };
+    let request = match with_host(client.get(&spec.url), spec.host.as_deref()) {
+        Ok(request) => request,
+        Err(why) => return ProxyAnswer::Unreachable(why),
+    };
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return ProxyAnswer::Unreachable(error_text(&e, timeout)),
+    };
+    let upstream = response
         .headers()
-        .get(UPSTREAM_HEADER)?
-        .to_str()
-        .ok()
-        .map(str::to_owned)
+        .get(UPSTREAM_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = response.status();
+    match upstream {
+        _ if status.is_server_error() => ProxyAnswer::ServerError {
+            status: status.as_u16(),
+            upstream,
+        },
+        Some(upstream) => ProxyAnswer::Named(upstream),
+        None => ProxyAnswer::Unnamed,
+    }
 }
 
 /// [`UPSTREAM_HINT`] when verification with `spec` could not tell the colours apart:

@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::control::{self, Command};
 use crate::error::DeployError;
 use crate::events::Level;
-use crate::health;
+use crate::health::{self, ProxyAnswer};
 use crate::operation::Step;
 use crate::operation::millis;
 use crate::plugin::types::{self, AnalysisDecision};
@@ -34,6 +34,13 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// How often a manual pause says in the log what it waits for.
 const REMINDER: Duration = Duration::from_secs(30);
+
+/// Answers without `X-Cutover-Upstream` (and no failed request) after which the
+/// split check gives up on naming and says it could not check.
+const UNNAMED_BEFORE_UNCHECKED: u32 = 20;
+
+/// The wait before asking a proxy again that answered 5xx or not at all.
+const BROKEN_RETRY: Duration = Duration::from_millis(50);
 
 /// What one pause ended with, when it did not abort.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +143,9 @@ async fn set_weight(run: &mut Run<'_>, canary: &mut Canary, weight: u8) -> Resul
 /// answered by the target (at 5%, about twenty), so a split that nginx loaded but
 /// that never reaches the target fails here, not in the analysis. A sticky split is
 /// not checked this way (every probe would carry the same, empty, key), nor a proxy
-/// that does not name its upstream (external mode without `X-Cutover-Upstream`).
+/// that does not name its upstream (external mode without `X-Cutover-Upstream`) —
+/// but only one that answers: a proxy that answers 5xx or not at all is broken, and
+/// the step fails at `verify.timeout` unless the target answered in between.
 async fn confirm_split(
     ctx: &Context,
     target: Color,
@@ -150,29 +159,42 @@ async fn confirm_split(
     let wanted = ctx.config.upstreams(target);
     let began = Instant::now();
     let timeout = ctx.config.verify.timeout.get();
-    let (mut tries, mut named) = (0u32, 0u32);
+    let (mut tries, mut named, mut unnamed) = (0u32, 0u32, 0u32);
+    // The last 5xx or failed request, with how many there were.
+    let mut broken: Option<(u32, ProxyAnswer)> = None;
     while began.elapsed() < timeout {
         tries += 1;
-        match health::serving_upstream(&spec).await {
-            Some(upstream) if wanted.matches(&upstream) => {
+        match health::ask_proxy(&spec).await {
+            ProxyAnswer::Named(upstream) if wanted.matches(&upstream) => {
                 return Ok(format!(
                     ", target answered request {tries} through the proxy"
                 ));
             }
-            Some(_) => named += 1,
-            None => {}
+            ProxyAnswer::Named(_) => named += 1,
+            ProxyAnswer::Unnamed => unnamed += 1,
+            failed @ (ProxyAnswer::ServerError { .. } | ProxyAnswer::Unreachable(_)) => {
+                let count = broken.as_ref().map_or(0, |(count, _)| *count);
+                broken = Some((count + 1, failed));
+            }
         }
-        if tries >= 20 && named == 0 {
+        if unnamed >= UNNAMED_BEFORE_UNCHECKED && named == 0 && broken.is_none() {
             ctx.reporter.log(
                 Level::Warn,
                 "the proxy names no upstream (X-Cutover-Upstream), so the split could not be checked through it",
             );
             return Ok(" (not checked: the proxy names no upstream)".to_owned());
         }
+        if broken.is_some() {
+            // A broken proxy answers at once; do not hammer it while it stays broken.
+            tokio::time::sleep(BROKEN_RETRY.min(timeout.saturating_sub(began.elapsed()))).await;
+        }
     }
+    let broken = broken.map_or_else(String::new, |(count, last)| {
+        format!("; {count} of them failed, the last {last}")
+    });
     Err(DeployError::CanaryAborted {
         reason: format!(
-            "after the switch to {weight}%, none of {tries} requests through the proxy ({}) reached {target} ({wanted}) within verify.timeout",
+            "after the switch to {weight}%, none of {tries} requests through the proxy ({}) reached {target} ({wanted}) within verify.timeout{broken}",
             spec.url
         ),
     })
