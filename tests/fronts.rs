@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use cutover::cli::exit;
+
 use crate::support::http_get;
 use crate::support::nginx::ExternalNginx;
 use crate::support::service::Service;
@@ -140,6 +142,81 @@ fn a_front_end_that_refuses_rolls_every_front_end_back() {
     });
     deploy_fails_naming_lb3(&svc, &nothing);
     assert_all_unchanged(&["rolled-back"]);
+}
+
+/// `[[proxy.extra]]` for `nginx` (started with a small tmpfs `conf.d`) whose config
+/// test passes and then fills that tmpfs, so putting its previous files back fails.
+fn filling_up(name: &str, nginx: &ExternalNginx) -> String {
+    let test = nginx.argv(&["-t", "-q"]).join(" ");
+    let filler = nginx.conf_d.join("zz-filler");
+    let script = format!(
+        "{test} && {{ head -c 1048576 /dev/zero > {} 2>/dev/null; true; }}",
+        filler.display()
+    );
+    extra(
+        name,
+        nginx,
+        &["sh".into(), "-c".into(), script],
+        &nginx.argv(&["-s", "reload"]),
+    )
+}
+
+#[test]
+fn a_front_end_that_cannot_be_restored_does_not_stop_the_others_being_restored() {
+    let svc = Service::new("fronts-restore");
+    let blue = ([127, 0, 0, 1], svc.blue).into();
+    // In order: the managed nginx, lb2 and lb4 (whose disks fill up once their config
+    // test passed), lb3 between them, and lb5, whose config test fails.
+    let lb2 = ExternalNginx::start_with(blue, Some("64k"));
+    let lb3 = ExternalNginx::start(blue);
+    let lb4 = ExternalNginx::start_with(blue, Some("64k"));
+    let lb5 = ExternalNginx::start(blue);
+    for (name, nginx) in [("lb2", &lb2), ("lb3", &lb3), ("lb4", &lb4), ("lb5", &lb5)] {
+        svc.append_config(&working(name, nginx));
+    }
+    svc.deploy("v1").success();
+    let managed_before = svc.proxy_files();
+    let lb3_before = files(&lb3.conf_d);
+
+    svc.edit_config(|t| {
+        let reload = lb5.argv(&["-s", "reload"]);
+        t.replace(&working("lb2", &lb2), &filling_up("lb2", &lb2))
+            .replace(&working("lb4", &lb4), &filling_up("lb4", &lb4))
+            .replace(
+                &working("lb5", &lb5),
+                &extra("lb5", &lb5, &refusing("lb5: nginx -t failed"), &reload),
+            )
+    });
+    let out = svc.deploy("v2");
+    for nginx in [&lb2, &lb4] {
+        std::fs::remove_file(nginx.conf_d.join("zz-filler")).expect("the filler was written");
+    }
+    // The machine (a full disk) kept two front ends from being restored.
+    let out = out.code(exit::ENVIRONMENT.into());
+    // lb3 comes after lb2, whose restore failed: it got its files back all the same.
+    assert!(
+        files(&lb3.conf_d) == lb3_before,
+        "lb3's files must be byte-identical"
+    );
+    assert!(
+        svc.proxy_files() == managed_before,
+        "the managed nginx's files are back"
+    );
+    for part in [
+        "lb5: nginx -t failed",
+        "putting the previous proxy files back failed too",
+        "front end `lb2`",
+        "front end `lb4`",
+        "No space left on device",
+    ] {
+        assert!(out.stderr.contains(part), "{part:?} in:\n{}", out.stderr);
+    }
+    for nginx in [&lb3, &lb5] {
+        assert_eq!(
+            through(nginx),
+            ("hello v1 from blue".to_owned(), Some("blue".to_owned()))
+        );
+    }
 }
 
 /// A v2 deploy exits 4 with an error that names lb3 and shows what it printed.

@@ -129,19 +129,19 @@ impl Proxy {
 
     /// Writes `files` to every front end and runs each one's config test, in order.
     /// When writing or testing fails on one, that one's files are put back (see
-    /// [`Nginx::write_and_test`]) and so are those of the front ends already written;
-    /// none is reloaded.
+    /// [`Nginx::write_and_test`]) and so are those of every front end already
+    /// written, even when one of those fails; none is reloaded.
     ///
     /// # Errors
     /// The failure, naming its front end; [`ProxyError::Restore`] when putting an
-    /// earlier front end's files back failed too.
+    /// earlier front end's files back failed too, with every such failure.
     pub async fn write_and_test(
         &self,
         files: &[ProxyFile],
         previous: &[SavedFile],
     ) -> Result<(), ProxyError> {
         let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
-        let mut written: Vec<(&Nginx, Vec<SavedFile>)> = Vec::new();
+        let mut written: Vec<(Option<&str>, &Nginx, Vec<SavedFile>)> = Vec::new();
         for (tag, front) in self.all() {
             let mut saved = of_front(previous, tag);
             let missing: Vec<String> = paths
@@ -158,18 +158,26 @@ impl Proxy {
             };
             if let Err(error) = outcome {
                 let error = self.named(tag, front, error);
-                for (done, saved) in &written {
+                // Every front end already written gets its files back, even after
+                // one of them failed to: stopping there would leave the rest on
+                // files nobody tested together.
+                let mut undone = Vec::new();
+                for (done_tag, done, saved) in &written {
                     if let Err(undo) = files::restore_all(done.config_dir(), saved) {
-                        return Err(ProxyError::Restore {
-                            cause: error.to_string(),
-                            dir: done.config_dir().to_owned(),
-                            error: Box::new(undo),
-                        });
+                        undone.push((done.config_dir(), self.named(*done_tag, done, undo)));
                     }
                 }
-                return Err(error);
+                let Some(dir) = undone.first().map(|(dir, _)| dir.to_path_buf()) else {
+                    return Err(error);
+                };
+                let failures = undone.into_iter().map(|(_, e)| e).collect();
+                return Err(ProxyError::Restore {
+                    cause: error.to_string(),
+                    dir,
+                    error: Box::new(one_or_several(failures)),
+                });
             }
-            written.push((front, saved));
+            written.push((tag, front, saved));
         }
         Ok(())
     }
@@ -210,29 +218,36 @@ impl Proxy {
     /// [`Nginx::restore`]). Every front end is restored even when one fails.
     ///
     /// # Errors
-    /// The first failure, naming its front end.
+    /// The failure, naming its front end; [`ProxyError::Several`] with each one when
+    /// several front ends failed.
     pub async fn restore(&self, previous: &[SavedFile]) -> Result<(), ProxyError> {
-        let mut first = None;
+        let mut failures = Vec::new();
         for (tag, front) in self.all() {
             if let Err(e) = front.restore(&of_front(previous, tag)).await {
-                first.get_or_insert(self.named(tag, front, e));
+                failures.push(self.named(tag, front, e));
             }
         }
-        first.map_or(Ok(()), Err)
+        every_one(failures)
     }
 
     /// Writes each front end's `saved` files back as they are, without a test or a
-    /// reload (see [`Nginx::write_saved`]).
+    /// reload (see [`Nginx::write_saved`]). Every front end is written even when one
+    /// fails.
     ///
     /// # Errors
-    /// The first failure, naming its front end.
+    /// The failure, naming its front end; [`ProxyError::Several`] with each one when
+    /// several front ends failed.
     pub fn write_saved(&self, saved: &[SavedFile]) -> Result<(), ProxyError> {
-        for (tag, front) in self.all() {
-            front
-                .write_saved(&of_front(saved, tag))
-                .map_err(|e| self.named(tag, front, e))?;
-        }
-        Ok(())
+        let failures = self
+            .all()
+            .filter_map(|(tag, front)| {
+                front
+                    .write_saved(&of_front(saved, tag))
+                    .err()
+                    .map(|e| self.named(tag, front, e))
+            })
+            .collect();
+        every_one(failures)
     }
 
     /// Waits until every front end's old workers have finished, at most `max` in all.
@@ -269,6 +284,24 @@ impl Proxy {
             step(front).map_err(|e| self.named(tag, front, e))?;
         }
         Ok(())
+    }
+}
+
+/// Ok when nothing failed, else every failure (see [`one_or_several`]).
+fn every_one(failures: Vec<ProxyError>) -> Result<(), ProxyError> {
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(one_or_several(failures))
+    }
+}
+
+/// One failure as it is, several as [`ProxyError::Several`]. `failures` is not empty.
+fn one_or_several(mut failures: Vec<ProxyError>) -> ProxyError {
+    if failures.len() == 1 {
+        failures.remove(0)
+    } else {
+        ProxyError::Several(failures)
     }
 }
 

@@ -188,16 +188,33 @@ pub enum ProxyError {
         } else {
             "putting the previous proxy files back failed too"
         },
-        dir.display()
+        if matches!(**error, ProxyError::Several(_)) {
+            "each front end's directory named above".to_owned()
+        } else {
+            dir.display().to_string()
+        }
     )]
     Restore {
         /// What made the restore necessary.
         cause: String,
-        /// The config directory.
+        /// The config directory (the first one, when several front ends failed).
         dir: PathBuf,
         /// Why the restore failed.
         error: Box<ProxyError>,
     },
+    /// One step failed on several front ends. Each front end was still tried, and
+    /// each failure names its own.
+    #[error("{} front ends failed: {}", .0.len(), several(.0))]
+    Several(Vec<ProxyError>),
+}
+
+/// The failures of [`ProxyError::Several`], numbered, on one line each.
+fn several(errors: &[ProxyError]) -> String {
+    errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("\n({}) {e}", i + 1))
+        .collect()
 }
 
 impl ProxyError {
@@ -218,6 +235,7 @@ impl ProxyError {
             ProxyError::Restore { error, .. } | ProxyError::Front { error, .. } => {
                 error.is_environment()
             }
+            ProxyError::Several(errors) => errors.iter().any(ProxyError::is_environment),
             _ => false,
         }
     }
@@ -229,6 +247,7 @@ impl ProxyError {
         match self {
             ProxyError::Restore { error, .. } => error.is_after_restored_files(),
             ProxyError::Front { error, .. } => error.previous_files_restored(),
+            ProxyError::Several(errors) => errors.iter().all(ProxyError::previous_files_restored),
             _ => false,
         }
     }
@@ -243,6 +262,7 @@ impl ProxyError {
                 | ProxyError::InvalidFile { .. }
                 | ProxyError::Restore { .. }
                 | ProxyError::Front { .. }
+                | ProxyError::Several(_)
         )
     }
 }
