@@ -1396,6 +1396,32 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
+    fn a_sticky_cookie_name_with_a_dash_is_refused_in_config() {
+        let canary = "\n[strategy]\nkind = \"canary\"\nsteps = [\"10%\", \"100%\"]\n";
+        let msg = error_of(&format!(
+            "{MINIMAL}{canary}sticky = {{ cookie = \"my-session\" }}\n"
+        ));
+        for part in [
+            "/repo/cutover.toml",
+            "key `strategy.sticky.cookie`",
+            "letters, digits and `_`",
+            "\"my-session\"",
+        ] {
+            assert!(msg.contains(part), "{part:?} in {msg}");
+        }
+        // A header may have `-`: nginx's `$http_` variable turns it into `_`.
+        let config = parse(&format!(
+            "{MINIMAL}{canary}sticky = {{ header = \"X-User-Id\" }}\n"
+        ))
+        .unwrap();
+        assert!(config.strategy.sticky.is_some());
+        let msg = error_of(&format!(
+            "{MINIMAL}{canary}sticky = {{ header = \"a;b\" }}\n"
+        ));
+        assert!(msg.contains("key `strategy.sticky.header`"), "{msg}");
+    }
+
+    #[test]
     fn engine_section_reads_ssh_tcp_with_tls_and_defaults_to_docker() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!(c.engine.kind, EngineKind::Docker);

@@ -97,10 +97,34 @@ impl Sticky {
         }
     }
 
-    fn name(&self) -> &str {
-        match self {
-            Sticky::Cookie(name) | Sticky::Header(name) => name,
+    /// The name can become the nginx variable [`Sticky::nginx_variable`] gives: a
+    /// cookie's name as it is (nginx ends a variable name at anything but a letter,
+    /// digit or `_`, so `$cookie_my-session` would read `$cookie_my`, and the config
+    /// would fail only mid-deploy), a header's with `-` turned into `_`. Returns the
+    /// key (`cookie` or `header`) and the message.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let (key, name, allowed, extra): (_, _, &str, &[u8]) = match self {
+            Sticky::Cookie(name) => ("cookie", name, "letters, digits and `_`", b"_"),
+            Sticky::Header(name) => ("header", name, "letters, digits, `_` and `-`", b"_-"),
+        };
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b));
+        if ok {
+            return Ok(());
         }
+        let hint = match self {
+            Sticky::Cookie(_) => {
+                " (nginx reads it as `$cookie_<name>`, a variable whose name ends at any other character); a cookie whose name has `-` cannot be read by nginx: rename it, or key on a header"
+            }
+            Sticky::Header(_) => "",
+        };
+        Err((
+            key,
+            format!("expected a {key} name of 1 to 64 {allowed}{hint}, found {name:?}"),
+        ))
     }
 }
 
@@ -158,20 +182,9 @@ impl StrategyConfig {
     pub fn check(&self) -> Result<(), (String, String)> {
         let err = |key: &str, message: String| Err((format!("strategy.{key}"), message));
         if let Some(sticky) = &self.sticky {
-            let name = sticky.name();
-            let ok = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !ok {
-                return err(
-                    "sticky",
-                    format!(
-                        "expected a cookie or header name of letters, digits, `_` and `-`, found {name:?}"
-                    ),
-                );
-            }
+            sticky
+                .check()
+                .map_err(|(key, message)| (format!("strategy.sticky.{key}"), message))?;
         }
         if self.kind == StrategyKind::BlueGreen {
             if !self.steps.is_empty() || self.sticky.is_some() || self.pause == PauseMode::Manual {
