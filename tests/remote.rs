@@ -50,8 +50,9 @@ fn ssh_engine_runs_a_full_deploy_and_a_switch() {
         "the deploys must have gone through the test's sshd: {log}"
     );
 
-    // A host key the client does not know: refused (never added), and the error
-    // names the host and what to check; what serves is untouched.
+    // A host key the client does not know, with a user config that would accept
+    // new keys: refused all the same (never added), and the error names the host
+    // and what to check; what serves is untouched.
     let untrusted = sshd.path_env(false);
     let out = svc
         .cutover_env(
@@ -67,6 +68,11 @@ fn ssh_engine_runs_a_full_deploy_and_a_switch() {
     ] {
         assert!(out.stderr.contains(needle), "{needle:?}: {}", out.stderr);
     }
+    assert_eq!(
+        sshd.untrusted_known_hosts(),
+        "",
+        "no host key may be recorded"
+    );
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
 

@@ -87,8 +87,9 @@ impl TestSshd {
                     .unwrap();
                     std::fs::write(d.join("unknown_hosts"), "").unwrap();
                     let sshd = TestSshd { dir, child, port };
-                    sshd.write_client("trusted", "known_hosts", &ssh);
-                    sshd.write_client("untrusted", "unknown_hosts", &ssh);
+                    sshd.write_client("trusted", "known_hosts", "yes", &ssh);
+                    // A lax user config, which would take and record any new key.
+                    sshd.write_client("untrusted", "unknown_hosts", "accept-new", &ssh);
                     return sshd;
                 }
                 if child.try_wait().ok().flatten().is_some() {
@@ -105,9 +106,10 @@ impl TestSshd {
         );
     }
 
-    /// An ssh client config using the test's key and `known_hosts` file, and a
-    /// `<name>/ssh` wrapper that runs `ssh` with it.
-    fn write_client(&self, name: &str, known_hosts: &str, ssh: &Path) {
+    /// An ssh client config using the test's key and `known_hosts` file, with
+    /// `StrictHostKeyChecking <strict>`, and a `<name>/ssh` wrapper that runs `ssh`
+    /// with it.
+    fn write_client(&self, name: &str, known_hosts: &str, strict: &str, ssh: &Path) {
         let d = self.dir.path();
         let config = d.join(format!("{name}.ssh_config"));
         std::fs::write(
@@ -115,7 +117,7 @@ impl TestSshd {
             format!(
                 "Host *\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  \
                  UserKnownHostsFile {d}/{known_hosts}\n  GlobalKnownHostsFile /dev/null\n  \
-                 StrictHostKeyChecking yes\n",
+                 StrictHostKeyChecking {strict}\n",
                 d = d.display()
             ),
         )
@@ -141,7 +143,8 @@ impl TestSshd {
     }
 
     /// `PATH` with the ssh wrapper first: with `trusted`, the client knows the host
-    /// key; without, its `known_hosts` is empty.
+    /// key; without, its `known_hosts` is empty and its config would accept (and
+    /// record) a new host key (`StrictHostKeyChecking accept-new`).
     pub fn path_env(&self, trusted: bool) -> String {
         let bin = self
             .dir
@@ -152,6 +155,11 @@ impl TestSshd {
             bin.display(),
             std::env::var("PATH").unwrap_or_default()
         )
+    }
+
+    /// The untrusted client's `known_hosts` file (empty unless a key was recorded).
+    pub fn untrusted_known_hosts(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("unknown_hosts")).unwrap_or_default()
     }
 
     /// What sshd logged.

@@ -1323,7 +1323,7 @@ mod tests {
         };
         let ssh = error("ssh://deploy@app1:2222 (from engine.host)");
         for needle in [
-            "ssh -p 2222 deploy@app1 docker version",
+            "ssh -o StrictHostKeyChecking=yes -p 2222 deploy@app1 docker version",
             "key",
             "known_hosts",
             "docker CLI",

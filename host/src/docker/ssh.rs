@@ -4,8 +4,11 @@
 //!
 //! It owns the ssh child processes (killed when their connection is dropped) and the
 //! check that ssh and the remote docker CLI work before the first request. It never
-//! adds a host key to `known_hosts` and never picks a key by itself: the user's ssh
-//! configuration (`~/.ssh/config`, the agent, `known_hosts`) decides, as for `ssh`.
+//! adds a host key to `known_hosts`, nor lets a lax `~/.ssh/config` accept one
+//! (`StrictHostKeyChecking=yes` on the command line), and never picks a key by
+//! itself: the user's ssh configuration (the agent, `IdentityFile`, `known_hosts`)
+//! decides, as for `ssh`. Host and user are checked strictly, since ssh hands them
+//! to the shell commands a user's config may run (`%h`, `%r`).
 //!
 //! bollard's own `ssh` feature is not used: it drops the port of `ssh://user@host:port`
 //! (ssh is handed `host:port` as a host name), accepts and records unknown host keys
@@ -30,6 +33,44 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 const SSH_CONNECT_TIMEOUT: u64 = 15;
 /// How much of ssh's error output a failed check keeps.
 const STDERR_LIMIT: usize = 2_000;
+/// Only a host key already in `known_hosts` is accepted, whatever ssh's config says.
+const STRICT_HOST_KEYS: &str = "StrictHostKeyChecking=yes";
+/// The longest host name DNS allows.
+const HOST_MAX: usize = 253;
+/// The longest user name cutover takes (Linux allows 32).
+const USER_MAX: usize = 32;
+
+/// A host is a name (letters, digits, `.`, `-`, `_`, not starting with `-` or `.`) or
+/// an IPv6 address. ssh substitutes it for `%h` in the user's `ProxyCommand`,
+/// `Match exec` and `LocalCommand`, which a shell runs: a `;`, `$(…)` or quote in it
+/// would run there.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("{host:?} is not an IPv6 address"));
+    }
+    let name_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    if host.len() <= HOST_MAX && !host.starts_with(['-', '.']) && host.bytes().all(name_byte) {
+        return Ok(());
+    }
+    Err(format!(
+        "the host {host:?} may have only letters, digits, `.`, `-` and `_` (not first: `-`, `.`), at most {HOST_MAX}, or be an IPv6 address in brackets; name anything else with a `Host` alias in ~/.ssh/config"
+    ))
+}
+
+/// A user is letters, digits, `.`, `-` and `_`, not starting with `-`: ssh
+/// substitutes it for `%r` where a shell runs it, as [`check_host`] says for `%h`.
+fn check_user(user: &str) -> Result<(), String> {
+    let user_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
+    if user.len() <= USER_MAX && !user.starts_with('-') && user.bytes().all(user_byte) {
+        return Ok(());
+    }
+    Err(format!(
+        "the user {user:?} may have only letters, digits, `.`, `-` and `_` (not first: `-`), at most {USER_MAX}; set any other with `User` in ~/.ssh/config"
+    ))
+}
 
 /// An `ssh://[user@]host[:port]` engine address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +115,14 @@ impl SshTarget {
             _ => (host_port, None),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || user.as_deref() == Some("") || host.starts_with('-') {
+        if host.is_empty() || user.as_deref() == Some("") {
             return Err(format!(
                 "{address:?}: expected ssh://[USER@]HOST[:PORT] with a host name"
             ));
+        }
+        check_host(host).map_err(|why| format!("{address:?}: {why}"))?;
+        if let Some(user) = &user {
+            check_user(user).map_err(|why| format!("{address:?}: {why}"))?;
         }
         Ok(SshTarget {
             user,
@@ -87,10 +132,13 @@ impl SshTarget {
     }
 
     /// `ssh … HOST docker system dial-stdio`: batch mode (no password or host-key
-    /// prompt can hang a deploy), no pseudo-terminal, the port and user when given.
+    /// prompt can hang a deploy), strict host-key checking (an option on the command
+    /// line wins over `~/.ssh/config`, so a lax `StrictHostKeyChecking no` or
+    /// `accept-new` there cannot make ssh trust, or record, a key nobody checked), no
+    /// pseudo-terminal, the port and user when given.
     fn dial_stdio(&self) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(["-o", "BatchMode=yes", "-o"])
+        cmd.args(["-o", "BatchMode=yes", "-o", STRICT_HOST_KEYS, "-o"])
             .arg(format!("ConnectTimeout={SSH_CONNECT_TIMEOUT}"))
             .arg("-T");
         if let Some(user) = &self.user {
@@ -106,9 +154,10 @@ impl SshTarget {
         cmd
     }
 
-    /// The `ssh` command line a person can run to see the same failure.
+    /// The `ssh` command line a person can run to see the same failure (strict about
+    /// host keys too, so trying it cannot record an unchecked key either).
     pub fn ssh_command_line(&self) -> String {
-        let mut line = "ssh".to_owned();
+        let mut line = format!("ssh -o {STRICT_HOST_KEYS}");
         if let Some(port) = self.port {
             line.push_str(&format!(" -p {port}"));
         }
@@ -343,6 +392,37 @@ mod tests {
     }
 
     #[test]
+    fn shell_metacharacters_in_the_ssh_host_or_user_are_refused() {
+        // Each would reach a shell through `%h` or `%r` in a user's ProxyCommand.
+        for address in [
+            "ssh://app1;touch${IFS}x",
+            "ssh://app1$(id)",
+            "ssh://app1`id`",
+            "ssh://'app1'",
+            "ssh://app1|id",
+            "ssh://app1&id",
+            "ssh://app1\"x",
+            "ssh://app1\\x",
+            "ssh://app1%h",
+            "ssh://.app1",
+            "ssh://[::1;id]",
+            "ssh://x$(id)@app1",
+            "ssh://x;id@app1",
+            "ssh://-oProxyCommand=x@app1",
+            "ssh://a@b@app1",
+        ] {
+            let error = SshTarget::parse(address).expect_err(address);
+            assert!(
+                error.contains("may have only") || error.contains("IPv6"),
+                "{address}: {error}"
+            );
+        }
+        for address in ["ssh://deploy.bot_1@app-1.example.com", "ssh://my_alias"] {
+            assert!(SshTarget::parse(address).is_ok(), "{address}");
+        }
+    }
+
+    #[test]
     fn the_ssh_command_has_the_port_and_user_and_never_prompts() {
         let cmd = target(Some("deploy"), "app1", Some(2222)).dial_stdio();
         let args: Vec<String> = cmd
@@ -352,7 +432,7 @@ mod tests {
             .collect();
         assert_eq!(
             args.join(" "),
-            "-o BatchMode=yes -o ConnectTimeout=15 -T -l deploy -p 2222 -- app1 docker system dial-stdio"
+            "-o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=15 -T -l deploy -p 2222 -- app1 docker system dial-stdio"
         );
     }
 }
