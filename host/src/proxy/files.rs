@@ -4,7 +4,11 @@
 //!
 //! Every write goes through [`crate::atomic_file`], so nginx never reads a half-written
 //! file. Nothing outside the config directory is ever touched: every path is checked
-//! before it is joined to the directory.
+//! before it is joined to the directory, and nothing is read, written or removed
+//! through a symbolic link under it (an external `config_dir` is shared with whoever
+//! manages nginx, and a linked subdirectory or file could point anywhere, e.g. at a
+//! secret that a snapshot would copy into the state file). The directory itself may
+//! be a link: that is the operator's choice in the config.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -35,12 +39,35 @@ pub(crate) fn check_files(files: &[ProxyFile]) -> Result<(), ProxyError> {
     rendered::check(files.iter().map(|f| (f.path.as_str(), f.contents.as_str()))).map_err(invalid)
 }
 
+/// Refuses `path` under `dir` when any of its components, the file included, is a
+/// symbolic link. A component that does not exist ends the check: nothing below it
+/// can be a link yet (and a component that cannot be read fails the read or write
+/// that follows, in its own words).
+fn refuse_symlinks(dir: &Path, path: &str) -> Result<(), ProxyError> {
+    let mut full = dir.to_path_buf();
+    for part in path.split('/') {
+        full.push(part);
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(ProxyError::Symlink {
+                    link: full,
+                    dir: dir.to_owned(),
+                });
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Reads the current contents of `paths` under `dir` (none for an absent file).
 pub(crate) fn snapshot(dir: &Path, paths: &[String]) -> Result<Vec<SavedFile>, ProxyError> {
     paths
         .iter()
         .map(|path| {
             check_path(path)?;
+            refuse_symlinks(dir, path)?;
             let full = dir.join(path);
             let contents = match std::fs::read(&full) {
                 Ok(bytes) => Some(String::from_utf8(bytes).map_err(|_| ProxyError::Snapshot {
@@ -74,6 +101,7 @@ pub(crate) fn snapshot(dir: &Path, paths: &[String]) -> Result<Vec<SavedFile>, P
 
 /// Writes one file, creating its subdirectories inside `dir`.
 fn write_one(dir: &Path, path: &str, contents: &str) -> Result<(), ProxyError> {
+    refuse_symlinks(dir, path)?;
     let full = dir.join(path);
     if let Some(parent) = full.parent()
         && parent != dir
@@ -84,6 +112,8 @@ fn write_one(dir: &Path, path: &str, contents: &str) -> Result<(), ProxyError> {
                 source,
             })
         })?;
+        // A link that appeared while the directories were made.
+        refuse_symlinks(dir, path)?;
     }
     atomic_file::write(&full, contents.as_bytes(), FILE_MODE)?;
     Ok(())
@@ -91,6 +121,7 @@ fn write_one(dir: &Path, path: &str, contents: &str) -> Result<(), ProxyError> {
 
 /// Removes one file (already absent is fine) and makes the removal durable.
 fn remove_one(dir: &Path, path: &str) -> Result<(), ProxyError> {
+    refuse_symlinks(dir, path)?;
     let full = dir.join(path);
     let wrap = |source| ProxyError::Remove {
         path: full.clone(),
@@ -285,6 +316,60 @@ mod tests {
         );
         restore_all(dir.path(), &before).unwrap();
         assert_eq!(snapshot(dir.path(), &paths).unwrap(), before);
+    }
+
+    #[test]
+    fn a_symlinked_subdirectory_in_the_config_dir_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
+        std::fs::write(outside.path().join("secret.conf"), "password 1\n").unwrap();
+        let is_symlink = |e: ProxyError, link: &str| {
+            let text = e.to_string();
+            assert!(
+                matches!(&e, ProxyError::Symlink { link: l, .. } if l.ends_with(link)),
+                "{text}"
+            );
+            assert!(text.contains("symbolic link"), "{text}");
+        };
+
+        let paths = ["sub/b.conf".to_owned()];
+        let before = snapshot(dir.path(), &paths);
+        is_symlink(before.unwrap_err(), "sub");
+        let absent = [SavedFile {
+            path: "sub/b.conf".into(),
+            contents: None,
+            front: None,
+        }];
+        let err = write_all(dir.path(), &[file("sub/b.conf", "b\n")], &absent).unwrap_err();
+        is_symlink(err, "sub");
+        assert!(
+            !outside.path().join("b.conf").exists(),
+            "written through the link"
+        );
+
+        // Nor read into a snapshot (and so the state file), restored or removed.
+        let err = snapshot(dir.path(), &["sub/secret.conf".to_owned()]).unwrap_err();
+        is_symlink(err, "sub");
+        let gone = [SavedFile {
+            path: "sub/secret.conf".into(),
+            contents: None,
+            front: None,
+        }];
+        is_symlink(restore_all(dir.path(), &gone).unwrap_err(), "sub");
+        assert!(outside.path().join("secret.conf").exists());
+
+        // A linked file is refused too; the directory itself may be a link.
+        std::os::unix::fs::symlink(outside.path().join("secret.conf"), dir.path().join("a.inc"))
+            .unwrap();
+        is_symlink(
+            write_all(dir.path(), &[file("a.inc", "x\n")], &[]).unwrap_err(),
+            "a.inc",
+        );
+        let linked_dir = dir.path().join("conf");
+        std::os::unix::fs::symlink(outside.path(), &linked_dir).unwrap();
+        write_all(&linked_dir, &[file("c.conf", "c\n")], &[]).unwrap();
+        assert!(outside.path().join("c.conf").exists());
     }
 
     #[test]

@@ -161,6 +161,19 @@ pub enum ProxyError {
         /// Why.
         reason: String,
     },
+    /// A rendered file's path under the config directory goes through a symbolic
+    /// link, which could point anywhere; nothing is read or written through it.
+    #[error(
+        "{} is a symbolic link inside the proxy's config directory {}; cutover never reads or writes a rendered file through one (it could point anywhere): replace it with a real directory or file, or point the config directory at the real one",
+        link.display(),
+        dir.display()
+    )]
+    Symlink {
+        /// The link.
+        link: PathBuf,
+        /// The config directory.
+        dir: PathBuf,
+    },
     /// A directory the proxy needs is missing or cannot be prepared.
     #[error("cannot prepare {}: {reason}", path.display())]
     Layout {
@@ -231,6 +244,7 @@ impl ProxyError {
             | ProxyError::Start { .. }
             | ProxyError::Write(_)
             | ProxyError::Remove { .. }
+            | ProxyError::Symlink { .. }
             | ProxyError::Layout { .. } => true,
             ProxyError::Restore { error, .. } | ProxyError::Front { error, .. } => {
                 error.is_environment()
@@ -260,6 +274,7 @@ impl ProxyError {
             ProxyError::Write(_)
                 | ProxyError::Remove { .. }
                 | ProxyError::InvalidFile { .. }
+                | ProxyError::Symlink { .. }
                 | ProxyError::Restore { .. }
                 | ProxyError::Front { .. }
                 | ProxyError::Several(_)
