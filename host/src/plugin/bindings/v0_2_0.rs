@@ -1,7 +1,8 @@
-//! Rust bindings generated from `wit/v0.2.0` (`cutover:plugin@0.2.0`, not frozen yet:
-//! the last of the Swarm and canary issues pins it), one module per world. The worlds
-//! share the `types` and `host` interfaces, generated once (in `gate`) and reused by
-//! the others through `with`, so a `GateInput` or `Color` is one Rust type everywhere.
+//! Rust bindings generated from `wit/v0.2.0` (`cutover:plugin@0.2.0`, released and
+//! frozen: `tests/plugins.rs` pins its digest, as it does 0.1.0's), one module per
+//! world. The worlds share the `types` and `host` interfaces, generated once (in
+//! `gate`) and reused by the others through `with`, so a `GateInput` or `Color` is one
+//! Rust type everywhere.
 //! These types are the host's internal model: guests built against an older version
 //! are adapted to them (`super::adapt`).
 
