@@ -51,8 +51,7 @@ fn check_host(host: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|_| format!("{host:?} is not an IPv6 address"));
     }
-    let name_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
-    if host.len() <= HOST_MAX && !host.starts_with(['-', '.']) && host.bytes().all(name_byte) {
+    if host.len() <= HOST_MAX && !host.starts_with(['-', '.']) && host.bytes().all(plain_byte) {
         return Ok(());
     }
     Err(format!(
@@ -60,11 +59,15 @@ fn check_host(host: &str) -> Result<(), String> {
     ))
 }
 
+/// A byte no shell gives a meaning to: a letter, a digit, `.`, `-` or `_`.
+fn plain_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')
+}
+
 /// A user is letters, digits, `.`, `-` and `_`, not starting with `-`: ssh
 /// substitutes it for `%r` where a shell runs it, as [`check_host`] says for `%h`.
 fn check_user(user: &str) -> Result<(), String> {
-    let user_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_');
-    if user.len() <= USER_MAX && !user.starts_with('-') && user.bytes().all(user_byte) {
+    if user.len() <= USER_MAX && !user.starts_with('-') && user.bytes().all(plain_byte) {
         return Ok(());
     }
     Err(format!(
