@@ -81,8 +81,18 @@ impl ServeProcess {
 
     /// Sends SIGTERM and waits (bounded) for the exit code.
     fn terminate(&mut self, within: Duration) -> Option<i32> {
+        self.signal_stop();
+        self.wait_exit(within)
+    }
+
+    /// Sends SIGTERM (the server starts its shutdown).
+    fn signal_stop(&self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+
+    /// Waits (bounded) for the exit code.
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -181,6 +191,27 @@ impl Fixture {
             name,
             secret,
             base_config,
+        }
+    }
+
+    /// Starts the server again on its config, address and secret (after it exited).
+    fn restart(&mut self) {
+        let conf = self.conf_dir.path().join("cutover-serve.toml");
+        let env = [(SECRET_ENV, self.secret.as_str())];
+        self.server = ServeProcess::start(&conf, self.server.addr, &env, None);
+    }
+
+    /// Polls (bounded) until the server's log has a line containing `text`.
+    #[track_caller]
+    fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + DEPLOY_TIMEOUT;
+        while !self.server.log_text().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no `{text}` in the log within {DEPLOY_TIMEOUT:?}:\n{}",
+                self.server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -581,6 +612,97 @@ fn gate_sees_a_pushed_tag_and_shutdown_waits_for_the_running_deploy() {
     assert!(at("shutting down", None) < at("deploy finished", Some(&id)));
     assert!(at("deploy finished", Some(&id)) < at("stopped", None));
     f.assert_secret_never_written();
+}
+
+/// Regression (issue 19, bug 4): at shutdown `cancel_pending` forgot a queued push's
+/// delivery id but kept its body digest, so GitHub's "Redeliver" of it after a
+/// restart answered `duplicate` and the push was lost; so was one whose fetch failed.
+/// A push that did not run must be deliverable again; one that ran must never run
+/// twice, also after a restart.
+#[test]
+fn deliveries_and_bodies_are_remembered_across_restarts() {
+    let mut f = Fixture::start("serve-redeliver", "");
+    // Holding the service's deploy lock keeps the first push's deploy waiting (the
+    // worker busy), so the second push stays queued until the shutdown drops it.
+    std::fs::create_dir_all(f.svc.state_dir()).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(f.svc.state_dir().join("lock"))
+        .unwrap();
+    held.lock().unwrap();
+
+    let ran_sha = f.push_version("v1");
+    let ran = delivery();
+    let ran_body = push_payload(&f.name, "refs/heads/main", &ran_sha);
+    let r = f.github("push", &ran, &ran_body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    f.wait_state(&ran, &["running"]);
+    let dropped_sha = f.push_version("v2");
+    let dropped = delivery();
+    let dropped_body = push_payload(&f.name, "refs/heads/main", &dropped_sha);
+    let r = f.github("push", &dropped, &dropped_body);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(f.run_of(&dropped).unwrap()["state"], "queued");
+
+    // Stop the server: the queued push is dropped; then the running one may finish.
+    f.server.signal_stop();
+    f.wait_log("queued push dropped at shutdown");
+    drop(held);
+    assert_eq!(
+        f.server.wait_exit(DEPLOY_TIMEOUT),
+        Some(0),
+        "{}",
+        f.server.log_text()
+    );
+    let audit = f.audit();
+    assert_eq!(audit.len(), 1, "only the first push ran: {audit:?}");
+    assert_eq!(audit[0]["outcome"], "succeeded", "{}", f.server.log_text());
+
+    f.restart();
+    // A push whose fetch finds no such commit did not run: accepted again.
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    let missing_id = delivery();
+    let missing_body = push_payload(&f.name, "refs/heads/main", missing);
+    for attempt in 1..=2 {
+        let r = f.github("push", &missing_id, &missing_body);
+        assert_eq!(r.status, 202, "attempt {attempt}: {}", r.body);
+        let run = f.wait_state(&missing_id, &["finished"]);
+        assert_eq!(run["outcome"], "failed", "{run}");
+        assert!(
+            run["reason"].as_str().unwrap().contains("is not in"),
+            "{run}"
+        );
+    }
+    // The push that ran is a duplicate, by delivery id and by body.
+    for id in [ran.clone(), delivery()] {
+        let r = f.github("push", &id, &ran_body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.body).unwrap()["status"],
+            "duplicate"
+        );
+    }
+    // The dropped one is redelivered (same delivery id, same body) and deploys.
+    let r = f.github("push", &dropped, &dropped_body);
+    assert_eq!(
+        r.status, 202,
+        "the dropped push is deliverable again: {}",
+        r.body
+    );
+    let run = f.wait_state(&dropped, &["finished"]);
+    assert_eq!(
+        run["outcome"],
+        "succeeded",
+        "{run}\n{}",
+        f.server.log_text()
+    );
+    assert_eq!(f.svc.get("/").body.trim().split(' ').nth(1), Some("v2"));
+    // Having run, it is now a duplicate too.
+    let r = f.github("push", &dropped, &dropped_body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(f.audit().len(), 2);
 }
 
 #[test]

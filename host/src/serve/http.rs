@@ -167,14 +167,14 @@ fn accept(app: &Arc<App>, push: Push, digest: String) -> Response {
             json!({"error": "the server is shutting down; deliver again once it is back"}),
         );
     }
-    if !lock(&app.seen).accept(&[delivery_key(&push.delivery), digest]) {
+    if !lock(&app.seen).accept(&[delivery_key(&push.delivery), digest.clone()]) {
         tracing::info!(delivery = %push.delivery, "replayed delivery ignored");
         return reply(
             StatusCode::OK,
             json!({"status": "duplicate", "delivery": push.delivery}),
         );
     }
-    let run = DeployRun::accepted(push, worker.repo.name.clone());
+    let run = DeployRun::accepted(push, worker.repo.name.clone(), digest);
     let superseded = lock(&app.queue).enqueue(&worker.key, run.clone());
     worker.wake.notify_one();
     tracing::info!(

@@ -25,7 +25,8 @@
 //! file descriptors nor keep a webhook out.
 //!
 //! On SIGTERM/SIGINT the server stops accepting connections, drops queued pushes
-//! (forgetting their delivery ids so GitHub's "Redeliver" works after a restart), and
+//! (forgetting their delivery ids and bodies so GitHub's "Redeliver" works after a
+//! restart, as it does for a push whose fetch failed), and
 //! waits up to `shutdown_grace` for running deploys to finish.
 //!
 //! `GET /` lists every service with its live colour; `GET /services/<service>/` is the
@@ -67,7 +68,7 @@ pub use queue::{DeployRun, MAX_RUNS, RunState};
 use crate::config::ConfigError;
 use crate::secret::Secret;
 use queue::Queue;
-use replay::{Seen, delivery_key};
+use replay::Seen;
 use worker::{Worker, work};
 
 /// The accept queue asked for (see [`listen`]).
@@ -349,15 +350,22 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(ACCEPT_BACKLOG)
 }
 
-/// Marks every queued push cancelled and forgets its ids so it can be delivered again.
+/// Marks every queued push cancelled and forgets it so it can be delivered again.
 fn cancel_pending(app: &App) {
     let dropped = lock(&app.queue).cancel_pending();
-    if dropped.is_empty() {
-        return;
-    }
     for run in &dropped {
         tracing::warn!(delivery = %run.delivery, repository = %run.repository, sha = %run.sha, "queued push dropped at shutdown; redeliver or push again");
     }
-    let keys: Vec<String> = dropped.iter().map(|r| delivery_key(&r.delivery)).collect();
+    forget(app, &dropped);
+}
+
+/// Forgets the delivery ids and body digests of `runs`, pushes that did not run: a
+/// redelivery of one (GitHub's "Redeliver" sends the same body) is then accepted,
+/// whereas one that ran stays a duplicate.
+fn forget(app: &App, runs: &[DeployRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    let keys: Vec<String> = runs.iter().flat_map(DeployRun::replay_keys).collect();
     lock(&app.seen).forget(&keys);
 }

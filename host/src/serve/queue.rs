@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::push::Push;
+use super::replay::delivery_key;
 
 /// How many finished runs `GET /deploys` keeps.
 pub const MAX_RUNS: usize = 100;
@@ -67,11 +68,17 @@ pub struct DeployRun {
     /// When it was accepted, for the latencies above.
     #[serde(skip)]
     pub(super) received: Instant,
+    /// The replay key of its body (see `replay::body_key`): forgotten with the
+    /// delivery id when the push does not run, so that a redelivery of it (same
+    /// body, same or new delivery id) is accepted.
+    #[serde(skip)]
+    pub(super) body_key: String,
 }
 
 impl DeployRun {
-    /// A push just accepted for `repository` (its configured name), queued.
-    pub(super) fn accepted(push: Push, repository: String) -> DeployRun {
+    /// A push just accepted for `repository` (its configured name) with the body
+    /// remembered under `body_key`, queued.
+    pub(super) fn accepted(push: Push, repository: String, body_key: String) -> DeployRun {
         DeployRun {
             delivery: push.delivery,
             repository,
@@ -89,7 +96,13 @@ impl DeployRun {
             outcome: None,
             reason: None,
             received: Instant::now(),
+            body_key,
         }
+    }
+
+    /// The keys replay memory holds for this push: its delivery id and its body.
+    pub(super) fn replay_keys(&self) -> [String; 2] {
+        [delivery_key(&self.delivery), self.body_key.clone()]
     }
 }
 

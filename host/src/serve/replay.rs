@@ -122,7 +122,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deliveries_and_bodies_are_remembered_across_restarts() {
+    fn keys_survive_a_reload_and_forgotten_ones_are_accepted_again() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("deliveries");
         let keys = |d: &str, b: &str| [format!("d {d}"), format!("b {b}")];

@@ -70,7 +70,13 @@ async fn deploy_push(app: &App, worker: &Worker, mut run: DeployRun) -> DeployRu
             publish(app, &run);
             run_deploy(app, worker, &mut run).await
         }
-        Err(reason) => Err(reason),
+        Err(reason) => {
+            // Nothing ran: once the cause is fixed (the sha pushed, the remote
+            // reachable), GitHub's "Redeliver" must deploy it.
+            super::forget(app, std::slice::from_ref(&run));
+            tracing::info!("the push did not run; a redelivery of it will be accepted");
+            Err(reason)
+        }
     };
     if let Err(reason) = result {
         run.outcome = Some("failed".to_owned());
