@@ -895,3 +895,40 @@ fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes(
     );
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
+
+#[test]
+fn a_task_that_passed_and_then_exited_does_not_count_toward_min_healthy() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-exited", 0, "", "");
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    // Swarm fills in the slot per task: task 1 listens after 10 s and passes, tasks 2
+    // and 3 would listen after 20 s and 30 s. Every task exits 12 s after it starts, so
+    // only task 1 ever passes, and it is gone 2 s later; Swarm's replacements (5 s
+    // restart delay) would listen after the 14 s deadline. One of three is enough by
+    // `min_healthy`, but only while it runs.
+    svc.edit_config(|text| {
+        text.replace(
+            "[container.env]\n",
+            "[container.env]\nHELLO_STARTUP_DELAY_MS = \"{{.Task.Slot}}0000\"\nHELLO_EXIT_AFTER_MS = \"12000\"\n",
+        )
+        .replace("deadline = \"60s\"", "deadline = \"14s\"\nmin_healthy = 1")
+    });
+    let started = Instant::now();
+    let out = deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("no longer running") || out.stderr.contains("of 3 green task(s)"),
+        "the deploy fails by quorum, not counting the task that exited:\n{}",
+        out.stderr
+    );
+    eprintln!("failed after {:?}", started.elapsed());
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+}
