@@ -932,3 +932,31 @@ fn a_task_that_passed_and_then_exited_does_not_count_toward_min_healthy() {
     let status = swarm_status(&svc);
     assert_eq!(status["live"]["color"], "blue", "{status:#}");
 }
+
+#[test]
+fn retire_on_a_swarm_returns_once_the_old_tasks_have_stopped() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-retire", 0, "", "");
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    let out = deploy("v2").success();
+    // The moment the deploy says blue's tasks are stopped, none of them still runs
+    // (scaling to 0 only asks Swarm; its agents stop the containers afterwards).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let counts = runtime
+        .block_on(async { cluster.swarm(&config).await.task_counts(Color::Blue).await })
+        .expect("task counts")
+        .expect("blue's service stays for a rollback");
+    assert_eq!(
+        counts.alive, 0,
+        "blue's tasks still run after the retire step said stopped:\n{}",
+        out.stderr
+    );
+}
