@@ -75,7 +75,7 @@ async fn assert_every_task_answers(tasks: &[TaskEndpoint], version: &str) {
 // The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
 #[allow(clippy::await_holding_lock)]
 async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_back() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let service = unique_service("swc");
@@ -188,7 +188,7 @@ async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_
 // The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
 #[allow(clippy::await_holding_lock)]
 async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let service = unique_service("swl");
     // Two runners with their own state directories, on two different managers.
@@ -275,7 +275,7 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
 // The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
 #[allow(clippy::await_holding_lock)]
 async fn cluster_state_labels_round_trip_between_managers() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
     let service = unique_service("sws");
@@ -382,7 +382,7 @@ async fn cluster_state_labels_round_trip_between_managers() {
 
 /// `cutover status --output json` of `svc` on the swarm.
 fn swarm_status(svc: &Service) -> serde_json::Value {
-    let cluster = cluster().expect("cluster");
+    let cluster = cluster();
     let out = svc.cutover_env(&["status", "--output", "json"], &cluster.env());
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("status JSON: {e}\n{}\n{}", out.stdout, out.stderr))
@@ -399,7 +399,7 @@ fn colour_state(status: &serde_json::Value, color: &str) -> String {
 
 #[test]
 fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_request() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-e2e", 0, "", "");
     let deploy = |version: &str| {
@@ -486,7 +486,7 @@ struct Runners {
 
 impl Runners {
     fn new(prefix: &str, count: usize) -> Runners {
-        let cluster = cluster().expect("cluster");
+        let cluster = cluster();
         let nginx = ExternalNginx::start(([127, 0, 0, 1], 9).into());
         let reload = nginx.argv(&["-s", "reload"]);
         let mut first = cluster.service(prefix, 0, "", "");
@@ -512,7 +512,7 @@ impl Runners {
     }
 
     fn deploy(&self, runner: usize, version: &str, fault: Option<&str>) -> Output {
-        let cluster = cluster().expect("cluster");
+        let cluster = cluster();
         let mut env: Vec<(&str, &str)> = cluster.env().to_vec();
         if let Some(fault) = fault {
             env.push(("CUTOVER_FAULT", fault));
@@ -531,12 +531,9 @@ impl Runners {
 
 #[test]
 fn two_runners_with_their_own_state_directories_never_deploy_at_once_and_follow_the_cluster() {
-    if cluster().is_none() {
-        return;
-    }
+    let cluster = cluster();
     let _serial = exclusive();
     let runners = Runners::new("swarm-two", 2);
-    let cluster = cluster().expect("cluster");
     // Started together: one deploys, the other is refused and names it.
     let spawn = |n: usize| {
         runners.runners[n].spawn_env(&["deploy", "--build-arg", "VERSION=v1"], &cluster.env())
@@ -575,9 +572,8 @@ fn two_runners_with_their_own_state_directories_never_deploy_at_once_and_follow_
 
 #[test]
 fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_directory() {
-    if cluster().is_none() {
-        return;
-    }
+    // Built before the lock is taken, so that a build failure is reported as such.
+    cluster();
     let _serial = exclusive();
     // Three runners take turns: one is killed, the next deploys, the third checks
     // `status`. A killed runner's journal stays in its state directory; when its turn
@@ -588,7 +584,7 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
     runners.deploy(0, "v1", None).success();
     // The third runner has never deployed: `recover` from its empty state directory
     // (on the other manager) takes the live colour from the cluster's labels.
-    let out = runners.runners[2].cutover_env(&["recover"], &cluster().expect("cluster").env());
+    let out = runners.runners[2].cutover_env(&["recover"], &cluster().env());
     let out = out.success();
     assert!(
         out.stderr
@@ -633,8 +629,7 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
                 status["interrupted"]["deploy_id"].is_string(),
                 "status after a kill {fault}: {status:#}"
             );
-            let out = runners.runners[killer]
-                .cutover_env(&["recover"], &cluster().expect("cluster").env());
+            let out = runners.runners[killer].cutover_env(&["recover"], &cluster().env());
             let out = out.success();
             assert!(
                 out.stderr.contains("reconciled the interrupted deploy"),
@@ -670,7 +665,7 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
 /// with two of three tasks, green serves, and the proxy files (returned) name no
 /// task on `lost`.
 fn goes_on_without(svc: &Service, lost: &SwarmNode) -> String {
-    let cluster = cluster().expect("cluster");
+    let cluster = cluster();
     let out = svc.cutover_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
     let out = out.success();
     assert!(out.stderr.contains("2 of 3 healthy"), "{}", out.stderr);
@@ -690,7 +685,7 @@ fn goes_on_without(svc: &Service, lost: &SwarmNode) -> String {
 #[test]
 fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_min_healthy_goes_on()
  {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-cut", 0, "", "");
     svc.edit_config(|text| text.replace("deadline = \"60s\"", "deadline = \"20s\""));
@@ -747,7 +742,7 @@ fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_
 
 #[test]
 fn a_nodes_engine_killed_during_the_health_step_loses_its_task_and_quorum_decides() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-engine", 0, "", "");
     // Each task's first probe comes 25 s after it is seen running: long enough for the
@@ -817,7 +812,7 @@ fn a_nodes_engine_killed_during_the_health_step_loses_its_task_and_quorum_decide
 
 #[test]
 fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight_requests() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-lost", 0, "", "");
     svc.cutover_env(&["deploy", "--build-arg", "VERSION=v1"], &cluster.env())
@@ -868,7 +863,7 @@ fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight
 
 #[test]
 fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes() {
-    let Some(cluster) = cluster() else { return };
+    let cluster = cluster();
     let _serial = exclusive();
     let strategy = "\n[strategy]\nkind = \"canary\"\nsteps = [\"30%\", \"pause 4s\", \"100%\"]\n";
     let svc = cluster.service("swarm-canary", 0, "", strategy);
@@ -899,4 +894,69 @@ fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes(
         "both versions served during the split"
     );
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+}
+
+#[test]
+fn a_task_that_passed_and_then_exited_does_not_count_toward_min_healthy() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-exited", 0, "", "");
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    // Swarm fills in the slot per task: task 1 listens after 10 s and passes, tasks 2
+    // and 3 would listen after 20 s and 30 s. Every task exits 12 s after it starts, so
+    // only task 1 ever passes, and it is gone 2 s later; Swarm's replacements (5 s
+    // restart delay) would listen after the 14 s deadline. One of three is enough by
+    // `min_healthy`, but only while it runs.
+    svc.edit_config(|text| {
+        text.replace(
+            "[container.env]\n",
+            "[container.env]\nHELLO_STARTUP_DELAY_MS = \"{{.Task.Slot}}0000\"\nHELLO_EXIT_AFTER_MS = \"12000\"\n",
+        )
+        .replace("deadline = \"60s\"", "deadline = \"14s\"\nmin_healthy = 1")
+    });
+    let started = Instant::now();
+    let out = deploy("v2").code(4);
+    assert!(
+        out.stderr.contains("no longer running") || out.stderr.contains("of 3 green task(s)"),
+        "the deploy fails by quorum, not counting the task that exited:\n{}",
+        out.stderr
+    );
+    eprintln!("failed after {:?}", started.elapsed());
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+}
+
+#[test]
+fn retire_on_a_swarm_returns_once_the_old_tasks_have_stopped() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-retire", 0, "", "");
+    let deploy = |version: &str| {
+        svc.cutover_env(
+            &["deploy", "--build-arg", &format!("VERSION={version}")],
+            &cluster.env(),
+        )
+    };
+    deploy("v1").success();
+    let out = deploy("v2").success();
+    // The moment the deploy says blue's tasks are stopped, none of them still runs
+    // (scaling to 0 only asks Swarm; its agents stop the containers afterwards).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let counts = runtime
+        .block_on(async { cluster.swarm(&config).await.task_counts(Color::Blue).await })
+        .expect("task counts")
+        .expect("blue's service stays for a rollback");
+    assert_eq!(
+        counts.alive, 0,
+        "blue's tasks still run after the retire step said stopped:\n{}",
+        out.stderr
+    );
 }

@@ -373,7 +373,7 @@ timeout = "15s"
 
 /// The swarm row: the same deploys and load, to 3 replicas on the tests' 3-node swarm.
 fn swarm_row(opts: &Options) -> Row {
-    let cluster = support::swarm::cluster().expect("the swarm row builds its cluster as root");
+    let cluster = support::swarm::cluster();
     let svc = cluster.service("bench-swarm", 0, "", "");
     // As fast a health check as the single-host row's.
     svc.edit_config(|text| {

@@ -429,18 +429,17 @@ pub fn load_config(dir: &Path, text: &str) -> Config {
     Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-/// The shared cluster, built on first use; `None` (with the reason printed) only when
-/// this machine cannot run it at all: the test is not root.
+/// The shared cluster, built on first use.
 ///
 /// # Panics
-/// When building it fails, with what failed (every caller sees the same message).
-pub fn cluster() -> Option<&'static SwarmCluster> {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: the swarm tests start dockerd in network namespaces the test creates, which needs root; run them as root (CI does)"
-        );
-        return None;
-    }
+/// When this machine cannot run it (the test is not root) or building it fails, with
+/// the reason: a swarm test that cannot run fails rather than passing having tested
+/// nothing (every caller sees the same message).
+pub fn cluster() -> &'static SwarmCluster {
+    assert!(
+        is_root(),
+        "the swarm tests start dockerd in network namespaces the test creates, which needs root; run them as root (CI does)"
+    );
     static CLUSTER: OnceLock<Result<SwarmCluster, String>> = OnceLock::new();
     let built = CLUSTER.get_or_init(|| {
         // A thread of its own: the build blocks on a runtime of its own, which must
@@ -454,7 +453,7 @@ pub fn cluster() -> Option<&'static SwarmCluster> {
         })
     });
     match built {
-        Ok(cluster) => Some(cluster),
+        Ok(cluster) => cluster,
         Err(e) => panic!("the 3-node swarm test cluster could not be built: {e}"),
     }
 }

@@ -171,10 +171,26 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
             wanted_at = Some(Instant::now());
         }
         let running = ctx.engine.replicas(color).await?;
+        let ids: HashSet<String> = running.iter().map(|r| r.id.clone()).collect();
+        // A task that passed and has since exited no longer serves: it must not count
+        // toward `min_healthy` nor go into the proxy's upstream (Swarm's replacement,
+        // a task of its own id, is probed when it is listed).
+        healthy.retain(|(replica, _)| {
+            let runs = ids.contains(&replica.id);
+            if !runs {
+                ctx.reporter.log(
+                    Level::Warn,
+                    &format!(
+                        "{color}: {} passed but is no longer running",
+                        describe(replica)
+                    ),
+                );
+            }
+            runs
+        });
         *listed
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            running.iter().map(|r| r.id.clone()).collect();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
         for replica in running {
             if seen.insert(replica.id.clone()) {
                 progress = Instant::now();

@@ -185,9 +185,13 @@ impl Engine for SwarmEngine {
 
     async fn stop(&self, color: Color) -> Result<(), EngineError> {
         match self.swarm.retire(color).await {
-            Ok(()) | Err(SwarmError::NoService { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(SwarmError::NoService { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
+        // Scaling to 0 only asks; the old tasks are given `stop_grace` to exit. Callers
+        // report "stopped", so wait until no container of the colour still runs.
+        self.wait_exited(color, self.swarm.stop_grace()).await
     }
 
     async fn logs(&self, _color: Color, _lines: usize) -> Result<String, EngineError> {
