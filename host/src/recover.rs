@@ -371,8 +371,10 @@ pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, De
         .lock("recover", lock_wait, CiFacts::from_env().run_url())
         .await?;
     let outcome = recover_locked(ctx).await;
-    lock.release().await;
-    outcome
+    let released = lock.release().await;
+    let outcome = outcome?;
+    released?;
+    Ok(outcome)
 }
 
 async fn recover_locked(ctx: &Context) -> Result<Recovered, DeployError> {
