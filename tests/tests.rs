@@ -17,6 +17,7 @@ mod health;
 mod history;
 mod history_html;
 mod hostile;
+mod init;
 mod metrics;
 mod notify;
 mod plugin_kit;

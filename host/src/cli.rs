@@ -73,6 +73,34 @@ pub enum OutputFormat {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a commented cutover.toml for the repository here (never overwrites one).
+    Init {
+        /// The service name (default: this directory's name).
+        #[arg(long)]
+        service: Option<String>,
+        /// The app's Dockerfile (default: ./Dockerfile, else the one in a subdirectory).
+        #[arg(long, value_name = "PATH")]
+        dockerfile: Option<PathBuf>,
+        /// The port the app listens on inside the container (default: its EXPOSE).
+        #[arg(long)]
+        port: Option<u16>,
+        /// The path that answers 2xx when the app is ready.
+        #[arg(long, default_value = "/health")]
+        health: String,
+        /// Where the managed nginx listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Drive an nginx you run instead (prints the lines to add to it).
+        #[arg(long)]
+        external: bool,
+    },
+    /// Print a shell completion script (e.g. `cutover completions bash > /etc/bash_completion.d/cutover`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout (e.g. `cutover man | man -l -`).
+    Man,
     /// Deploy the service to the idle colour and switch traffic to it.
     Deploy {
         /// Wait this long for another deploy's lock (e.g. `5m`) instead of failing.
@@ -292,6 +320,25 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> {
+    match &cli.command {
+        Command::Init { .. } => return init(cli),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "cutover", &mut std::io::stdout());
+            return Ok(exit::OK);
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => Ok(exit::OK),
+                Err(e) => Err(Failure {
+                    error: anyhow::Error::new(e).context("cannot write the man page"),
+                    code: exit::FAILURE,
+                }),
+            };
+        }
+        _ => {}
+    }
     if let Command::Plugin { command } = &cli.command {
         let mut out = std::io::stdout().lock();
         let format = match cli.output {
@@ -452,6 +499,9 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         | Command::Serve { .. }
         | Command::Promote
         | Command::Abort { .. }
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Dashboard { .. } => {
             unreachable!("handled above")
         }
@@ -478,8 +528,66 @@ fn plugins_used(command: &Command) -> &'static [PluginKind] {
         | Command::Serve { .. }
         | Command::Promote
         | Command::Abort { .. }
+        | Command::Init { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Plugin { .. } => &[],
     }
+}
+
+/// `cutover init`: writes the config, then says what to do next (and, for an external
+/// nginx, what to add to it).
+fn init(cli: &Cli) -> Result<u8, Failure> {
+    let Command::Init {
+        service,
+        dockerfile,
+        port,
+        health,
+        listen,
+        external,
+    } = &cli.command
+    else {
+        unreachable!("called for init only")
+    };
+    let options = crate::init::InitOptions {
+        service: service.clone(),
+        dockerfile: dockerfile.clone(),
+        port: *port,
+        health: health.clone(),
+        listen: *listen,
+        external: *external,
+    };
+    // Questions only when a person can answer them: in CI a missing fact is an error
+    // naming the flag, never a hang on a prompt.
+    let mut ask = |question: &str| {
+        use std::io::{BufRead, IsTerminal};
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        eprint!("{question}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).ok()?;
+        Some(line)
+    };
+    let written = crate::init::init(&cli.config, &options, &mut ask).map_err(|e| Failure {
+        code: match e {
+            crate::init::InitError::Io { .. } | crate::init::InitError::Generated(_) => {
+                exit::FAILURE
+            }
+            _ => exit::CONFIG,
+        },
+        error: e.into(),
+    })?;
+    for note in &written.notes {
+        eprintln!("note: {note}");
+    }
+    println!("wrote {}", written.path.display());
+    if let Some(lines) = &written.include_lines {
+        println!("add to your nginx's server block:\n{lines}");
+    }
+    println!("next: `cutover plan` shows what a deploy would do; `cutover deploy` does it");
+    Ok(exit::OK)
 }
 
 /// `cutover dashboard`: reads the token (never printed), binds, serves until
@@ -593,7 +701,7 @@ mod tests {
             text,
             format!(
                 "cannot read config file {}: No such file or directory (os error 2); \
-                 create it or pass another file with --config",
+                 create it (`cutover init` writes one) or pass another file with --config",
                 path.display()
             )
         );

@@ -22,7 +22,7 @@ pub const DEFAULT_FILE: &str = "cutover.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config file {}: {source}; create it or pass another file with --config", path.display())]
+    #[error("cannot read config file {}: {source}; create it (`cutover init` writes one) or pass another file with --config", path.display())]
     Read {
         /// The file cutover tried to read.
         path: PathBuf,
@@ -1790,7 +1790,7 @@ listen = "127.0.0.1:8080"
             msg,
             format!(
                 "cannot read config file {}: No such file or directory (os error 2); \
-                 create it or pass another file with --config",
+                 create it (`cutover init` writes one) or pass another file with --config",
                 path.display()
             )
         );

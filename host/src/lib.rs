@@ -29,6 +29,7 @@ pub mod gate;
 pub mod git;
 pub mod health;
 pub mod html;
+pub mod init;
 pub mod lock;
 pub mod metrics;
 pub mod notify;
