@@ -807,6 +807,8 @@ struct Plain {
     server: ServeProcess,
     secret: String,
     name: String,
+    /// The service the checkout's `cutover.toml` names (its views are served).
+    service: String,
     sha: String,
     _repo: Repo,
     _conf_dir: tempfile::TempDir,
@@ -816,6 +818,16 @@ impl Plain {
     /// `extra` goes into the config's top level; `env` is added to the secret.
     fn start(extra: &str, env: &[(&str, &str)], open_files: Option<u32>) -> Plain {
         let repo = Repo::new();
+        let service = unique_service("plain-svc");
+        // Never deployed; it lets the server show the service's views.
+        repo.commit(
+            "cutover.toml",
+            &format!(
+                "service = \"{service}\"\n[image]\nref = \"busybox:latest\"\n[container]\nport = 8080\n\
+                 [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:1\"\n"
+            ),
+            "config",
+        );
         let sha = repo.commit("README", "plain\n", "one");
         let conf_dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -838,6 +850,7 @@ impl Plain {
             server,
             secret,
             name,
+            service,
             sha,
             _repo: repo,
             _conf_dir: conf_dir,
@@ -1295,4 +1308,97 @@ fn serve_shows_every_service_its_dashboard_and_metrics_and_lets_a_browser_in_wit
         "{log}"
     );
     f.assert_secret_never_written();
+}
+
+/// Opens `GET path` on a connection of its own and returns it once the response head
+/// has arrived (an event stream: the body never ends).
+fn open_stream(addr: SocketAddr, path: &str, headers: &str) -> (std::net::TcpStream, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{headers}\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Whether `stream` is still open: no EOF and no reset within a short wait.
+fn still_open(stream: &mut std::net::TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) => {
+                return matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+/// Regression (issue 19, bug 8): an open event stream counted as an idle connection,
+/// so at the cap the server asked it to close gracefully (which never finishes),
+/// blocked its accept loop for 2 s and then refused the webhook.
+#[test]
+fn open_event_streams_at_the_connection_cap_do_not_keep_a_webhook_out() {
+    // A cap of 8 allows 2 event streams (a quarter).
+    let f = Plain::start("max_connections = 8\n", &[], None);
+    let path = format!("/services/{}/events", f.service);
+    let mut streams: Vec<_> = (0..2)
+        .map(|_| {
+            let (stream, head) = open_stream(f.server.addr, &path, "");
+            assert!(
+                head.starts_with("HTTP/1.1 200"),
+                "{head}\n{}",
+                f.server.log_text()
+            );
+            stream
+        })
+        .collect();
+    // The rest of the cap: connections with a half-sent request, newer than the streams.
+    let _half: Vec<_> = (0..6)
+        .map(|_| {
+            let mut conn = std::net::TcpStream::connect(f.server.addr).unwrap();
+            conn.write_all(HALF_SENT).unwrap();
+            conn
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let pushed = f.signed_push(Duration::from_secs(10));
+    let latency = began.elapsed();
+    let (_, r) = pushed.unwrap_or_else(|e| {
+        panic!(
+            "the webhook at the cap got no answer ({e}, after {latency:?}):\n{}",
+            f.server.log_text()
+        )
+    });
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        latency < Duration::from_secs(1),
+        "the webhook waited {latency:?} at the cap"
+    );
+    for (i, stream) in streams.iter_mut().enumerate() {
+        assert!(
+            still_open(stream),
+            "event stream {i} was closed to make room"
+        );
+    }
 }

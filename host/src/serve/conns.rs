@@ -18,6 +18,10 @@
 //!   the accept queue keeps moving, so a webhook does not wait long in it behind the
 //!   flood.
 //!
+//! A request is in progress until its whole response has been written, body
+//! included: an event stream is a response that never ends, so its connection is
+//! busy for as long as the stream is open (closing it gracefully would never finish).
+//!
 //! A connection that never completed a request head is dropped outright (hyper's
 //! graceful shutdown would leave it open until its header timeout); one that has
 //! answered a request is shut down gracefully, so a response being written is not cut
@@ -94,7 +98,7 @@ impl Limits {
 
 /// No request head has arrived yet.
 const FRESH: u8 = 0;
-/// A request is in the router.
+/// A request is in the router, or its response is still being written.
 const BUSY: u8 = 1;
 /// At least one request was answered and none is in progress.
 const SERVED: u8 = 2;
@@ -136,12 +140,40 @@ impl State {
     }
 }
 
-/// Marks a connection busy while a request is in the router.
+/// Marks a connection busy while a request is in the router and its response body
+/// is being written.
 struct Busy(State);
 
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.0.store(SERVED, Ordering::Release);
+    }
+}
+
+/// A response body that keeps its connection busy until the body is written (or
+/// dropped): a stream is a request in progress, not an idle connection.
+struct Answering {
+    body: Body,
+    _busy: Option<Busy>,
+}
+
+impl hyper::body::Body for Answering {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -347,11 +379,16 @@ async fn connection(
         async move {
             let Some(busy) = busy else {
                 // Closed to make room the moment this request arrived.
-                return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+                let refused = StatusCode::SERVICE_UNAVAILABLE.into_response();
+                return Ok::<_, std::convert::Infallible>(
+                    refused.map(|body| Answering { body, _busy: None }),
+                );
             };
-            let response = router.oneshot(request.map(Body::new)).await;
-            drop(busy);
-            response
+            let response = router.oneshot(request.map(Body::new)).await?;
+            Ok(response.map(|body| Answering {
+                body,
+                _busy: Some(busy),
+            }))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
