@@ -437,6 +437,7 @@ timeout = "30s"
 "#,
         common = common_text(f),
         health = f.health,
+        service = f.service,
     );
     let lines = format!(
         "location / {{\n    include {dir}/service-url.inc;\n    proxy_pass $service_url;\n}}\n"
