@@ -207,17 +207,9 @@ pub struct EngineConfig {
     /// Swarm: labels put on each colour's service (cutover adds its `cutover.*` ones).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Swarm: how long the cluster lock's lease runs unless renewed (renewed every
-    /// third of it); a runner that dies holds the lock this long (default 60 s).
-    pub lock_lease: Option<Duration>,
 }
 
 impl EngineConfig {
-    /// Swarm: the cluster lock's lease, `lock_lease` or 60 s.
-    pub fn lock_lease(&self) -> std::time::Duration {
-        self.lock_lease.map_or(crate::lock::LEASE, Duration::get)
-    }
-
     /// Swarm: the tasks a colour runs, `None` in global mode (one per eligible node).
     pub fn swarm_replicas(&self) -> Option<u32> {
         match self.mode {
@@ -749,7 +741,6 @@ impl Config {
                 ("engine.mode", engine.mode.is_some()),
                 ("engine.constraints", !engine.constraints.is_empty()),
                 ("engine.labels", !engine.labels.is_empty()),
-                ("engine.lock_lease", engine.lock_lease.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(self.invalid(
@@ -777,12 +768,6 @@ impl Config {
             return Err(self.invalid(
                 "health.min_healthy",
                 format!("expected at most `engine.replicas` ({replicas}): a colour never has more healthy tasks than it runs"),
-            ));
-        }
-        if engine.lock_lease().as_secs() < 3 {
-            return Err(self.invalid(
-                "engine.lock_lease",
-                "expected at least \"3s\": the lease is renewed every third of it, and a renewal is a round trip to a manager",
             ));
         }
         if engine.replicas == Some(0) {

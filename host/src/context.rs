@@ -39,31 +39,13 @@ impl Held {
         self.local.owner()
     }
 
-    /// Fails (once) when the engine's lock was lost meanwhile (taken over after its
-    /// lease ran out): a run stops at the next step boundary.
-    ///
-    /// # Errors
-    /// [`DeployError::Swarm`] with [`crate::engine::SwarmError::LockLost`].
-    pub fn check(&self) -> Result<(), DeployError> {
-        match &self.engine {
-            Some(engine) => Ok(engine.check()?),
-            None => Ok(()),
-        }
-    }
-
     /// Releases it, waiting until the engine's lock is written free (dropping it
     /// releases too, but only as long as the process lives on).
-    ///
-    /// # Errors
-    /// [`DeployError`] when the engine's lock could not be written free: it then
-    /// stays held until its lease runs out.
-    pub async fn release(self) -> Result<(), DeployError> {
-        let released = match self.engine {
-            Some(engine) => engine.release().await,
-            None => Ok(()),
-        };
+    pub async fn release(self) {
+        if let Some(engine) = self.engine {
+            engine.release().await;
+        }
         drop(self.local);
-        Ok(released?)
     }
 }
 

@@ -19,10 +19,8 @@ use crate::state::State;
 pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
     let lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
     let result = down_locked(ctx, images).await;
-    let released = lock.release().await;
-    result?;
-    released?;
-    Ok(())
+    lock.release().await;
+    result
 }
 
 async fn down_locked(ctx: &Context, images: bool) -> Result<(), DeployError> {

@@ -199,14 +199,7 @@ impl DeployError {
                 ErrorClass::Environment
             }
             DeployError::Docker(e) if e.is_environment() => ErrorClass::Environment,
-            // Lost mid-run is the same answer as held at the start: another runner
-            // has the service now.
-            DeployError::Swarm(e)
-                if matches!(
-                    **e,
-                    SwarmError::LockHeld { .. } | SwarmError::LockLost { .. }
-                ) =>
-            {
+            DeployError::Swarm(e) if matches!(**e, SwarmError::LockHeld { .. }) => {
                 ErrorClass::LockHeld
             }
             DeployError::Swarm(e) if matches!(**e, SwarmError::NeedsRegistry { .. }) => {
@@ -223,14 +216,6 @@ impl DeployError {
                     && cleanup.class() == ErrorClass::Environment =>
             {
                 ErrorClass::Environment
-            }
-            // The lock was lost, so the undo was refused too: the runner that holds
-            // the lock now owns the service (and recovers what this one started).
-            DeployError::CleanupFailed { error, cleanup }
-                if error.class() == ErrorClass::LockHeld
-                    && cleanup.class() == ErrorClass::LockHeld =>
-            {
-                ErrorClass::LockHeld
             }
             DeployError::CleanupFailed { .. } => ErrorClass::Critical,
             _ => ErrorClass::DeployFailed,

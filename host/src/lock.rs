@@ -39,19 +39,8 @@ pub struct Owner {
     /// The CI run's URL, when cutover runs in CI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_url: Option<String>,
-    /// The lease's end (RFC 3339); stamped at every take and renewed while the
-    /// owner works.
+    /// The lease's end (RFC 3339); renewed while the owner works.
     pub lease_until: String,
-    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) where it runs: a pid
-    /// means something on this machine only until it reboots. Empty in records
-    /// written before it was kept.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub boot_id: String,
-    /// Its pid namespace (the target of `/proc/self/ns/pid`, `pid:[inode]`): a
-    /// container with this machine's host name has pids of its own. Empty in records
-    /// written before it was kept.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pid_ns: String,
 }
 
 impl Owner {
@@ -63,19 +52,7 @@ impl Owner {
             started_at: crate::state::now_rfc3339(),
             command: command.to_owned(),
             run_url,
-            lease_until: lease_from_now(LEASE),
-            boot_id: boot_id(),
-            pid_ns: pid_namespace(),
-        }
-    }
-
-    /// This owner with its lease stamped to run `lease` from now: done at every
-    /// attempt to take a lock, so a runner that waited longer than a lease never
-    /// writes one that already ran out.
-    pub(crate) fn fresh(&self, lease: Duration) -> Owner {
-        Owner {
-            lease_until: lease_from_now(lease),
-            ..self.clone()
+            lease_until: lease_from_now(),
         }
     }
 
@@ -95,18 +72,11 @@ impl Owner {
         humantime::parse_rfc3339(&self.lease_until).is_ok_and(|t| t < SystemTime::now())
     }
 
-    /// Whether this owner is known to be gone: it ran on this machine, in this boot
-    /// and this pid namespace, and its process no longer exists. (Elsewhere, in a
-    /// container that shares the host name, or in a record that does not say its
-    /// boot and namespace, only its lease can tell; a reused pid only makes this
-    /// answer "not gone", the safe way.)
+    /// Whether this owner is known to be gone: it ran on this machine and its process
+    /// no longer exists. (On another machine only its lease can tell; a reused pid
+    /// only makes this answer "not gone", the safe way.)
     pub(crate) fn gone_from_this_host(&self) -> bool {
-        self.host == hostname()
-            && !self.boot_id.is_empty()
-            && self.boot_id == boot_id()
-            && !self.pid_ns.is_empty()
-            && self.pid_ns == pid_namespace()
-            && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.host == hostname() && !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -205,7 +175,6 @@ impl DeployLock {
             }
         }
         let taken_over = read_owner(&mut file);
-        let owner = owner.fresh(LEASE);
         write_owner(&file, &owner).map_err(io)?;
         let renewer = tokio::spawn(renew_forever(file.try_clone().map_err(io)?, owner.clone()));
         Ok(DeployLock {
@@ -234,7 +203,7 @@ async fn renew_forever(file: File, mut owner: Owner) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        owner.lease_until = lease_from_now(LEASE);
+        owner.lease_until = lease_from_now();
         // A failed renewal only makes the record look stale to a refused runner's
         // message; the flock still protects the service.
         let _ = write_owner(&file, &owner);
@@ -278,23 +247,8 @@ fn read_owner(file: &mut File) -> Option<Owner> {
     serde_json::from_str(&text).ok()
 }
 
-/// The end of a lease of `lease` taken now (RFC 3339).
-pub(crate) fn lease_from_now(lease: Duration) -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now() + lease).to_string()
-}
-
-/// This boot's id; empty when the kernel does not say (then no pid is judged dead).
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// This process's pid namespace, as `pid:[inode]`; empty when unknown.
-fn pid_namespace() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default()
+pub(crate) fn lease_from_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + LEASE).to_string()
 }
 
 /// This machine's host name, for owner records.
@@ -379,52 +333,5 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(lock.taken_over.as_ref().map(|o| o.pid), Some(999_999));
-    }
-
-    #[tokio::test]
-    async fn a_lease_written_after_a_long_wait_is_fresh() {
-        let dir = tempfile::tempdir().unwrap();
-        // An owner made before a wait longer than the lease.
-        let waited = Owner {
-            lease_until: "2000-01-01T00:00:00Z".to_owned(),
-            ..Owner::this_process("deploy", None)
-        };
-        let lock = DeployLock::acquire(dir.path(), "hello", waited, Duration::ZERO)
-            .await
-            .unwrap();
-        assert!(!lock.owner().lease_expired(), "{:?}", lock.owner());
-        let written = current_owner(dir.path()).unwrap();
-        assert!(!written.lease_expired(), "{written:?}");
-    }
-
-    #[test]
-    fn a_same_named_holder_in_another_pid_namespace_is_not_taken_for_dead() {
-        let here = Owner::this_process("deploy", None);
-        assert!(
-            !here.boot_id.is_empty() && here.pid_ns.starts_with("pid:["),
-            "{here:?}"
-        );
-        let dead_here = Owner {
-            pid: 999_999,
-            ..here.clone()
-        };
-        assert!(dead_here.gone_from_this_host());
-        let in_a_container = Owner {
-            pid_ns: "pid:[1]".to_owned(),
-            ..dead_here.clone()
-        };
-        assert!(!in_a_container.gone_from_this_host());
-        let before_a_reboot = Owner {
-            boot_id: "another-boot".to_owned(),
-            ..dead_here.clone()
-        };
-        assert!(!before_a_reboot.gone_from_this_host());
-        // A record from before the boot and namespace were kept still reads, and
-        // only its lease can say it is gone.
-        let old =
-            r#"{"host":"h","pid":999999,"started_at":"x","command":"deploy","lease_until":"y"}"#;
-        let old: Owner =
-            serde_json::from_str(&old.replace("\"h\"", &format!("{:?}", hostname()))).unwrap();
-        assert!(old.boot_id.is_empty() && !old.gone_from_this_host());
     }
 }

@@ -371,10 +371,8 @@ pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, De
         .lock("recover", lock_wait, CiFacts::from_env().run_url())
         .await?;
     let outcome = recover_locked(ctx).await;
-    let released = lock.release().await;
-    let outcome = outcome?;
-    released?;
-    Ok(outcome)
+    lock.release().await;
+    outcome
 }
 
 async fn recover_locked(ctx: &Context) -> Result<Recovered, DeployError> {

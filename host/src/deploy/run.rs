@@ -117,16 +117,6 @@ impl<'a> Run<'a> {
         work: impl Future<Output = Result<T, DeployError>>,
         detail: impl FnOnce(&T) -> String,
     ) -> Result<T, DeployError> {
-        // A lock lost meanwhile stops the run here, before this step does anything
-        // (so its undo leaves this step out).
-        if let Err(error) = self.lock.check() {
-            self.ctx.reporter.emit(&Event::StepFailed {
-                step,
-                ms: 0,
-                error: error.to_string(),
-            });
-            return Err(error);
-        }
         self.journal.step = step;
         self.save()?;
         fault::point(fault::When::Before, step);
@@ -180,7 +170,7 @@ impl<'a> Run<'a> {
         );
         self.ctx.store.save(&self.state)?;
         let live = self.state.live.as_ref().map(|s| s.color);
-        release(self.ctx, self.lock).await;
+        self.lock.release().await;
         self.ctx.reporter.emit(&Event::Finished {
             id: self.journal.deploy_id.clone(),
             outcome,
@@ -222,31 +212,16 @@ impl<'a> Run<'a> {
         match failure {
             Failure::BeforeSwitch(error) => {
                 if let Err(cleanup) = Undo::for_run(&self.journal).run(self.ctx).await {
-                    // The journal stays for `recover`, which takes the lock itself.
-                    release(self.ctx, self.lock).await;
                     return Err(error.then_cleanup_failed(cleanup));
                 }
                 self.finish_failed(Outcome::Failed, &error).await
             }
             Failure::RolledBack(error) => self.finish_failed(Outcome::RolledBack, &error).await,
             Failure::Fatal(error) => {
-                release(self.ctx, self.lock).await;
+                self.lock.release().await;
                 Err(error)
             }
         }
-    }
-}
-
-/// Releases `lock` at the end of a run, warning when that fails: the run's outcome is
-/// already recorded, and what is left is a lock that stays until its lease runs out.
-async fn release(ctx: &Context, lock: Held) {
-    if let Err(e) = lock.release().await {
-        ctx.reporter.log(
-            Level::Warn,
-            &format!(
-                "could not release the deploy lock: {e}; it stays held until its lease runs out"
-            ),
-        );
     }
 }
 

@@ -313,61 +313,28 @@ pub struct RecordedLive {
     pub serial: u64,
 }
 
-/// Where an engine lock's holder task leaves the error that ended its hold (the lock
-/// taken over, or its lease run out while renewals failed).
-pub type LockLostFlag = std::sync::Arc<std::sync::Mutex<Option<EngineError>>>;
-
 /// A deploy lock held in the engine: renewed in the background while held, released
 /// by [`EngineLock::release`] (or, best effort, when dropped).
 #[derive(Debug)]
 pub struct EngineLock {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), EngineError>>,
-    lost: LockLostFlag,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl EngineLock {
     /// A lock whose holder `task` renews it until `stop` fires or is dropped, then
-    /// releases it and returns how the release went; it puts into `lost` why the
-    /// hold ended early, if it does.
-    pub fn new(
-        stop: tokio::sync::oneshot::Sender<()>,
-        task: tokio::task::JoinHandle<Result<(), EngineError>>,
-        lost: LockLostFlag,
-    ) -> Self {
+    /// releases it.
+    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
         EngineLock {
             stop: Some(stop),
             task,
-            lost,
         }
-    }
-
-    /// Fails (once) when the hold ended early: a run checks this at every step
-    /// boundary and stops there.
-    ///
-    /// # Errors
-    /// The [`EngineError`] that ended the hold ([`SwarmError::LockLost`]).
-    pub fn check(&self) -> Result<(), EngineError> {
-        let mut lost = self
-            .lost
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        lost.take().map_or(Ok(()), Err)
     }
 
     /// Releases the lock and waits until the release is written.
-    ///
-    /// # Errors
-    /// [`EngineError`] when the release could not be written (the lock then stays
-    /// until its lease runs out).
-    pub async fn release(mut self) -> Result<(), EngineError> {
+    pub async fn release(mut self) {
         drop(self.stop.take());
-        match (&mut self.task).await {
-            Ok(released) => released,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            // Never aborted; a runtime shutting down leaves the lease to run out.
-            Err(_) => Ok(()),
-        }
+        let _ = (&mut self.task).await;
     }
 }
 

@@ -112,33 +112,21 @@ pub enum SwarmError {
         /// Swarm's last answer.
         message: String,
     },
-    /// A colour's tasks were told to stop and some still run after their grace.
-    #[error(
-        "{alive} task(s) of {service} are still stopping {} after it was scaled to 0; Swarm has told them to stop: `docker service ps {service}` shows where they are, then try again once they have exited",
-        humantime::format_duration(*.waited)
-    )]
-    StillStopping {
-        /// The colour's service.
-        service: String,
-        /// How many of its containers still run.
-        alive: u32,
-        /// How long they were waited for.
-        waited: std::time::Duration,
-    },
     /// Another runner holds the service's deploy lock in the cluster.
-    #[error("another deploy of {service} holds its lock in the swarm: {holder}; {}", held_advice(.lease_until.as_deref()))]
+    #[error(
+        "another deploy of {service} holds its lock in the swarm: {holder}; wait for it to finish (its lease ends at {lease_until} unless renewed), or run with --lock-wait"
+    )]
     LockHeld {
         /// The service.
         service: String,
         /// Who holds it, as [`Owner::describe`] says.
         holder: String,
-        /// When its lease ends (RFC 3339), when its record could be read.
-        lease_until: Option<String>,
+        /// When its lease ends (RFC 3339).
+        lease_until: String,
     },
-    /// This runner's hold on the lock is gone: taken over after its lease expired,
-    /// or removed.
+    /// This runner's hold on the lock was taken over after its lease expired.
     #[error(
-        "the deploy lock of {service} in the swarm is no longer this runner's (its lease ran out before a renewal reached a manager); it is held by {holder} now; this run stopped, so let `cutover status` show what is where"
+        "the deploy lock of {service} in the swarm is no longer this runner's: {holder} took it after this runner's lease expired; stop and let `cutover status` show what is where"
     )]
     LockLost {
         /// The service.
@@ -146,19 +134,6 @@ pub enum SwarmError {
         /// Who holds it now (or "nobody").
         holder: String,
     },
-}
-
-/// What a runner refused by a held cluster lock can do.
-fn held_advice(lease_until: Option<&str>) -> String {
-    match lease_until {
-        Some(until) => format!(
-            "wait for it to finish (its lease ends at {until} unless renewed), or run with --lock-wait"
-        ),
-        None => {
-            "it took the lock in the same moment as this runner; try again, or run with --lock-wait"
-                .to_owned()
-        }
-    }
 }
 
 impl SwarmError {
@@ -287,56 +262,12 @@ impl ClusterLock {
 pub struct Swarm {
     docker: Docker,
     config: Config,
-    /// The token of the cluster lock this runner holds through this handle (and its
-    /// clones), if any: while one is held, every write that changes what serves
-    /// checks first that the lock is still this token's.
-    held: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Swarm {
     /// The cluster `docker` (a manager) runs, for `config`'s service.
     pub fn new(docker: Docker, config: Config) -> Swarm {
-        Swarm {
-            docker,
-            config,
-            held: std::sync::Arc::default(),
-        }
-    }
-
-    /// How long the cluster lock's lease runs (`engine.lock_lease`).
-    pub fn lease(&self) -> std::time::Duration {
-        self.config.engine.lock_lease()
-    }
-
-    fn held_token(&self) -> Option<String> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    fn set_held(&self, token: Option<String>) {
-        *self
-            .held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = token;
-    }
-
-    /// While this handle holds the lock, fails with [`SwarmError::LockLost`] when the
-    /// cluster says another runner (or nobody) holds it now. Swarm has no
-    /// transaction across a config and a service, so a takeover between this read and
-    /// the write that follows is not caught here; the lease (renewed every third of
-    /// it) keeps that window far shorter than any takeover.
-    async fn check_held(&self) -> Result<(), SwarmError> {
-        let Some(token) = self.held_token() else {
-            return Ok(());
-        };
-        let now = self.read_lock().await?;
-        if now.labels.get(LABEL_LOCK_TOKEN) == Some(&token) {
-            Ok(())
-        } else {
-            Err(self.lost(now.holder.as_ref()))
-        }
+        Swarm { docker, config }
     }
 
     /// The service `color` runs as: `<service>-<colour>`.
@@ -451,7 +382,6 @@ impl Swarm {
         let spec = self.service_spec(color, image, deploy_id);
         match self.inspect(&name).await? {
             None => {
-                self.check_held().await?;
                 self.docker
                     .client()
                     .create_service(spec, credentials)
@@ -608,8 +538,7 @@ impl Swarm {
     /// [`SwarmError::Docker`] when Swarm refuses.
     pub async fn remove_color(&self, color: Color) -> Result<(), SwarmError> {
         let name = self.service_name(color);
-        // Safe to repeat over an election: a repeat that finds it gone is done.
-        match through_election(|| self.docker.client().delete_service(&name)).await {
+        match self.docker.client().delete_service(&name).await {
             Ok(()) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.api("remove service", &name, e)),
@@ -773,7 +702,6 @@ impl Swarm {
         live: Color,
         previous: Option<Color>,
     ) -> Result<ClusterState, SwarmError> {
-        self.check_held().await?;
         let serial = self.read_state().await?.serial + 1;
         let mut set = BTreeMap::from([
             (LABEL_LIVE.to_owned(), live.to_string()),
@@ -851,9 +779,6 @@ impl Swarm {
         {
             return Err(self.held(holder));
         }
-        // Stamped now, not when `owner` was made: a runner that waited longer than a
-        // lease must not write one that already ran out.
-        let owner = &owner.fresh(self.lease());
         let token = ulid::Ulid::generate().to_string();
         let mut labels = seen.labels.clone();
         labels.insert(LABEL_LOCK_OWNER.to_owned(), owner_label(owner));
@@ -868,25 +793,16 @@ impl Swarm {
             }
             Some(id) => self.write_lock(id, seen.version, labels).await,
         };
-        let config_id = match written {
-            Ok(config_id) => config_id,
-            // A write retried over a leader election may have gone through the first
-            // time: the lock then carries this very token.
-            Err(Written::Stale) => match self.read_lock().await? {
-                now if now.labels.get(LABEL_LOCK_TOKEN) == Some(&token) => {
-                    now.config_id.unwrap_or_default()
-                }
-                now => return Err(self.lost_race(&now)),
-            },
-            Err(Written::Failed(e)) => return Err(e),
-        };
-        self.set_held(Some(token.clone()));
-        Ok(ClusterLock {
-            config_id,
-            token,
-            owner: owner.clone(),
-            took_over: seen.holder.clone(),
-        })
+        match written {
+            Ok(config_id) => Ok(ClusterLock {
+                config_id,
+                token,
+                owner: owner.clone(),
+                took_over: seen.holder.clone(),
+            }),
+            Err(Written::Stale) => Err(self.lost_race().await?),
+            Err(Written::Failed(e)) => Err(e),
+        }
     }
 
     /// Renews `lock`'s lease.
@@ -895,7 +811,7 @@ impl Swarm {
     /// [`SwarmError::LockLost`] when another runner holds it now; [`SwarmError::Docker`].
     pub async fn renew(&self, lock: &mut ClusterLock) -> Result<(), SwarmError> {
         let mut owner = lock.owner.clone();
-        owner.lease_until = crate::lock::lease_from_now(self.lease());
+        owner.lease_until = crate::lock::lease_from_now();
         let seen = self.own_lock(lock).await?;
         let mut labels = seen.labels.clone();
         labels.insert(LABEL_LOCK_OWNER.to_owned(), owner_label(&owner));
@@ -909,9 +825,6 @@ impl Swarm {
     /// # Errors
     /// [`SwarmError::LockLost`] when another runner took it over; [`SwarmError::Docker`].
     pub async fn release(&self, lock: ClusterLock) -> Result<(), SwarmError> {
-        if self.held_token().as_ref() == Some(&lock.token) {
-            self.set_held(None);
-        }
         let seen = self.own_lock(&lock).await?;
         let mut labels = seen.labels.clone();
         labels.remove(LABEL_LOCK_OWNER);
@@ -936,17 +849,10 @@ impl Swarm {
         seen: &LockSnapshot,
         labels: HashMap<String, String>,
     ) -> Result<(), SwarmError> {
-        match self
-            .write_lock(&lock.config_id, seen.version, labels.clone())
-            .await
-        {
+        match self.write_lock(&lock.config_id, seen.version, labels).await {
             Ok(_) => Ok(()),
             Err(Written::Stale) => {
                 let now = self.read_lock().await?;
-                // A write retried over an election that went through the first time.
-                if now.labels == labels {
-                    return Ok(());
-                }
                 Err(self.lost(now.holder.as_ref()))
             }
             Err(Written::Failed(e)) => Err(e),
@@ -965,14 +871,11 @@ impl Swarm {
 
     async fn create_lock(&self, labels: HashMap<String, String>) -> Result<String, Written> {
         let name = self.lock_name();
-        // Retried over an election: a create that went through the first time then
-        // answers 409, and the caller finds its own token in the lock.
-        match through_election(|| {
-            self.docker
-                .client()
-                .create_config(self.lock_spec(labels.clone()))
-        })
-        .await
+        match self
+            .docker
+            .client()
+            .create_config(self.lock_spec(labels))
+            .await
         {
             Ok(created) => Ok(created.id),
             // Another runner created it first: as good as a stale version.
@@ -992,48 +895,31 @@ impl Swarm {
             .version(i64::try_from(version).unwrap_or(i64::MAX))
             .build();
         let spec = self.lock_spec(labels);
-        // Versioned, so safe to retry over an election: a write that went through the
-        // first time makes the retry stale, which the callers tell apart by token.
-        match through_election(|| {
-            self.docker
-                .client()
-                .update_config(id, spec.clone(), options.clone())
-        })
-        .await
-        {
+        match self.docker.client().update_config(id, spec, options).await {
             Ok(()) => Ok(id.to_owned()),
             Err(e) if is_stale_version(&e) => Err(Written::Stale),
             Err(e) => Err(Written::Failed(self.api("update config", &name, e))),
         }
     }
 
-    /// The error for a runner whose write lost to another's, as the lock is `now`:
-    /// names the winner, or says it took and left the lock in between.
-    fn lost_race(&self, now: &LockSnapshot) -> SwarmError {
-        match &now.holder {
+    /// The error for a runner whose write lost to another's: names the winner.
+    async fn lost_race(&self) -> Result<SwarmError, SwarmError> {
+        let now = self.read_lock().await?;
+        Ok(match &now.holder {
             Some(holder) => self.held(holder),
-            None => SwarmError::LockHeld {
-                service: self.config.service.clone(),
-                holder: "another runner (it already released it again)".to_owned(),
-                lease_until: None,
+            None => SwarmError::Conflict {
+                object: self.lock_name(),
+                attempts: 1,
+                message: "the lock changed while this runner took it".to_owned(),
             },
-        }
+        })
     }
 
     fn held(&self, holder: &Owner) -> SwarmError {
         SwarmError::LockHeld {
             service: self.config.service.clone(),
             holder: holder.describe(),
-            lease_until: Some(holder.lease_until.clone()),
-        }
-    }
-
-    /// The error for a hold whose renewals failed (the last with `why`) until its
-    /// lease ran out: the lock may be another runner's any moment.
-    pub fn lease_ran_out(&self, why: &SwarmError) -> SwarmError {
-        SwarmError::LockLost {
-            service: self.config.service.clone(),
-            holder: format!("nobody known (renewing it failed until the lease ran out: {why})"),
+            lease_until: holder.lease_until.clone(),
         }
     }
 
@@ -1070,7 +956,6 @@ impl Swarm {
         credentials: Option<bollard::auth::DockerCredentials>,
         change: impl Fn(&mut ServiceSpec),
     ) -> Result<String, SwarmError> {
-        self.check_held().await?;
         let mut last = String::new();
         for _ in 0..UPDATE_ATTEMPTS {
             let Some((mut spec, version)) = self.inspect(name).await? else {
@@ -1084,17 +969,11 @@ impl Swarm {
                 // Without new credentials, keep those the service was given.
                 .registry_auth_from("spec")
                 .build();
-            // Versioned, so safe to retry over an election: had the first attempt
-            // gone through, the retry is stale and the loop reads and applies again.
-            match through_election(|| {
-                self.docker.client().update_service(
-                    name,
-                    spec.clone(),
-                    options.clone(),
-                    credentials.clone(),
-                )
-            })
-            .await
+            match self
+                .docker
+                .client()
+                .update_service(name, spec, options, credentials.clone())
+                .await
             {
                 Ok(_) => return Ok(name.to_owned()),
                 Err(e) if is_stale_version(&e) => last = engine_message(&e),
@@ -1148,14 +1027,12 @@ fn owner_label(owner: &Owner) -> String {
     serde_json::to_string(owner).unwrap_or_default()
 }
 
-/// How long a read, or a write safe to repeat, waits out a leader election before its
-/// error counts.
+/// How long a read waits out a leader election before its error counts.
 const ELECTION: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Runs a read, or a write safe to repeat (one carrying a version index, or one whose
-/// repeat is recognised), again while the managers have no leader: Swarm answers 500
-/// ("does not have a leader", a raft deadline) during an election, which a manager
-/// that rejoins after a network split can force. A deploy rides that out instead of
+/// Runs a read, again while the managers have no leader: Swarm answers 500 ("does
+/// not have a leader", a raft deadline) during an election, which a manager that
+/// rejoins after a network split can force. A deploy rides that out instead of
 /// failing on it.
 async fn through_election<T, F, Fut>(mut read: F) -> Result<T, bollard::errors::Error>
 where

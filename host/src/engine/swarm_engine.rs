@@ -16,14 +16,16 @@ use async_trait::async_trait;
 
 use super::swarm::Swarm;
 use super::{
-    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, LockLostFlag, NodeDown,
-    OnLine, PreparedImage, RecordedLive, Replica, SwarmError,
+    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, NodeDown, OnLine,
+    PreparedImage, RecordedLive, Replica, SwarmError,
 };
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, Docker, RegistryAuth};
 use crate::lock::Owner;
 
+/// How often a held cluster lock's lease is renewed (a third of its 60 s lease).
+const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// How often a runner waiting for the cluster lock, or for a colour's tasks to exit,
 /// looks again.
 const POLL: Duration = Duration::from_millis(250);
@@ -63,10 +65,13 @@ impl SwarmEngine {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(SwarmError::StillStopping {
-                    service: self.swarm.service_name(color),
-                    alive,
-                    waited: grace + EXIT_SLACK,
+                return Err(SwarmError::Conflict {
+                    object: self.swarm.service_name(color),
+                    attempts: 1,
+                    message: format!(
+                        "{alive} task(s) still running {} after it was scaled to 0",
+                        humantime::format_duration(grace + EXIT_SLACK)
+                    ),
                 }
                 .into());
             }
@@ -240,7 +245,7 @@ impl Engine for SwarmEngine {
 
     async fn lock(&self, owner: &Owner, wait: Duration) -> Result<Option<EngineLock>, EngineError> {
         let started = tokio::time::Instant::now();
-        let held = loop {
+        let mut held = loop {
             match self.swarm.lock(owner).await {
                 Ok(held) => break held,
                 Err(SwarmError::LockHeld { .. }) if started.elapsed() < wait => {
@@ -250,57 +255,22 @@ impl Engine for SwarmEngine {
             }
         };
         let swarm = self.swarm.clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let lost = LockLostFlag::default();
-        let task = tokio::spawn(hold(swarm, held, stopped, lost.clone()));
-        Ok(Some(EngineLock::new(stop, task, lost)))
-    }
-}
-
-/// Renews `held` every third of its lease until `stopped`, then releases it. When a
-/// renewal finds the lock another runner's, or renewals fail until the lease has run
-/// out, it says so in `lost` (the run stops at its next step) and renews no more.
-async fn hold(
-    swarm: Swarm,
-    mut held: super::swarm::ClusterLock,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-    lost: LockLostFlag,
-) -> Result<(), EngineError> {
-    let lease = swarm.lease();
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.tick().await;
-    let mut renewed = tokio::time::Instant::now();
-    let gone = loop {
-        tokio::select! {
-            _ = &mut stopped => break false,
-            _ = tick.tick() => match swarm.renew(&mut held).await {
-                Ok(()) => renewed = tokio::time::Instant::now(),
-                Err(e @ SwarmError::LockLost { .. }) => {
-                    set_lost(&lost, e);
-                    break true;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW_EVERY);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tick.tick() => {
+                        // A failed renewal leaves the lease to run out; the next
+                        // tick tries again, and a lost lock shows at release.
+                        let _ = swarm.renew(&mut held).await;
+                    }
                 }
-                // The next tick tries again while the lease runs; once it has run
-                // out another runner may take the lock at any moment.
-                Err(e) if renewed.elapsed() >= lease => {
-                    set_lost(&lost, swarm.lease_ran_out(&e));
-                    break true;
-                }
-                Err(_) => {}
-            },
-        }
-    };
-    if gone {
-        let _ = stopped.await;
+            }
+            let _ = swarm.release(held).await;
+        });
+        Ok(Some(EngineLock::new(stop, task)))
     }
-    match swarm.release(held).await {
-        // Already reported through `lost`: nothing of this runner's is left to free.
-        Err(SwarmError::LockLost { .. }) if gone => Ok(()),
-        released => Ok(released?),
-    }
-}
-
-fn set_lost(lost: &LockLostFlag, error: SwarmError) {
-    *lost
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error.into());
 }
