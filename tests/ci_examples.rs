@@ -107,9 +107,11 @@ fn yaml_commands(path: &Path, text: &str, keys: &[&str]) -> (Yaml, Vec<Vec<Strin
 }
 
 #[test]
-fn github_actions_workflow_is_valid_and_its_commands_parse() {
+fn github_actions_workflow_is_valid_and_deploys_through_the_action() {
     let (path, text) = example("github-actions.yml");
-    let (doc, commands) = yaml_commands(&path, &text, &["run"]);
+    let docs = YamlLoader::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()));
+    let doc = &docs[0];
     assert!(!doc["on"]["push"].is_badvalue(), "triggers on push");
     let steps = doc["jobs"]["deploy"]["steps"]
         .as_vec()
@@ -119,8 +121,115 @@ fn github_actions_workflow_is_valid_and_its_commands_parse() {
         Some(0),
         "the checkout fetches tags"
     );
-    assert!(text.contains("\"$code\" -eq 3"), "gate denied is a success");
+    let deploy = steps
+        .iter()
+        .find(|s| s["uses"].as_str() == Some("./.github/actions/cutover"))
+        .expect("a step uses the cutover action");
+    assert_eq!(deploy["with"]["config"].as_str(), Some("cutover.toml"));
+}
+
+/// The composite action of `examples/ci/action/`.
+fn action() -> (PathBuf, Yaml) {
+    let (path, text) = example("action/action.yml");
+    let docs = YamlLoader::load_from_str(&text)
+        .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", path.display()));
+    (path, docs[0].clone())
+}
+
+#[test]
+fn github_action_is_composite_and_its_commands_are_the_documented_ones() {
+    let (path, doc) = action();
+    assert_eq!(doc["runs"]["using"].as_str(), Some("composite"));
+    let steps = doc["runs"]["steps"].as_vec().expect("runs.steps");
+    let mut commands = Vec::new();
+    for step in steps {
+        assert_eq!(step["shell"].as_str(), Some("bash"), "{step:?}");
+        let run = step["run"].as_str().expect("every step runs a script");
+        // Inputs reach scripts through env only: an input spliced into a script
+        // would be shell injection.
+        assert!(
+            !run.contains("${{"),
+            "{}: script text uses ${{{{ }}}}: {run}",
+            path.display()
+        );
+        commands.extend(cutover_commands(run));
+    }
     assert_parses(&path, &commands);
+    let names: Vec<&str> = commands.iter().map(|argv| argv[1].as_str()).collect();
+    assert_eq!(names, ["plan", "deploy", "history"]);
+    for (input, default) in [("config", "cutover.toml"), ("lock-wait", "10m")] {
+        assert_eq!(doc["inputs"][input]["default"].as_str(), Some(default));
+    }
+}
+
+/// Runs the action's deploy step as GitHub does (`bash -eo pipefail`), with the real
+/// cutover first on PATH, in `dir`; returns its exit code and what it wrote to
+/// `$GITHUB_OUTPUT`.
+fn run_deploy_step(dir: &Path, config: &str) -> (Option<i32>, String, String) {
+    let (_, doc) = action();
+    let step = doc["runs"]["steps"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"].as_str() == Some("deploy"))
+        .expect("the deploy step")
+        .clone();
+    let bin = Path::new(env!("CARGO_BIN_EXE_cutover")).parent().unwrap();
+    let output = dir.join("github-output");
+    std::fs::write(&output, "").unwrap();
+    let out = std::process::Command::new("bash")
+        .args(["--noprofile", "--norc", "-eo", "pipefail", "-c"])
+        .arg(step["run"].as_str().unwrap())
+        .current_dir(dir)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("CONFIG", config)
+        .env("LOCK_WAIT", "1s")
+        .env("RUNNER_TEMP", dir)
+        .env("GITHUB_OUTPUT", &output)
+        .env_remove("CUTOVER_CONFIG")
+        .output()
+        .expect("bash");
+    (
+        out.status.code(),
+        std::fs::read_to_string(&output).unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn github_action_turns_a_denied_gate_into_a_skipped_job_and_a_bad_config_into_a_failed_one() {
+    // A repository whose HEAD has no `cicd` tag: the default gate denies it (exit 3)
+    // before anything is built.
+    let repo = crate::support::git::Repo::new();
+    repo.commit("README", "an app\n", "first");
+    std::fs::write(
+        repo.path().join("cutover.toml"),
+        format!(
+            "service = \"action-gate\"\nstate_dir = \"state\"\n[image]\nref = \"hello:none\"\n[container]\nport = 8080\n[blue]\nhost_port = {}\n[green]\nhost_port = {}\n[proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:{}\"\n",
+            crate::support::docker::free_port(),
+            crate::support::docker::free_port(),
+            crate::support::docker::free_port()
+        ),
+    )
+    .unwrap();
+    let (code, outputs, stdout) = run_deploy_step(repo.path(), "cutover.toml");
+    assert_eq!(code, Some(0), "{outputs}\n{stdout}");
+    assert!(
+        outputs.contains("exit-code=3\n") && outputs.contains("outcome=skipped\n"),
+        "{outputs}"
+    );
+    assert!(stdout.contains("::notice::"), "{stdout}");
+
+    let (code, outputs, stdout) = run_deploy_step(repo.path(), "missing.toml");
+    assert_eq!(code, Some(5), "{outputs}\n{stdout}");
+    assert!(outputs.contains("outcome=failed\n"), "{outputs}");
+    assert!(
+        stdout.contains("::error::cutover deploy exited 5"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -307,7 +307,7 @@ fn every_documented_cutover_command_line_parses_in_the_real_binary() {
         "README.md",
         "examples/plugins/latency-p95/README.md",
         "examples/hello/demo.sh",
-        "examples/ci/github-actions.yml",
+        "examples/ci/action/action.yml",
         "examples/ci/gitlab-ci.yml",
         "examples/ci/Jenkinsfile",
         "examples/serve/cutover-serve.service",

@@ -149,3 +149,24 @@ fn completions_for_bash_zsh_and_fish_and_the_man_page_name_every_command() {
         assert!(page.contains(command), "man page: {command} missing");
     }
 }
+
+#[test]
+fn completions_and_the_man_page_into_a_closed_pipe_end_quietly() {
+    // `cutover man | head -1` closes the pipe early: the writer must stop without a
+    // panic. Closing the read end before the child writes makes that certain.
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["man"][..], &["completions", "zsh"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cutover"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cutover");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out));
+    }
+}

@@ -256,19 +256,114 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
         (ra, rb) => panic!("exactly one runner must win: {ra:?} / {rb:?}"),
     }
 
-    // A holder that died leaves its lease to expire; then the next runner takes over
-    // and learns whom it replaced.
-    let dead = Owner {
+    // An owner made long ago (a runner that waited for the lock longer than a lease)
+    // still takes it with a lease that runs from now: the next runner is refused.
+    let made_long_ago = Owner {
         lease_until: "2001-01-01T00:00:00Z".to_owned(),
         ..owner_a.clone()
     };
-    a.lock(&dead).await.expect("take with an expired lease");
+    let lock_a = a.lock(&made_long_ago).await.expect("a takes the free lock");
+    names(&b.lock(&owner_b).await.unwrap_err(), "runs/a");
+    a.release(lock_a).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
+#[allow(clippy::await_holding_lock)]
+async fn a_cluster_lock_whose_lease_ran_out_is_taken_over_and_its_old_holder_can_no_longer_renew() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let service = unique_service("swx");
+    let lease = "lock_lease = \"3s\"";
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = cluster
+        .swarm(&cluster.config(dir_a.path(), &service, 0, lease))
+        .await;
+    let b = cluster
+        .swarm(&cluster.config(dir_b.path(), &service, 1, lease))
+        .await;
+    let owner_a = Owner::this_process("deploy", Some("https://ci.example/runs/a".to_owned()));
+    let owner_b = Owner::this_process("deploy", Some("https://ci.example/runs/b".to_owned()));
+
+    // a takes it and then hangs: nobody renews its lease.
+    let mut hung = a.lock(&owner_a).await.expect("a takes it");
+    let refused = b.lock(&owner_b).await.unwrap_err();
+    assert!(refused.to_string().contains("runs/a"), "{refused}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let lock_b = b
         .lock(&owner_b)
         .await
         .expect("an expired lease is taken over");
-    assert_eq!(lock_b.took_over, Some(dead));
+    assert_eq!(
+        lock_b.took_over.as_ref().and_then(|o| o.run_url.as_deref()),
+        Some("https://ci.example/runs/a")
+    );
+    // a wakes up: its renewal, its checks before a write, and its release all find
+    // the lock lost, naming b.
+    let lost = |e: SwarmError| {
+        assert!(
+            matches!(e, SwarmError::LockLost { .. }) && e.to_string().contains("runs/b"),
+            "{e}"
+        );
+    };
+    lost(a.renew(&mut hung).await.unwrap_err());
+    lost(a.check_lock(&hung).await.unwrap_err());
+    lost(a.release(hung).await.unwrap_err());
+    b.check_lock(&lock_b).await.expect("b holds it");
     b.release(lock_b).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
+#[allow(clippy::await_holding_lock)]
+async fn a_runner_that_waited_longer_than_the_lease_holds_the_lock_with_a_fresh_one() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let service = unique_service("sww");
+    let lease = "lock_lease = \"3s\"";
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engine = |i: usize| {
+        let config = cluster.config(dirs[i].path(), &service, i % 2, lease);
+        async move {
+            let host = config.engine.host.clone().expect("engine.host");
+            let docker = cutover::docker::Docker::connect_to(&host).await.unwrap();
+            cutover::engine::SwarmEngine::open(docker, config)
+                .await
+                .unwrap()
+        }
+    };
+    use cutover::engine::Engine as _;
+    let (a, b) = (engine(0).await, engine(1).await);
+    let owner =
+        |run: &str| Owner::this_process("deploy", Some(format!("https://ci.example/runs/{run}")));
+    let (owner_a, owner_b) = (owner("a"), owner("b"));
+    let held_a = a.lock(&owner_a, Duration::ZERO).await.unwrap().unwrap();
+    // b queues behind a for longer than a lease, while a renews its own.
+    let waiter = tokio::spawn(async move {
+        let held = b.lock(&owner_b, Duration::from_secs(60)).await;
+        (b, held)
+    });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a renews its lease, so b still waits"
+    );
+    held_a.check().expect("a still holds it");
+    held_a.release().await.expect("a releases it");
+    let (b, held_b) = waiter.await.unwrap();
+    let held_b = held_b.unwrap().unwrap();
+    // Another 4 s: without b's renewals its lease would have run out by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = engine(2).await;
+    let refused = c.lock(&owner("c"), Duration::ZERO).await.unwrap_err();
+    assert!(refused.to_string().contains("runs/b"), "{refused}");
+    assert_eq!(
+        c.lock_holder().await.unwrap().and_then(|o| o.run_url),
+        Some("https://ci.example/runs/b".to_owned())
+    );
+    held_b.check().expect("b still holds it");
+    held_b.release().await.expect("b releases it");
+    drop(b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -896,17 +991,24 @@ fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes(
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
 
+/// `cutover deploy` of the hello app built with `VERSION=<version>` on the swarm.
+fn deploy_on(
+    cluster: &crate::support::swarm::SwarmCluster,
+    svc: &Service,
+    version: &str,
+) -> Output {
+    svc.cutover_env(
+        &["deploy", "--build-arg", &format!("VERSION={version}")],
+        &cluster.env(),
+    )
+}
+
 #[test]
 fn a_task_that_passed_and_then_exited_does_not_count_toward_min_healthy() {
     let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-exited", 0, "", "");
-    let deploy = |version: &str| {
-        svc.cutover_env(
-            &["deploy", "--build-arg", &format!("VERSION={version}")],
-            &cluster.env(),
-        )
-    };
+    let deploy = |version: &str| deploy_on(cluster, &svc, version);
     deploy("v1").success();
     // Swarm fills in the slot per task: task 1 listens after 10 s and passes, tasks 2
     // and 3 would listen after 20 s and 30 s. Every task exits 12 s after it starts, so
@@ -938,12 +1040,7 @@ fn retire_on_a_swarm_returns_once_the_old_tasks_have_stopped() {
     let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-retire", 0, "", "");
-    let deploy = |version: &str| {
-        svc.cutover_env(
-            &["deploy", "--build-arg", &format!("VERSION={version}")],
-            &cluster.env(),
-        )
-    };
+    let deploy = |version: &str| deploy_on(cluster, &svc, version);
     deploy("v1").success();
     let out = deploy("v2").success();
     // The moment the deploy says blue's tasks are stopped, none of them still runs
@@ -959,4 +1056,60 @@ fn retire_on_a_swarm_returns_once_the_old_tasks_have_stopped() {
         "blue's tasks still run after the retire step said stopped:\n{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_deploy_whose_cluster_lock_was_taken_over_stops_at_the_next_step_and_exits_6() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-lost", 0, "lock_lease = \"3s\"", "");
+    deploy_on(cluster, &svc, "v1").success();
+    // v2's tasks listen only 20 s after they start: the deploy sits in its health step.
+    svc.set_container_env("HELLO_STARTUP_DELAY_MS", "20000");
+    let mut run = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
+    svc.wait_for_lock_owner(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(run.ended().is_none(), "the deploy is still running");
+
+    // The runner hangs (SIGSTOP) past its lease, and another runner takes the lock.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &run.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let swarm = runtime.block_on(cluster.swarm(&config));
+    let other = Owner {
+        host: "another-runner".to_owned(),
+        ..Owner::this_process("deploy", Some("https://ci.example/runs/other".to_owned()))
+    };
+    let taken = runtime
+        .block_on(swarm.lock(&other))
+        .expect("the hung runner's lease ran out");
+    signal("-CONT");
+
+    // It learns at its next renewal, stops at the next step, writes nothing more, and
+    // says who holds the lock.
+    let out = run.wait();
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    assert!(out.stderr.contains("runs/other"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let state = runtime.block_on(swarm.read_state()).unwrap();
+    assert_eq!(state.live, Some(Color::Blue), "the live record stays blue");
+
+    // `status` on this machine shows the cluster lock's holder, though its own lock
+    // file is free.
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+    assert_eq!(
+        status["lock_owner"]["run_url"], "https://ci.example/runs/other",
+        "{status:#}"
+    );
+    runtime.block_on(swarm.release(taken)).unwrap();
 }

@@ -319,23 +319,36 @@ fn one_line(error: &anyhow::Error) -> String {
     text
 }
 
+/// Writes generated text to stdout. A reader that stops early (`| head`) is no
+/// error: the writer stops too, instead of panicking as `print!` would.
+fn print_generated(text: &[u8], what: &str) -> Result<u8, Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) => Err(Failure {
+            error: anyhow::Error::new(e).context(format!("cannot write {what}")),
+            code: exit::FAILURE,
+        }),
+    }
+}
+
 async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> {
     match &cli.command {
         Command::Init { .. } => return init(cli),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut command, "cutover", &mut std::io::stdout());
-            return Ok(exit::OK);
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut command, "cutover", &mut text);
+            return print_generated(&text, "the completions");
         }
         Command::Man => {
             let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            return match page.render(&mut std::io::stdout()) {
-                Ok(()) => Ok(exit::OK),
-                Err(e) => Err(Failure {
-                    error: anyhow::Error::new(e).context("cannot write the man page"),
-                    code: exit::FAILURE,
-                }),
-            };
+            let mut text = Vec::new();
+            page.render(&mut text)
+                .expect("rendering into memory cannot fail");
+            return print_generated(&text, "the man page");
         }
         _ => {}
     }

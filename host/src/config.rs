@@ -207,6 +207,9 @@ pub struct EngineConfig {
     /// Swarm: labels put on each colour's service (cutover adds its `cutover.*` ones).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Swarm: how long the cluster deploy lock's lease runs before its holder must
+    /// renew it (a third of it), and so how long a dead runner's lock blocks others.
+    pub lock_lease: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -216,6 +219,12 @@ impl EngineConfig {
             Some(SwarmMode::Global) => None,
             _ => Some(self.replicas.unwrap_or(1)),
         }
+    }
+
+    /// Swarm: the cluster lock's lease (`lock_lease`, default 60 s).
+    pub fn lock_lease(&self) -> std::time::Duration {
+        self.lock_lease
+            .map_or(crate::lock::LEASE, |lease| lease.get())
     }
 }
 
@@ -741,6 +750,7 @@ impl Config {
                 ("engine.mode", engine.mode.is_some()),
                 ("engine.constraints", !engine.constraints.is_empty()),
                 ("engine.labels", !engine.labels.is_empty()),
+                ("engine.lock_lease", engine.lock_lease.is_some()),
             ];
             if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
                 return Err(self.invalid(
@@ -768,6 +778,12 @@ impl Config {
             return Err(self.invalid(
                 "health.min_healthy",
                 format!("expected at most `engine.replicas` ({replicas}): a colour never has more healthy tasks than it runs"),
+            ));
+        }
+        if engine.lock_lease().as_secs() < 3 {
+            return Err(self.invalid(
+                "engine.lock_lease",
+                "expected at least 3s: the holder renews it every third of the lease, and a renewal is a round trip to a manager",
             ));
         }
         if engine.replicas == Some(0) {

@@ -39,13 +39,43 @@ impl Held {
         self.local.owner()
     }
 
+    /// Whether it is still this runner's: a cluster lock whose renewal found it
+    /// taken over is not.
+    ///
+    /// # Errors
+    /// [`DeployError::Swarm`] (lock lost) naming who holds it now.
+    pub fn check(&self) -> Result<(), DeployError> {
+        match &self.engine {
+            Some(engine) => Ok(engine.check()?),
+            None => Ok(()),
+        }
+    }
+
     /// Releases it, waiting until the engine's lock is written free (dropping it
     /// releases too, but only as long as the process lives on).
-    pub async fn release(self) {
-        if let Some(engine) = self.engine {
-            engine.release().await;
-        }
+    ///
+    /// # Errors
+    /// [`DeployError`] when the engine's lock could not be released (it was lost,
+    /// or the engine did not answer: then its lease runs out by itself). This
+    /// machine's lock is released either way.
+    pub async fn release(self) -> Result<(), DeployError> {
+        let released = match self.engine {
+            Some(engine) => engine.release().await.map_err(DeployError::from),
+            None => Ok(()),
+        };
         drop(self.local);
+        released
+    }
+
+    /// [`Held::release`], reporting a failure as a warning: for a command whose own
+    /// work is done and recorded.
+    pub async fn release_or_warn(self, reporter: &dyn Reporter) {
+        if let Err(e) = self.release().await {
+            reporter.log(
+                Level::Warn,
+                &format!("could not release the deploy lock: {e}"),
+            );
+        }
     }
 }
 

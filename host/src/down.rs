@@ -19,8 +19,8 @@ use crate::state::State;
 pub async fn down(ctx: &Context, images: bool) -> Result<(), DeployError> {
     let lock = ctx.lock("down", std::time::Duration::ZERO, None).await?;
     let result = down_locked(ctx, images).await;
-    lock.release().await;
-    result
+    let released = lock.release().await;
+    result.and(released)
 }
 
 async fn down_locked(ctx: &Context, images: bool) -> Result<(), DeployError> {

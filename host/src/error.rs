@@ -199,7 +199,14 @@ impl DeployError {
                 ErrorClass::Environment
             }
             DeployError::Docker(e) if e.is_environment() => ErrorClass::Environment,
-            DeployError::Swarm(e) if matches!(**e, SwarmError::LockHeld { .. }) => {
+            DeployError::Swarm(e)
+                if matches!(
+                    **e,
+                    SwarmError::LockHeld { .. }
+                        | SwarmError::LockRace { .. }
+                        | SwarmError::LockLost { .. }
+                ) =>
+            {
                 ErrorClass::LockHeld
             }
             DeployError::Swarm(e) if matches!(**e, SwarmError::NeedsRegistry { .. }) => {
@@ -217,9 +224,20 @@ impl DeployError {
             {
                 ErrorClass::Environment
             }
+            // Undoing stopped because the lock is another runner's now: that runner
+            // owns the service, and its run replaces what this one left.
+            DeployError::CleanupFailed { cleanup, .. } if cleanup.is_lock_lost() => {
+                ErrorClass::LockHeld
+            }
             DeployError::CleanupFailed { .. } => ErrorClass::Critical,
             _ => ErrorClass::DeployFailed,
         }
+    }
+
+    /// Whether this runner lost the deploy lock to another (its lease ran out and
+    /// another runner took it): then it must stop writing.
+    pub fn is_lock_lost(&self) -> bool {
+        matches!(self, DeployError::Swarm(e) if matches!(**e, SwarmError::LockLost { .. }))
     }
 
     /// `self`, then `cleanup` failing while undoing it.
@@ -256,5 +274,39 @@ mod tests {
         assert_eq!(error.class(), ErrorClass::Environment);
         let error = DeployError::NothingToRollBack.then_cleanup_failed(unreachable_docker());
         assert_eq!(error.class(), ErrorClass::Critical);
+    }
+
+    #[test]
+    fn losing_the_cluster_lock_or_its_race_exits_6_and_slow_tasks_are_not_a_conflict() {
+        let service = "hello".to_owned();
+        let race = DeployError::from(SwarmError::LockRace {
+            service: service.clone(),
+        });
+        assert_eq!(race.class(), ErrorClass::LockHeld);
+        let lost = DeployError::from(SwarmError::LockLost {
+            service: service.clone(),
+            holder: "`deploy` by pid 7 on ci-2".to_owned(),
+        });
+        assert!(lost.is_lock_lost());
+        assert_eq!(lost.class(), ErrorClass::LockHeld);
+        // Undoing stopped by the lost lock: the new holder owns the service.
+        let undo_refused =
+            DeployError::NothingToRollBack.then_cleanup_failed(SwarmError::LockLost {
+                service: service.clone(),
+                holder: "`deploy` by pid 7 on ci-2".to_owned(),
+            });
+        assert_eq!(undo_refused.class(), ErrorClass::LockHeld);
+        let slow = DeployError::from(SwarmError::StillRunning {
+            object: "hello-blue".to_owned(),
+            alive: 2,
+            waited: std::time::Duration::from_secs(40),
+        });
+        assert_eq!(slow.class(), ErrorClass::DeployFailed);
+        let text = slow.to_string();
+        assert!(!text.contains("something else is updating"), "{text}");
+        assert!(
+            text.contains("2 task(s) of hello-blue still run 40s"),
+            "{text}"
+        );
     }
 }

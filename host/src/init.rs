@@ -362,13 +362,17 @@ fn common_text(f: &Facts) -> String {
         health,
         ..
     } = f;
+    // Each value line is padded so the comments line up whatever the value's width.
+    let service_line = format!("service = {service:?}");
+    let port_line = format!("port = {port}");
+    let path_line = format!("path = {health:?}");
     format!(
         r#"# cutover's deploy config, written by `cutover init`. Every key is in README.md
 # ("Configuration"). Try it: `cutover plan` shows what a deploy would do; `cutover
 # deploy` builds the image, starts the idle colour, waits for its health check and
 # switches nginx to it.
 
-service = {service:?}            # names containers ({service}-blue/-green), images, the lock
+{service_line:<33}# names containers ({service}-blue/-green), images, the lock
 # state_dir = ".cutover"         # state file, lock, audit log (add it to .gitignore)
 
 [image]
@@ -376,7 +380,7 @@ build = {{ context = {context:?}, dockerfile = {dockerfile:?} }}
 keep = 3                         # images kept for `cutover rollback`
 
 [container]
-port = {port}                      # the port the app listens on inside the container
+{port_line:<33}# the port the app listens on inside the container
 stop_grace = "10s"               # SIGTERM → SIGKILL; in-flight requests drain first
 # env = {{ RUST_LOG = "info" }}
 # volumes = ["/srv/{service}/data:/data"]
@@ -389,7 +393,7 @@ host_port = {blue}
 host_port = {green}
 
 [health]
-path = {health:?}              # must answer 2xx once the app is ready
+{path_line:<33}# must answer 2xx once the app is ready
 deadline = "60s"                 # from container start; then the deploy fails, nothing switched
 "#
     )

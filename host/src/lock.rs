@@ -39,8 +39,14 @@ pub struct Owner {
     /// The CI run's URL, when cutover runs in CI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_url: Option<String>,
-    /// The lease's end (RFC 3339); renewed while the owner works.
+    /// The lease's end (RFC 3339); stamped at every take and renewed while the owner
+    /// works.
     pub lease_until: String,
+    /// Which boot of which PID namespace the pid belongs to (the kernel's boot id and
+    /// the namespace's inode): the same host name in a container, or after a reboot,
+    /// is another pid space. Absent in records written by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_space: Option<String>,
 }
 
 impl Owner {
@@ -52,7 +58,18 @@ impl Owner {
             started_at: crate::state::now_rfc3339(),
             command: command.to_owned(),
             run_url,
-            lease_until: lease_from_now(),
+            lease_until: lease_from_now(LEASE),
+            pid_space: pid_space(),
+        }
+    }
+
+    /// This owner with a lease of `lease` from now: written at every take, so a runner
+    /// that waited for the lock longer than a lease never writes one that already ran
+    /// out.
+    pub fn with_lease(&self, lease: Duration) -> Owner {
+        Owner {
+            lease_until: lease_from_now(lease),
+            ..self.clone()
         }
     }
 
@@ -69,14 +86,19 @@ impl Owner {
     }
 
     pub(crate) fn lease_expired(&self) -> bool {
-        humantime::parse_rfc3339(&self.lease_until).is_ok_and(|t| t < SystemTime::now())
+        rfc3339_passed(&self.lease_until)
     }
 
-    /// Whether this owner is known to be gone: it ran on this machine and its process
-    /// no longer exists. (On another machine only its lease can tell; a reused pid
-    /// only makes this answer "not gone", the safe way.)
+    /// Whether this owner is known to be gone: it ran in this very pid space (this
+    /// host, this boot, this PID namespace) and its process no longer exists.
+    /// Anywhere else only its lease can tell: a container with the host's name, or a
+    /// record without a pid space, is "not gone", the safe answer; so is a reused pid.
     pub(crate) fn gone_from_this_host(&self) -> bool {
-        self.host == hostname() && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        let here = pid_space();
+        self.host == hostname()
+            && here.is_some()
+            && self.pid_space == here
+            && !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -175,6 +197,7 @@ impl DeployLock {
             }
         }
         let taken_over = read_owner(&mut file);
+        let owner = owner.with_lease(LEASE);
         write_owner(&file, &owner).map_err(io)?;
         let renewer = tokio::spawn(renew_forever(file.try_clone().map_err(io)?, owner.clone()));
         Ok(DeployLock {
@@ -203,7 +226,7 @@ async fn renew_forever(file: File, mut owner: Owner) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        owner.lease_until = lease_from_now();
+        owner.lease_until = lease_from_now(LEASE);
         // A failed renewal only makes the record look stale to a refused runner's
         // message; the flock still protects the service.
         let _ = write_owner(&file, &owner);
@@ -247,8 +270,21 @@ fn read_owner(file: &mut File) -> Option<Owner> {
     serde_json::from_str(&text).ok()
 }
 
-pub(crate) fn lease_from_now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now() + LEASE).to_string()
+pub(crate) fn lease_from_now(lease: Duration) -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now() + lease).to_string()
+}
+
+/// Whether the RFC 3339 time `at` has passed (an unreadable one has not).
+pub(crate) fn rfc3339_passed(at: &str) -> bool {
+    humantime::parse_rfc3339(at).is_ok_and(|t| t < SystemTime::now())
+}
+
+/// This process's pid space: the boot id and the PID namespace's inode, or `None`
+/// where the kernel does not tell (then no holder is ever judged gone by its pid).
+fn pid_space() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), ns.display()))
 }
 
 /// This machine's host name, for owner records.
@@ -310,6 +346,41 @@ mod tests {
         .await
         .unwrap();
         assert!(second.taken_over.is_none());
+    }
+
+    #[test]
+    fn a_dead_pid_counts_as_gone_only_in_this_pid_space() {
+        let dead = Owner {
+            pid: 999_999,
+            ..Owner::this_process("deploy", None)
+        };
+        assert!(dead.gone_from_this_host());
+        // The same host name in a container (another PID namespace), or after a
+        // reboot: pid 999999 there says nothing about a process here.
+        let elsewhere = Owner {
+            pid_space: Some("another-boot/pid:[4026531836]".to_owned()),
+            ..dead.clone()
+        };
+        assert!(!elsewhere.gone_from_this_host());
+        let unknown = Owner {
+            pid_space: None,
+            ..dead
+        };
+        assert!(!unknown.gone_from_this_host());
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_stamped_when_the_lock_is_taken_not_when_the_owner_was_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let made_long_ago = Owner {
+            lease_until: "2001-01-01T00:00:00Z".to_owned(),
+            ..Owner::this_process("deploy", None)
+        };
+        let lock = DeployLock::acquire(dir.path(), "hello", made_long_ago, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(!lock.owner().lease_expired());
+        assert!(!current_owner(dir.path()).unwrap().lease_expired());
     }
 
     #[tokio::test]

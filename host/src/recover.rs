@@ -371,7 +371,7 @@ pub async fn recover(ctx: &Context, lock_wait: Duration) -> Result<Recovered, De
         .lock("recover", lock_wait, CiFacts::from_env().run_url())
         .await?;
     let outcome = recover_locked(ctx).await;
-    lock.release().await;
+    lock.release_or_warn(&*ctx.reporter).await;
     outcome
 }
 

@@ -171,7 +171,12 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         ));
     }
     let interrupted = state.as_ref().and_then(|s| s.in_progress.clone());
-    let lock_owner = lock::current_owner(ctx.store.dir());
+    // This machine's lock first; on a Swarm another machine's runner may hold the
+    // cluster's lock, which this machine's file knows nothing of.
+    let lock_owner = match lock::current_owner(ctx.store.dir()) {
+        Some(owner) => Some(owner),
+        None => ctx.engine.lock_holder().await?,
+    };
     if let Some(journal) = &interrupted
         && lock_owner.is_none()
     {

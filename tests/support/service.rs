@@ -64,6 +64,11 @@ impl Running {
         })
     }
 
+    /// Its process id (to stop and continue it, as a hung runner).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs it (no cleanup of any kind runs) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

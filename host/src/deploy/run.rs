@@ -117,6 +117,9 @@ impl<'a> Run<'a> {
         work: impl Future<Output = Result<T, DeployError>>,
         detail: impl FnOnce(&T) -> String,
     ) -> Result<T, DeployError> {
+        // A runner whose cluster lock was taken over stops here, at a step boundary,
+        // before it writes anything more.
+        self.lock.check()?;
         self.journal.step = step;
         self.save()?;
         fault::point(fault::When::Before, step);
@@ -170,7 +173,7 @@ impl<'a> Run<'a> {
         );
         self.ctx.store.save(&self.state)?;
         let live = self.state.live.as_ref().map(|s| s.color);
-        self.lock.release().await;
+        self.lock.release_or_warn(&*self.ctx.reporter).await;
         self.ctx.reporter.emit(&Event::Finished {
             id: self.journal.deploy_id.clone(),
             outcome,
@@ -210,15 +213,21 @@ impl<'a> Run<'a> {
     /// proxy files were never touched on that path.
     pub(super) async fn fail(self, failure: Failure) -> Result<DeployReport, DeployError> {
         match failure {
+            // The lock is another runner's now: it owns the service, and its run
+            // clears what this one started; this one must not write any more.
+            Failure::BeforeSwitch(error) if error.is_lock_lost() => {
+                self.finish_failed(Outcome::Failed, &error).await
+            }
             Failure::BeforeSwitch(error) => {
                 if let Err(cleanup) = Undo::for_run(&self.journal).run(self.ctx).await {
+                    self.lock.release_or_warn(&*self.ctx.reporter).await;
                     return Err(error.then_cleanup_failed(cleanup));
                 }
                 self.finish_failed(Outcome::Failed, &error).await
             }
             Failure::RolledBack(error) => self.finish_failed(Outcome::RolledBack, &error).await,
             Failure::Fatal(error) => {
-                self.lock.release().await;
+                self.lock.release_or_warn(&*self.ctx.reporter).await;
                 Err(error)
             }
         }

@@ -82,7 +82,7 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     restore_on_error(run, &saved, verified).await?;
 
     promote(run, target, previous.clone()).map_err(fatal)?;
-    warn_on_error(ctx, record_live(ctx, color, previous.as_ref()).await);
+    record_live_or_warn(ctx, record_live(ctx, color, previous.as_ref()).await).map_err(fatal)?;
     run.step(Step::Drain, drain(ctx, &reload, previous.is_some()), describe_drain).await.map_err(fatal)?;
     warn_on_error(ctx, run.step(Step::Retire, retire(ctx, previous.as_ref()), String::clone).await);
     warn_on_error(ctx, run.step(Step::Prune, prune(ctx, images_in_use(&run.state)), |n| format!("{n} old image(s) removed")).await);
@@ -314,6 +314,19 @@ async fn prune(ctx: &Context, in_use: Vec<String>) -> Result<usize, DeployError>
 }
 
 /// After the switch, a step that fails no longer leaves things as they were.
+/// The live record failing to reach the engine is a warning (the next run follows
+/// what nginx serves), unless the lock was lost: then another runner owns the
+/// service, and this one stops with its journal kept.
+fn record_live_or_warn(ctx: &Context, result: Result<(), DeployError>) -> Result<(), DeployError> {
+    match result {
+        Err(error) if error.is_lock_lost() => Err(error),
+        other => {
+            warn_on_error(ctx, other);
+            Ok(())
+        }
+    }
+}
+
 fn warn_on_error<T>(ctx: &Context, result: Result<T, DeployError>) {
     if let Err(error) = result {
         ctx.reporter.log(Level::Warn, &error.to_string());

@@ -244,6 +244,16 @@ pub trait Engine: Send + Sync {
         Ok(None)
     }
 
+    /// Who holds the service's deploy lock in the engine (a runner on any machine),
+    /// for `status`; `None` when nobody does or the engine keeps no lock. A holder
+    /// whose lease ran out is not shown: any runner may take the lock from it.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn lock_holder(&self) -> Result<Option<crate::lock::Owner>, EngineError> {
+        Ok(None)
+    }
+
     /// Removes whatever occupies `color`'s slot; succeeds when it is empty.
     ///
     /// # Errors
@@ -314,27 +324,51 @@ pub struct RecordedLive {
 }
 
 /// A deploy lock held in the engine: renewed in the background while held, released
-/// by [`EngineLock::release`] (or, best effort, when dropped).
+/// by [`EngineLock::release`] (or, best effort, when dropped). What the renewals
+/// learn is kept in its [`LockStatus`], which the deploy checks at every step.
 #[derive(Debug)]
 pub struct EngineLock {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), EngineError>>,
+    status: LockStatus,
 }
 
 impl EngineLock {
-    /// A lock whose holder `task` renews it until `stop` fires or is dropped, then
-    /// releases it.
-    pub fn new(stop: tokio::sync::oneshot::Sender<()>, task: tokio::task::JoinHandle<()>) -> Self {
+    /// A lock whose holder `task` renews it, recording a loss in `status`, until
+    /// `stop` fires or is dropped; then it releases it and says how that went.
+    pub fn new(
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), EngineError>>,
+        status: LockStatus,
+    ) -> Self {
         EngineLock {
             stop: Some(stop),
             task,
+            status,
         }
     }
 
+    /// Whether the lock is still this runner's, as the last renewal found.
+    ///
+    /// # Errors
+    /// [`SwarmError::LockLost`] naming who holds it now.
+    pub fn check(&self) -> Result<(), EngineError> {
+        self.status.check()
+    }
+
     /// Releases the lock and waits until the release is written.
-    pub async fn release(mut self) {
+    ///
+    /// # Errors
+    /// [`EngineError`] when it could not be released: it was lost, or the engine
+    /// did not answer (then its lease runs out by itself).
+    pub async fn release(mut self) -> Result<(), EngineError> {
         drop(self.stop.take());
-        let _ = (&mut self.task).await;
+        match (&mut self.task).await {
+            Ok(released) => released,
+            // The holder task never panics; a runtime shutting down cancels it, and
+            // then the lease runs out by itself.
+            Err(_) => Ok(()),
+        }
     }
 }
 
@@ -343,6 +377,45 @@ impl Drop for EngineLock {
         // The holder task releases on its own once `stop` is gone; it only needs
         // the runtime to live long enough, which `release` guarantees.
         drop(self.stop.take());
+    }
+}
+
+/// Whether a held engine lock is still this runner's: set by the task that renews
+/// it, read by the deploy at every step boundary.
+#[derive(Debug, Clone)]
+pub struct LockStatus {
+    service: String,
+    /// Who holds it instead, once a renewal found it lost.
+    lost_to: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl LockStatus {
+    /// A lock of `service`, held so far.
+    pub fn new(service: &str) -> LockStatus {
+        LockStatus {
+            service: service.to_owned(),
+            lost_to: std::sync::Arc::default(),
+        }
+    }
+
+    /// Records that the lock is no longer this runner's; `holder` says who has it.
+    pub fn lose(&self, holder: String) {
+        *self.lost_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
+    }
+
+    /// See [`EngineLock::check`].
+    ///
+    /// # Errors
+    /// [`SwarmError::LockLost`] naming who holds it now.
+    pub fn check(&self) -> Result<(), EngineError> {
+        match &*self.lost_to.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(holder) => Err(SwarmError::LockLost {
+                service: self.service.clone(),
+                holder: holder.clone(),
+            }
+            .into()),
+        }
     }
 }
 

@@ -124,9 +124,30 @@ pub enum SwarmError {
         /// When its lease ends (RFC 3339).
         lease_until: String,
     },
+    /// Another runner took the lock in the same moment, and has already let it go.
+    #[error(
+        "another runner took the deploy lock of {service} in the swarm at the same moment as this one; run the command again, or with --lock-wait to queue"
+    )]
+    LockRace {
+        /// The service.
+        service: String,
+    },
+    /// A colour's tasks still ran after it was scaled to 0 and given its grace.
+    #[error(
+        "{alive} task(s) of {object} still run {} after it was scaled to 0 (container.stop_grace plus a margin); a task that ignores SIGTERM is killed only by its node: check `docker service ps {object}` and the node, then run the command again",
+        humantime::format_duration(*.waited)
+    )]
+    StillRunning {
+        /// The colour's service.
+        object: String,
+        /// How many of its tasks still run.
+        alive: u32,
+        /// How long cutover waited.
+        waited: std::time::Duration,
+    },
     /// This runner's hold on the lock was taken over after its lease expired.
     #[error(
-        "the deploy lock of {service} in the swarm is no longer this runner's: {holder} took it after this runner's lease expired; stop and let `cutover status` show what is where"
+        "the deploy lock of {service} in the swarm is no longer this runner's: {holder} holds it now (this runner's lease ran out); this run stopped without touching the cluster further: `cutover status` shows what is where"
     )]
     LockLost {
         /// The service.
@@ -255,6 +276,11 @@ impl ClusterLock {
     pub fn owner(&self) -> &Owner {
         &self.owner
     }
+
+    /// When its lease ends (RFC 3339), as last written.
+    pub fn lease_until(&self) -> &str {
+        &self.owner.lease_until
+    }
 }
 
 /// One service's colours on a Docker Swarm cluster. See the module docs.
@@ -278,6 +304,16 @@ impl Swarm {
     /// How long a task is given to stop before it is killed (`container.stop_grace`).
     pub fn stop_grace(&self) -> std::time::Duration {
         self.config.container.stop_grace.get()
+    }
+
+    /// The service's name.
+    pub fn service(&self) -> String {
+        self.config.service.clone()
+    }
+
+    /// How long the cluster lock's lease runs (`engine.lock_lease`).
+    pub fn lock_lease(&self) -> std::time::Duration {
+        self.config.engine.lock_lease()
     }
 
     /// The name of the service's lock config.
@@ -779,9 +815,12 @@ impl Swarm {
         {
             return Err(self.held(holder));
         }
+        // Stamped now, not when the owner was made: a runner that waited longer than
+        // a lease must not write one that already ran out.
+        let owner = owner.with_lease(self.config.engine.lock_lease());
         let token = ulid::Ulid::generate().to_string();
         let mut labels = seen.labels.clone();
-        labels.insert(LABEL_LOCK_OWNER.to_owned(), owner_label(owner));
+        labels.insert(LABEL_LOCK_OWNER.to_owned(), owner_label(&owner));
         labels.insert(LABEL_LOCK_TOKEN.to_owned(), token.clone());
         let written = match &seen.config_id {
             None => {
@@ -793,16 +832,25 @@ impl Swarm {
             }
             Some(id) => self.write_lock(id, seen.version, labels).await,
         };
-        match written {
-            Ok(config_id) => Ok(ClusterLock {
-                config_id,
-                token,
-                owner: owner.clone(),
-                took_over: seen.holder.clone(),
-            }),
-            Err(Written::Stale) => Err(self.lost_race().await?),
-            Err(Written::Failed(e)) => Err(e),
-        }
+        let config_id = match written {
+            Ok(config_id) => config_id,
+            Err(Written::Stale) => {
+                let now = self.read_lock().await?;
+                // A write retried through a leader election may have landed the
+                // first time: then the lock carries this runner's token.
+                match now.config_id.clone() {
+                    Some(id) if now.labels.get(LABEL_LOCK_TOKEN) == Some(&token) => id,
+                    _ => return Err(self.lost_race(&now)),
+                }
+            }
+            Err(Written::Failed(e)) => return Err(e),
+        };
+        Ok(ClusterLock {
+            config_id,
+            token,
+            owner,
+            took_over: seen.holder.clone(),
+        })
     }
 
     /// Renews `lock`'s lease.
@@ -810,8 +858,7 @@ impl Swarm {
     /// # Errors
     /// [`SwarmError::LockLost`] when another runner holds it now; [`SwarmError::Docker`].
     pub async fn renew(&self, lock: &mut ClusterLock) -> Result<(), SwarmError> {
-        let mut owner = lock.owner.clone();
-        owner.lease_until = crate::lock::lease_from_now();
+        let owner = lock.owner.with_lease(self.config.engine.lock_lease());
         let seen = self.own_lock(lock).await?;
         let mut labels = seen.labels.clone();
         labels.insert(LABEL_LOCK_OWNER.to_owned(), owner_label(&owner));
@@ -832,6 +879,16 @@ impl Swarm {
         self.rewrite_lock(&lock, &seen, labels).await
     }
 
+    /// Checks that `lock` still holds the lock: every write that changes a colour or
+    /// the live record checks first, so a runner whose lock was taken over stops
+    /// instead of writing over the new holder's deploy.
+    ///
+    /// # Errors
+    /// [`SwarmError::LockLost`] naming who holds it now; [`SwarmError::Docker`].
+    pub async fn check_lock(&self, lock: &ClusterLock) -> Result<(), SwarmError> {
+        self.own_lock(lock).await.map(drop)
+    }
+
     /// The lock as it is now, when `lock` still holds it.
     async fn own_lock(&self, lock: &ClusterLock) -> Result<LockSnapshot, SwarmError> {
         let seen = self.read_lock().await?;
@@ -849,10 +906,18 @@ impl Swarm {
         seen: &LockSnapshot,
         labels: HashMap<String, String>,
     ) -> Result<(), SwarmError> {
-        match self.write_lock(&lock.config_id, seen.version, labels).await {
+        match self
+            .write_lock(&lock.config_id, seen.version, labels.clone())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(Written::Stale) => {
                 let now = self.read_lock().await?;
+                // A write retried through a leader election may have landed the
+                // first time.
+                if now.labels == labels {
+                    return Ok(());
+                }
                 Err(self.lost(now.holder.as_ref()))
             }
             Err(Written::Failed(e)) => Err(e),
@@ -895,24 +960,27 @@ impl Swarm {
             .version(i64::try_from(version).unwrap_or(i64::MAX))
             .build();
         let spec = self.lock_spec(labels);
-        match self.docker.client().update_config(id, spec, options).await {
+        let write = || {
+            self.docker
+                .client()
+                .update_config(id, spec.clone(), options.clone())
+        };
+        match versioned_write(write).await {
             Ok(()) => Ok(id.to_owned()),
-            Err(e) if is_stale_version(&e) => Err(Written::Stale),
-            Err(e) => Err(Written::Failed(self.api("update config", &name, e))),
+            Err(Versioned::Stale) => Err(Written::Stale),
+            Err(Versioned::Refused(e)) => Err(Written::Failed(self.api("update config", &name, e))),
         }
     }
 
-    /// The error for a runner whose write lost to another's: names the winner.
-    async fn lost_race(&self) -> Result<SwarmError, SwarmError> {
-        let now = self.read_lock().await?;
-        Ok(match &now.holder {
+    /// The error for a runner whose write lost to another's, as the lock is `now`:
+    /// names the winner, or says it came and went.
+    fn lost_race(&self, now: &LockSnapshot) -> SwarmError {
+        match &now.holder {
             Some(holder) => self.held(holder),
-            None => SwarmError::Conflict {
-                object: self.lock_name(),
-                attempts: 1,
-                message: "the lock changed while this runner took it".to_owned(),
+            None => SwarmError::LockRace {
+                service: self.config.service.clone(),
             },
-        })
+        }
     }
 
     fn held(&self, holder: &Owner) -> SwarmError {
@@ -969,15 +1037,20 @@ impl Swarm {
                 // Without new credentials, keep those the service was given.
                 .registry_auth_from("spec")
                 .build();
-            match self
-                .docker
-                .client()
-                .update_service(name, spec, options, credentials.clone())
-                .await
-            {
+            // If a try landed before an election hid its answer, the repeat is
+            // refused as stale and this loop reads the service again.
+            let write = || {
+                self.docker.client().update_service(
+                    name,
+                    spec.clone(),
+                    options.clone(),
+                    credentials.clone(),
+                )
+            };
+            match versioned_write(write).await {
                 Ok(_) => return Ok(name.to_owned()),
-                Err(e) if is_stale_version(&e) => last = engine_message(&e),
-                Err(e) => return Err(self.api("update service", name, e)),
+                Err(Versioned::Stale) => last = "update out of sequence".to_owned(),
+                Err(Versioned::Refused(e)) => return Err(self.api("update service", name, e)),
             }
         }
         Err(SwarmError::Conflict {
@@ -1027,10 +1100,12 @@ fn owner_label(owner: &Owner) -> String {
     serde_json::to_string(owner).unwrap_or_default()
 }
 
-/// How long a read waits out a leader election before its error counts.
+/// How long a read or a versioned write waits out a leader election before its error
+/// counts.
 const ELECTION: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Runs a read, again while the managers have no leader: Swarm answers 500 ("does
+/// Runs a read (or a [`versioned_write`]), again while the managers have no leader:
+/// Swarm answers 500 ("does
 /// not have a leader", a raft deadline) during an election, which a manager that
 /// rejoins after a network split can force. A deploy rides that out instead of
 /// failing on it.
@@ -1047,6 +1122,32 @@ where
             }
             other => return other,
         }
+    }
+}
+
+/// How a versioned write that did not succeed ended.
+#[derive(Debug)]
+enum Versioned {
+    /// Its version was stale: the object changed since it was read (or an earlier
+    /// try of this very write landed).
+    Stale,
+    /// Anything else Swarm answered.
+    Refused(bollard::errors::Error),
+}
+
+/// Runs a versioned write (an update at the version index it was read at) through a
+/// leader election, like a read: repeating it is safe, because a repeat of a write
+/// that landed carries a version Swarm has moved past and comes back stale, which
+/// the caller checks (it reads again, or compares what is there with what it wrote).
+async fn versioned_write<T, F, Fut>(write: F) -> Result<T, Versioned>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+{
+    match through_election(write).await {
+        Ok(value) => Ok(value),
+        Err(e) if is_stale_version(&e) => Err(Versioned::Stale),
+        Err(e) => Err(Versioned::Refused(e)),
     }
 }
 
@@ -1089,6 +1190,49 @@ fn mount(volume: &str) -> Mount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn swarm_said(status_code: u16, message: &str) -> bollard::errors::Error {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code,
+            message: message.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_versioned_write_rides_out_an_election_and_a_repeat_that_landed_comes_back_stale() {
+        // Two answers hidden by an election, then the repeat of a write that had
+        // landed the first time: stale, for the caller to check.
+        let mut answers = vec![
+            Err(swarm_said(
+                500,
+                "rpc error: code = Unknown desc = update out of sequence",
+            )),
+            Err(swarm_said(500, "The swarm does not have a leader")),
+            Err(swarm_said(500, "context deadline exceeded")),
+        ];
+        let tries = std::cell::Cell::new(0);
+        let written: Result<(), Versioned> = versioned_write(|| {
+            tries.set(tries.get() + 1);
+            std::future::ready(answers.pop().expect("no more tries than answers"))
+        })
+        .await;
+        assert!(matches!(written, Err(Versioned::Stale)), "{written:?}");
+        assert_eq!(tries.get(), 3);
+
+        let mut answers = vec![Ok(()), Err(swarm_said(500, "does not have a leader"))];
+        let written = versioned_write(|| std::future::ready(answers.pop().unwrap())).await;
+        assert!(written.is_ok());
+
+        // Anything else is not retried.
+        let tries = std::cell::Cell::new(0);
+        let written: Result<(), Versioned> = versioned_write(|| {
+            tries.set(tries.get() + 1);
+            std::future::ready(Err(swarm_said(400, "invalid spec")))
+        })
+        .await;
+        assert!(matches!(written, Err(Versioned::Refused(_))));
+        assert_eq!(tries.get(), 1);
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

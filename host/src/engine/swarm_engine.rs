@@ -14,18 +14,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::swarm::Swarm;
+use super::swarm::{ClusterLock, Swarm};
 use super::{
-    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, NodeDown, OnLine,
-    PreparedImage, RecordedLive, Replica, SwarmError,
+    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, LockStatus, NodeDown,
+    OnLine, PreparedImage, RecordedLive, Replica, SwarmError,
 };
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, Docker, RegistryAuth};
 use crate::lock::Owner;
 
-/// How often a held cluster lock's lease is renewed (a third of its 60 s lease).
-const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// How often a runner waiting for the cluster lock, or for a colour's tasks to exit,
 /// looks again.
 const POLL: Duration = Duration::from_millis(250);
@@ -38,6 +36,9 @@ pub struct SwarmEngine {
     swarm: Swarm,
     /// The manager's own engine: where images are built and pruned.
     manager: DockerHost,
+    /// The cluster lock while this runner holds it: every write that changes a
+    /// colour or the live record checks its token first.
+    held: std::sync::Arc<std::sync::Mutex<Option<ClusterLock>>>,
 }
 
 impl SwarmEngine {
@@ -52,7 +53,19 @@ impl SwarmEngine {
         Ok(SwarmEngine {
             swarm,
             manager: DockerHost::new(docker, config),
+            held: std::sync::Arc::default(),
         })
+    }
+
+    /// Checks, before a write that changes a colour or the live record, that the
+    /// cluster lock taken by [`Engine::lock`] is still this runner's. (Commands that
+    /// write always take it first; without one there is nothing to check.)
+    async fn writing(&self) -> Result<(), EngineError> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match held {
+            Some(lock) => Ok(self.swarm.check_lock(&lock).await?),
+            None => Ok(()),
+        }
     }
 
     /// Waits until none of `color`'s containers runs (a retired colour's tasks stop
@@ -65,13 +78,10 @@ impl SwarmEngine {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(SwarmError::Conflict {
+                return Err(SwarmError::StillRunning {
                     object: self.swarm.service_name(color),
-                    attempts: 1,
-                    message: format!(
-                        "{alive} task(s) still running {} after it was scaled to 0",
-                        humantime::format_duration(grace + EXIT_SLACK)
-                    ),
+                    alive,
+                    waited: grace + EXIT_SLACK,
                 }
                 .into());
             }
@@ -162,6 +172,7 @@ impl Engine for SwarmEngine {
         if self.swarm.labels(color).await?.is_none() {
             return Ok(());
         }
+        self.writing().await?;
         self.swarm.retire(color).await?;
         self.wait_exited(color, self.swarm.stop_grace()).await
     }
@@ -173,6 +184,7 @@ impl Engine for SwarmEngine {
         deploy_id: &str,
         auth: Option<&RegistryAuth>,
     ) -> Result<String, EngineError> {
+        self.writing().await?;
         Ok(self
             .swarm
             .deploy_color(color, &run_reference(image), deploy_id, auth)
@@ -180,10 +192,12 @@ impl Engine for SwarmEngine {
     }
 
     async fn resume(&self, color: Color) -> Result<(), EngineError> {
+        self.writing().await?;
         Ok(self.swarm.resume(color).await?)
     }
 
     async fn stop(&self, color: Color) -> Result<(), EngineError> {
+        self.writing().await?;
         match self.swarm.retire(color).await {
             Ok(()) => {}
             Err(SwarmError::NoService { .. }) => return Ok(()),
@@ -209,6 +223,7 @@ impl Engine for SwarmEngine {
     }
 
     async fn remove_extras(&self) -> Result<(), EngineError> {
+        self.writing().await?;
         for color in Color::BOTH {
             self.swarm.remove_color(color).await?;
         }
@@ -239,8 +254,14 @@ impl Engine for SwarmEngine {
     }
 
     async fn record_live(&self, live: Color, previous: Option<Color>) -> Result<(), EngineError> {
+        self.writing().await?;
         self.swarm.record_state(live, previous).await?;
         Ok(())
+    }
+
+    async fn lock_holder(&self) -> Result<Option<Owner>, EngineError> {
+        let holder = self.swarm.read_lock().await?.holder;
+        Ok(holder.filter(|h| !h.lease_expired()))
     }
 
     async fn lock(&self, owner: &Owner, wait: Duration) -> Result<Option<EngineLock>, EngineError> {
@@ -248,29 +269,47 @@ impl Engine for SwarmEngine {
         let mut held = loop {
             match self.swarm.lock(owner).await {
                 Ok(held) => break held,
-                Err(SwarmError::LockHeld { .. }) if started.elapsed() < wait => {
+                Err(SwarmError::LockHeld { .. } | SwarmError::LockRace { .. })
+                    if started.elapsed() < wait =>
+                {
                     tokio::time::sleep(POLL.max(Duration::from_secs(1))).await;
                 }
                 Err(e) => return Err(e.into()),
             }
         };
-        let swarm = self.swarm.clone();
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held.clone());
+        let status = LockStatus::new(&self.swarm.service());
+        let lease = self.swarm.lock_lease();
+        let (swarm, slot, lost) = (self.swarm.clone(), self.held.clone(), status.clone());
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RENEW_EVERY);
+            let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
-            loop {
+            let result = loop {
                 tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = tick.tick() => {
-                        // A failed renewal leaves the lease to run out; the next
-                        // tick tries again, and a lost lock shows at release.
-                        let _ = swarm.renew(&mut held).await;
-                    }
+                    _ = &mut stopped => break swarm.release(held).await,
+                    _ = tick.tick() => match swarm.renew(&mut held).await {
+                        Ok(()) => {}
+                        Err(SwarmError::LockLost { holder, service }) => {
+                            lost.lose(holder.clone());
+                            break Err(SwarmError::LockLost { holder, service });
+                        }
+                        // The manager did not answer: the next tick tries again,
+                        // unless the lease ran out meanwhile; then another runner may
+                        // take it at any moment, so this one stops.
+                        Err(e) => {
+                            if crate::lock::rfc3339_passed(held.lease_until()) {
+                                lost.lose(format!(
+                                    "possibly another runner: this runner's lease ran out while renewing it failed ({e})"
+                                ));
+                            }
+                        }
+                    },
                 }
-            }
-            let _ = swarm.release(held).await;
+            };
+            slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            result.map_err(EngineError::from)
         });
-        Ok(Some(EngineLock::new(stop, task)))
+        Ok(Some(EngineLock::new(stop, task, status)))
     }
 }
