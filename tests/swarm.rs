@@ -184,6 +184,24 @@ async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_
         .expect("removing twice is fine");
 }
 
+/// Two runners of `service` with their own state directories, on two different
+/// managers, with `engine` added to `[engine]`; the directories live as long as the
+/// returned guard.
+async fn two_runners(
+    cluster: &crate::support::swarm::SwarmCluster,
+    service: &str,
+    engine: &str,
+) -> ([tempfile::TempDir; 2], Swarm, Swarm) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = cluster
+        .swarm(&cluster.config(dirs[0].path(), service, 0, engine))
+        .await;
+    let b = cluster
+        .swarm(&cluster.config(dirs[1].path(), service, 1, engine))
+        .await;
+    (dirs, a, b)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
 #[allow(clippy::await_holding_lock)]
@@ -191,14 +209,7 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
     let cluster = cluster();
     let _serial = exclusive();
     let service = unique_service("swl");
-    // Two runners with their own state directories, on two different managers.
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = cluster
-        .swarm(&cluster.config(dir_a.path(), &service, 0, ""))
-        .await;
-    let b = cluster
-        .swarm(&cluster.config(dir_b.path(), &service, 1, ""))
-        .await;
+    let (_dirs, a, b) = two_runners(cluster, &service, "").await;
     let owner_a = Owner::this_process("deploy", Some("https://ci.example/runs/a".to_owned()));
     let owner_b = Owner::this_process("deploy", Some("https://ci.example/runs/b".to_owned()));
     let names = |e: &SwarmError, run: &str| {
@@ -275,13 +286,7 @@ async fn a_cluster_lock_whose_lease_ran_out_is_taken_over_and_its_old_holder_can
     let _serial = exclusive();
     let service = unique_service("swx");
     let lease = "lock_lease = \"3s\"";
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = cluster
-        .swarm(&cluster.config(dir_a.path(), &service, 0, lease))
-        .await;
-    let b = cluster
-        .swarm(&cluster.config(dir_b.path(), &service, 1, lease))
-        .await;
+    let (_dirs, a, b) = two_runners(cluster, &service, lease).await;
     let owner_a = Owner::this_process("deploy", Some("https://ci.example/runs/a".to_owned()));
     let owner_b = Owner::this_process("deploy", Some("https://ci.example/runs/b".to_owned()));
 
