@@ -153,6 +153,13 @@ fn github_action_is_composite_and_its_commands_are_the_documented_ones() {
             path.display()
         );
         commands.extend(cutover_commands(run));
+        if run.contains("cutover ") {
+            assert_eq!(
+                step["env"]["CUTOVER_CONFIG"].as_str(),
+                Some("${{ inputs.config }}"),
+                "{step:?}"
+            );
+        }
     }
     assert_parses(&path, &commands);
     let names: Vec<&str> = commands.iter().map(|argv| argv[1].as_str()).collect();
@@ -185,11 +192,10 @@ fn run_deploy_step(dir: &Path, config: &str) -> (Option<i32>, String, String) {
             "PATH",
             format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
         )
-        .env("CONFIG", config)
-        .env("LOCK_WAIT", "1s")
+        .env("CUTOVER_CONFIG", config)
+        .env("CUTOVER_LOCK_WAIT", "1s")
         .env("RUNNER_TEMP", dir)
         .env("GITHUB_OUTPUT", &output)
-        .env_remove("CUTOVER_CONFIG")
         .output()
         .expect("bash");
     (
@@ -201,14 +207,14 @@ fn run_deploy_step(dir: &Path, config: &str) -> (Option<i32>, String, String) {
 
 #[test]
 fn github_action_turns_a_denied_gate_into_a_skipped_job_and_a_bad_config_into_a_failed_one() {
-    // A repository whose HEAD has no `cicd` tag: the default gate denies it (exit 3)
-    // before anything is built.
+    // A repository whose HEAD has no `cicd` tag: the original script's gate rule
+    // denies it (exit 3) before anything is built.
     let repo = crate::support::git::Repo::new();
     repo.commit("README", "an app\n", "first");
     std::fs::write(
         repo.path().join("cutover.toml"),
         format!(
-            "service = \"action-gate\"\nstate_dir = \"state\"\n[image]\nref = \"hello:none\"\n[container]\nport = 8080\n[blue]\nhost_port = {}\n[green]\nhost_port = {}\n[proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:{}\"\n",
+            "service = \"action-gate\"\nstate_dir = \"state\"\n[image]\nref = \"hello:none\"\n[container]\nport = 8080\n[blue]\nhost_port = {}\n[green]\nhost_port = {}\n[proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:{}\"\n[plugins.deploy-gate]\nsource = \"builtin:tag-pattern\"\nconfig = {{ pattern = \"cicd\" }}\n",
             crate::support::docker::free_port(),
             crate::support::docker::free_port(),
             crate::support::docker::free_port()

@@ -1088,7 +1088,10 @@ fn a_deploy_whose_cluster_lock_was_taken_over_stops_at_the_next_step_and_exits_6
     signal("-STOP");
     std::thread::sleep(Duration::from_secs(5));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let mut config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    // The other runner is this test, which does not renew: its lease must outlast
+    // the rest of the test, or `status` below rightly shows no holder.
+    config.engine.lock_lease = Some(cutover::config::Duration(Duration::from_secs(300)));
     let swarm = runtime.block_on(cluster.swarm(&config));
     let other = Owner {
         host: "another-runner".to_owned(),
@@ -1117,4 +1120,70 @@ fn a_deploy_whose_cluster_lock_was_taken_over_stops_at_the_next_step_and_exits_6
         "{status:#}"
     );
     runtime.block_on(swarm.release(taken)).unwrap();
+}
+
+#[test]
+fn plan_on_a_fresh_swarm_shows_the_upstream_file_the_deploy_then_writes() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-plan", 0, "", "");
+    // No colour service exists yet: plan still answers, for the nodes Swarm would use.
+    let plan = svc.cutover_env(&["plan"], &cluster.env()).success();
+    assert!(plan.stdout.contains("tasks   3 on "), "{}", plan.stdout);
+    assert!(plan.stdout.contains("upstream "), "{}", plan.stdout);
+    let planned: std::collections::BTreeSet<String> = plan
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim_start_matches('+').trim().strip_prefix("server "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|addr| addr.contains(':'))
+        .collect();
+    assert_eq!(planned.len(), 3, "a server line per node:\n{}", plan.stdout);
+
+    deploy_on(cluster, &svc, "v1").success();
+    let written: std::collections::BTreeSet<String> = svc
+        .proxy_files()
+        .values()
+        .flat_map(|f| {
+            String::from_utf8_lossy(f)
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("server "))
+                .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+                .filter(|addr| addr.contains(':'))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(planned, written, "plan showed what the deploy wrote");
+}
+
+#[test]
+fn a_run_killed_after_recording_its_colour_live_is_finished_by_recover_not_superseded() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-recorded", 0, "", "");
+    deploy_on(cluster, &svc, "v1").success();
+    // Killed after it wrote the cluster's live record, before its drain step was
+    // journaled: the record one above its start is its own.
+    let mut env = cluster.env().to_vec();
+    env.push(("CUTOVER_FAULT", "at:recorded-live"));
+    let killed = svc.cutover_env(&["deploy", "--build-arg", "VERSION=v2"], &env);
+    assert_ne!(killed.code, 0, "{}", killed.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+
+    let out = svc.cutover_env(&["recover"], &cluster.env()).success();
+    assert!(
+        out.stderr.contains("reconciled the interrupted deploy"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("superseded"), "{}", out.stderr);
+    let status = swarm_status(&svc);
+    assert!(status["interrupted"].is_null(), "{status:#}");
+    assert_eq!(status["live"]["color"], "green", "{status:#}");
+    assert_eq!(
+        colour_state(&status, "blue"),
+        "0 of 0 task(s) running",
+        "recover retired the old colour: {status:#}"
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }

@@ -104,7 +104,7 @@ pub enum Command {
     /// Deploy the service to the idle colour and switch traffic to it.
     Deploy {
         /// Wait this long for another deploy's lock (e.g. `5m`) instead of failing.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = parse_duration, default_value = "0s", env = "CUTOVER_LOCK_WAIT")]
         lock_wait: Duration,
         /// Override a build argument (`KEY=VALUE`), repeatable.
         #[arg(long = "build-arg", value_parser = parse_key_value)]
@@ -118,7 +118,7 @@ pub enum Command {
     /// Switch traffic back to the previous colour.
     Rollback {
         /// Wait this long for another deploy's lock.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = parse_duration, default_value = "0s", env = "CUTOVER_LOCK_WAIT")]
         lock_wait: Duration,
     },
     /// Show what a deploy would do, changing nothing.
@@ -133,7 +133,7 @@ pub enum Command {
     /// Reconcile a deploy that was interrupted (the next deploy also does this first).
     Recover {
         /// Wait this long for another deploy's lock.
-        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        #[arg(long, value_parser = parse_duration, default_value = "0s", env = "CUTOVER_LOCK_WAIT")]
         lock_wait: Duration,
     },
     /// Skip a running canary's remaining pauses (with `pause = "manual"`: go past the

@@ -348,22 +348,6 @@ impl Context {
         }
     }
 
-    /// Renders the proxy files that send all traffic to `target`'s copies, with
-    /// `previous` (its running copies) beside it; the plugin host has already checked
-    /// them against [`crate::rendered`].
-    ///
-    /// # Errors
-    /// [`DeployError`] when the engine cannot be asked, the plugin fails or its output
-    /// is refused.
-    pub async fn render(
-        &self,
-        target: Color,
-        previous: Option<Color>,
-    ) -> Result<Vec<types::ProxyFile>, DeployError> {
-        let servers = self.servers(target).await?;
-        self.render_to(servers, target, previous, 100, None).await
-    }
-
     /// Renders the proxy files for `target` at the configured addresses, without
     /// asking the engine: enough to learn which files the template writes.
     ///

@@ -1,7 +1,8 @@
 //! Test-only fault injection: with the `fault-injection` feature, the environment
 //! variable `CUTOVER_FAULT=before:<step>` or `after:<step>` makes the process kill
 //! itself with SIGKILL at that point, the harshest way a CI runner can die. Only
-//! `before:` comes right after a journal write; see [`When`] for what is on disk. Without the feature every call compiles to nothing, so a
+//! `before:` comes right after a journal write; see [`When`] for what is on disk; `at:<name>`
+//! names a point inside a step ([`at`]). Without the feature every call compiles to nothing, so a
 //! released binary cannot be made to crash this way.
 
 use crate::operation::Step;
@@ -22,12 +23,24 @@ pub enum When {
 /// Kills this process when `CUTOVER_FAULT` names this point.
 #[cfg(feature = "fault-injection")]
 pub fn point(when: When, step: Step) {
-    let Ok(spec) = std::env::var("CUTOVER_FAULT") else {
-        return;
-    };
-    let here = match when {
+    kill_at(&match when {
         When::Before => format!("before:{step}"),
         When::After => format!("after:{step}"),
+    });
+}
+
+/// Kills this process when `CUTOVER_FAULT` is `at:<name>`: a point inside a step,
+/// where a kill leaves what no step boundary shows (e.g. `at:recorded-live`, after
+/// the engine's live record was written and before the drain step is journaled).
+#[cfg(feature = "fault-injection")]
+pub fn at(name: &str) {
+    kill_at(&format!("at:{name}"));
+}
+
+#[cfg(feature = "fault-injection")]
+fn kill_at(here: &str) {
+    let Ok(spec) = std::env::var("CUTOVER_FAULT") else {
+        return;
     };
     if spec == here {
         eprintln!("fault injection: SIGKILL at {here}");
@@ -44,3 +57,8 @@ pub fn point(when: When, step: Step) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_when: When, _step: Step) {}
+
+/// Kills this process when `CUTOVER_FAULT` is `at:<name>` (compiled out).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn at(_name: &str) {}

@@ -34,6 +34,9 @@ pub struct Plan {
     pub target_error: Option<String>,
     /// The colour live now.
     pub live: Option<Color>,
+    /// Where the target's copies would run, on an engine that places them (the
+    /// nodes of a Swarm); empty on a single host.
+    pub placement: Vec<String>,
     /// A diff of the proxy files: current → what the deploy would write.
     pub proxy_diff: String,
     /// How to let verify tell blue from green, when it cannot now.
@@ -63,9 +66,21 @@ pub async fn plan(
         Ok(color) => (Some(color), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    // Rendered for where the deploy would start the target's copies (a Swarm's
+    // placeable nodes), so the diff shows what the deploy writes after its start step.
+    let placeable = match target {
+        Some(color) => ctx.engine.placeable(color).await?,
+        None => Vec::new(),
+    };
+    let placement: Vec<String> = placeable.iter().filter_map(|r| r.node.clone()).collect();
     let proxy_diff = match target {
         Some(color) => {
-            let files = ctx.render(color, live).await?;
+            let servers = if placeable.is_empty() {
+                ctx.servers(color).await?
+            } else {
+                placeable.iter().map(crate::context::instance_of).collect()
+            };
+            let files = ctx.render_to(servers, color, live, 100, None).await?;
             let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
             let current = ctx.proxy.snapshot(&paths)?;
             ctx.proxy.diff(&current, &files)
@@ -82,6 +97,7 @@ pub async fn plan(
         target,
         target_error,
         live,
+        placement,
         proxy_diff,
         verify_hint,
     })
@@ -101,6 +117,13 @@ impl Plan {
             "service {}\ngate    {gate}: {}\nimage   {}\nlive    {live}\ntarget  {target}\n",
             self.service, self.gate_reason, self.image
         );
+        if !self.placement.is_empty() {
+            out.push_str(&format!(
+                "tasks   {} on {}\n",
+                self.placement.len(),
+                self.placement.join(", ")
+            ));
+        }
         if self.proxy_diff.is_empty() {
             out.push_str("proxy   no change\n");
         } else {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::Color;
 use crate::ci::CiFacts;
 use crate::context::Context;
-use crate::engine::PreparedImage;
+use crate::engine::{PreparedImage, RecordedLive};
 use crate::error::DeployError;
 use crate::events::{Event, Level};
 use crate::health;
@@ -182,29 +182,40 @@ pub async fn reconcile_or_drop(ctx: &Context, state: &mut State) -> Result<bool,
         return Ok(false);
     };
     let recorded = ctx.engine.recorded_live().await?;
-    if let (Some(started), Some(now)) = (journal.engine_serial, recorded) {
-        // The run writes one record itself, before its drain step.
-        let own = u64::from(journal.reached(Step::Drain));
-        if now.serial > started + own {
-            let reason = format!(
-                "interrupted at `{}`; superseded: another runner recorded {} live since, so nothing of it was undone or finished",
-                journal.step, now.live
-            );
-            ctx.reporter.log(
-                Level::Warn,
-                &format!("deploy {}: {reason}", journal.deploy_id),
-            );
-            state.in_progress = None;
-            state.push_record(
-                journal.record(Outcome::Interrupted, Some(reason)),
-                ctx.config.history.deploys,
-            );
-            ctx.store.save(state)?;
-            return Ok(true);
-        }
+    if let (Some(started), Some(now)) = (journal.engine_serial, recorded)
+        && superseded(&journal, started, &now)
+    {
+        let reason = format!(
+            "interrupted at `{}`; superseded: another runner recorded {} live since, so nothing of it was undone or finished",
+            journal.step, now.live
+        );
+        ctx.reporter.log(
+            Level::Warn,
+            &format!("deploy {}: {reason}", journal.deploy_id),
+        );
+        state.in_progress = None;
+        state.push_record(
+            journal.record(Outcome::Interrupted, Some(reason)),
+            ctx.config.history.deploys,
+        );
+        ctx.store.save(state)?;
+        return Ok(true);
     }
     reconcile(ctx, state).await?;
     Ok(true)
+}
+
+/// Whether the engine's record `now` shows another runner's deploy since the run
+/// of `journal` started at record number `started`. The run writes one record itself,
+/// after its verify step and before its drain step is journaled: so a record one
+/// above its start that names its target is its own even when the journal does not
+/// show the drain yet.
+fn superseded(journal: &Journal, started: u64, now: &RecordedLive) -> bool {
+    let own = journal.reached(Step::Drain)
+        || (journal.reached(Step::Switch)
+            && now.serial == started + 1
+            && journal.target == Some(now.live));
+    now.serial > started + u64::from(own)
 }
 
 /// Reconciles the deploy recorded in `state.in_progress`, if any; the caller holds
@@ -449,6 +460,28 @@ mod tests {
             canary: None,
             engine_serial: None,
         }
+    }
+
+    #[test]
+    fn a_record_written_by_the_run_itself_before_its_drain_was_journaled_is_not_another_runners() {
+        let record = |serial, live| RecordedLive {
+            live,
+            previous: Some(Color::Blue),
+            serial,
+        };
+        // Killed between writing the live record and journaling the drain step.
+        let verified = journal(OperationKind::Deploy, Step::Verify, &[Step::Switch]);
+        assert!(!superseded(&verified, 7, &record(8, Color::Green)));
+        // One record above, but naming the other colour: another runner wrote it.
+        assert!(superseded(&verified, 7, &record(8, Color::Blue)));
+        // Two records above: another runner deployed since, whatever it names.
+        assert!(superseded(&verified, 7, &record(9, Color::Green)));
+        // Before the switch the run has written no record.
+        let health = journal(OperationKind::Deploy, Step::Health, &[Step::Start]);
+        assert!(superseded(&health, 7, &record(8, Color::Green)));
+        assert!(!superseded(&health, 7, &record(7, Color::Blue)));
+        let drained = journal(OperationKind::Deploy, Step::Drain, &[Step::Verify]);
+        assert!(!superseded(&drained, 7, &record(8, Color::Green)));
     }
 
     fn slot(color: Color, deploy_id: &str) -> Slot {

@@ -83,6 +83,7 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
 
     promote(run, target, previous.clone()).map_err(fatal)?;
     record_live_or_warn(ctx, record_live(ctx, color, previous.as_ref()).await).map_err(fatal)?;
+    crate::fault::at("recorded-live");
     run.step(Step::Drain, drain(ctx, &reload, previous.is_some()), describe_drain).await.map_err(fatal)?;
     warn_on_error(ctx, run.step(Step::Retire, retire(ctx, previous.as_ref()), String::clone).await);
     warn_on_error(ctx, run.step(Step::Prune, prune(ctx, images_in_use(&run.state)), |n| format!("{n} old image(s) removed")).await);

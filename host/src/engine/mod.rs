@@ -199,6 +199,16 @@ pub trait Engine: Send + Sync {
     /// [`EngineError`] when the engine cannot be asked.
     async fn replicas(&self, color: Color) -> Result<Vec<Replica>, EngineError>;
 
+    /// Where copies of `color` would run if it were deployed now, for a plan: a
+    /// Swarm's placeable nodes at the colour's port; empty when the engine cannot say
+    /// before it starts them (a single host: the configured address is the answer).
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn placeable(&self, _color: Color) -> Result<Vec<Replica>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// The machines of the engine that do not answer (a Swarm's nodes that are not
     /// ready), for errors; empty for a single host.
     ///

@@ -21,9 +21,9 @@ use std::net::{IpAddr, SocketAddr};
 use bollard::models::{
     ConfigSpec, EndpointPortConfig, EndpointPortConfigProtocolEnum,
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Mount, MountType,
-    NodeState, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated, ServiceSpecUpdateConfig,
-    ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
-    TaskState,
+    NodeSpecAvailabilityEnum, NodeState, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecUpdateConfig, ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec,
+    TaskSpecPlacement, TaskState,
 };
 use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListTasksOptionsBuilder, UpdateConfigOptionsBuilder,
@@ -183,6 +183,12 @@ pub struct NodeInfo {
     /// Whether Swarm has given it up (down or disconnected, not merely unknown for a
     /// moment after a leader election): what its containers do is not known.
     pub down: bool,
+    /// Whether it takes new tasks (availability `active`, not `pause` or `drain`).
+    pub active: bool,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// Its node labels, for placement constraints.
+    pub labels: HashMap<String, String>,
 }
 
 /// A running task of a colour, where nginx and the probes reach it.
@@ -344,7 +350,14 @@ impl Swarm {
             .into_iter()
             .map(|n| {
                 let status = n.status.unwrap_or_default();
+                let spec = n.spec.unwrap_or_default();
                 NodeInfo {
+                    active: matches!(
+                        spec.availability,
+                        None | Some(NodeSpecAvailabilityEnum::ACTIVE)
+                    ),
+                    role: spec.role.map(|r| r.to_string()).unwrap_or_default(),
+                    labels: spec.labels.unwrap_or_default(),
                     id: n.id.unwrap_or_default(),
                     hostname: n.description.and_then(|d| d.hostname).unwrap_or_default(),
                     addr: status.addr.as_deref().and_then(|a| a.parse().ok()),
@@ -473,10 +486,7 @@ impl Swarm {
                 ..Default::default()
             },
         };
-        let published = config
-            .color(color)
-            .host_port
-            .unwrap_or(config.container.port);
+        let published = self.published_port(color);
         ServiceSpec {
             name: Some(self.service_name(color)),
             labels: Some(service_labels.into_iter().collect()),
@@ -597,8 +607,13 @@ impl Swarm {
                 ListTasksOptionsBuilder::default().filters(&filters).build(),
             ))
         })
-        .await
-        .map_err(|e| self.api("list tasks of service", &name, e))?;
+        .await;
+        let tasks = match tasks {
+            Ok(tasks) => tasks,
+            // A colour never deployed has no service, so no tasks.
+            Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
+            Err(e) => return Err(self.api("list tasks of service", &name, e)),
+        };
         let nodes: HashMap<String, NodeInfo> = self
             .nodes()
             .await?
@@ -635,6 +650,42 @@ impl Swarm {
             .collect();
         running.sort_by(|a, b| a.slot.cmp(&b.slot).then_with(|| a.node_id.cmp(&b.node_id)));
         Ok(running)
+    }
+
+    /// Where `color`'s tasks would run if it were deployed now, for `cutover plan`: the
+    /// nodes that are ready, take new tasks and meet `engine.constraints`, sorted by
+    /// host name, as many as the service has replicas (every one for a global
+    /// service), each with the colour's published port. Swarm places the real tasks;
+    /// a constraint on anything but a node's role, host name or labels is not judged
+    /// here and lets every node through.
+    ///
+    /// # Errors
+    /// [`SwarmError::Docker`] when the nodes cannot be listed.
+    pub async fn placeable(&self, color: Color) -> Result<Vec<(String, SocketAddr)>, SwarmError> {
+        let port = self.published_port(color);
+        let mut nodes: Vec<NodeInfo> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.ready && n.active)
+            .filter(|n| self.config.engine.constraints.iter().all(|c| meets(n, c)))
+            .collect();
+        nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        if let Some(replicas) = self.config.engine.swarm_replicas() {
+            nodes.truncate(usize::try_from(replicas).unwrap_or(usize::MAX));
+        }
+        Ok(nodes
+            .into_iter()
+            .filter_map(|n| Some((n.hostname, SocketAddr::new(n.addr?, port))))
+            .collect())
+    }
+
+    /// The host-mode port `color`'s tasks publish on their node.
+    fn published_port(&self, color: Color) -> u16 {
+        self.config
+            .color(color)
+            .host_port
+            .unwrap_or(self.config.container.port)
     }
 
     /// How many of `color`'s tasks Swarm wants running and how many containers still
@@ -1089,6 +1140,28 @@ impl ClusterState {
 }
 
 /// The holder a lock config's labels name, if any.
+/// Whether `node` meets the placement constraint `constraint` (`node.role==manager`,
+/// `node.hostname!=a`, `node.labels.zone==eu`); one this cannot judge counts as met.
+fn meets(node: &NodeInfo, constraint: &str) -> bool {
+    let (key, want, equal) = match constraint.split_once("!=") {
+        Some((k, v)) => (k, v, false),
+        None => match constraint.split_once("==") {
+            Some((k, v)) => (k, v, true),
+            None => return true,
+        },
+    };
+    let (key, want) = (key.trim(), want.trim());
+    let have = match key {
+        "node.role" => Some(node.role.as_str()),
+        "node.hostname" => Some(node.hostname.as_str()),
+        _ => match key.strip_prefix("node.labels.") {
+            Some(label) => node.labels.get(label).map(String::as_str),
+            None => return true,
+        },
+    };
+    (have == Some(want)) == equal
+}
+
 fn holder_of(labels: &HashMap<String, String>) -> Option<Owner> {
     labels
         .get(LABEL_LOCK_OWNER)
@@ -1196,6 +1269,32 @@ mod tests {
             status_code,
             message: message.to_owned(),
         }
+    }
+
+    #[test]
+    fn placement_constraints_on_role_hostname_and_labels_are_judged_and_others_let_through() {
+        let node = NodeInfo {
+            id: "n1".to_owned(),
+            hostname: "node-a".to_owned(),
+            addr: None,
+            ready: true,
+            down: false,
+            active: true,
+            role: "worker".to_owned(),
+            labels: HashMap::from([("zone".to_owned(), "eu".to_owned())]),
+        };
+        assert!(meets(&node, "node.role==worker"));
+        assert!(!meets(&node, "node.role == manager"));
+        assert!(meets(&node, "node.hostname!=node-b"));
+        assert!(!meets(&node, "node.hostname!=node-a"));
+        assert!(meets(&node, "node.labels.zone==eu"));
+        assert!(!meets(&node, "node.labels.zone==us"));
+        assert!(
+            !meets(&node, "node.labels.rack==r1"),
+            "a missing label is no match"
+        );
+        assert!(meets(&node, "node.labels.rack!=r1"));
+        assert!(meets(&node, "engine.labels.os==linux"), "not judged here");
     }
 
     #[tokio::test]

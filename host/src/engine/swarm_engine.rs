@@ -148,6 +148,20 @@ impl Engine for SwarmEngine {
             .collect())
     }
 
+    async fn placeable(&self, color: Color) -> Result<Vec<Replica>, EngineError> {
+        Ok(self
+            .swarm
+            .placeable(color)
+            .await?
+            .into_iter()
+            .map(|(node, addr)| Replica {
+                id: format!("{}@{node}", self.slot_name(color)),
+                node: Some(node),
+                addr,
+            })
+            .collect())
+    }
+
     async fn prepare_image(
         &self,
         source: &ImageSource,
