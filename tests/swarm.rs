@@ -1187,3 +1187,53 @@ fn a_run_killed_after_recording_its_colour_live_is_finished_by_recover_not_super
     );
     assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
 }
+
+#[test]
+fn a_node_lost_during_the_health_step_fails_the_deploy_once_its_task_cannot_be_placed_not_at_the_deadline()
+ {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-unplaced", 0, "", "");
+    deploy_on(cluster, &svc, "v1").success();
+    // A deadline far beyond the time Swarm takes to give a lost node up (about 14 s);
+    // each task's first probe comes 15 s after it is seen running, so the node is cut
+    // before its task there was judged.
+    svc.edit_config(|text| {
+        text.replace(
+            "deadline = \"60s\"",
+            "deadline = \"150s\"\nfirst_delay = \"15s\"",
+        )
+    });
+    let running = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
+    let in_health = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(svc.state_file())
+        .is_ok_and(|state| state.contains("\"step\": \"health\""))
+    {
+        assert!(
+            Instant::now() < in_health,
+            "the deploy never reached its health step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lost_node = cluster.lose_node();
+    let lost = lost_node.node();
+    let cut = Instant::now();
+
+    let out = running.wait().code(4);
+    let after = cut.elapsed();
+    eprintln!("failed {:.1} s after the cut", after.as_secs_f64());
+    assert!(
+        out.stderr.contains("cannot be placed") && out.stderr.contains(&lost.hostname),
+        "the error says the lost node's task has nowhere to go, naming the node:\n{}",
+        out.stderr
+    );
+    // The deadline (150 s after the first probe) was not waited for.
+    assert!(
+        after < Duration::from_secs(100),
+        "failed only {after:?} after the cut:\n{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert_eq!(status["live"]["color"], "blue", "{status:#}");
+}

@@ -7,7 +7,9 @@
 //! later (a slow pull) are picked up as they appear. The colour is ready when all of
 //! its replicas are healthy, or when `health.min_healthy` of them are and nothing has
 //! changed for [`SETTLE`] (so a dead node does not hold the deploy for the whole
-//! deadline). Otherwise the error names each task that failed and its node.
+//! deadline). Otherwise the error names each task that failed and its node. When a
+//! node is lost and Swarm has nowhere to place its task's replacement, so that
+//! `min_healthy` can no longer be met, the step fails then, not at the deadline.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -165,10 +167,17 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let mut progress = Instant::now();
     let mut wanted = 0;
     let mut wanted_at: Option<Instant> = None;
+    // Set when enough healthy tasks can no longer be had: then there is no point
+    // waiting for the deadline.
+    let mut out_of_reach = None;
     loop {
         if wanted_at.is_none_or(|at| at.elapsed() >= WANTED_EVERY) {
             wanted = wanted.max(wanted_tasks(ctx, color).await?);
             wanted_at = Some(Instant::now());
+            out_of_reach = cannot_be_placed(ctx, color, wanted, healthy.len()).await?;
+            if out_of_reach.is_some() {
+                break;
+            }
         }
         let running = ctx.engine.replicas(color).await?;
         let ids: HashSet<String> = running.iter().map(|r| r.id.clone()).collect();
@@ -237,11 +246,47 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
             wanted,
         });
     }
-    Err(
-        quorum_error(ctx, color, wanted, needed, &healthy, &failed, &seen)
-            .await
-            .into(),
-    )
+    let mut error = quorum_error(ctx, color, wanted, needed, &healthy, &failed, &seen).await;
+    error.failures.extend(out_of_reach);
+    Err(error.into())
+}
+
+/// Why `color` can no longer get the healthy tasks it needs, when that is so: some of
+/// its `wanted` tasks cannot be placed (Swarm's replacements for a lost node's tasks
+/// have no node left to go to) while a node is down, and the rest cannot make up
+/// `health.min_healthy`. With `min_healthy` below the count, losing a node leaves
+/// enough and the wait goes on.
+///
+/// # Errors
+/// [`DeployError`] when the engine cannot be asked.
+async fn cannot_be_placed(
+    ctx: &Context,
+    color: Color,
+    wanted: usize,
+    healthy: usize,
+) -> Result<Option<String>, DeployError> {
+    let needed = ctx.config.min_healthy(wanted).max(1);
+    if healthy >= needed {
+        return Ok(None);
+    }
+    let unplaceable = ctx.engine.unplaceable(color).await?;
+    if unplaceable.is_empty() || wanted.saturating_sub(unplaceable.len()) >= needed {
+        return Ok(None);
+    }
+    let down = ctx.engine.nodes_down().await?;
+    if down.is_empty() {
+        // Not placed yet for some other reason (a constraint, a port): Swarm may
+        // still place them, so the deadline decides.
+        return Ok(None);
+    }
+    let down: Vec<String> = down.iter().map(ToString::to_string).collect();
+    Ok(Some(format!(
+        "{} task(s) cannot be placed ({}) while nodes are not ready: {}; at most {} of the {needed} needed can pass, so this fails now rather than at `health.deadline`",
+        unplaceable.len(),
+        unplaceable[0],
+        down.join(", "),
+        wanted - unplaceable.len(),
+    )))
 }
 
 /// How many tasks `color` should run: `engine.replicas`, or in global mode as many

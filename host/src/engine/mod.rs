@@ -209,6 +209,15 @@ pub trait Engine: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Why each copy of `color` that the engine wants but cannot place anywhere
+    /// waits (a Swarm task pending with "no suitable node"); empty for a single host.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine cannot be asked.
+    async fn unplaceable(&self, _color: Color) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+
     /// The machines of the engine that do not answer (a Swarm's nodes that are not
     /// ready), for errors; empty for a single host.
     ///

@@ -652,6 +652,41 @@ impl Swarm {
         Ok(running)
     }
 
+    /// Why each of `color`'s wanted tasks that Swarm cannot place waits (state
+    /// `pending` with "no suitable node …": after a node is lost, its replacement has
+    /// nowhere to go while every other node already runs a task of the colour on its
+    /// host port); empty when all are placed or the service does not exist.
+    ///
+    /// # Errors
+    /// [`SwarmError::Docker`] when the tasks cannot be listed.
+    pub async fn unplaceable(&self, color: Color) -> Result<Vec<String>, SwarmError> {
+        let name = self.service_name(color);
+        let filters = HashMap::from([
+            ("service", vec![name.as_str()]),
+            ("desired-state", vec!["running"]),
+        ]);
+        let tasks = through_election(|| {
+            self.docker.client().list_tasks(Some(
+                ListTasksOptionsBuilder::default().filters(&filters).build(),
+            ))
+        })
+        .await;
+        let tasks = match tasks {
+            Ok(tasks) => tasks,
+            Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
+            Err(e) => return Err(self.api("list tasks of service", &name, e)),
+        };
+        Ok(tasks
+            .into_iter()
+            .filter_map(|task| {
+                let status = task.status?;
+                let why = status.err.or(status.message)?;
+                (status.state == Some(TaskState::PENDING) && why.contains("no suitable node"))
+                    .then_some(why)
+            })
+            .collect())
+    }
+
     /// Where `color`'s tasks would run if it were deployed now, for `cutover plan`: the
     /// nodes that are ready, take new tasks and meet `engine.constraints`, sorted by
     /// host name, as many as the service has replicas (every one for a global

@@ -162,6 +162,10 @@ impl Engine for SwarmEngine {
             .collect())
     }
 
+    async fn unplaceable(&self, color: Color) -> Result<Vec<String>, EngineError> {
+        Ok(self.swarm.unplaceable(color).await?)
+    }
+
     async fn prepare_image(
         &self,
         source: &ImageSource,
