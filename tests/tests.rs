@@ -17,6 +17,7 @@ mod health;
 mod history;
 mod history_html;
 mod hostile;
+mod image;
 mod init;
 mod metrics;
 mod notify;

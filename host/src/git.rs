@@ -72,7 +72,18 @@ impl GitFacts {
     /// As [`GitFacts::collect`].
     pub fn collect_hiding(dir: &Path, hidden: &[String]) -> Result<GitFacts, GitError> {
         let git = Git { dir, hidden };
-        let probe = git.output(&["rev-parse", "--show-toplevel"])?;
+        let probe = match git.output(&["rev-parse", "--show-toplevel"]) {
+            Ok(probe) => probe,
+            // No git installed (cutover's image FROM scratch has none) outside any
+            // checkout: there are no facts to miss. Inside one, facts a gate judges
+            // would be missing, so that stays an error.
+            Err(GitError::Spawn { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !inside_a_checkout(dir) =>
+            {
+                return Ok(GitFacts::default());
+            }
+            Err(e) => return Err(e),
+        };
         if !probe.status.success() {
             let message = String::from_utf8_lossy(&probe.stderr).trim().to_owned();
             if message.contains("not a git repository") {
@@ -124,6 +135,13 @@ impl GitFacts {
             short.to_owned()
         })
     }
+}
+
+/// Whether `dir` or a directory above it holds `.git` (a directory, or the file a
+/// worktree or submodule has), as git itself looks for one.
+fn inside_a_checkout(dir: &Path) -> bool {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+    dir.ancestors().any(|d| d.join(".git").exists())
 }
 
 /// `url` without a `user:password@` part: a remote cloned with a token in its URL
@@ -189,6 +207,17 @@ pub fn command(dir: &Path) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkout_is_found_from_a_subdirectory_and_a_worktree_file_and_not_outside() {
+        let top = tempfile::tempdir().unwrap();
+        let sub = top.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        assert!(!inside_a_checkout(&sub), "no .git above a fresh temp dir");
+        std::fs::write(top.path().join("a/.git"), "gitdir: /elsewhere\n").unwrap();
+        assert!(inside_a_checkout(&sub), "a worktree's .git file counts");
+        assert!(!inside_a_checkout(top.path()), "nothing above the top");
+    }
 
     /// A scratch repository driven by the real git binary.
     struct Repo {
