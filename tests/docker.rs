@@ -38,6 +38,7 @@ fn hello_spec(service: &str, color: Color, image: &str, port: u16) -> ContainerS
             ("CUTOVER_COLOR".to_owned(), color.to_string()),
             ("CUTOVER_DEPLOY_ID".to_owned(), "test-deploy".to_owned()),
         ],
+        secret_env: Vec::new(),
         binds: Vec::new(),
         port: 8080,
         publish: Some(SocketAddr::from(([127, 0, 0, 1], port))),

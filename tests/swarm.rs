@@ -91,7 +91,7 @@ async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_
 
     let started = Instant::now();
     swarm
-        .deploy_color(Color::Blue, &cluster.image_v1, "deploy-1", Some(&auth))
+        .deploy_color(Color::Blue, &cluster.image_v1, "deploy-1", Some(&auth), &[])
         .await
         .expect("create blue");
     let tasks = wait_tasks(&swarm, Color::Blue, 3, &cluster.image_v1).await;
@@ -159,7 +159,7 @@ async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_
     assert!(v2.starts_with(&format!("{}@sha256:", cluster.repo)), "{v2}");
     let started = Instant::now();
     swarm
-        .deploy_color(Color::Blue, &v2, "deploy-2", Some(&auth))
+        .deploy_color(Color::Blue, &v2, "deploy-2", Some(&auth), &[])
         .await
         .expect("update blue to v2");
     let tasks = wait_tasks(&swarm, Color::Blue, 3, &v2).await;
@@ -394,7 +394,7 @@ async fn cluster_state_labels_round_trip_between_managers() {
     ));
     for (color, deploy) in [(Color::Blue, "d1"), (Color::Green, "d2")] {
         writer
-            .deploy_color(color, &cluster.image_v1, deploy, Some(&auth))
+            .deploy_color(color, &cluster.image_v1, deploy, Some(&auth), &[])
             .await
             .unwrap();
     }
@@ -420,7 +420,7 @@ async fn cluster_state_labels_round_trip_between_managers() {
 
     // Redeploying a colour keeps the recorded state.
     writer
-        .deploy_color(Color::Blue, &cluster.image_v1, "d3", Some(&auth))
+        .deploy_color(Color::Blue, &cluster.image_v1, "d3", Some(&auth), &[])
         .await
         .unwrap();
     let again = reader.read_state().await.unwrap();

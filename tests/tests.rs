@@ -3,6 +3,7 @@
 
 mod support;
 
+mod app_secrets;
 mod canary;
 mod ci_examples;
 mod command_lines;

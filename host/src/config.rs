@@ -146,6 +146,17 @@ pub struct RegistryConfig {
     pub password_env: String,
 }
 
+/// The key naming the variables the containers take from the runner's environment.
+pub const ENV_FROM_KEY: &str = "container.env_from";
+
+/// Whether `name` is an environment variable name: letters, digits and `_`, not
+/// starting with a digit.
+pub fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// How each colour's container runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +166,13 @@ pub struct ContainerConfig {
     /// Environment variables for the application.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables the application gets from the runner's environment (secrets kept out
+    /// of the config file); as `app_secrets` reads them.
+    #[serde(default)]
+    pub env_from: Vec<String>,
+    /// An env file on the runner (`KEY=VALUE` lines, mode 0600), relative to the
+    /// config file; as `app_secrets` reads them.
+    pub env_file: Option<PathBuf>,
     /// Bind mounts and volumes, in Docker's `source:target[:options]` form.
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -945,6 +963,22 @@ impl Config {
     /// Cross-field checks that serde cannot express.
     fn check(&self) -> Result<(), ConfigError> {
         check_service_name(&self.service).map_err(|m| self.invalid("service", m))?;
+        for name in &self.container.env_from {
+            if !is_env_name(name) {
+                return Err(self.invalid(
+                    ENV_FROM_KEY,
+                    format!(
+                        "expected environment variable names (letters, digits, `_`), found {name:?}"
+                    ),
+                ));
+            }
+            if self.container.env.contains_key(name) {
+                return Err(self.invalid(
+                    ENV_FROM_KEY,
+                    format!("`{name}` is also in `[container.env]`; keep one of them"),
+                ));
+            }
+        }
         match (&self.image.build, &self.image.reference) {
             (None, None) => {
                 return Err(self.invalid(
@@ -1409,6 +1443,23 @@ listen = "127.0.0.1:8080"
         parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn env_from_takes_variable_names_not_also_in_container_env() {
+        let with = |extra: &str| MINIMAL.replace("port = 8080\n", &format!("port = 8080\n{extra}"));
+        let config = parse(&with(
+            "env_from = [\"DATABASE_URL\"]\nenv_file = \"app.env\"\n",
+        ))
+        .unwrap();
+        assert_eq!(config.container.env_from, ["DATABASE_URL"]);
+        let msg = error_of(&with("env_from = [\"DATABASE-URL\"]\n"));
+        assert!(
+            msg.contains("key `container.env_from`") && msg.contains("\"DATABASE-URL\""),
+            "{msg}"
+        );
+        let msg = error_of(&with("env_from = [\"A\"]\n[container.env]\nA = \"1\"\n"));
+        assert!(msg.contains("`A` is also in `[container.env]`"), "{msg}");
     }
 
     #[test]

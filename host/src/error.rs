@@ -83,6 +83,20 @@ pub enum DeployError {
         /// The config file.
         file: PathBuf,
     },
+    /// The containers' env file (`container.env_file`) cannot be used.
+    #[error(
+        "{}: `container.env_file` {}: {reason}",
+        config.display(),
+        path.display()
+    )]
+    EnvFile {
+        /// The env file.
+        path: PathBuf,
+        /// The config file naming it.
+        config: PathBuf,
+        /// Why it was refused (never a value from it).
+        reason: String,
+    },
     /// The config says neither how to build the image nor which one to pull.
     #[error(
         "{}: `image` names neither `build` nor `ref`; add `[image.build]` with a `context`, or `image.ref`, or pass --image",
@@ -193,6 +207,7 @@ impl DeployError {
         match self {
             DeployError::Config(_)
             | DeployError::MissingEnv { .. }
+            | DeployError::EnvFile { .. }
             | DeployError::NoImage { .. } => ErrorClass::Config,
             DeployError::Lock(LockError::Held { .. }) => ErrorClass::LockHeld,
             DeployError::Lock(_) | DeployError::State(_) | DeployError::Git(_) => {

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod app_secrets;
 pub mod atomic_file;
 pub mod audit;
 pub mod ci;

@@ -161,6 +161,10 @@ struct Knobs {
     error_percent: u64,
     /// `GET /` waits this long first, for a release that is healthy but slow.
     root_delay: Duration,
+    /// What `HELLO_REQUIRE` asked for and is missing: variables unset or empty, files
+    /// absent or empty (e.g. `DATABASE_URL,/run/secrets/db`). While any is, health
+    /// answers 503 naming them (never a value), as an app without its secrets would.
+    missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +239,20 @@ impl Knobs {
             root_delay: millis("HELLO_ROOT_DELAY_MS")?
                 .unwrap_or_default()
                 .min(SLOW_CAP),
+            missing: get("HELLO_REQUIRE")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .filter(|item| {
+                    if item.starts_with('/') {
+                        std::fs::metadata(item).map_or(true, |m| m.len() == 0)
+                    } else {
+                        get(item).is_none_or(|v| v.is_empty())
+                    }
+                })
+                .map(str::to_owned)
+                .collect(),
         })
     }
 }
@@ -300,7 +318,10 @@ impl App {
                     HealthMode::Fail => false,
                     HealthMode::FailAfter(n) => seen <= n,
                 };
-                let response = if healthy {
+                let response = if !self.knobs.missing.is_empty() {
+                    let body = format!("missing: {}\n", self.knobs.missing.join(", "));
+                    Response::text(503, &body)
+                } else if healthy {
                     Response::text(200, "ok\n")
                 } else {
                     Response::text(503, "unhealthy\n")
@@ -658,6 +679,23 @@ mod tests {
         assert_eq!(k.startup_delay, Duration::from_millis(250));
         assert_eq!(k.health, HealthMode::Fail);
         assert_eq!(k.exit_after, Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn health_fails_naming_what_hello_require_lacks_and_never_a_value() {
+        let lacking = app(&[
+            (
+                "HELLO_REQUIRE",
+                "DATABASE_URL, SECRET_KEY_BASE,/nonexistent/secret",
+            ),
+            ("DATABASE_URL", "postgres://u:hunter2@db/app"),
+            ("SECRET_KEY_BASE", ""),
+        ]);
+        let r = lacking.handle(&get("/health"));
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body, "missing: SECRET_KEY_BASE, /nonexistent/secret\n");
+        let complete = app(&[("HELLO_REQUIRE", "DATABASE_URL"), ("DATABASE_URL", "x")]);
+        assert_eq!(complete.handle(&get("/health")).status, 200);
     }
 
     #[test]

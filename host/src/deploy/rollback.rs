@@ -80,8 +80,9 @@ async fn bring_back(
             // The previous deploy's image: on this engine already, or on the
             // registry, with credentials when the password is at hand.
             let auth = ctx.registry_auth().ok().flatten();
+            let secrets = crate::app_secrets::resolve(&ctx.config)?;
             ctx.engine
-                .start(color, image, deploy_id, auth.as_ref())
+                .start(color, image, deploy_id, auth.as_ref(), &secrets)
                 .await?;
             format!("{name} recreated from {}", image.reference)
         }

@@ -40,6 +40,9 @@ pub(super) async fn deploy(
     let ctx = run.ctx;
     let id = run.journal.deploy_id.clone();
 
+    // A secret the containers need and the runner lacks stops the deploy here,
+    // before anything is built or started.
+    crate::app_secrets::resolve(&ctx.config).map_err(pre)?;
     let decision = run.step(Step::Gate, gate(ctx, git, ci), describe_gate).await.map_err(pre)?;
     if let GateDecision::Deny(reason) = decision {
         return Ok(Flow::Denied(reason));
@@ -159,9 +162,10 @@ async fn start(
     deploy_id: &str,
 ) -> Result<String, DeployError> {
     let auth = ctx.registry_auth()?;
+    let secrets = crate::app_secrets::resolve(&ctx.config)?;
     let id = ctx
         .engine
-        .start(color, image, deploy_id, auth.as_ref())
+        .start(color, image, deploy_id, auth.as_ref(), &secrets)
         .await?;
     Ok(format!(
         "{} ({})",

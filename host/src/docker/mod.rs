@@ -157,6 +157,8 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     /// Environment variables, in order.
     pub env: Vec<(String, String)>,
+    /// Secret environment variables, after `env`: exposed only in the API request.
+    pub secret_env: Vec<(String, Secret)>,
     /// Bind mounts and volumes, `source:target[:options]`.
     pub binds: Vec<String>,
     /// The TCP port the application listens on inside the container.
@@ -996,7 +998,17 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         labels: Some(to_hash_map(&spec.labels)),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(
+            spec.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(
+                    spec.secret_env
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", v.expose())),
+                )
+                .collect(),
+        ),
         cmd: spec.command.clone(),
         exposed_ports: Some(vec![port_key]),
         stop_timeout: Some(i64::try_from(whole_seconds(spec.stop_grace)).unwrap_or(i64::MAX)),
@@ -1470,6 +1482,7 @@ mod tests {
             image: "svc:1".into(),
             labels: service_labels("svc", Some(Color::Blue), "d1"),
             env: vec![("A".into(), "1".into())],
+            secret_env: vec![("S".into(), Secret::new("s3"))],
             binds: vec![],
             port: 8080,
             publish: Some("127.0.0.1:18081".parse().unwrap()),
@@ -1481,6 +1494,11 @@ mod tests {
         let body = serde_json::to_value(create_body(&spec)).unwrap();
         assert_eq!(body["StopTimeout"], 3);
         assert_eq!(body["Env"][0], "A=1");
+        assert_eq!(body["Env"][1], "S=s3", "secrets go last, exposed only here");
+        assert!(
+            !format!("{spec:?}").contains("s3"),
+            "a spec's Debug hides them"
+        );
         assert_eq!(body["Labels"]["cutover.color"], "blue");
         assert_eq!(
             body["HostConfig"]["PortBindings"]["8080/tcp"][0]["HostIp"],

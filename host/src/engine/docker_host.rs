@@ -10,6 +10,7 @@ use super::{Engine, EngineError, ImageSource, Instance, OnLine, PreparedImage, R
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, RegistryAuth};
+use crate::secret::Secret;
 
 /// One Docker engine running both colours of a service as containers.
 pub struct DockerHost {
@@ -29,7 +30,13 @@ impl DockerHost {
 
     /// The container `color` runs as: the config's container settings, this slot's
     /// port and address, and the labels and environment that name the deploy.
-    fn container_spec(&self, color: Color, image_id: &str, deploy_id: &str) -> ContainerSpec {
+    fn container_spec(
+        &self,
+        color: Color,
+        image_id: &str,
+        deploy_id: &str,
+        secrets: &[(String, Secret)],
+    ) -> ContainerSpec {
         let config = &self.config;
         let slot = config.color(color);
         let mut labels = config.container.labels.clone();
@@ -52,6 +59,7 @@ impl DockerHost {
             image: image_id.to_owned(),
             labels,
             env,
+            secret_env: secrets.to_vec(),
             binds: config.container.volumes.clone(),
             port: config.container.port,
             publish: slot
@@ -183,12 +191,13 @@ impl Engine for DockerHost {
         image: &PreparedImage,
         deploy_id: &str,
         _auth: Option<&RegistryAuth>,
+        secrets: &[(String, Secret)],
     ) -> Result<String, EngineError> {
         // The image is on this engine already (built, or pulled by `prepare_image`).
         if let Some(network) = &self.config.container.network {
             self.docker.ensure_network(network, self.service()).await?;
         }
-        let spec = self.container_spec(color, &image.id, deploy_id);
+        let spec = self.container_spec(color, &image.id, deploy_id, secrets);
         Ok(self.docker.run_container(&spec).await?)
     }
 

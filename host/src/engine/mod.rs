@@ -23,6 +23,7 @@ use async_trait::async_trait;
 
 use crate::Color;
 use crate::docker::{DockerError, RegistryAuth};
+use crate::secret::Secret;
 
 pub use docker_host::DockerHost;
 pub use swarm::{Swarm, SwarmError};
@@ -279,8 +280,9 @@ pub trait Engine: Send + Sync {
     /// [`EngineError`] when the engine refuses.
     async fn clear(&self, color: Color) -> Result<(), EngineError>;
 
-    /// Starts `image` in `color`'s (empty) slot, labelled with `deploy_id`; returns
-    /// the engine's id for it. `auth` goes with it when other machines must pull the
+    /// Starts `image` in `color`'s (empty) slot, labelled with `deploy_id`, with the
+    /// config's environment and `secrets` (what the `app_secrets` module read); returns the
+    /// engine's id for it. `auth` goes with it when other machines must pull the
     /// image (a Swarm's nodes).
     ///
     /// # Errors
@@ -291,6 +293,7 @@ pub trait Engine: Send + Sync {
         image: &PreparedImage,
         deploy_id: &str,
         auth: Option<&RegistryAuth>,
+        secrets: &[(String, Secret)],
     ) -> Result<String, EngineError>;
 
     /// Starts the stopped instance in `color`'s slot again.

@@ -35,6 +35,7 @@ use crate::config::{Config, SwarmMode};
 use crate::docker::error::{engine_message, status};
 use crate::docker::{self, Docker, DockerError, RegistryAuth};
 use crate::lock::Owner;
+use crate::secret::Secret;
 
 /// Label on a colour's service: the image reference it runs, `name@sha256:...`.
 pub const LABEL_DIGEST: &str = "cutover.digest";
@@ -415,7 +416,9 @@ impl Swarm {
     /// Creates `color`'s service running `image` (by digest, `name@sha256:...`), or
     /// updates the existing one to it, with the configured replicas or global mode,
     /// constraints, labels and host-mode port; returns the service's name. `auth` goes
-    /// with the service when it applies to `image`, so every node can pull.
+    /// with the service when it applies to `image`, so every node can pull;
+    /// `secrets` join the environment (Swarm keeps a service's environment in its
+    /// spec: `container.secrets`, as Docker secrets, is the way to keep one out).
     ///
     /// # Errors
     /// [`SwarmError::Docker`] when Swarm refuses the spec; [`SwarmError::Conflict`].
@@ -425,10 +428,11 @@ impl Swarm {
         image: &str,
         deploy_id: &str,
         auth: Option<&RegistryAuth>,
+        secrets: &[(String, Secret)],
     ) -> Result<String, SwarmError> {
         let name = self.service_name(color);
         let credentials = auth.and_then(|a| a.credentials_for(image));
-        let spec = self.service_spec(color, image, deploy_id);
+        let spec = self.service_spec(color, image, deploy_id, secrets);
         match self.inspect(&name).await? {
             None => {
                 self.docker
@@ -457,7 +461,13 @@ impl Swarm {
     }
 
     /// The spec of `color`'s service running `image`.
-    fn service_spec(&self, color: Color, image: &str, deploy_id: &str) -> ServiceSpec {
+    fn service_spec(
+        &self,
+        color: Color,
+        image: &str,
+        deploy_id: &str,
+        secrets: &[(String, Secret)],
+    ) -> ServiceSpec {
         let config = &self.config;
         let cutover_labels = docker::service_labels(&config.service, Some(color), deploy_id);
         let mut service_labels = config.engine.labels.clone();
@@ -474,6 +484,7 @@ impl Swarm {
         env.push(format!("CUTOVER_SERVICE={}", config.service));
         env.push(format!("CUTOVER_COLOR={color}"));
         env.push(format!("CUTOVER_DEPLOY_ID={deploy_id}"));
+        env.extend(secrets.iter().map(|(k, v)| format!("{k}={}", v.expose())));
         let mode = match config.engine.swarm_replicas() {
             Some(n) => ServiceSpecMode {
                 replicated: Some(ServiceSpecModeReplicated {

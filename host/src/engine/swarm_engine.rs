@@ -23,6 +23,7 @@ use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, Docker, RegistryAuth};
 use crate::lock::Owner;
+use crate::secret::Secret;
 
 /// How often a runner waiting for the cluster lock, or for a colour's tasks to exit,
 /// looks again.
@@ -201,11 +202,12 @@ impl Engine for SwarmEngine {
         image: &PreparedImage,
         deploy_id: &str,
         auth: Option<&RegistryAuth>,
+        secrets: &[(String, Secret)],
     ) -> Result<String, EngineError> {
         self.writing().await?;
         Ok(self
             .swarm
-            .deploy_color(color, &run_reference(image), deploy_id, auth)
+            .deploy_color(color, &run_reference(image), deploy_id, auth, secrets)
             .await?)
     }
 
