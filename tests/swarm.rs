@@ -1237,3 +1237,86 @@ fn a_node_lost_during_the_health_step_fails_the_deploy_once_its_task_cannot_be_p
     let status = swarm_status(&svc);
     assert_eq!(status["live"]["color"], "blue", "{status:#}");
 }
+
+/// A Docker secret in the swarm, removed when dropped (after the services using it).
+struct DockerSecret {
+    host: String,
+    name: String,
+}
+
+impl DockerSecret {
+    fn create(host: &str, name: &str, value: &str) -> DockerSecret {
+        use std::io::Write;
+        let mut child = std::process::Command::new("docker")
+            .args(["-H", host, "secret", "create", name, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("docker secret create");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "docker secret create {name}"
+        );
+        DockerSecret {
+            host: host.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for DockerSecret {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["-H", &self.host, "secret", "rm", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_docker_secret_reaches_every_task_as_a_file_and_a_missing_one_stops_the_start() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let host = cluster.nodes[0].docker_host();
+    let name = format!("cutover-test-db-{}", std::process::id());
+    // Declared before the service, so it is removed after the service's cleanup.
+    let secret = DockerSecret::create(&host, &name, "db-pass-7d3a");
+    let svc = cluster.service("swarm-secret", 0, "", "");
+    let with_secret = |secret: &str| {
+        svc.edit_config(|text| {
+            let text = text.replace(
+                "stop_grace = \"2s\"\n",
+                &format!("stop_grace = \"2s\"\nsecrets = [\"{secret}\"]\n"),
+            );
+            // hello stays unhealthy unless the file is there and not empty.
+            text.replace(
+                "[container.env]\n",
+                &format!("[container.env]\nHELLO_REQUIRE = \"/run/secrets/{secret}\"\n"),
+            )
+        });
+    };
+    with_secret(&secret.name);
+    let out = deploy_on(cluster, &svc, "v1").success();
+    assert!(out.stderr.contains("3 of 3 healthy"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    let status = swarm_status(&svc);
+    assert!(!status.to_string().contains("db-pass-7d3a"), "{status:#}");
+
+    // A secret the swarm does not have: exit 5 naming it, blue untouched.
+    svc.edit_config(|text| text.replace(&name, "cutover-test-no-such-secret"));
+    let out = deploy_on(cluster, &svc, "v2").code(5);
+    assert!(
+        out.stderr
+            .contains("no Docker secret `cutover-test-no-such-secret`")
+            && out.stderr.contains("docker secret create"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    drop(svc);
+}

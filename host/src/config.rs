@@ -173,6 +173,9 @@ pub struct ContainerConfig {
     /// An env file on the runner (`KEY=VALUE` lines, mode 0600), relative to the
     /// config file; as `app_secrets` reads them.
     pub env_file: Option<PathBuf>,
+    /// Swarm: Docker secrets each task gets as `/run/secrets/<name>`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
     /// Bind mounts and volumes, in Docker's `source:target[:options]` form.
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -776,7 +779,26 @@ impl Config {
                     "this key is for a Swarm cluster: add `kind = \"swarm\"` to [engine], or remove it",
                 ));
             }
+            if !self.container.secrets.is_empty() {
+                return Err(self.invalid(
+                    "container.secrets",
+                    "Docker secrets are a Swarm's: on one Docker host give the app its secrets with `container.env_file` or `container.env_from`",
+                ));
+            }
             return Ok(());
+        }
+        if let Some(bad) = self.container.secrets.iter().find(|name| {
+            !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        }) {
+            return Err(self.invalid(
+                "container.secrets",
+                format!(
+                    "expected Docker secret names (letters, digits, `_`, `.`, `-`), found {bad:?}"
+                ),
+            ));
         }
         if engine.mode == Some(SwarmMode::Global) && engine.replicas.is_some() {
             return Err(self.invalid(
@@ -1460,6 +1482,22 @@ listen = "127.0.0.1:8080"
         );
         let msg = error_of(&with("env_from = [\"A\"]\n[container.env]\nA = \"1\"\n"));
         assert!(msg.contains("`A` is also in `[container.env]`"), "{msg}");
+    }
+
+    #[test]
+    fn docker_secrets_are_for_a_swarm_and_named_as_docker_names_them() {
+        let msg = error_of(&MINIMAL.replace("port = 8080\n", "port = 8080\nsecrets = [\"db\"]\n"));
+        assert!(
+            msg.contains("key `container.secrets`") && msg.contains("env_file"),
+            "{msg}"
+        );
+        let swarm = MINIMAL.replace("port = 8080\n", "port = 8080\nsecrets = [\"../db\"]\n")
+            + "[engine]\nkind = \"swarm\"\n[blue]\nhost_port = 18081\n[green]\nhost_port = 18082\n";
+        let msg = error_of(&swarm);
+        assert!(
+            msg.contains("key `container.secrets`") && msg.contains("\"../db\""),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -224,7 +224,12 @@ impl DeployError {
             {
                 ErrorClass::LockHeld
             }
-            DeployError::Swarm(e) if matches!(**e, SwarmError::NeedsRegistry { .. }) => {
+            DeployError::Swarm(e)
+                if matches!(
+                    **e,
+                    SwarmError::NeedsRegistry { .. } | SwarmError::NoSecret { .. }
+                ) =>
+            {
                 ErrorClass::Config
             }
             DeployError::Swarm(e) if e.is_environment() => ErrorClass::Environment,

@@ -246,9 +246,13 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
             wanted,
         });
     }
-    let mut error = quorum_error(ctx, color, wanted, needed, &healthy, &failed, &seen).await;
-    error.failures.extend(out_of_reach);
-    Err(error.into())
+    let tally = Tally {
+        healthy: &healthy,
+        failed: &failed,
+        seen: &seen,
+        out_of_reach,
+    };
+    Err(quorum_error(ctx, color, wanted, needed, tally).await.into())
 }
 
 /// Why `color` can no longer get the healthy tasks it needs, when that is so: some of
@@ -281,7 +285,7 @@ async fn cannot_be_placed(
     }
     let down: Vec<String> = down.iter().map(ToString::to_string).collect();
     Ok(Some(format!(
-        "{} task(s) cannot be placed ({}) while nodes are not ready: {}; at most {} of the {needed} needed can pass, so this fails now rather than at `health.deadline`",
+        "{} task(s) cannot be placed ({}; nodes not ready: {}), so at most {} of the {needed} needed can pass: failed now rather than at `health.deadline`",
         unplaceable.len(),
         unplaceable[0],
         down.join(", "),
@@ -299,16 +303,32 @@ async fn wanted_tasks(ctx: &Context, color: Color) -> Result<usize, DeployError>
     Ok(usize::try_from(desired).unwrap_or(usize::MAX))
 }
 
+/// Where the health step's tasks stood when it gave up.
+struct Tally<'a> {
+    healthy: &'a [(Replica, HealthReport)],
+    /// Each with why it failed.
+    failed: &'a [(Replica, String)],
+    /// Every task ever listed.
+    seen: &'a HashSet<String>,
+    /// Why enough tasks could no longer pass, when the step stopped before the
+    /// deadline for that.
+    out_of_reach: Option<String>,
+}
+
 /// The error naming every task that did not pass, and the tasks that never ran.
 async fn quorum_error(
     ctx: &Context,
     color: Color,
     wanted: usize,
     needed: usize,
-    healthy: &[(Replica, HealthReport)],
-    failed: &[(Replica, String)],
-    seen: &HashSet<String>,
+    tally: Tally<'_>,
 ) -> QuorumError {
+    let Tally {
+        healthy,
+        failed,
+        seen,
+        out_of_reach,
+    } = tally;
     let mut failures: Vec<String> = failed
         .iter()
         .map(|(replica, why)| format!("{}: {why}", describe(replica)))
@@ -319,11 +339,13 @@ async fn quorum_error(
         .chain(failed.iter().map(|(r, _)| &r.id))
         .collect();
     let undecided = seen.iter().filter(|id| !answered.contains(id)).count();
-    if undecided > 0 {
+    if undecided > 0 && out_of_reach.is_none() {
         failures.push(format!(
             "{undecided} task(s) not healthy within `health.deadline` ({})",
             humantime::format_duration(ctx.config.health.deadline.get())
         ));
+    } else if undecided > 0 {
+        failures.push(format!("{undecided} task(s) not judged yet"));
     }
     let never_ran = wanted.saturating_sub(seen.len());
     if never_ran > 0 {
@@ -335,6 +357,7 @@ async fn quorum_error(
         }
         failures.push(line);
     }
+    failures.extend(out_of_reach);
     QuorumError {
         service: ctx.service().to_owned(),
         color,

@@ -23,11 +23,11 @@ use bollard::models::{
     EndpointPortConfigPublishModeEnum, EndpointSpec, EndpointSpecModeEnum, Mount, MountType,
     NodeSpecAvailabilityEnum, NodeState, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecUpdateConfig, ServiceSpecUpdateConfigOrderEnum, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecPlacement, TaskState,
+    TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskState,
 };
 use bollard::query_parameters::{
-    InspectServiceOptions, ListNodesOptions, ListTasksOptionsBuilder, UpdateConfigOptionsBuilder,
-    UpdateServiceOptionsBuilder,
+    InspectServiceOptions, ListNodesOptions, ListSecretsOptionsBuilder, ListTasksOptionsBuilder,
+    UpdateConfigOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 
 use crate::Color;
@@ -91,6 +91,14 @@ pub enum SwarmError {
     )]
     NoService {
         /// The service's name.
+        name: String,
+    },
+    /// A Docker secret the config names (`container.secrets`) does not exist.
+    #[error(
+        "the swarm has no Docker secret `{name}` (named by `container.secrets`); create it on a manager with `printf %s \"$VALUE\" | docker secret create {name} -`, then deploy again"
+    )]
+    NoSecret {
+        /// The secret's name.
         name: String,
     },
     /// A push finished without a digest, so the nodes could not be told which bits to run.
@@ -432,7 +440,17 @@ impl Swarm {
     ) -> Result<String, SwarmError> {
         let name = self.service_name(color);
         let credentials = auth.and_then(|a| a.credentials_for(image));
-        let spec = self.service_spec(color, image, deploy_id, secrets);
+        let mut spec = self.service_spec(color, image, deploy_id, secrets);
+        // Docker secrets by id, looked up first: a missing one stops the start before
+        // the service is touched.
+        let docker_secrets = self.docker_secrets().await?;
+        if let Some(container) = spec
+            .task_template
+            .as_mut()
+            .and_then(|t| t.container_spec.as_mut())
+        {
+            container.secrets = Some(docker_secrets);
+        }
         match self.inspect(&name).await? {
             None => {
                 self.docker
@@ -458,6 +476,45 @@ impl Swarm {
                 .await
             }
         }
+    }
+
+    /// `container.secrets` as the task's secret references: each Docker secret by its
+    /// id, as the file `/run/secrets/<name>` (mode 0444, owned by root, Docker's
+    /// default).
+    ///
+    /// # Errors
+    /// [`SwarmError::NoSecret`] naming one that does not exist; [`SwarmError::Docker`].
+    async fn docker_secrets(&self) -> Result<Vec<TaskSpecContainerSpecSecrets>, SwarmError> {
+        let mut references = Vec::new();
+        for name in &self.config.container.secrets {
+            let filters = HashMap::from([("name", vec![name.as_str()])]);
+            let found = through_election(|| {
+                self.docker.client().list_secrets(Some(
+                    ListSecretsOptionsBuilder::default()
+                        .filters(&filters)
+                        .build(),
+                ))
+            })
+            .await
+            .map_err(|e| self.api("list secrets of", "the swarm", e))?;
+            // The filter matches name prefixes; only the exact name counts.
+            let id = found
+                .into_iter()
+                .find(|s| s.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(name))
+                .and_then(|s| s.id)
+                .ok_or_else(|| SwarmError::NoSecret { name: name.clone() })?;
+            references.push(TaskSpecContainerSpecSecrets {
+                file: Some(TaskSpecContainerSpecFile {
+                    name: Some(name.clone()),
+                    uid: Some("0".to_owned()),
+                    gid: Some("0".to_owned()),
+                    mode: Some(0o444),
+                }),
+                secret_id: Some(id),
+                secret_name: Some(name.clone()),
+            });
+        }
+        Ok(references)
     }
 
     /// The spec of `color`'s service running `image`.
