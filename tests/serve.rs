@@ -1402,3 +1402,29 @@ fn open_event_streams_at_the_connection_cap_do_not_keep_a_webhook_out() {
         );
     }
 }
+
+/// Regression: `/services/%2F%2Fevil.example` answered `Location: //evil.example/`,
+/// which a browser follows to another site. Only a served, plainly named service is
+/// redirected (to its own page, relatively); anything else is 404 without a Location.
+#[test]
+fn services_path_never_redirects_to_another_site() {
+    let f = Plain::start("", &[], None);
+    for path in [
+        "/services/%2F%2Fevil.example",
+        "/services/%2F%2Fevil.example%2F",
+        "/services/%5C%5Cevil.example",
+        "/services/https:%2F%2Fevil.example",
+        "/services/no-such-service",
+    ] {
+        let r = http_request(f.server.addr, "GET", path, &[], b"", HTTP_TIMEOUT).unwrap();
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(r.header("location").is_none(), "{path}: {:?}", r.headers);
+    }
+    let path = format!("/services/{}", f.service);
+    let r = http_request(f.server.addr, "GET", &path, &[], b"", HTTP_TIMEOUT).unwrap();
+    assert_eq!(r.status, 308, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{}/", f.service).as_str())
+    );
+}
