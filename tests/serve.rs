@@ -169,7 +169,7 @@ impl Fixture {
             format!(
                 "listen = \"{listen}\"\nsecret_env = \"{SECRET_ENV}\"\nmax_body_bytes = {MAX_BODY}\n\
                  lock_wait = \"2m\"\nshutdown_grace = \"4m\"\n{extra}\n[[repository]]\nname = \"{name}\"\n\
-                 checkout = \"{checkout}\"\n",
+                 checkout = \"{checkout}\"\nrefs = [\"refs/heads/main\", \"refs/tags/*\"]\n",
                 listen = SocketAddr::new(ip, port),
                 checkout = svc.dir.path().display(),
             ),
@@ -1427,4 +1427,128 @@ fn services_path_never_redirects_to_another_site() {
         r.header("location"),
         Some(format!("{}/", f.service).as_str())
     );
+}
+
+/// Polls `GET /deploys` on `addr` (bounded) until the run of `delivery` is finished.
+#[track_caller]
+fn wait_finished(server: &ServeProcess, delivery: &str) -> Value {
+    let deadline = Instant::now() + HTTP_TIMEOUT;
+    loop {
+        let r = http_request(server.addr, "GET", "/deploys", &[], b"", HTTP_TIMEOUT).unwrap();
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        if let Some(run) = v["deploys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["delivery"] == delivery && r["state"] == "finished")
+        {
+            return run.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivery} not finished: {}\n{}",
+            r.body,
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Regression (serve's trust boundary): the deploy config was read from the pushed
+/// commit and every ref deployed, so whoever could push any branch chose the commands
+/// the serve host runs (`proxy.test_command`, …). Now only `refs/heads/main` deploys
+/// by default, and a pushed config that changes a pinned key is refused before it is
+/// checked out, naming the key, and stays redeliverable. No Docker: a refused push
+/// never reaches a deploy.
+#[test]
+fn push_changing_a_pinned_command_is_refused_before_checkout_and_other_branches_are_ignored() {
+    let service = unique_service("pinned");
+    let config = format!(
+        "service = \"{service}\"\n[image]\nref = \"busybox:latest\"\n[container]\nport = 8080\n\
+         [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:1\"\n"
+    );
+    let origin = Repo::bare();
+    let work_dir = tempfile::tempdir().unwrap();
+    let work = Repo::clone_into(&origin, &work_dir.path().join("app"));
+    let trusted_sha = work.commit("cutover.toml", &config, "trusted");
+    work.git(&["push", "-q", "origin", "main"]);
+    let checkout = Repo::clone_into(&origin, &work_dir.path().join("checkout"));
+    let conf_dir = tempfile::tempdir().unwrap();
+    // The trusted config lives on the serve host, outside the checkout.
+    std::fs::write(conf_dir.path().join("trusted.toml"), &config).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let conf = conf_dir.path().join("cutover-serve.toml");
+    let name = format!("team/{}", unique_service("pinned"));
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"{addr}\"\nsecret_env = \"{SECRET_ENV}\"\n[[repository]]\nname = \"{name}\"\n\
+             checkout = \"{}\"\ntrusted_config = \"trusted.toml\"\n",
+            checkout.path().display()
+        ),
+    )
+    .unwrap();
+    let secret = format!("whsec-{}", unique_service("s"));
+    let server = ServeProcess::start(&conf, addr, &[(SECRET_ENV, secret.as_str())], None);
+    let push = |git_ref: &str, sha: &str, id: &str| {
+        let body = push_payload(&name, git_ref, sha);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", id),
+            ("X-Hub-Signature-256", &sign(&secret, &body)),
+        ];
+        http_request(addr, "POST", "/hooks/github", &headers, &body, HTTP_TIMEOUT).unwrap()
+    };
+
+    // A pusher's command, where the serve host would run it at the proxy step.
+    let marker = work_dir.path().join("pwned");
+    let evil = config.replace(
+        "[proxy]\n",
+        &format!(
+            "[proxy]\ntest_command = [\"sh\", \"-c\", \"touch {}\"]\n",
+            marker.display()
+        ),
+    );
+    work.git(&["checkout", "-q", "-b", "feature"]);
+    let feature_sha = work.commit("cutover.toml", &evil, "on a branch");
+    work.git(&["push", "-q", "origin", "feature"]);
+    let r = push("refs/heads/feature", &feature_sha, &delivery());
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        r.body.contains("ignored"),
+        "a branch is not deployed by default: {}",
+        r.body
+    );
+
+    work.git(&["checkout", "-q", "main"]);
+    let evil_sha = work.commit("cutover.toml", &evil, "on main");
+    work.git(&["push", "-q", "origin", "main"]);
+    let id = delivery();
+    let r = push("refs/heads/main", &evil_sha, &id);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("queued"), "{}", r.body);
+    let run = wait_finished(&server, &id);
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.contains("`proxy.test_command`"), "{reason}");
+    assert!(reason.contains("trusted.toml"), "{reason}");
+    assert!(run["deploy_id"].is_null(), "no deploy started: {run}");
+    assert_eq!(
+        checkout.rev("HEAD"),
+        trusted_sha,
+        "the refused commit was never checked out"
+    );
+    assert!(!marker.exists(), "the pusher's command ran");
+    assert!(
+        server
+            .log_text()
+            .contains("refused a push that changes a pinned key"),
+        "{}",
+        server.log_text()
+    );
+    // Refused, not run: GitHub's "Redeliver" is accepted again.
+    let r = push("refs/heads/main", &evil_sha, &id);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("queued"), "a redelivery: {}", r.body);
 }

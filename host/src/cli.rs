@@ -387,7 +387,8 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                     ServeError::Config(_)
                     | ServeError::MissingSecret(_)
                     | ServeError::MissingToken(_)
-                    | ServeError::Checkout { .. } => exit::CONFIG,
+                    | ServeError::Checkout { .. }
+                    | ServeError::Trust { .. } => exit::CONFIG,
                     ServeError::Listen { .. } | ServeError::State { .. } => exit::ENVIRONMENT,
                 },
                 error: e.into(),

@@ -7,8 +7,9 @@
 //! of the raw body is checked in constant time (401); only then is the body parsed.
 //! An unknown repository gets 404; a delivery id or a body seen before is a replay and
 //! does nothing. An accepted push is queued for its repository's worker, which
-//! fetches the pushed ref into the repository's checkout, checks out the pushed
-//! commit (detached) and runs the normal `cutover deploy` (gate included) as a child
+//! fetches the pushed ref into the repository's checkout, reads the pushed deploy
+//! config with `git show` and refuses it when it changes a pinned key (see `trust`),
+//! then checks out the pushed commit (detached) and runs the normal `cutover deploy` (gate included) as a child
 //! process with the push's facts in `CUTOVER_SERVE_*` variables.
 //!
 //! One deploy per repository runs at a time and at most one waits: a newer push
@@ -49,6 +50,7 @@ mod http;
 mod push;
 mod queue;
 mod replay;
+mod trust;
 mod views;
 mod worker;
 
@@ -102,6 +104,14 @@ pub enum ServeError {
         repository: String,
         /// The checkout directory.
         path: PathBuf,
+    },
+    /// A repository's trusted deploy config cannot be read.
+    #[error("repository `{repository}`: {source}")]
+    Trust {
+        /// The repository.
+        repository: String,
+        /// Why.
+        source: trust::TrustError,
     },
     /// Listening failed.
     #[error("cannot listen on {addr}: {source}; pick a free address for `listen`")]
@@ -210,11 +220,21 @@ impl Server {
                     path: checkout,
                 });
             };
+            let trust = trust::Trust::new(
+                repo.pinned.clone(),
+                repo.trusted_config.as_ref().map(|p| base_dir.join(p)),
+                &checkout.join(&repo.config),
+            )
+            .map_err(|source| ServeError::Trust {
+                repository: repo.name.clone(),
+                source,
+            })?;
             let key = repo.name.to_lowercase();
             let worker = Arc::new(Worker {
                 key: key.clone(),
                 repo: repo.clone(),
                 checkout,
+                trust,
                 wake: Notify::new(),
             });
             workers.insert(key, worker);
