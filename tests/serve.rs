@@ -1552,3 +1552,54 @@ fn push_changing_a_pinned_command_is_refused_before_checkout_and_other_branches_
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.body.contains("queued"), "a redelivery: {}", r.body);
 }
+
+/// Regression (DNS rebinding): with no token, `/deploys` and the views answered any
+/// loopback client whatever host it named. Now a host that is neither loopback nor in
+/// `allowed_hosts` gets 421; the signed webhook is not checked (its HMAC is).
+#[test]
+fn without_a_token_a_rebound_host_name_gets_421_but_a_signed_webhook_does_not() {
+    use crate::dashboard::status_as_host;
+    let f = Plain::start("allowed_hosts = [\"deploy.example\"]\n", &[], None);
+    let addr = f.server.addr;
+    let page = format!("/services/{}/", f.service);
+    for path in ["/", "/deploys", "/metrics", page.as_str()] {
+        assert_eq!(
+            status_as_host(addr, "GET", path, "evil.example", &[], b""),
+            421,
+            "{path}"
+        );
+        // A service page of a never-deployed service may answer 503: not refused.
+        let local = status_as_host(
+            addr,
+            "GET",
+            path,
+            &format!("localhost:{}", addr.port()),
+            &[],
+            b"",
+        );
+        assert!(
+            local == 200 || (path == page && local == 503),
+            "{path}: {local}"
+        );
+    }
+    assert_eq!(
+        status_as_host(addr, "GET", "/deploys", "deploy.example", &[], b""),
+        200
+    );
+    let body = push_payload(&f.name, "refs/heads/main", &f.sha);
+    let signature = sign(&f.secret, &body);
+    let status = status_as_host(
+        addr,
+        "POST",
+        "/hooks/github",
+        "evil.example",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", &delivery()),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        &body,
+    );
+    assert_eq!(status, 202, "{}", f.server.log_text());
+}

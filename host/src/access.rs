@@ -43,24 +43,94 @@ const LOGIN_BODY_LIMIT: usize = 4096;
 pub enum Refusal {
     /// No token is configured and the client is not on loopback.
     NotLoopback,
+    /// No token is configured and the request names a host that is neither a loopback
+    /// name nor an allowed one: a page of another site whose name was rebound to
+    /// 127.0.0.1 (DNS rebinding) would otherwise read as a loopback client.
+    WrongHost,
     /// A token is configured and the request carries neither it nor the login cookie.
     BadToken,
 }
 
-/// Whether a client at `peer` sending `headers` may read: with no token, only from
-/// loopback; with one, from anywhere with `Authorization: Bearer <token>` or the
-/// [`COOKIE`] that [`login`](routes) set.
-///
-/// # Errors
-/// The [`Refusal`] when it may not.
-pub fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-    let Some(token) = token else {
-        return if peer.to_canonical().is_loopback() {
-            Ok(())
-        } else {
-            Err(Refusal::NotLoopback)
+/// The names a loopback client's `Host` may carry, with any port.
+const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
+
+/// The access rule of the operator's views: the token, when one is configured, and
+/// the host names besides loopback's that requests may name.
+#[derive(Debug, Default)]
+pub struct Access {
+    token: Option<Secret>,
+    /// Lowercase, without a port.
+    allowed_hosts: Vec<String>,
+}
+
+impl Access {
+    /// The rule for `token`, answering requests whose `Host` is a loopback name or one
+    /// of `allowed_hosts` (names, any port).
+    pub fn new(token: Option<Secret>, allowed_hosts: &[String]) -> Access {
+        Access {
+            token,
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| host_name(h).to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a client at `peer` sending `headers` may read: with no token, only
+    /// from loopback and naming a loopback or allowed host; with one, from anywhere
+    /// with `Authorization: Bearer <token>` or the [`COOKIE`] that [`login`](routes)
+    /// set.
+    ///
+    /// # Errors
+    /// The [`Refusal`] when it may not.
+    pub fn may_read(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(token) = &self.token else {
+            if !peer.to_canonical().is_loopback() {
+                return Err(Refusal::NotLoopback);
+            }
+            return if self.host_allowed(headers) {
+                Ok(())
+            } else {
+                Err(Refusal::WrongHost)
+            };
         };
-    };
+        bearer_or_cookie(token, headers)
+    }
+
+    /// Whether the request's `Host` names loopback or an allowed host. A request with
+    /// no `Host` (HTTP/1.0) names nothing and is refused.
+    fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let name = host_name(host.trim()).to_ascii_lowercase();
+        LOOPBACK_HOSTS.contains(&name.as_str()) || self.allowed_hosts.contains(&name)
+    }
+}
+
+/// `host` without its port: `example.com:9322` → `example.com`, `[::1]:80` → `[::1]`.
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether `name` may be given as an allowed host: a DNS name or an address, without
+/// a port or a path.
+pub fn valid_host(name: &str) -> bool {
+    !name.is_empty()
+        && host_name(name) == name
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+}
+
+/// Whether `headers` carry the bearer token or a valid login cookie.
+fn bearer_or_cookie(token: &Secret, headers: &HeaderMap) -> Result<(), Refusal> {
     let bearer = headers
         .get_all(header::AUTHORIZATION)
         .iter()
@@ -104,8 +174,8 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
         })
 }
 
-/// The access rule's shared state: the token, when one is configured.
-pub type Token = Arc<Option<Secret>>;
+/// The access rule, shared by the routes.
+pub type Token = Arc<Access>;
 
 /// Middleware: 401 for a client [`may_read`] refuses. A browser (it accepts HTML)
 /// gets the login form when a token would let it in. Needs the connection's address
@@ -116,7 +186,7 @@ pub async fn require(
     request: Request,
     next: Next,
 ) -> Response {
-    let refusal = match may_read(token.as_ref().as_ref(), peer.ip(), request.headers()) {
+    let refusal = match token.may_read(peer.ip(), request.headers()) {
         Ok(()) => return next.run(request).await,
         Err(refusal) => refusal,
     };
@@ -131,6 +201,11 @@ pub async fn require(
         Refusal::NotLoopback => (
             StatusCode::UNAUTHORIZED,
             "only loopback clients may read this; configure a bearer token to let others in (then log in or send `Authorization: Bearer <token>`)\n",
+        )
+            .into_response(),
+        Refusal::WrongHost => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers requests for localhost, 127.0.0.1 and [::1] only; add the name you use to `allowed_hosts` (serve) or `--allowed-host` (dashboard)\n",
         )
             .into_response(),
         Refusal::BadToken if browser => (
@@ -185,7 +260,7 @@ async fn login(
     };
     let body = String::from_utf8_lossy(&body);
     let next = safe_next(&form_value(&body, "next").unwrap_or_default());
-    let Some(token) = token.as_ref() else {
+    let Some(token) = token.token.as_ref() else {
         return (
             StatusCode::NOT_FOUND,
             "no token is configured here: only loopback clients may read\n",
@@ -318,6 +393,68 @@ mod tests {
             value.parse().unwrap(),
         );
         headers
+    }
+
+    /// The rule for `token` and no allowed host, asked by a client naming a loopback
+    /// host unless `headers` name one.
+    fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let mut headers = headers.clone();
+        headers
+            .entry(header::HOST)
+            .or_insert(HeaderValue::from_static("127.0.0.1:9322"));
+        Access::new(token.cloned(), &[]).may_read(peer, &headers)
+    }
+
+    /// Regression (DNS rebinding): with no token only the peer address was checked, so
+    /// a page of `evil.example` whose name was rebound to 127.0.0.1 read the views
+    /// through the victim's browser.
+    #[test]
+    fn a_rebound_host_name_is_refused_on_loopback_without_a_token() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let access = Access::new(None, &["Deploy.Example".to_owned()]);
+        for good in [
+            "localhost",
+            "localhost:9322",
+            "127.0.0.1:9322",
+            "[::1]:9322",
+            "[::1]",
+            "LOCALHOST",
+            "deploy.example",
+            "deploy.example:443",
+        ] {
+            assert_eq!(
+                access.may_read(loopback, &with("host", good)),
+                Ok(()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9322",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "deploy.example.evil",
+        ] {
+            assert_eq!(
+                access.may_read(loopback, &with("host", bad)),
+                Err(Refusal::WrongHost),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            access.may_read(loopback, &HeaderMap::new()),
+            Err(Refusal::WrongHost),
+            "no Host at all"
+        );
+        // With a token the token decides: a rebound page holds neither it nor the cookie.
+        let token = Access::new(Some(Secret::new("t0ken")), &[]);
+        let mut headers = with("host", "evil.example");
+        headers.insert(header::AUTHORIZATION, "Bearer t0ken".parse().unwrap());
+        assert_eq!(token.may_read(loopback, &headers), Ok(()));
+        assert!(valid_host("deploy.example") && valid_host("10.0.0.5") && valid_host("[::1]"));
+        for bad in ["", "a:80", "a/b", "a b", "*.example"] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 
     #[test]

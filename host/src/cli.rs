@@ -172,6 +172,10 @@ pub enum Command {
         /// (loopback too) must send `Authorization: Bearer <token>`.
         #[arg(long, value_name = "VAR")]
         token_env: Option<String>,
+        /// A host name besides localhost, 127.0.0.1 and [::1] that requests may name
+        /// when no token is set (others get 421, against DNS rebinding); repeatable.
+        #[arg(long = "allowed-host", value_name = "NAME")]
+        allowed_hosts: Vec<String>,
     },
     /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
     Serve {
@@ -450,8 +454,13 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         kinds.push(PluginKind::RolloutAnalysis);
     }
     let ctx = Context::open(config, &plugin_host, &kinds, reporter).await?;
-    if let Command::Dashboard { listen, token_env } = &cli.command {
-        return dashboard(ctx, *listen, token_env.as_deref()).await;
+    if let Command::Dashboard {
+        listen,
+        token_env,
+        allowed_hosts,
+    } = &cli.command
+    {
+        return dashboard(ctx, *listen, token_env.as_deref(), allowed_hosts).await;
     }
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
@@ -610,7 +619,16 @@ async fn dashboard(
     ctx: Context,
     listen: std::net::SocketAddr,
     token_env: Option<&str>,
+    allowed_hosts: &[String],
 ) -> Result<u8, Failure> {
+    if let Some(bad) = allowed_hosts.iter().find(|h| !crate::access::valid_host(h)) {
+        return Err(Failure {
+            error: anyhow::anyhow!(
+                "--allowed-host {bad}: expected a host name or address without a port, e.g. deploy.example.com"
+            ),
+            code: exit::CONFIG,
+        });
+    }
     let token = match token_env {
         None => None,
         Some(var) => match std::env::var(var) {
@@ -644,7 +662,7 @@ async fn dashboard(
         ctx.service()
     );
     crate::dashboard::Dashboard::new(ctx)
-        .serve(listener, token)
+        .serve(listener, crate::access::Access::new(token, allowed_hosts))
         .await
         .map_err(|e| Failure {
             error: anyhow::anyhow!("dashboard on {addr}: {e}"),

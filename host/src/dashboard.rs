@@ -80,16 +80,16 @@ impl Dashboard {
     }
 
     /// Serves the routes on `listener` behind [`crate::access::require`] with
-    /// `token` (and its `login` form), until Ctrl-C or SIGTERM.
+    /// `access` (and its `login` form), until Ctrl-C or SIGTERM.
     ///
     /// # Errors
     /// When the listener fails.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
-        token: Option<crate::secret::Secret>,
+        access: crate::access::Access,
     ) -> std::io::Result<()> {
-        let token = Arc::new(token);
+        let token = Arc::new(access);
         let dashboard = Arc::new(self);
         let app = dashboard
             .clone()

@@ -27,6 +27,11 @@ pub struct ServeConfig {
     /// same host every client is loopback).
     #[serde(default)]
     pub deploys_token_env: Option<String>,
+    /// Host names besides loopback's (`localhost`, `127.0.0.1`, `[::1]`) that requests
+    /// for the views and `GET /deploys` may name when no token is configured (any
+    /// other is refused with 421, against DNS rebinding). Webhooks are not checked.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Requests with a larger body are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -183,6 +188,18 @@ impl ServeConfig {
                 ));
             }
             _ => {}
+        }
+        if let Some(bad) = config
+            .allowed_hosts
+            .iter()
+            .find(|h| !crate::access::valid_host(h))
+        {
+            return Err(invalid(
+                "allowed_hosts".to_owned(),
+                &format!(
+                    "`{bad}` is not a host name or address (no port, path or wildcard), e.g. \"deploy.example.com\""
+                ),
+            ));
         }
         if config.max_body_bytes == 0 {
             return Err(invalid(

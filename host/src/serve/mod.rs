@@ -134,8 +134,9 @@ pub enum ServeError {
 /// What the routes and the workers share.
 struct App {
     secret: Secret,
-    /// Who may read `GET /deploys`: loopback clients, or holders of this token.
-    deploys_token: Option<Secret>,
+    /// Who may read `GET /deploys` and the views: loopback clients naming a loopback
+    /// or allowed host, or holders of the token.
+    access: crate::access::Token,
     /// The variables holding the secrets above: removed from every child's
     /// environment.
     secret_envs: Vec<String>,
@@ -259,7 +260,10 @@ impl Server {
         );
         let app = Arc::new(App {
             secret,
-            deploys_token,
+            access: Arc::new(crate::access::Access::new(
+                deploys_token,
+                &config.allowed_hosts,
+            )),
             secret_envs: std::iter::once(&config.secret_env)
                 .chain(&config.deploys_token_env)
                 .cloned()

@@ -65,7 +65,7 @@ type Opened = (Vec<u8>, Arc<Dashboard>);
 
 /// The views' routes, behind the access rule, with `login` open.
 pub(super) fn router(app: Arc<App>) -> Router {
-    let token: crate::access::Token = Arc::new(app.deploys_token.clone());
+    let token = app.access.clone();
     Router::new()
         .route("/", get(index))
         .route("/services/{service}", get(to_slash))
