@@ -1603,3 +1603,72 @@ fn without_a_token_a_rebound_host_name_gets_421_but_a_signed_webhook_does_not() 
     );
     assert_eq!(status, 202, "{}", f.server.log_text());
 }
+
+/// Regression (sessions): the login cookie was a fixed digest of the token, the same
+/// for every login, valid until the token changed, and wrong tokens could be tried
+/// without limit. Now each login gets its own signed, expiring session, `logout` ends
+/// it, and a sixth wrong token within a minute from one address gets 429.
+#[test]
+fn a_login_session_ends_at_logout_and_wrong_tokens_are_limited() {
+    const TOKEN_ENV: &str = "CUTOVER_TEST_SESSION_TOKEN";
+    let token = format!("tok-{}", unique_service("t"));
+    let f = Plain::start(
+        &format!("deploys_token_env = \"{TOKEN_ENV}\"\n"),
+        &[(TOKEN_ENV, &token)],
+        None,
+    );
+    let addr = f.server.addr;
+    let post = |path: &str, body: &str, cookie: Option<&str>| {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        headers.extend(cookie.map(|c| ("Cookie", c)));
+        http_request(addr, "POST", path, &headers, body.as_bytes(), HTTP_TIMEOUT).unwrap()
+    };
+    let deploys = |cookie: &str| {
+        http_request(
+            addr,
+            "GET",
+            "/deploys",
+            &[("Cookie", cookie)],
+            b"",
+            HTTP_TIMEOUT,
+        )
+        .unwrap()
+        .status
+    };
+    let login = |token: &str| post("/login", &format!("token={token}&next="), None);
+
+    let r = login(&token);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.header("set-cookie").unwrap().contains("Max-Age=43200"),
+        "{:?}",
+        r.headers
+    );
+    let first = cookie_of(&r);
+    let second = cookie_of(&login(&token));
+    assert_ne!(first, second, "each login is its own session");
+    assert!(!first.contains(&token));
+    assert_eq!(deploys(&first), 200);
+    assert_eq!(deploys(&second), 200);
+
+    let r = post("/logout", "", Some(&first));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("login"));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(deploys(&first), 401, "a logged-out session is revoked");
+    assert_eq!(deploys(&second), 200, "the other login goes on");
+
+    for _ in 0..5 {
+        assert_eq!(login(&format!("{token}x")).status, 401);
+    }
+    let r = login(&format!("{token}x"));
+    assert_eq!(r.status, 429, "{}", r.body);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        login(&token).status,
+        429,
+        "the right token waits too: the limit is per address"
+    );
+    assert!(!f.server.log_text().contains(&token));
+}

@@ -661,8 +661,12 @@ async fn dashboard(
         "dashboard of {} on http://{addr}/ (metrics on /metrics); {access}",
         ctx.service()
     );
+    let access = crate::access::Access::new(token, allowed_hosts).map_err(|e| Failure {
+        error: anyhow::anyhow!("cannot make a session key from /dev/urandom: {e}"),
+        code: exit::ENVIRONMENT,
+    })?;
     crate::dashboard::Dashboard::new(ctx)
-        .serve(listener, crate::access::Access::new(token, allowed_hosts))
+        .serve(listener, access)
         .await
         .map_err(|e| Failure {
             error: anyhow::anyhow!("dashboard on {addr}: {e}"),

@@ -250,6 +250,7 @@ pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> 
             esc(index)
         );
     }
+    body.push_str(&logout_form(index.unwrap_or("")));
     let _ = writeln!(body, "<h1>cutover · {}</h1>", esc(&report.service));
     let live = report.live.as_ref();
     let _ = write!(
@@ -332,6 +333,15 @@ pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> 
     page(&format!("cutover · {}", report.service), &body, SCRIPT)
 }
 
+/// The log-out button, posting to `logout` at the views' root (`up` leads there).
+/// Harmless without a session: it only clears the cookie.
+fn logout_form(up: &str) -> String {
+    format!(
+        "<form id=\"logout\" class=\"meta\" method=\"post\" action=\"{}logout\"><button type=\"submit\">log out</button></form>\n",
+        esc(up)
+    )
+}
+
 /// One service on the index page of `cutover serve`.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceRow {
@@ -353,7 +363,8 @@ pub struct ServiceRow {
 /// deploy, linked to its page at `services/<service>/`.
 pub fn render_index(rows: &[ServiceRow]) -> String {
     use std::fmt::Write as _;
-    let mut body = String::from("<h1>cutover · services</h1>\n<div id=\"services\">\n");
+    let mut body = logout_form("");
+    body.push_str("<h1>cutover · services</h1>\n<div id=\"services\">\n");
     for row in rows {
         let _ = writeln!(
             body,

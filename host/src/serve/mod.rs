@@ -258,12 +258,12 @@ impl Server {
             },
             config.repositories.len(),
         );
+        let access = crate::access::Access::new(deploys_token, &config.allowed_hosts)
+            .map(Arc::new)
+            .map_err(state_err)?;
         let app = Arc::new(App {
             secret,
-            access: Arc::new(crate::access::Access::new(
-                deploys_token,
-                &config.allowed_hosts,
-            )),
+            access,
             secret_envs: std::iter::once(&config.secret_env)
                 .chain(&config.deploys_token_env)
                 .cloned()
