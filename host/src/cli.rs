@@ -56,6 +56,11 @@ pub struct Cli {
     /// How to print progress and results.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    /// Also put `docker build` output (build-argument values redacted) into
+    /// `--output json` and the state directory's events.jsonl, where dashboards
+    /// stream it; left out by default.
+    #[arg(long, global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -444,6 +449,12 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             Arc::new(crate::events::FileLog::tee(reporter, &config.state_dir()))
         }
         _ => reporter,
+    };
+    // Outside the event log too: build output reaches neither it nor stdout.
+    let reporter: Arc<dyn Reporter> = if cli.verbose {
+        reporter
+    } else {
+        Arc::new(crate::events::WithoutBuildOutput(reporter))
     };
     let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
     let mut kinds = plugins_used(&cli.command).to_vec();

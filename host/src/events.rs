@@ -237,6 +237,23 @@ impl Reporter for Printer {
     }
 }
 
+/// The `source` of the log events that carry `docker build` output, line by line.
+pub const BUILD_OUTPUT: &str = "docker build";
+
+/// Passes every event on except build output ([`BUILD_OUTPUT`] log lines): a build
+/// prints pages of it and may print what a `RUN` step echoes, so it stays out of
+/// `--output json` and `events.jsonl` (and so out of every dashboard stream) unless
+/// `--verbose` asks for it. Human output drops it anyway (it is debug-level).
+pub struct WithoutBuildOutput(pub Arc<dyn Reporter>);
+
+impl Reporter for WithoutBuildOutput {
+    fn emit(&self, event: &Event) {
+        if !matches!(event, Event::Log { source, .. } if source == BUILD_OUTPUT) {
+            self.0.emit(event);
+        }
+    }
+}
+
 /// Keeps every event in memory (for tests and for callers that render later).
 #[derive(Default)]
 pub struct Recorder {
@@ -323,6 +340,24 @@ impl Reporter for FileLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: build output reached `--output json` and `events.jsonl`.
+    #[test]
+    fn build_output_is_left_out_and_everything_else_passes() {
+        let recorder = Arc::new(Recorder::default());
+        let filter = WithoutBuildOutput(recorder.clone());
+        let build = Event::Log {
+            level: Level::Debug,
+            source: BUILD_OUTPUT.to_owned(),
+            message: "Step 1/7 : FROM scratch".to_owned(),
+        };
+        filter.emit(&build);
+        filter.log(Level::Debug, "a debug line of cutover's own");
+        filter.emit(&Event::StepStarted { step: Step::Image });
+        let events = recorder.events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(!events.contains(&build));
+    }
 
     /// What `--output json` prints, byte for byte, and what `cutover serve` parses back.
     #[test]
