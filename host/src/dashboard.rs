@@ -183,43 +183,98 @@ fn tail(path: PathBuf) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     let pending = std::collections::VecDeque::new();
     futures_util::stream::unfold(
-        (path, offset, pending),
-        |(path, mut offset, mut pending)| async move {
+        (
+            path,
+            Tail {
+                offset,
+                skipping: false,
+            },
+            pending,
+        ),
+        |(path, mut at, mut pending)| async move {
             loop {
                 if let Some(line) = pending.pop_front() {
                     let event = SseEvent::default().data::<String>(line);
-                    return Some((Ok(event), (path, offset, pending)));
+                    return Some((Ok(event), (path, at, pending)));
                 }
                 tokio::time::sleep(TAIL_EVERY).await;
-                let (lines, next) = read_lines(&path, offset);
-                offset = next;
-                pending.extend(lines);
+                pending.extend(read_lines(&path, &mut at));
             }
         },
     )
 }
 
-/// The whole lines of `path` after `offset`, and the offset after the last one.
-fn read_lines(path: &std::path::Path, offset: u64) -> (Vec<String>, u64) {
+/// Where a tail of the event log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tail {
+    /// The next byte to read.
+    offset: u64,
+    /// Inside a line longer than [`TAIL_CHUNK`], dropped up to its end.
+    skipping: bool,
+}
+
+/// The whole lines of `path` after `at`, moving `at` past them. A line longer than
+/// [`TAIL_CHUNK`] is skipped (no event is that long; waiting for its end would stop
+/// the tail for good).
+fn read_lines(path: &std::path::Path, at: &mut Tail) -> Vec<String> {
     let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), 0);
+        *at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        return Vec::new();
     };
     let len = file.metadata().map_or(0, |m| m.len());
-    let offset = if len < offset { 0 } else { offset };
+    if len < at.offset {
+        *at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+    }
     let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(offset)).is_err()
+    if file.seek(SeekFrom::Start(at.offset)).is_err()
         || file.take(TAIL_CHUNK).read_to_end(&mut bytes).is_err()
     {
-        return (Vec::new(), offset);
+        return Vec::new();
     }
-    // A line still being written stays for the next look.
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let lines = String::from_utf8_lossy(&bytes[..whole])
+    let newline = |from: usize| {
+        bytes[from..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|i| from + i)
+    };
+    let mut start = 0;
+    if at.skipping {
+        match newline(0) {
+            Some(i) => {
+                start = i + 1;
+                at.skipping = false;
+            }
+            None => {
+                at.offset += bytes.len() as u64;
+                return Vec::new();
+            }
+        }
+    }
+    // A line still being written stays for the next look, unless it already fills a
+    // whole chunk: then it is too long to ever be read, and is skipped.
+    let whole = match bytes[start..].iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i + 1,
+        None if start == 0 && bytes.len() as u64 == TAIL_CHUNK => {
+            tracing::warn!(path = %path.display(), offset = at.offset, "skipped an event line over {TAIL_CHUNK} bytes");
+            at.skipping = true;
+            at.offset += bytes.len() as u64;
+            return Vec::new();
+        }
+        None => start,
+    };
+    let lines = String::from_utf8_lossy(&bytes[start..whole])
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect();
-    (lines, offset + whole as u64)
+    at.offset += whole as u64;
+    lines
 }
 
 /// The few lines of script: each server-sent event becomes a line of the live list,
@@ -433,16 +488,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
-        let (lines, offset) = read_lines(&path, 0);
-        assert_eq!(lines, ["{\"a\":1}"]);
-        assert_eq!(offset, 8);
+        let mut at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        assert_eq!(read_lines(&path, &mut at), ["{\"a\":1}"]);
+        assert_eq!(at.offset, 8);
         std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n").unwrap();
-        assert_eq!(read_lines(&path, offset).0, ["{\"b\":2}"]);
+        assert_eq!(read_lines(&path, &mut at), ["{\"b\":2}"]);
+        assert_eq!(at.offset, 16);
         std::fs::write(&path, "{\"c\":3}\n").unwrap();
         assert_eq!(
-            read_lines(&path, 16).0,
+            read_lines(&path, &mut at),
             ["{\"c\":3}"],
             "shrank: from the start"
         );
+    }
+
+    /// Regression: a line over 256 KiB never fit a read, so the tail waited for its
+    /// end forever and no later event reached the dashboard.
+    #[test]
+    fn tail_skips_a_line_over_the_chunk_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let huge = "y".repeat(usize::try_from(TAIL_CHUNK).unwrap() * 2 + 17);
+        std::fs::write(
+            &path,
+            format!("{{\"a\":1}}\n{huge}\n{{\"b\":2}}\n{{\"c\":3}}\n"),
+        )
+        .unwrap();
+        let mut at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            seen.extend(read_lines(&path, &mut at));
+        }
+        assert_eq!(seen, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
+        assert_eq!(at.offset, std::fs::metadata(&path).unwrap().len());
     }
 }

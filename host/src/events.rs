@@ -291,8 +291,12 @@ impl Reporter for Silent {
 pub const LOG_FILE: &str = "events.jsonl";
 
 /// A run that starts when [`LOG_FILE`] is over this size starts it afresh, so the
-/// file holds the last runs and never grows without bound.
+/// file holds the last runs.
 pub const LOG_MAX_BYTES: u64 = 256 * 1024;
+
+/// Past this, any append starts [`LOG_FILE`] afresh, mid-run too: one run that logs
+/// without end (or several that never start) must not fill the disk.
+pub const LOG_HARD_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Passes every event on, and appends it as the JSON line `--output json` prints to
 /// [`LOG_FILE`] in a state directory. Writing is best effort: a full or read-only
@@ -315,9 +319,13 @@ impl FileLog {
         use std::os::unix::fs::OpenOptionsExt;
         let mut options = std::fs::OpenOptions::new();
         options.create(true).mode(0o600);
-        let full = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > LOG_MAX_BYTES);
-        if full && matches!(event, Event::Started { .. }) {
-            // A reader notices the file shrank and starts again from its start.
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let full = len > LOG_MAX_BYTES && matches!(event, Event::Started { .. });
+        // Over the hard bound the file starts over rather than keeping its newest
+        // half: truncating is one system call that concurrent appenders cannot
+        // interleave with, and the file is a live view, not a record (the audit log
+        // is). A reader notices the file shrank and starts again from its start.
+        if full || len > LOG_HARD_MAX_BYTES {
             options.write(true).truncate(true);
         } else {
             options.append(true);
@@ -454,5 +462,29 @@ mod tests {
         log.emit(&started);
         let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    /// Regression: the file was cut only at a `Started` event, so a run that never
+    /// ended (or a stream of other events) grew it without bound.
+    #[test]
+    fn the_event_log_never_grows_past_its_bound_without_a_started_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::tee(Arc::new(Silent), dir.path());
+        let path = dir.path().join(LOG_FILE);
+        let line = "x".repeat(1000);
+        let mut peak = 0;
+        for _ in 0..3000 {
+            log.log(Level::Info, &line);
+            peak = peak.max(std::fs::metadata(&path).unwrap().len());
+        }
+        assert!(
+            peak <= LOG_HARD_MAX_BYTES + 2000,
+            "3 MB of log lines, file peaked at {peak} bytes"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().all(|l| l.ends_with("x\"}")),
+            "whole lines only"
+        );
     }
 }
