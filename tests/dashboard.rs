@@ -499,3 +499,74 @@ fn dashboard_without_a_token_refuses_a_rebound_host_name_with_421() {
             .contains("--allowed-host deploy.example:80")
     );
 }
+
+/// Regression: `cutover dashboard` ran on plain `axum::serve`, without serve's
+/// protections: a half-sent request was held open forever, nothing capped the open
+/// connections, and every open page held an event stream. It now runs on serve's
+/// connection code: half-sent requests are closed after `--header-timeout`, a flood of
+/// them does not keep a reader out, and at most a quarter of `--max-connections` are
+/// event streams (503 beyond).
+#[test]
+fn dashboard_closes_half_sent_requests_caps_connections_and_event_streams() {
+    use std::io::Read;
+    let svc = Service::new("dash-conns");
+    let dash = DashboardProcess::start(
+        &svc,
+        ([127, 0, 0, 1], free_port()).into(),
+        &[],
+        &["--header-timeout", "1s", "--max-connections", "8"],
+    );
+    let half_sent = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n", dash.addr);
+
+    let mut lone = TcpStream::connect(dash.addr).unwrap();
+    lone.write_all(half_sent.as_bytes()).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let began = Instant::now();
+    let closed = match lone.read(&mut [0u8; 256]) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(
+        closed && began.elapsed() < Duration::from_secs(5),
+        "a half-sent request was still open after {:?}",
+        began.elapsed()
+    );
+
+    // Forty half-sent requests against a cap of eight: a whole request still gets in.
+    let flood: Vec<TcpStream> = (0..40)
+        .filter_map(|_| {
+            let mut conn = TcpStream::connect(dash.addr).ok()?;
+            conn.write_all(half_sent.as_bytes()).ok()?;
+            Some(conn)
+        })
+        .collect();
+    assert_eq!(flood.len(), 40);
+    let began = Instant::now();
+    let (status, _) = get(dash.addr, "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    drop(flood);
+
+    // Two streams (a quarter of eight) are open; a third is refused.
+    let open = |_| {
+        let mut stream = TcpStream::connect(dash.addr).unwrap();
+        write!(
+            stream,
+            "GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (stream, String::from_utf8_lossy(&head).into_owned())
+    };
+    let streams: Vec<_> = (0..3).map(open).collect();
+    let heads: Vec<&str> = streams.iter().map(|(_, h)| h.as_str()).collect();
+    assert_eq!(heads, ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 503"]);
+    dash.stop();
+}

@@ -181,6 +181,13 @@ pub enum Command {
         /// when no token is set (others get 421, against DNS rebinding); repeatable.
         #[arg(long = "allowed-host", value_name = "NAME")]
         allowed_hosts: Vec<String>,
+        /// A connection that has not sent a whole request head within this is closed.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        header_timeout: Duration,
+        /// Open connections at most (lowered to fit the open-file limit); at the cap
+        /// the oldest idle one is closed. A quarter of them may be event streams.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
     },
     /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
     Serve {
@@ -469,9 +476,15 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         listen,
         token_env,
         allowed_hosts,
+        header_timeout,
+        max_connections,
     } = &cli.command
     {
-        return dashboard(ctx, *listen, token_env.as_deref(), allowed_hosts).await;
+        let limits = (
+            usize::try_from(*max_connections).unwrap_or(usize::MAX),
+            *header_timeout,
+        );
+        return dashboard(ctx, *listen, token_env.as_deref(), allowed_hosts, limits).await;
     }
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
@@ -631,7 +644,14 @@ async fn dashboard(
     listen: std::net::SocketAddr,
     token_env: Option<&str>,
     allowed_hosts: &[String],
+    (max_connections, header_timeout): (usize, Duration),
 ) -> Result<u8, Failure> {
+    if header_timeout.is_zero() {
+        return Err(Failure {
+            error: anyhow::anyhow!("--header-timeout must be more than 0, e.g. 10s"),
+            code: exit::CONFIG,
+        });
+    }
     if let Some(bad) = allowed_hosts.iter().find(|h| !crate::access::valid_host(h)) {
         return Err(Failure {
             error: anyhow::anyhow!(
@@ -677,12 +697,8 @@ async fn dashboard(
         code: exit::ENVIRONMENT,
     })?;
     crate::dashboard::Dashboard::new(ctx)
-        .serve(listener, access)
-        .await
-        .map_err(|e| Failure {
-            error: anyhow::anyhow!("dashboard on {addr}: {e}"),
-            code: exit::ENVIRONMENT,
-        })?;
+        .serve(listener, access, max_connections, header_timeout)
+        .await;
     Ok(exit::OK)
 }
 

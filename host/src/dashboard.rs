@@ -48,11 +48,17 @@ const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// The most a tail reads at once; the rest comes on the next look.
 const TAIL_CHUNK: u64 = 256 * 1024;
 
-/// One service's dashboard: its context (for `status`), and the signal that ends
-/// its event streams when the server stops.
+/// How long a stopping `cutover dashboard` waits for open connections.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+/// One service's dashboard: its context (for `status`), the signal that ends its
+/// event streams when the server stops, and the cap on open streams.
 pub struct Dashboard {
     ctx: Context,
     stop: watch::Sender<bool>,
+    /// Each open event stream holds a connection for as long as the page is open, so
+    /// they are capped (at a quarter of the connections in [`Dashboard::serve`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Dashboard {
@@ -61,6 +67,7 @@ impl Dashboard {
         Dashboard {
             ctx,
             stop: watch::channel(false).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(64)),
         }
     }
 
@@ -80,15 +87,28 @@ impl Dashboard {
     }
 
     /// Serves the routes on `listener` behind [`crate::access::require`] with
-    /// `access` (and its `login` form), until Ctrl-C or SIGTERM.
-    ///
-    /// # Errors
-    /// When the listener fails.
+    /// `access` (and its `login` form), until Ctrl-C or SIGTERM, on `cutover serve`'s
+    /// connection handling: a request head must arrive within `header_timeout`, at
+    /// most `max_connections` are open (lowered to fit the open-file limit; at the cap
+    /// the oldest idle one is closed), and at most a quarter of them are event
+    /// streams (503 beyond).
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
         access: crate::access::Access,
-    ) -> std::io::Result<()> {
+        max_connections: usize,
+        header_timeout: Duration,
+    ) {
+        let limits = crate::serve::conns::Limits::fitted(
+            crate::serve::conns::Limits {
+                max_connections,
+                header_timeout,
+            },
+            0,
+        );
+        self.streams = Arc::new(tokio::sync::Semaphore::new(
+            (limits.max_connections / 4).max(1),
+        ));
         let token = Arc::new(access);
         let dashboard = Arc::new(self);
         let app = dashboard
@@ -99,30 +119,27 @@ impl Dashboard {
                 crate::access::require,
             ))
             .merge(crate::access::routes(token));
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let term = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
+        let serving = crate::serve::conns::serve(listener, app, limits, dashboard.stop.subscribe());
+        tokio::pin!(serving);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = term => {}
+                None => std::future::pending().await,
             }
-            // Open event streams never end by themselves: a graceful shutdown would
-            // wait for them forever.
-            dashboard.stop.send_replace(true);
-        })
-        .await
+        };
+        tokio::select! {
+            () = &mut serving => return,
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        // Stops accepting and ends the open event streams, which never end by
+        // themselves; then the connections close once their responses are written.
+        dashboard.stop.send_replace(true);
+        let _ = tokio::time::timeout(HTTP_DRAIN, serving).await;
     }
 
     /// The page: 503 when the service's status cannot be read. `index`, when
@@ -150,10 +167,22 @@ async fn metrics_handler(State(d): State<Arc<Dashboard>>) -> Response {
     metrics_response(&[crate::metrics::ServiceRecords::load(&d.ctx.config)])
 }
 
-async fn events_handler(
-    State(d): State<Arc<Dashboard>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    Sse::new(live_events(d.ctx.store.dir(), d.stop.subscribe())).keep_alive(KeepAlive::default())
+async fn events_handler(State(d): State<Arc<Dashboard>>) -> Response {
+    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many live views are open; close some, or reload later\n",
+        )
+            .into_response();
+    };
+    let events = live_events(d.ctx.store.dir(), d.stop.subscribe()).map(move |event| {
+        // The stream holds its place among the open ones until it ends.
+        let _held = &permit;
+        event
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// `/metrics` of `services`, in the Prometheus text format.

@@ -45,7 +45,7 @@
 
 mod auth;
 mod config;
-mod conns;
+pub(crate) mod conns;
 mod http;
 mod push;
 mod queue;
