@@ -520,7 +520,8 @@ fn dashboard_closes_half_sent_requests_caps_connections_and_event_streams() {
 
     let mut lone = TcpStream::connect(dash.addr).unwrap();
     lone.write_all(half_sent.as_bytes()).unwrap();
-    lone.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let began = Instant::now();
     let closed = match lone.read(&mut [0u8; 256]) {
         Ok(_) => true,
@@ -547,7 +548,11 @@ fn dashboard_closes_half_sent_requests_caps_connections_and_event_streams() {
     let began = Instant::now();
     let (status, _) = get(dash.addr, "/metrics", &[]);
     assert_eq!(status, 200);
-    assert!(began.elapsed() < Duration::from_secs(5), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
     drop(flood);
 
     // Two streams (a quarter of eight) are open; a third is refused.

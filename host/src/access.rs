@@ -25,8 +25,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::routing::post;
+use axum::routing::{get, post};
 use hmac::digest::CtOutput;
 use sha2::{Digest, Sha256};
 
@@ -169,9 +168,9 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
 /// The access rule, shared by the routes.
 pub type Token = Arc<Access>;
 
-/// Middleware: 401 for a client [`may_read`] refuses. A browser (it accepts HTML)
-/// gets the login form when a token would let it in. Needs the connection's address
-/// (`ConnectInfo<SocketAddr>`).
+/// Middleware: answers a client [`Access::may_read`] refuses with 401 (421 for a host
+/// that is not allowed). A browser (it accepts HTML) gets the login form when a token
+/// would let it in. Needs the connection's address (`ConnectInfo<SocketAddr>`).
 pub async fn require(
     State(token): State<Token>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
