@@ -152,7 +152,7 @@ fn dashboard_serves_the_page_metrics_and_live_events_and_keeps_remote_clients_ou
     let mut events = TcpStream::connect(dash.addr).unwrap();
     write!(
         events,
-        "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        "GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -420,5 +420,158 @@ fn dashboard_in_a_headless_browser_shows_the_live_colour_the_deploy_rows_and_liv
         std::fs::write(shots.join("dashboard.png"), shot).unwrap();
         browser.close().await.unwrap();
     });
+    dash.stop();
+}
+
+/// The status of `method path` sent with `Host: host` (and `headers`, `body`) over a
+/// fresh connection, written by hand: the shared client always names the address.
+pub fn status_as_host(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    // The head is enough; an event stream's body never ends.
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]);
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+}
+
+/// Regression (DNS rebinding): with no token only the peer address was checked, so a
+/// page of another site whose name was rebound to 127.0.0.1 could read the page, the
+/// event stream and the metrics through a browser on the same machine.
+#[test]
+fn dashboard_without_a_token_refuses_a_rebound_host_name_with_421() {
+    let svc = Service::new("dash-host");
+    let dash = DashboardProcess::start(
+        &svc,
+        ([127, 0, 0, 1], free_port()).into(),
+        &[],
+        &["--allowed-host", "deploy.example"],
+    );
+    let port = dash.addr.port();
+    for path in ["/", "/events", "/metrics"] {
+        for host in ["evil.example", &format!("evil.example:{port}")] {
+            assert_eq!(
+                status_as_host(dash.addr, "GET", path, host, &[], b""),
+                421,
+                "{path} for {host}"
+            );
+        }
+    }
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "deploy.example".to_owned(),
+    ] {
+        assert_eq!(
+            status_as_host(dash.addr, "GET", "/metrics", &host, &[], b""),
+            200,
+            "{host}"
+        );
+    }
+    dash.stop();
+    let out = svc.cutover(&["dashboard", "--allowed-host", "deploy.example:80"]);
+    assert!(
+        out.code(5)
+            .stderr
+            .contains("--allowed-host deploy.example:80")
+    );
+}
+
+/// Regression: `cutover dashboard` ran on plain `axum::serve`, without serve's
+/// protections: a half-sent request was held open forever, nothing capped the open
+/// connections, and every open page held an event stream. It now runs on serve's
+/// connection code: half-sent requests are closed after `--header-timeout`, a flood of
+/// them does not keep a reader out, and at most a quarter of `--max-connections` are
+/// event streams (503 beyond).
+#[test]
+fn dashboard_closes_half_sent_requests_caps_connections_and_event_streams() {
+    use std::io::Read;
+    let svc = Service::new("dash-conns");
+    let dash = DashboardProcess::start(
+        &svc,
+        ([127, 0, 0, 1], free_port()).into(),
+        &[],
+        &["--header-timeout", "1s", "--max-connections", "8"],
+    );
+    let half_sent = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n", dash.addr);
+
+    let mut lone = TcpStream::connect(dash.addr).unwrap();
+    lone.write_all(half_sent.as_bytes()).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let began = Instant::now();
+    let closed = match lone.read(&mut [0u8; 256]) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(
+        closed && began.elapsed() < Duration::from_secs(5),
+        "a half-sent request was still open after {:?}",
+        began.elapsed()
+    );
+
+    // Forty half-sent requests against a cap of eight: a whole request still gets in.
+    let flood: Vec<TcpStream> = (0..40)
+        .filter_map(|_| {
+            let mut conn = TcpStream::connect(dash.addr).ok()?;
+            conn.write_all(half_sent.as_bytes()).ok()?;
+            Some(conn)
+        })
+        .collect();
+    assert_eq!(flood.len(), 40);
+    let began = Instant::now();
+    let (status, _) = get(dash.addr, "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    drop(flood);
+
+    // Two streams (a quarter of eight) are open; a third is refused.
+    let open = |_| {
+        let mut stream = TcpStream::connect(dash.addr).unwrap();
+        write!(
+            stream,
+            "GET /events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        (stream, String::from_utf8_lossy(&head).into_owned())
+    };
+    let streams: Vec<_> = (0..3).map(open).collect();
+    let heads: Vec<&str> = streams.iter().map(|(_, h)| h.as_str()).collect();
+    assert_eq!(heads, ["HTTP/1.1 200", "HTTP/1.1 200", "HTTP/1.1 503"]);
     dash.stop();
 }

@@ -355,3 +355,58 @@ fn a_swarm_engine_that_is_no_manager_is_refused_before_anything_starts() {
     );
     assert!(svc.containers().is_empty(), "nothing was started");
 }
+
+/// Regression: every line of `docker build` output went into `--output json` and
+/// `events.jsonl`, and so into every dashboard's event stream, and a build argument may
+/// be a secret. Build output now stays out unless `--verbose` asks, and then a
+/// build argument's value is `***`.
+#[test]
+fn build_output_stays_out_of_json_and_the_event_log_unless_verbose_and_build_args_never_show() {
+    let svc = Service::new("e2e-build-output");
+    let events_file = svc.state_dir().join("events.jsonl");
+    let secret = "sekrit-build-arg-4711";
+    let is_build_line = |line: &&str| line.contains("\"source\":\"docker build\"");
+
+    let out = svc
+        .cutover(&[
+            "--output",
+            "json",
+            "deploy",
+            "--build-arg",
+            "VERSION=v1",
+            "--build-arg",
+            &format!("TOKEN={secret}"),
+        ])
+        .success();
+    let log = std::fs::read_to_string(&events_file).unwrap();
+    for (what, text) in [("stdout", &out.stdout), ("events.jsonl", &log)] {
+        assert!(!text.lines().any(|l| is_build_line(&l)), "{what}:\n{text}");
+        assert!(!text.contains(secret), "{what}:\n{text}");
+        assert!(text.contains("\"event\":\"finished\""), "{what}:\n{text}");
+    }
+
+    // With --verbose the build's lines are there, the argument's value in none of them
+    // (the redaction itself is `docker::tests::build_arg_values_never_reach_the_build_output_or_its_tail`).
+    let out = svc
+        .cutover(&[
+            "--verbose",
+            "--output",
+            "json",
+            "deploy",
+            "--build-arg",
+            &format!("VERSION={secret}"),
+        ])
+        .success();
+    let log = std::fs::read_to_string(&events_file).unwrap();
+    for (what, text) in [("stdout", &out.stdout), ("events.jsonl", &log)] {
+        assert!(
+            text.lines().any(|l| is_build_line(&l)),
+            "--verbose keeps build output in {what}:\n{text}"
+        );
+        let build_lines: Vec<&str> = text.lines().filter(is_build_line).collect();
+        assert!(
+            !build_lines.iter().any(|l| l.contains(secret)),
+            "{what}: {build_lines:#?}"
+        );
+    }
+}

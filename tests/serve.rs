@@ -169,7 +169,7 @@ impl Fixture {
             format!(
                 "listen = \"{listen}\"\nsecret_env = \"{SECRET_ENV}\"\nmax_body_bytes = {MAX_BODY}\n\
                  lock_wait = \"2m\"\nshutdown_grace = \"4m\"\n{extra}\n[[repository]]\nname = \"{name}\"\n\
-                 checkout = \"{checkout}\"\n",
+                 checkout = \"{checkout}\"\nrefs = [\"refs/heads/main\", \"refs/tags/*\"]\n",
                 listen = SocketAddr::new(ip, port),
                 checkout = svc.dir.path().display(),
             ),
@@ -1401,4 +1401,274 @@ fn open_event_streams_at_the_connection_cap_do_not_keep_a_webhook_out() {
             "event stream {i} was closed to make room"
         );
     }
+}
+
+/// Regression: `/services/%2F%2Fevil.example` answered `Location: //evil.example/`,
+/// which a browser follows to another site. Only a served, plainly named service is
+/// redirected (to its own page, relatively); anything else is 404 without a Location.
+#[test]
+fn services_path_never_redirects_to_another_site() {
+    let f = Plain::start("", &[], None);
+    for path in [
+        "/services/%2F%2Fevil.example",
+        "/services/%2F%2Fevil.example%2F",
+        "/services/%5C%5Cevil.example",
+        "/services/https:%2F%2Fevil.example",
+        "/services/no-such-service",
+    ] {
+        let r = http_request(f.server.addr, "GET", path, &[], b"", HTTP_TIMEOUT).unwrap();
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert!(r.header("location").is_none(), "{path}: {:?}", r.headers);
+    }
+    let path = format!("/services/{}", f.service);
+    let r = http_request(f.server.addr, "GET", &path, &[], b"", HTTP_TIMEOUT).unwrap();
+    assert_eq!(r.status, 308, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{}/", f.service).as_str())
+    );
+}
+
+/// Polls `GET /deploys` on `addr` (bounded) until the run of `delivery` is finished.
+#[track_caller]
+fn wait_finished(server: &ServeProcess, delivery: &str) -> Value {
+    let deadline = Instant::now() + HTTP_TIMEOUT;
+    loop {
+        let r = http_request(server.addr, "GET", "/deploys", &[], b"", HTTP_TIMEOUT).unwrap();
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        if let Some(run) = v["deploys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["delivery"] == delivery && r["state"] == "finished")
+        {
+            return run.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{delivery} not finished: {}\n{}",
+            r.body,
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Regression (serve's trust boundary): the deploy config was read from the pushed
+/// commit and every ref deployed, so whoever could push any branch chose the commands
+/// the serve host runs (`proxy.test_command`, …). Now only `refs/heads/main` deploys
+/// by default, and a pushed config that changes a pinned key is refused before it is
+/// checked out, naming the key, and stays redeliverable. No Docker: a refused push
+/// never reaches a deploy.
+#[test]
+fn push_changing_a_pinned_command_is_refused_before_checkout_and_other_branches_are_ignored() {
+    let service = unique_service("pinned");
+    let config = format!(
+        "service = \"{service}\"\n[image]\nref = \"busybox:latest\"\n[container]\nport = 8080\n\
+         [proxy]\nmode = \"managed\"\nlisten = \"127.0.0.1:1\"\n"
+    );
+    let origin = Repo::bare();
+    let work_dir = tempfile::tempdir().unwrap();
+    let work = Repo::clone_into(&origin, &work_dir.path().join("app"));
+    let trusted_sha = work.commit("cutover.toml", &config, "trusted");
+    work.git(&["push", "-q", "origin", "main"]);
+    let checkout = Repo::clone_into(&origin, &work_dir.path().join("checkout"));
+    let conf_dir = tempfile::tempdir().unwrap();
+    // The trusted config lives on the serve host, outside the checkout.
+    std::fs::write(conf_dir.path().join("trusted.toml"), &config).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let conf = conf_dir.path().join("cutover-serve.toml");
+    let name = format!("team/{}", unique_service("pinned"));
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"{addr}\"\nsecret_env = \"{SECRET_ENV}\"\n[[repository]]\nname = \"{name}\"\n\
+             checkout = \"{}\"\ntrusted_config = \"trusted.toml\"\n",
+            checkout.path().display()
+        ),
+    )
+    .unwrap();
+    let secret = format!("whsec-{}", unique_service("s"));
+    let server = ServeProcess::start(&conf, addr, &[(SECRET_ENV, secret.as_str())], None);
+    let push = |git_ref: &str, sha: &str, id: &str| {
+        let body = push_payload(&name, git_ref, sha);
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", id),
+            ("X-Hub-Signature-256", &sign(&secret, &body)),
+        ];
+        http_request(addr, "POST", "/hooks/github", &headers, &body, HTTP_TIMEOUT).unwrap()
+    };
+
+    // A pusher's command, where the serve host would run it at the proxy step.
+    let marker = work_dir.path().join("pwned");
+    let evil = config.replace(
+        "[proxy]\n",
+        &format!(
+            "[proxy]\ntest_command = [\"sh\", \"-c\", \"touch {}\"]\n",
+            marker.display()
+        ),
+    );
+    work.git(&["checkout", "-q", "-b", "feature"]);
+    let feature_sha = work.commit("cutover.toml", &evil, "on a branch");
+    work.git(&["push", "-q", "origin", "feature"]);
+    let r = push("refs/heads/feature", &feature_sha, &delivery());
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        r.body.contains("ignored"),
+        "a branch is not deployed by default: {}",
+        r.body
+    );
+
+    work.git(&["checkout", "-q", "main"]);
+    let evil_sha = work.commit("cutover.toml", &evil, "on main");
+    work.git(&["push", "-q", "origin", "main"]);
+    let id = delivery();
+    let r = push("refs/heads/main", &evil_sha, &id);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("queued"), "{}", r.body);
+    let run = wait_finished(&server, &id);
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.contains("`proxy.test_command`"), "{reason}");
+    assert!(reason.contains("trusted.toml"), "{reason}");
+    assert!(run["deploy_id"].is_null(), "no deploy started: {run}");
+    assert_eq!(
+        checkout.rev("HEAD"),
+        trusted_sha,
+        "the refused commit was never checked out"
+    );
+    assert!(!marker.exists(), "the pusher's command ran");
+    assert!(
+        server
+            .log_text()
+            .contains("refused a push that changes a pinned key"),
+        "{}",
+        server.log_text()
+    );
+    // Refused, not run: GitHub's "Redeliver" is accepted again.
+    let r = push("refs/heads/main", &evil_sha, &id);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(r.body.contains("queued"), "a redelivery: {}", r.body);
+}
+
+/// Regression (DNS rebinding): with no token, `/deploys` and the views answered any
+/// loopback client whatever host it named. Now a host that is neither loopback nor in
+/// `allowed_hosts` gets 421; the signed webhook is not checked (its HMAC is).
+#[test]
+fn without_a_token_a_rebound_host_name_gets_421_but_a_signed_webhook_does_not() {
+    use crate::dashboard::status_as_host;
+    let f = Plain::start("allowed_hosts = [\"deploy.example\"]\n", &[], None);
+    let addr = f.server.addr;
+    let page = format!("/services/{}/", f.service);
+    for path in ["/", "/deploys", "/metrics", page.as_str()] {
+        assert_eq!(
+            status_as_host(addr, "GET", path, "evil.example", &[], b""),
+            421,
+            "{path}"
+        );
+        // A service page of a never-deployed service may answer 503: not refused.
+        let local = status_as_host(
+            addr,
+            "GET",
+            path,
+            &format!("localhost:{}", addr.port()),
+            &[],
+            b"",
+        );
+        assert!(
+            local == 200 || (path == page && local == 503),
+            "{path}: {local}"
+        );
+    }
+    assert_eq!(
+        status_as_host(addr, "GET", "/deploys", "deploy.example", &[], b""),
+        200
+    );
+    let body = push_payload(&f.name, "refs/heads/main", &f.sha);
+    let signature = sign(&f.secret, &body);
+    let status = status_as_host(
+        addr,
+        "POST",
+        "/hooks/github",
+        "evil.example",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", &delivery()),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        &body,
+    );
+    assert_eq!(status, 202, "{}", f.server.log_text());
+}
+
+/// Regression (sessions): the login cookie was a fixed digest of the token, the same
+/// for every login, valid until the token changed, and wrong tokens could be tried
+/// without limit. Now each login gets its own signed, expiring session, `logout` ends
+/// it, and a sixth wrong token within a minute from one address gets 429.
+#[test]
+fn a_login_session_ends_at_logout_and_wrong_tokens_are_limited() {
+    const TOKEN_ENV: &str = "CUTOVER_TEST_SESSION_TOKEN";
+    let token = format!("tok-{}", unique_service("t"));
+    let f = Plain::start(
+        &format!("deploys_token_env = \"{TOKEN_ENV}\"\n"),
+        &[(TOKEN_ENV, &token)],
+        None,
+    );
+    let addr = f.server.addr;
+    let post = |path: &str, body: &str, cookie: Option<&str>| {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        headers.extend(cookie.map(|c| ("Cookie", c)));
+        http_request(addr, "POST", path, &headers, body.as_bytes(), HTTP_TIMEOUT).unwrap()
+    };
+    let deploys = |cookie: &str| {
+        http_request(
+            addr,
+            "GET",
+            "/deploys",
+            &[("Cookie", cookie)],
+            b"",
+            HTTP_TIMEOUT,
+        )
+        .unwrap()
+        .status
+    };
+    let login = |token: &str| post("/login", &format!("token={token}&next="), None);
+
+    let r = login(&token);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.header("set-cookie").unwrap().contains("Max-Age=43200"),
+        "{:?}",
+        r.headers
+    );
+    let first = cookie_of(&r);
+    let second = cookie_of(&login(&token));
+    assert_ne!(first, second, "each login is its own session");
+    assert!(!first.contains(&token));
+    assert_eq!(deploys(&first), 200);
+    assert_eq!(deploys(&second), 200);
+
+    let r = post("/logout", "", Some(&first));
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("login"));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(deploys(&first), 401, "a logged-out session is revoked");
+    assert_eq!(deploys(&second), 200, "the other login goes on");
+
+    for _ in 0..5 {
+        assert_eq!(login(&format!("{token}x")).status, 401);
+    }
+    let r = login(&format!("{token}x"));
+    assert_eq!(r.status, 429, "{}", r.body);
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        login(&token).status,
+        429,
+        "the right token waits too: the limit is per address"
+    );
+    assert!(!f.server.log_text().contains(&token));
 }

@@ -6,23 +6,26 @@
 //! A script proves it with `Authorization: Bearer <token>`. A browser cannot add that
 //! header to a page load or an `EventSource`, and a token in a URL ends up in proxy and
 //! history logs, so a browser posts the token once to `login` (a form, no script) and
-//! gets an `HttpOnly`, `SameSite=Strict` cookie holding a value derived from the token
-//! (not the token: a cookie store or a logged `Cookie` header does not reveal it;
-//! changing the token ends every session). Both are compared in constant time.
+//! gets an `HttpOnly`, `SameSite=Strict` cookie holding a signed session that expires
+//! after 12 hours, ends at `logout` and at a restart (see `session`); it holds nothing
+//! derived from the token. Failed logins are limited per peer address (429 with
+//! `Retry-After`). Token and session are compared in constant time.
 //!
 //! The token comes from an environment variable and is held as a [`Secret`]: it is
 //! never logged, echoed in a refusal, or stored. Links here are relative, so the views
 //! work behind a proxy that mounts them under a path prefix.
 
+mod session;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hmac::digest::CtOutput;
 use sha2::{Digest, Sha256};
 
@@ -32,9 +35,6 @@ use crate::secret::Secret;
 /// The cookie a browser holds after logging in with the token.
 pub const COOKIE: &str = "cutover_session";
 
-/// How long a login lasts (seconds): a working day, then the token again.
-const COOKIE_MAX_AGE: u32 = 12 * 60 * 60;
-
 /// The most a login form may send; a token is far shorter.
 const LOGIN_BODY_LIMIT: usize = 4096;
 
@@ -43,36 +43,106 @@ const LOGIN_BODY_LIMIT: usize = 4096;
 pub enum Refusal {
     /// No token is configured and the client is not on loopback.
     NotLoopback,
+    /// No token is configured and the request names a host that is neither a loopback
+    /// name nor an allowed one: a page of another site whose name was rebound to
+    /// 127.0.0.1 (DNS rebinding) would otherwise read as a loopback client.
+    WrongHost,
     /// A token is configured and the request carries neither it nor the login cookie.
     BadToken,
 }
 
-/// Whether a client at `peer` sending `headers` may read: with no token, only from
-/// loopback; with one, from anywhere with `Authorization: Bearer <token>` or the
-/// [`COOKIE`] that [`login`](routes) set.
-///
-/// # Errors
-/// The [`Refusal`] when it may not.
-pub fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
-    let Some(token) = token else {
-        return if peer.to_canonical().is_loopback() {
+/// The names a loopback client's `Host` may carry, with any port.
+const LOOPBACK_HOSTS: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
+
+/// The access rule of the operator's views: the token, when one is configured, and
+/// the host names besides loopback's that requests may name.
+#[derive(Debug)]
+pub struct Access {
+    token: Option<Secret>,
+    /// Lowercase, without a port.
+    allowed_hosts: Vec<String>,
+    sessions: session::Sessions,
+}
+
+impl Access {
+    /// The rule for `token`, answering requests whose `Host` is a loopback name or one
+    /// of `allowed_hosts` (names, any port); login sessions are signed with a key made
+    /// now.
+    ///
+    /// # Errors
+    /// When the system's random source cannot be read for that key.
+    pub fn new(token: Option<Secret>, allowed_hosts: &[String]) -> std::io::Result<Access> {
+        Ok(Access {
+            token,
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| host_name(h).to_ascii_lowercase())
+                .collect(),
+            sessions: session::Sessions::new()?,
+        })
+    }
+
+    /// Whether a client at `peer` sending `headers` may read: with no token, only
+    /// from loopback and naming a loopback or allowed host; with one, from anywhere
+    /// with `Authorization: Bearer <token>` or the [`COOKIE`] that [`login`](routes)
+    /// set.
+    ///
+    /// # Errors
+    /// The [`Refusal`] when it may not.
+    pub fn may_read(&self, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(token) = &self.token else {
+            if !peer.to_canonical().is_loopback() {
+                return Err(Refusal::NotLoopback);
+            }
+            return if self.host_allowed(headers) {
+                Ok(())
+            } else {
+                Err(Refusal::WrongHost)
+            };
+        };
+        let bearer = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|given| same(given, token.expose()));
+        if bearer || cookies(headers, COOKIE).any(|given| self.sessions.verify(given)) {
             Ok(())
         } else {
-            Err(Refusal::NotLoopback)
-        };
-    };
-    let bearer = headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.strip_prefix("Bearer "))
-        .any(|given| same(given, token.expose()));
-    let session = session_value(token);
-    if bearer || cookies(headers, COOKIE).any(|given| same(given, &session)) {
-        Ok(())
-    } else {
-        Err(Refusal::BadToken)
+            Err(Refusal::BadToken)
+        }
     }
+
+    /// Whether the request's `Host` names loopback or an allowed host. A request with
+    /// no `Host` (HTTP/1.0) names nothing and is refused.
+    fn host_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let name = host_name(host.trim()).to_ascii_lowercase();
+        LOOPBACK_HOSTS.contains(&name.as_str()) || self.allowed_hosts.contains(&name)
+    }
+}
+
+/// `host` without its port: `example.com:9322` → `example.com`, `[::1]:80` → `[::1]`.
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether `name` may be given as an allowed host: a DNS name or an address, without
+/// a port or a path.
+pub fn valid_host(name: &str) -> bool {
+    !name.is_empty()
+        && host_name(name) == name
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
 }
 
 /// Equal strings, in time that does not depend on where they differ: their digests
@@ -80,15 +150,6 @@ pub fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Re
 /// a matching prefix shows in the timing.
 fn same(given: &str, expected: &str) -> bool {
     CtOutput::<Sha256>::new(Sha256::digest(given)) == CtOutput::new(Sha256::digest(expected))
-}
-
-/// The login cookie's value for `token`: a digest under a fixed label, so the cookie
-/// is useless anywhere else and does not reveal the token.
-fn session_value(token: &Secret) -> String {
-    let mut digest = Sha256::new();
-    digest.update(b"cutover dashboard session\0");
-    digest.update(token.expose());
-    hex::encode(digest.finalize())
 }
 
 /// The values of the cookies called `name` in every `Cookie` header.
@@ -104,19 +165,19 @@ fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'
         })
 }
 
-/// The access rule's shared state: the token, when one is configured.
-pub type Token = Arc<Option<Secret>>;
+/// The access rule, shared by the routes.
+pub type Token = Arc<Access>;
 
-/// Middleware: 401 for a client [`may_read`] refuses. A browser (it accepts HTML)
-/// gets the login form when a token would let it in. Needs the connection's address
-/// (`ConnectInfo<SocketAddr>`).
+/// Middleware: answers a client [`Access::may_read`] refuses with 401 (421 for a host
+/// that is not allowed). A browser (it accepts HTML) gets the login form when a token
+/// would let it in. Needs the connection's address (`ConnectInfo<SocketAddr>`).
 pub async fn require(
     State(token): State<Token>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
-    let refusal = match may_read(token.as_ref().as_ref(), peer.ip(), request.headers()) {
+    let refusal = match token.may_read(peer.ip(), request.headers()) {
         Ok(()) => return next.run(request).await,
         Err(refusal) => refusal,
     };
@@ -131,6 +192,11 @@ pub async fn require(
         Refusal::NotLoopback => (
             StatusCode::UNAUTHORIZED,
             "only loopback clients may read this; configure a bearer token to let others in (then log in or send `Authorization: Bearer <token>`)\n",
+        )
+            .into_response(),
+        Refusal::WrongHost => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers requests for localhost, 127.0.0.1 and [::1] only; add the name you use to `allowed_hosts` (serve) or `--allowed-host` (dashboard)\n",
         )
             .into_response(),
         Refusal::BadToken if browser => (
@@ -150,50 +216,96 @@ pub async fn require(
     response
 }
 
-/// `GET login` (the form) and `POST login` (check the token, set [`COOKIE`]), open to
-/// every client: layer [`require`] only on the other routes.
+/// `GET login` (the form), `POST login` (check the token, set [`COOKIE`]) and
+/// `POST logout` (end the session), open to every client: layer [`require`] only on
+/// the other routes.
 pub fn routes(token: Token) -> Router {
     Router::new()
         .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .layer(DefaultBodyLimit::max(LOGIN_BODY_LIMIT))
         .with_state(token)
 }
 
-async fn login_form(request: Request) -> Html<String> {
-    let next = request
-        .uri()
-        .query()
-        .and_then(|q| form_value(q, "next"))
-        .unwrap_or_default();
-    Html(login_page("", &safe_next(&next), None))
+/// The login form's fields, and `GET login`'s query.
+#[derive(Debug, Default, serde::Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login_form(Query(query): Query<LoginForm>) -> Html<String> {
+    Html(login_page("", &safe_next(&query.next), None))
+}
+
+/// A response redirecting to `location` (relative) and setting `cookie`.
+fn see_other(location: &str, cookie: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    // Both values are built from digits, hex, `.` and checked path characters.
+    if let (Ok(cookie), Ok(location)) = (
+        HeaderValue::from_str(cookie),
+        HeaderValue::from_str(location),
+    ) {
+        headers.insert(header::SET_COOKIE, cookie);
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// `POST logout`: revokes the session the request carries and clears its cookie.
+async fn logout(
+    State(access): State<Token>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    for value in cookies(&headers, COOKIE) {
+        access.sessions.revoke(value);
+    }
+    tracing::info!(%peer, "logged out");
+    see_other(
+        "login",
+        &format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+    )
 }
 
 async fn login(
-    State(token): State<Token>,
+    State(access): State<Token>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
 ) -> Response {
-    let secure = request
-        .headers()
+    let secure = headers
         .get("x-forwarded-proto")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_BODY_LIMIT).await else {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the login form is too large\n",
-        )
-            .into_response();
-    };
-    let body = String::from_utf8_lossy(&body);
-    let next = safe_next(&form_value(&body, "next").unwrap_or_default());
-    let Some(token) = token.as_ref() else {
+    let next = safe_next(&form.next);
+    let Some(token) = access.token.as_ref() else {
         return (
             StatusCode::NOT_FOUND,
             "no token is configured here: only loopback clients may read\n",
         )
             .into_response();
     };
-    let given = form_value(&body, "token").unwrap_or_default();
-    if !same(&given, token.expose()) {
+    if let Some(wait) = access.sessions.retry_after(peer.ip()) {
+        tracing::warn!(%peer, "refused a login: too many wrong tokens from this address");
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many wrong tokens from this address ({} a minute at most); try again in {} s\n",
+                session::MAX_FAILURES,
+                wait.as_secs() + 1
+            ),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
+        return response;
+    }
+    if !same(&form.token, token.expose()) {
+        access.sessions.failed(peer.ip());
         tracing::warn!(%peer, "refused a login with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -203,27 +315,14 @@ async fn login(
     }
     tracing::info!(%peer, "logged in with the token");
     let cookie = format!(
-        "{COOKIE}={}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Strict{}",
-        session_value(token),
+        "{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+        access.sessions.issue(),
+        session::LIFETIME.as_secs(),
         if secure { "; Secure" } else { "" }
     );
     // Relative to `login`, so a path prefix added by a proxy is kept.
-    let location = if next.is_empty() {
-        "./".to_owned()
-    } else {
-        next
-    };
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let headers = response.headers_mut();
-    // Both values are built from hex digits and checked path characters.
-    if let (Ok(cookie), Ok(location)) = (
-        HeaderValue::from_str(&cookie),
-        HeaderValue::from_str(&location),
-    ) {
-        headers.insert(header::SET_COOKIE, cookie);
-        headers.insert(header::LOCATION, location);
-    }
-    response
+    let location = if next.is_empty() { "./" } else { next.as_str() };
+    see_other(location, &cookie)
 }
 
 /// The login page: a password field posted to `{up}login`, coming back to `next`
@@ -237,7 +336,7 @@ fn login_page(up: &str, next: &str, error: Option<&str>) -> String {
          <label>token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus></label>\n\
          <input type=\"hidden\" name=\"next\" value=\"{next}\">\n<button type=\"submit\">log in</button>\n</form>\n\
          <p class=\"meta\">The token is the one in the server's environment variable. It is sent once, in this form's body; \
-         the browser keeps a cookie derived from it for 12 hours.</p>\n",
+         the browser keeps a session cookie for 12 hours (or until you log out).</p>\n",
         next = esc(next),
     );
     crate::html::page("cutover · log in", &body, "")
@@ -270,43 +369,6 @@ fn safe_next(next: &str) -> String {
     }
 }
 
-/// The first value of `key` in a `application/x-www-form-urlencoded` string.
-fn form_value(form: &str, key: &str) -> Option<String> {
-    form.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k) == key).then(|| percent_decode(v))
-    })
-}
-
-/// `+` as a space and `%XX` as its byte; a malformed escape is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = |b: u8| (b as char).to_digit(16);
-                // Two hex digits: at most 255.
-                let byte = hex(bytes[i + 1])
-                    .zip(hex(bytes[i + 2]))
-                    .and_then(|(high, low)| u8::try_from(high * 16 + low).ok());
-                match byte {
-                    Some(byte) => {
-                        out.push(byte);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +380,70 @@ mod tests {
             value.parse().unwrap(),
         );
         headers
+    }
+
+    /// The rule for `token` and no allowed host, asked by a client naming a loopback
+    /// host unless `headers` name one.
+    fn may_read(token: Option<&Secret>, peer: IpAddr, headers: &HeaderMap) -> Result<(), Refusal> {
+        let mut headers = headers.clone();
+        headers
+            .entry(header::HOST)
+            .or_insert(HeaderValue::from_static("127.0.0.1:9322"));
+        Access::new(token.cloned(), &[])
+            .unwrap()
+            .may_read(peer, &headers)
+    }
+
+    /// Regression (DNS rebinding): with no token only the peer address was checked, so
+    /// a page of `evil.example` whose name was rebound to 127.0.0.1 read the views
+    /// through the victim's browser.
+    #[test]
+    fn a_rebound_host_name_is_refused_on_loopback_without_a_token() {
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        let access = Access::new(None, &["Deploy.Example".to_owned()]).unwrap();
+        for good in [
+            "localhost",
+            "localhost:9322",
+            "127.0.0.1:9322",
+            "[::1]:9322",
+            "[::1]",
+            "LOCALHOST",
+            "deploy.example",
+            "deploy.example:443",
+        ] {
+            assert_eq!(
+                access.may_read(loopback, &with("host", good)),
+                Ok(()),
+                "{good}"
+            );
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9322",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "deploy.example.evil",
+        ] {
+            assert_eq!(
+                access.may_read(loopback, &with("host", bad)),
+                Err(Refusal::WrongHost),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            access.may_read(loopback, &HeaderMap::new()),
+            Err(Refusal::WrongHost),
+            "no Host at all"
+        );
+        // With a token the token decides: a rebound page holds neither it nor the cookie.
+        let token = Access::new(Some(Secret::new("t0ken")), &[]).unwrap();
+        let mut headers = with("host", "evil.example");
+        headers.insert(header::AUTHORIZATION, "Bearer t0ken".parse().unwrap());
+        assert_eq!(token.may_read(loopback, &headers), Ok(()));
+        assert!(valid_host("deploy.example") && valid_host("10.0.0.5") && valid_host("[::1]"));
+        for bad in ["", "a:80", "a/b", "a b", "*.example"] {
+            assert!(!valid_host(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -347,24 +473,25 @@ mod tests {
     fn the_login_cookie_lets_a_browser_in_from_anywhere_and_holds_no_token() {
         let token = Secret::new("t0ken");
         let remote: IpAddr = "203.0.113.7".parse().unwrap();
-        let session = session_value(&token);
+        let access = Access::new(Some(token.clone()), &[]).unwrap();
+        let session = access.sessions.issue();
         assert!(!session.contains("t0ken"));
-        assert_ne!(session, session_value(&Secret::new("other")));
         let cookie = |v: &str| with("cookie", v);
         for good in [
             format!("{COOKIE}={session}"),
             format!("theme=dark; {COOKIE}={session}; x=1"),
         ] {
-            assert_eq!(may_read(Some(&token), remote, &cookie(&good)), Ok(()));
+            assert_eq!(access.may_read(remote, &cookie(&good)), Ok(()));
         }
+        let elsewhere = Access::new(Some(token), &[]).unwrap().sessions.issue();
         for bad in [
             format!("{COOKIE}={}", &session[1..]),
             format!("{COOKIE}=t0ken"),
             format!("other={session}"),
-            format!("{COOKIE}={}", session_value(&Secret::new("t0ken2"))),
+            format!("{COOKIE}={elsewhere}"),
         ] {
             assert_eq!(
-                may_read(Some(&token), remote, &cookie(&bad)),
+                access.may_read(remote, &cookie(&bad)),
                 Err(Refusal::BadToken),
                 "{bad}"
             );
@@ -394,9 +521,5 @@ mod tests {
         assert_eq!(up_to_root("/services/web/"), "../../");
         assert_eq!(up_to_root("/services/web/events"), "../../");
         assert_eq!(root_relative("/services/web/"), "services/web/");
-        let form = "next=services%2Fweb%2F&token=a+b%25c%2";
-        assert_eq!(form_value(form, "next").unwrap(), "services/web/");
-        assert_eq!(form_value(form, "token").unwrap(), "a b%c%2");
-        assert_eq!(form_value(form, "missing"), None);
     }
 }

@@ -56,6 +56,11 @@ pub struct Cli {
     /// How to print progress and results.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Human)]
     pub output: OutputFormat,
+    /// Also put `docker build` output (build-argument values redacted) into
+    /// `--output json` and the state directory's events.jsonl, where dashboards
+    /// stream it; left out by default.
+    #[arg(long, global = true)]
+    pub verbose: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -172,6 +177,17 @@ pub enum Command {
         /// (loopback too) must send `Authorization: Bearer <token>`.
         #[arg(long, value_name = "VAR")]
         token_env: Option<String>,
+        /// A host name besides localhost, 127.0.0.1 and [::1] that requests may name
+        /// when no token is set (others get 421, against DNS rebinding); repeatable.
+        #[arg(long = "allowed-host", value_name = "NAME")]
+        allowed_hosts: Vec<String>,
+        /// A connection that has not sent a whole request head within this is closed.
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        header_timeout: Duration,
+        /// Open connections at most (lowered to fit the open-file limit); at the cap
+        /// the oldest idle one is closed. A quarter of them may be event streams.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
     },
     /// Receive GitHub push webhooks (or a generic trigger) and deploy the pushed commit.
     Serve {
@@ -387,7 +403,8 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
                     ServeError::Config(_)
                     | ServeError::MissingSecret(_)
                     | ServeError::MissingToken(_)
-                    | ServeError::Checkout { .. } => exit::CONFIG,
+                    | ServeError::Checkout { .. }
+                    | ServeError::Trust { .. } => exit::CONFIG,
                     ServeError::Listen { .. } | ServeError::State { .. } => exit::ENVIRONMENT,
                 },
                 error: e.into(),
@@ -440,6 +457,12 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         }
         _ => reporter,
     };
+    // Outside the event log too: build output reaches neither it nor stdout.
+    let reporter: Arc<dyn Reporter> = if cli.verbose {
+        reporter
+    } else {
+        Arc::new(crate::events::WithoutBuildOutput(reporter))
+    };
     let plugin_host = PluginHost::new(None).map_err(DeployError::from)?;
     let mut kinds = plugins_used(&cli.command).to_vec();
     // Only a canary asks the analysis plugin: a blue/green deploy must not depend on it.
@@ -449,8 +472,19 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
         kinds.push(PluginKind::RolloutAnalysis);
     }
     let ctx = Context::open(config, &plugin_host, &kinds, reporter).await?;
-    if let Command::Dashboard { listen, token_env } = &cli.command {
-        return dashboard(ctx, *listen, token_env.as_deref()).await;
+    if let Command::Dashboard {
+        listen,
+        token_env,
+        allowed_hosts,
+        header_timeout,
+        max_connections,
+    } = &cli.command
+    {
+        let limits = (
+            usize::try_from(*max_connections).unwrap_or(usize::MAX),
+            *header_timeout,
+        );
+        return dashboard(ctx, *listen, token_env.as_deref(), allowed_hosts, limits).await;
     }
     let facts = || -> Result<(GitFacts, CiFacts), DeployError> {
         Ok((
@@ -609,7 +643,23 @@ async fn dashboard(
     ctx: Context,
     listen: std::net::SocketAddr,
     token_env: Option<&str>,
+    allowed_hosts: &[String],
+    (max_connections, header_timeout): (usize, Duration),
 ) -> Result<u8, Failure> {
+    if header_timeout.is_zero() {
+        return Err(Failure {
+            error: anyhow::anyhow!("--header-timeout must be more than 0, e.g. 10s"),
+            code: exit::CONFIG,
+        });
+    }
+    if let Some(bad) = allowed_hosts.iter().find(|h| !crate::access::valid_host(h)) {
+        return Err(Failure {
+            error: anyhow::anyhow!(
+                "--allowed-host {bad}: expected a host name or address without a port, e.g. deploy.example.com"
+            ),
+            code: exit::CONFIG,
+        });
+    }
     let token = match token_env {
         None => None,
         Some(var) => match std::env::var(var) {
@@ -642,13 +692,13 @@ async fn dashboard(
         "dashboard of {} on http://{addr}/ (metrics on /metrics); {access}",
         ctx.service()
     );
+    let access = crate::access::Access::new(token, allowed_hosts).map_err(|e| Failure {
+        error: anyhow::anyhow!("cannot make a session key from /dev/urandom: {e}"),
+        code: exit::ENVIRONMENT,
+    })?;
     crate::dashboard::Dashboard::new(ctx)
-        .serve(listener, token)
-        .await
-        .map_err(|e| Failure {
-            error: anyhow::anyhow!("dashboard on {addr}: {e}"),
-            code: exit::ENVIRONMENT,
-        })?;
+        .serve(listener, access, max_connections, header_timeout)
+        .await;
     Ok(exit::OK)
 }
 

@@ -48,11 +48,17 @@ const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// The most a tail reads at once; the rest comes on the next look.
 const TAIL_CHUNK: u64 = 256 * 1024;
 
-/// One service's dashboard: its context (for `status`), and the signal that ends
-/// its event streams when the server stops.
+/// How long a stopping `cutover dashboard` waits for open connections.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+/// One service's dashboard: its context (for `status`), the signal that ends its
+/// event streams when the server stops, and the cap on open streams.
 pub struct Dashboard {
     ctx: Context,
     stop: watch::Sender<bool>,
+    /// Each open event stream holds a connection for as long as the page is open, so
+    /// they are capped (at a quarter of the connections in [`Dashboard::serve`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Dashboard {
@@ -61,6 +67,7 @@ impl Dashboard {
         Dashboard {
             ctx,
             stop: watch::channel(false).0,
+            streams: Arc::new(tokio::sync::Semaphore::new(64)),
         }
     }
 
@@ -80,16 +87,29 @@ impl Dashboard {
     }
 
     /// Serves the routes on `listener` behind [`crate::access::require`] with
-    /// `token` (and its `login` form), until Ctrl-C or SIGTERM.
-    ///
-    /// # Errors
-    /// When the listener fails.
+    /// `access` (and its `login` form), until Ctrl-C or SIGTERM, on `cutover serve`'s
+    /// connection handling: a request head must arrive within `header_timeout`, at
+    /// most `max_connections` are open (lowered to fit the open-file limit; at the cap
+    /// the oldest idle one is closed), and at most a quarter of them are event
+    /// streams (503 beyond).
     pub async fn serve(
-        self,
+        mut self,
         listener: tokio::net::TcpListener,
-        token: Option<crate::secret::Secret>,
-    ) -> std::io::Result<()> {
-        let token = Arc::new(token);
+        access: crate::access::Access,
+        max_connections: usize,
+        header_timeout: Duration,
+    ) {
+        let limits = crate::serve::conns::Limits::fitted(
+            crate::serve::conns::Limits {
+                max_connections,
+                header_timeout,
+            },
+            0,
+        );
+        self.streams = Arc::new(tokio::sync::Semaphore::new(
+            (limits.max_connections / 4).max(1),
+        ));
+        let token = Arc::new(access);
         let dashboard = Arc::new(self);
         let app = dashboard
             .clone()
@@ -99,30 +119,27 @@ impl Dashboard {
                 crate::access::require,
             ))
             .merge(crate::access::routes(token));
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let term = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
+        let serving = crate::serve::conns::serve(listener, app, limits, dashboard.stop.subscribe());
+        tokio::pin!(serving);
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
                 }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = term => {}
+                None => std::future::pending().await,
             }
-            // Open event streams never end by themselves: a graceful shutdown would
-            // wait for them forever.
-            dashboard.stop.send_replace(true);
-        })
-        .await
+        };
+        tokio::select! {
+            () = &mut serving => return,
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+        // Stops accepting and ends the open event streams, which never end by
+        // themselves; then the connections close once their responses are written.
+        dashboard.stop.send_replace(true);
+        let _ = tokio::time::timeout(HTTP_DRAIN, serving).await;
     }
 
     /// The page: 503 when the service's status cannot be read. `index`, when
@@ -150,10 +167,22 @@ async fn metrics_handler(State(d): State<Arc<Dashboard>>) -> Response {
     metrics_response(&[crate::metrics::ServiceRecords::load(&d.ctx.config)])
 }
 
-async fn events_handler(
-    State(d): State<Arc<Dashboard>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    Sse::new(live_events(d.ctx.store.dir(), d.stop.subscribe())).keep_alive(KeepAlive::default())
+async fn events_handler(State(d): State<Arc<Dashboard>>) -> Response {
+    let Ok(permit) = d.streams.clone().try_acquire_owned() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many live views are open; close some, or reload later\n",
+        )
+            .into_response();
+    };
+    let events = live_events(d.ctx.store.dir(), d.stop.subscribe()).map(move |event| {
+        // The stream holds its place among the open ones until it ends.
+        let _held = &permit;
+        event
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// `/metrics` of `services`, in the Prometheus text format.
@@ -183,43 +212,98 @@ fn tail(path: PathBuf) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     let pending = std::collections::VecDeque::new();
     futures_util::stream::unfold(
-        (path, offset, pending),
-        |(path, mut offset, mut pending)| async move {
+        (
+            path,
+            Tail {
+                offset,
+                skipping: false,
+            },
+            pending,
+        ),
+        |(path, mut at, mut pending)| async move {
             loop {
                 if let Some(line) = pending.pop_front() {
                     let event = SseEvent::default().data::<String>(line);
-                    return Some((Ok(event), (path, offset, pending)));
+                    return Some((Ok(event), (path, at, pending)));
                 }
                 tokio::time::sleep(TAIL_EVERY).await;
-                let (lines, next) = read_lines(&path, offset);
-                offset = next;
-                pending.extend(lines);
+                pending.extend(read_lines(&path, &mut at));
             }
         },
     )
 }
 
-/// The whole lines of `path` after `offset`, and the offset after the last one.
-fn read_lines(path: &std::path::Path, offset: u64) -> (Vec<String>, u64) {
+/// Where a tail of the event log is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tail {
+    /// The next byte to read.
+    offset: u64,
+    /// Inside a line longer than [`TAIL_CHUNK`], dropped up to its end.
+    skipping: bool,
+}
+
+/// The whole lines of `path` after `at`, moving `at` past them. A line longer than
+/// [`TAIL_CHUNK`] is skipped (no event is that long; waiting for its end would stop
+/// the tail for good).
+fn read_lines(path: &std::path::Path, at: &mut Tail) -> Vec<String> {
     let Ok(mut file) = std::fs::File::open(path) else {
-        return (Vec::new(), 0);
+        *at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        return Vec::new();
     };
     let len = file.metadata().map_or(0, |m| m.len());
-    let offset = if len < offset { 0 } else { offset };
+    if len < at.offset {
+        *at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+    }
     let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(offset)).is_err()
+    if file.seek(SeekFrom::Start(at.offset)).is_err()
         || file.take(TAIL_CHUNK).read_to_end(&mut bytes).is_err()
     {
-        return (Vec::new(), offset);
+        return Vec::new();
     }
-    // A line still being written stays for the next look.
-    let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let lines = String::from_utf8_lossy(&bytes[..whole])
+    let newline = |from: usize| {
+        bytes[from..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|i| from + i)
+    };
+    let mut start = 0;
+    if at.skipping {
+        match newline(0) {
+            Some(i) => {
+                start = i + 1;
+                at.skipping = false;
+            }
+            None => {
+                at.offset += bytes.len() as u64;
+                return Vec::new();
+            }
+        }
+    }
+    // A line still being written stays for the next look, unless it already fills a
+    // whole chunk: then it is too long to ever be read, and is skipped.
+    let whole = match bytes[start..].iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i + 1,
+        None if start == 0 && bytes.len() as u64 == TAIL_CHUNK => {
+            tracing::warn!(path = %path.display(), offset = at.offset, "skipped an event line over {TAIL_CHUNK} bytes");
+            at.skipping = true;
+            at.offset += bytes.len() as u64;
+            return Vec::new();
+        }
+        None => start,
+    };
+    let lines = String::from_utf8_lossy(&bytes[start..whole])
         .lines()
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect();
-    (lines, offset + whole as u64)
+    at.offset += whole as u64;
+    lines
 }
 
 /// The few lines of script: each server-sent event becomes a line of the live list,
@@ -250,6 +334,7 @@ pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> 
             esc(index)
         );
     }
+    body.push_str(&logout_form(index.unwrap_or("")));
     let _ = writeln!(body, "<h1>cutover · {}</h1>", esc(&report.service));
     let live = report.live.as_ref();
     let _ = write!(
@@ -332,6 +417,15 @@ pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> 
     page(&format!("cutover · {}", report.service), &body, SCRIPT)
 }
 
+/// The log-out button, posting to `logout` at the views' root (`up` leads there).
+/// Harmless without a session: it only clears the cookie.
+fn logout_form(up: &str) -> String {
+    format!(
+        "<form id=\"logout\" class=\"meta\" method=\"post\" action=\"{}logout\"><button type=\"submit\">log out</button></form>\n",
+        esc(up)
+    )
+}
+
 /// One service on the index page of `cutover serve`.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceRow {
@@ -353,7 +447,8 @@ pub struct ServiceRow {
 /// deploy, linked to its page at `services/<service>/`.
 pub fn render_index(rows: &[ServiceRow]) -> String {
     use std::fmt::Write as _;
-    let mut body = String::from("<h1>cutover · services</h1>\n<div id=\"services\">\n");
+    let mut body = logout_form("");
+    body.push_str("<h1>cutover · services</h1>\n<div id=\"services\">\n");
     for row in rows {
         let _ = writeln!(
             body,
@@ -422,16 +517,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
-        let (lines, offset) = read_lines(&path, 0);
-        assert_eq!(lines, ["{\"a\":1}"]);
-        assert_eq!(offset, 8);
+        let mut at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        assert_eq!(read_lines(&path, &mut at), ["{\"a\":1}"]);
+        assert_eq!(at.offset, 8);
         std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n").unwrap();
-        assert_eq!(read_lines(&path, offset).0, ["{\"b\":2}"]);
+        assert_eq!(read_lines(&path, &mut at), ["{\"b\":2}"]);
+        assert_eq!(at.offset, 16);
         std::fs::write(&path, "{\"c\":3}\n").unwrap();
         assert_eq!(
-            read_lines(&path, 16).0,
+            read_lines(&path, &mut at),
             ["{\"c\":3}"],
             "shrank: from the start"
         );
+    }
+
+    /// Regression: a line over 256 KiB never fit a read, so the tail waited for its
+    /// end forever and no later event reached the dashboard.
+    #[test]
+    fn tail_skips_a_line_over_the_chunk_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let huge = "y".repeat(usize::try_from(TAIL_CHUNK).unwrap() * 2 + 17);
+        std::fs::write(
+            &path,
+            format!("{{\"a\":1}}\n{huge}\n{{\"b\":2}}\n{{\"c\":3}}\n"),
+        )
+        .unwrap();
+        let mut at = Tail {
+            offset: 0,
+            skipping: false,
+        };
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            seen.extend(read_lines(&path, &mut at));
+        }
+        assert_eq!(seen, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
+        assert_eq!(at.offset, std::fs::metadata(&path).unwrap().len());
     }
 }

@@ -237,6 +237,23 @@ impl Reporter for Printer {
     }
 }
 
+/// The `source` of the log events that carry `docker build` output, line by line.
+pub const BUILD_OUTPUT: &str = "docker build";
+
+/// Passes every event on except build output ([`BUILD_OUTPUT`] log lines): a build
+/// prints pages of it and may print what a `RUN` step echoes, so it stays out of
+/// `--output json` and `events.jsonl` (and so out of every dashboard stream) unless
+/// `--verbose` asks for it. Human output drops it anyway (it is debug-level).
+pub struct WithoutBuildOutput(pub Arc<dyn Reporter>);
+
+impl Reporter for WithoutBuildOutput {
+    fn emit(&self, event: &Event) {
+        if !matches!(event, Event::Log { source, .. } if source == BUILD_OUTPUT) {
+            self.0.emit(event);
+        }
+    }
+}
+
 /// Keeps every event in memory (for tests and for callers that render later).
 #[derive(Default)]
 pub struct Recorder {
@@ -274,8 +291,12 @@ impl Reporter for Silent {
 pub const LOG_FILE: &str = "events.jsonl";
 
 /// A run that starts when [`LOG_FILE`] is over this size starts it afresh, so the
-/// file holds the last runs and never grows without bound.
+/// file holds the last runs.
 pub const LOG_MAX_BYTES: u64 = 256 * 1024;
+
+/// Past this, any append starts [`LOG_FILE`] afresh, mid-run too: one run that logs
+/// without end (or several that never start) must not fill the disk.
+pub const LOG_HARD_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Passes every event on, and appends it as the JSON line `--output json` prints to
 /// [`LOG_FILE`] in a state directory. Writing is best effort: a full or read-only
@@ -298,9 +319,13 @@ impl FileLog {
         use std::os::unix::fs::OpenOptionsExt;
         let mut options = std::fs::OpenOptions::new();
         options.create(true).mode(0o600);
-        let full = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > LOG_MAX_BYTES);
-        if full && matches!(event, Event::Started { .. }) {
-            // A reader notices the file shrank and starts again from its start.
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let full = len > LOG_MAX_BYTES && matches!(event, Event::Started { .. });
+        // Over the hard bound the file starts over rather than keeping its newest
+        // half: truncating is one system call that concurrent appenders cannot
+        // interleave with, and the file is a live view, not a record (the audit log
+        // is). A reader notices the file shrank and starts again from its start.
+        if full || len > LOG_HARD_MAX_BYTES {
             options.write(true).truncate(true);
         } else {
             options.append(true);
@@ -323,6 +348,24 @@ impl Reporter for FileLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: build output reached `--output json` and `events.jsonl`.
+    #[test]
+    fn build_output_is_left_out_and_everything_else_passes() {
+        let recorder = Arc::new(Recorder::default());
+        let filter = WithoutBuildOutput(recorder.clone());
+        let build = Event::Log {
+            level: Level::Debug,
+            source: BUILD_OUTPUT.to_owned(),
+            message: "Step 1/7 : FROM scratch".to_owned(),
+        };
+        filter.emit(&build);
+        filter.log(Level::Debug, "a debug line of cutover's own");
+        filter.emit(&Event::StepStarted { step: Step::Image });
+        let events = recorder.events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(!events.contains(&build));
+    }
 
     /// What `--output json` prints, byte for byte, and what `cutover serve` parses back.
     #[test]
@@ -419,5 +462,29 @@ mod tests {
         log.emit(&started);
         let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    /// Regression: the file was cut only at a `Started` event, so a run that never
+    /// ended (or a stream of other events) grew it without bound.
+    #[test]
+    fn the_event_log_never_grows_past_its_bound_without_a_started_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::tee(Arc::new(Silent), dir.path());
+        let path = dir.path().join(LOG_FILE);
+        let line = "x".repeat(1000);
+        let mut peak = 0;
+        for _ in 0..3000 {
+            log.log(Level::Info, &line);
+            peak = peak.max(std::fs::metadata(&path).unwrap().len());
+        }
+        assert!(
+            peak <= LOG_HARD_MAX_BYTES + 2000,
+            "3 MB of log lines, file peaked at {peak} bytes"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().all(|l| l.ends_with("x\"}")),
+            "whole lines only"
+        );
     }
 }

@@ -116,7 +116,7 @@ async fn prepare_image(
     let mut on_line = move |line: &str| {
         reporter.emit(&Event::Log {
             level: Level::Debug,
-            source: "docker build".to_owned(),
+            source: crate::events::BUILD_OUTPUT.to_owned(),
             message: line.to_owned(),
         });
     };

@@ -415,10 +415,11 @@ impl Docker {
             .buildargs(&to_hash_map(req.args))
             .labels(&to_hash_map(req.labels))
             .build();
+        let secrets = build_arg_values(req.args);
         let mut attempt = 1;
         loop {
             let result = self
-                .build_once(options.clone(), tar.clone(), req.tag, on_line)
+                .build_once(options.clone(), tar.clone(), req.tag, &secrets, on_line)
                 .await;
             match result {
                 Err(DockerError::Build { message, .. })
@@ -439,9 +440,11 @@ impl Docker {
         options: bollard::query_parameters::BuildImageOptions,
         tar: Vec<u8>,
         tag: &str,
+        secrets: &[String],
         on_line: &mut (dyn FnMut(&str) + Send),
     ) -> Result<ImageInfo, DockerError> {
         let mut output = Lines::new(on_line);
+        output.secrets = secrets;
         let mut stream =
             self.client
                 .build_image(options, None, Some(bollard::body_full(tar.into())));
@@ -459,7 +462,7 @@ impl Docker {
                     output.finish();
                     return Err(DockerError::Build {
                         tag: tag.to_owned(),
-                        message: error::engine_message(&e),
+                        message: redact(&error::engine_message(&e), secrets),
                         last_lines: output.tail,
                     });
                 }
@@ -1198,6 +1201,33 @@ struct Lines<'a> {
     on_line: &'a mut (dyn FnMut(&str) + Send),
     partial: String,
     tail: Vec<String>,
+    /// Build-argument values, replaced by `***` in every line.
+    secrets: &'a [String],
+}
+
+/// Build-argument values shorter than this are not redacted: a secret is longer, and
+/// replacing every `1` or `on` would make the output unreadable.
+const REDACT_MIN_LEN: usize = 4;
+
+/// The values of `args` to redact from build output, longest first (so a value that
+/// contains another is replaced whole).
+fn build_arg_values(args: &BTreeMap<String, String>) -> Vec<String> {
+    let mut values: Vec<String> = args
+        .values()
+        .filter(|v| v.len() >= REDACT_MIN_LEN)
+        .cloned()
+        .collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    values
+}
+
+/// `text` with every one of `secrets` replaced by `***`: a build argument may be a
+/// secret, and the builder echoes arguments and whatever a `RUN` prints.
+fn redact(text: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(text.to_owned(), |text, secret| {
+        text.replace(secret.as_str(), "***")
+    })
 }
 
 impl<'a> Lines<'a> {
@@ -1206,6 +1236,7 @@ impl<'a> Lines<'a> {
             on_line,
             partial: String::new(),
             tail: Vec::new(),
+            secrets: &[],
         }
     }
 
@@ -1226,11 +1257,12 @@ impl<'a> Lines<'a> {
         if line.trim().is_empty() {
             return;
         }
-        (self.on_line)(line);
+        let line = redact(line, self.secrets);
+        (self.on_line)(&line);
         if self.tail.len() == BUILD_TAIL {
             self.tail.remove(0);
         }
-        self.tail.push(line.to_owned());
+        self.tail.push(line);
     }
 }
 
@@ -1514,6 +1546,25 @@ mod tests {
             "10.0.0.5"
         );
         assert!(body["HostConfig"].get("Binds").is_none());
+    }
+
+    #[test]
+    fn build_arg_values_never_reach_the_build_output_or_its_tail() {
+        let args: BTreeMap<String, String> = [
+            ("TOKEN".to_owned(), "s3cr3t-token".to_owned()),
+            ("INNER".to_owned(), "s3cr3t".to_owned()),
+            ("DEBUG".to_owned(), "1".to_owned()),
+        ]
+        .into();
+        let secrets = build_arg_values(&args);
+        let mut seen = Vec::new();
+        let mut on_line = |line: &str| seen.push(line.to_owned());
+        let mut lines = Lines::new(&mut on_line);
+        lines.secrets = &secrets;
+        lines.push("Step 2/3 : RUN echo s3cr3t-token and s3cr3t\nDEBUG=1 done\n");
+        let tail = lines.tail.clone();
+        assert_eq!(seen, ["Step 2/3 : RUN echo *** and ***", "DEBUG=1 done"]);
+        assert_eq!(tail, seen);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Who may ask what: a webhook is accepted only with the HMAC-SHA256 of its raw body
 //! under the shared secret (`X-Hub-Signature-256`, GitHub's scheme). Who may read
-//! `GET /deploys` is the operator views' rule, [`crate::access::may_read`]. It never
+//! `GET /deploys` is the operator views' rule, [`crate::access::Access::may_read`]. It never
 //! logs, returns or stores a secret.
 
 use axum::http::HeaderMap;

@@ -27,6 +27,11 @@ pub struct ServeConfig {
     /// same host every client is loopback).
     #[serde(default)]
     pub deploys_token_env: Option<String>,
+    /// Host names besides loopback's (`localhost`, `127.0.0.1`, `[::1]`) that requests
+    /// for the views and `GET /deploys` may name when no token is configured (any
+    /// other is refused with 421, against DNS rebinding). Webhooks are not checked.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// Requests with a larger body are refused with 413.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -70,10 +75,30 @@ pub struct RepoConfig {
     #[serde(default = "default_remote")]
     pub remote: String,
     /// Only pushes to these refs deploy (`refs/heads/main`, or a prefix ending in
-    /// `*` such as `refs/tags/*`); empty means every ref. The deploy gate still
-    /// decides after that.
-    #[serde(default)]
+    /// `*` such as `refs/tags/*`); `["refs/heads/main"]` unless set, and never empty:
+    /// whoever may push a listed ref chooses what runs. The deploy gate still decides
+    /// after that.
+    #[serde(default = "default_refs")]
     pub refs: Vec<String>,
+    /// Dotted keys of the deploy config a push may not change (see `trust`); the
+    /// default list covers every key that runs a command on this host, mounts its
+    /// files, names its engine or loads a plugin.
+    #[serde(default = "default_pinned")]
+    pub pinned: Vec<String>,
+    /// The trusted deploy config on this host (relative to this file) the pinned keys
+    /// must match. Unset: the checkout's config as the server found it at start.
+    #[serde(default)]
+    pub trusted_config: Option<PathBuf>,
+}
+
+fn default_refs() -> Vec<String> {
+    vec!["refs/heads/main".to_owned()]
+}
+fn default_pinned() -> Vec<String> {
+    super::trust::DEFAULT_PINNED
+        .iter()
+        .map(|k| (*k).to_owned())
+        .collect()
 }
 
 fn default_secret_env() -> String {
@@ -111,14 +136,12 @@ fn default_remote() -> String {
 impl RepoConfig {
     /// Whether a push to `git_ref` deploys.
     pub fn wants(&self, git_ref: &str) -> bool {
-        self.refs.is_empty()
-            || self
-                .refs
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => git_ref.starts_with(prefix),
-                    None => git_ref == pattern,
-                })
+        self.refs
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => git_ref.starts_with(prefix),
+                None => git_ref == pattern,
+            })
     }
 }
 
@@ -166,6 +189,18 @@ impl ServeConfig {
             }
             _ => {}
         }
+        if let Some(bad) = config
+            .allowed_hosts
+            .iter()
+            .find(|h| !crate::access::valid_host(h))
+        {
+            return Err(invalid(
+                "allowed_hosts".to_owned(),
+                &format!(
+                    "`{bad}` is not a host name or address (no port, path or wildcard), e.g. \"deploy.example.com\""
+                ),
+            ));
+        }
         if config.max_body_bytes == 0 {
             return Err(invalid(
                 "max_body_bytes".to_owned(),
@@ -212,6 +247,20 @@ impl ServeConfig {
                     "expected a path relative to the checkout, e.g. `cutover.toml`",
                 ));
             }
+            if repo.refs.is_empty() {
+                return Err(invalid(
+                    key("refs"),
+                    "must list at least one ref, e.g. [\"refs/heads/main\"] (remove the key for that default; [\"refs/*\"] deploys every ref)",
+                ));
+            }
+            if let Some(bad) = repo.pinned.iter().find(|k| !super::trust::valid_key(k)) {
+                return Err(invalid(
+                    key("pinned"),
+                    &format!(
+                        "`{bad}` is not a dotted key of the deploy config such as `proxy.test_command`"
+                    ),
+                ));
+            }
             for pattern in &repo.refs {
                 if !pattern.starts_with("refs/") || pattern[..pattern.len() - 1].contains('*') {
                     return Err(invalid(
@@ -245,16 +294,41 @@ mod tests {
             config: default_deploy_config(),
             remote: default_remote(),
             refs: vec!["refs/heads/main".to_owned(), "refs/tags/*".to_owned()],
+            pinned: default_pinned(),
+            trusted_config: None,
         };
         assert!(repo.wants("refs/heads/main"));
         assert!(repo.wants("refs/tags/v1-cicd"));
         assert!(!repo.wants("refs/heads/main2"));
         assert!(!repo.wants("refs/heads/feature"));
         let all = RepoConfig {
-            refs: vec![],
+            refs: vec!["refs/*".to_owned()],
             ..repo
         };
         assert!(all.wants("refs/heads/feature"));
+    }
+
+    /// Regression: `refs` defaulted to every ref, so whoever could push any branch
+    /// deployed it; an empty list meant the same.
+    #[test]
+    fn refs_default_to_main_and_an_empty_list_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        let head =
+            "listen = \"127.0.0.1:9000\"\n[[repository]]\nname = \"a/b\"\ncheckout = \"x\"\n";
+        std::fs::write(&path, head).unwrap();
+        let config = ServeConfig::load(&path).unwrap();
+        let repo = &config.repositories[0];
+        assert_eq!(repo.refs, ["refs/heads/main"]);
+        assert!(!repo.wants("refs/heads/feature"));
+        assert!(repo.pinned.iter().any(|k| k == "proxy.test_command"));
+        std::fs::write(&path, format!("{head}refs = []\n")).unwrap();
+        let err = ServeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("`repository[0].refs`"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        std::fs::write(&path, format!("{head}pinned = [\"proxy.\"]\n")).unwrap();
+        let err = ServeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("`repository[0].pinned`"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The server's TCP connections: accepting them, bounding how many are open and how
 //! long a client may take to send a request head, and closing them at shutdown. It
-//! never reads or answers a request itself; the router does.
+//! never reads or answers a request itself; the router does. `cutover serve` and
+//! `cutover dashboard` both run on it.
 //!
 //! Every connection holds a file descriptor, and one client that opens thousands of
 //! connections and never finishes a request (slowloris) must not starve the webhooks
@@ -61,17 +62,17 @@ const ADMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How many connections may be open and how long a request head may take.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub(crate) struct Limits {
     /// Open connections at most.
-    pub(super) max_connections: usize,
+    pub(crate) max_connections: usize,
     /// A connection that has not sent a whole request head within this is closed.
-    pub(super) header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
 }
 
 impl Limits {
     /// `configured`, with the connection cap lowered when the process's open-file
     /// limit could not hold it next to what `repositories` deploys need.
-    pub(super) fn fitted(configured: Limits, repositories: usize) -> Limits {
+    pub(crate) fn fitted(configured: Limits, repositories: usize) -> Limits {
         let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         let Some(soft) = soft else {
             return configured;
@@ -308,7 +309,7 @@ impl Drop for Registered {
 /// Accepts connections on `listener` and serves `router` on them until `stop` turns
 /// true; then stops accepting and waits for the open connections to finish their
 /// requests and close (the caller bounds that wait).
-pub(super) async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,

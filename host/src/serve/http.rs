@@ -21,7 +21,7 @@ use super::push::{Parsed, Push, parse_github, parse_trigger};
 use super::queue::DeployRun;
 use super::replay::{body_key, delivery_key};
 use super::{App, lock};
-use crate::access::{Refusal, may_read};
+use crate::access::Refusal;
 
 /// A client must send its whole body within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,8 +197,15 @@ async fn list_deploys(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    match may_read(app.deploys_token.as_ref(), peer.ip(), &headers) {
+    match app.access.may_read(peer.ip(), &headers) {
         Ok(()) => {}
+        Err(Refusal::WrongHost) => {
+            tracing::warn!(%peer, "refused GET /deploys naming a host that is not allowed");
+            return reply(
+                StatusCode::MISDIRECTED_REQUEST,
+                json!({"error": "`GET /deploys` answers requests for localhost, 127.0.0.1 and [::1] only; add the name you use to `allowed_hosts`"}),
+            );
+        }
         Err(Refusal::NotLoopback) => {
             tracing::warn!(%peer, "refused GET /deploys from a non-loopback client");
             return reply(

@@ -7,8 +7,9 @@
 //! of the raw body is checked in constant time (401); only then is the body parsed.
 //! An unknown repository gets 404; a delivery id or a body seen before is a replay and
 //! does nothing. An accepted push is queued for its repository's worker, which
-//! fetches the pushed ref into the repository's checkout, checks out the pushed
-//! commit (detached) and runs the normal `cutover deploy` (gate included) as a child
+//! fetches the pushed ref into the repository's checkout, reads the pushed deploy
+//! config with `git show` and refuses it when it changes a pinned key (see `trust`),
+//! then checks out the pushed commit (detached) and runs the normal `cutover deploy` (gate included) as a child
 //! process with the push's facts in `CUTOVER_SERVE_*` variables.
 //!
 //! One deploy per repository runs at a time and at most one waits: a newer push
@@ -44,11 +45,12 @@
 
 mod auth;
 mod config;
-mod conns;
+pub(crate) mod conns;
 mod http;
 mod push;
 mod queue;
 mod replay;
+mod trust;
 mod views;
 mod worker;
 
@@ -103,6 +105,14 @@ pub enum ServeError {
         /// The checkout directory.
         path: PathBuf,
     },
+    /// A repository's trusted deploy config cannot be read.
+    #[error("repository `{repository}`: {source}")]
+    Trust {
+        /// The repository.
+        repository: String,
+        /// Why.
+        source: trust::TrustError,
+    },
     /// Listening failed.
     #[error("cannot listen on {addr}: {source}; pick a free address for `listen`")]
     Listen {
@@ -124,8 +134,9 @@ pub enum ServeError {
 /// What the routes and the workers share.
 struct App {
     secret: Secret,
-    /// Who may read `GET /deploys`: loopback clients, or holders of this token.
-    deploys_token: Option<Secret>,
+    /// Who may read `GET /deploys` and the views: loopback clients naming a loopback
+    /// or allowed host, or holders of the token.
+    access: crate::access::Token,
     /// The variables holding the secrets above: removed from every child's
     /// environment.
     secret_envs: Vec<String>,
@@ -210,11 +221,21 @@ impl Server {
                     path: checkout,
                 });
             };
+            let trust = trust::Trust::new(
+                repo.pinned.clone(),
+                repo.trusted_config.as_ref().map(|p| base_dir.join(p)),
+                &checkout.join(&repo.config),
+            )
+            .map_err(|source| ServeError::Trust {
+                repository: repo.name.clone(),
+                source,
+            })?;
             let key = repo.name.to_lowercase();
             let worker = Arc::new(Worker {
                 key: key.clone(),
                 repo: repo.clone(),
                 checkout,
+                trust,
                 wake: Notify::new(),
             });
             workers.insert(key, worker);
@@ -237,9 +258,12 @@ impl Server {
             },
             config.repositories.len(),
         );
+        let access = crate::access::Access::new(deploys_token, &config.allowed_hosts)
+            .map(Arc::new)
+            .map_err(state_err)?;
         let app = Arc::new(App {
             secret,
-            deploys_token,
+            access,
             secret_envs: std::iter::once(&config.secret_env)
                 .chain(&config.deploys_token_env)
                 .cloned()

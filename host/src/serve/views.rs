@@ -65,7 +65,7 @@ type Opened = (Vec<u8>, Arc<Dashboard>);
 
 /// The views' routes, behind the access rule, with `login` open.
 pub(super) fn router(app: Arc<App>) -> Router {
-    let token: crate::access::Token = Arc::new(app.deploys_token.clone());
+    let token = app.access.clone();
     Router::new()
         .route("/", get(index))
         .route("/services/{service}", get(to_slash))
@@ -141,13 +141,30 @@ async fn index(State(app): State<Arc<App>>) -> Html<String> {
     Html(render_index(&rows))
 }
 
-/// `/services/web` → `web/`, where the page's relative links work.
-async fn to_slash(Path(service): Path<String>) -> Response {
+/// `/services/web` → `web/`, where the page's relative links work. Only for a
+/// service this server deploys, named plainly: the segment arrives percent-decoded,
+/// so `%2F%2Fevil.example` would otherwise become `Location: //evil.example/`, a
+/// redirect to another site.
+async fn to_slash(State(app): State<Arc<App>>, Path(service): Path<String>) -> Response {
+    if !plain_name(&service) || find(&app, &service).is_none() {
+        return not_found(&service);
+    }
     let mut response = StatusCode::PERMANENT_REDIRECT.into_response();
     if let Ok(location) = format!("{service}/").parse() {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+/// Whether `name` is safe as a relative redirect: letters, digits, `-`, `_` and
+/// `.`, not starting with `.` (no `/`, `\`, `:` or `..` that a browser could read
+/// as another host or path).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 async fn service_page(State(app): State<Arc<App>>, Path(service): Path<String>) -> Response {
@@ -235,4 +252,29 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         })
         .collect();
     metrics_response(&services)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_name;
+
+    #[test]
+    fn only_plain_service_names_are_redirected_never_another_site() {
+        for good in ["web", "hello-app", "svc_2", "a.b"] {
+            assert!(plain_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "//evil.example",
+            "/evil",
+            "\\\\evil",
+            "..",
+            ".x",
+            "a/b",
+            "https:x",
+            "a b",
+        ] {
+            assert!(!plain_name(bad), "{bad}");
+        }
+    }
 }

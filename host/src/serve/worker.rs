@@ -1,5 +1,6 @@
 //! A repository's worker: takes the waiting push, fetches it into the repository's
-//! checkout, checks out the pushed commit and runs `cutover deploy` as a child process,
+//! checkout, refuses it when its deploy config changes a pinned key, checks out the
+//! pushed commit and runs `cutover deploy` as a child process,
 //! following its JSON events to update the run. One deploy per repository at a time;
 //! the child never sees the server's secrets nor the CI variables of wherever the
 //! server runs.
@@ -30,6 +31,8 @@ pub(super) struct Worker {
     pub(super) repo: RepoConfig,
     /// The checkout, absolute.
     pub(super) checkout: PathBuf,
+    /// The deploy config keys a push may not change.
+    pub(super) trust: super::trust::Trust,
     pub(super) wake: Notify,
 }
 
@@ -171,6 +174,19 @@ async fn checkout(app: &App, worker: &Worker, run: &DeployRun) -> Result<String,
             worker.repo.remote
         )
     })?;
+    // Read from the commit, not the work tree: a refused push never reaches the
+    // checkout, so what the dashboard and the next deploy read stays trusted.
+    let config = worker.repo.config.to_string_lossy();
+    let pushed = run_git(app, dir, &["show", &format!("{commit}:./{config}")])
+        .await
+        .map_err(|e| format!("cannot read the pushed deploy config: {e}"))?;
+    worker
+        .trust
+        .check(&pushed, &format!("`{config}` at {commit}"))
+        .map_err(|e| {
+            tracing::warn!(commit = %commit, error = %e, "refused a push that changes a pinned key");
+            e.to_string()
+        })?;
     run_git(
         app,
         dir,
