@@ -1320,3 +1320,36 @@ fn a_docker_secret_reaches_every_task_as_a_file_and_a_missing_one_stops_the_star
     assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
     drop(svc);
 }
+
+#[test]
+fn a_failed_undo_before_the_switch_still_releases_the_cluster_lock() {
+    let cluster = cluster();
+    let _serial = exclusive();
+    let svc = cluster.service("swarm-undo", 0, "", "");
+    deploy_on(cluster, &svc, "v1").success();
+    // v2 never gets healthy, and undoing its start fails (the engine "stops
+    // answering" right then).
+    svc.set_container_env("HELLO_HEALTH", "fail");
+    svc.edit_config(|text| text.replace("deadline = \"60s\"", "deadline = \"3s\""));
+    let mut env = cluster.env().to_vec();
+    env.push(("CUTOVER_FAULT", "fail:undo"));
+    let out = svc.cutover_env(&["deploy", "--build-arg", "VERSION=v2"], &env);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("fail:undo"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+
+    // The cluster lock was let go, not left to its 60 s lease: the next deploy runs.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = cutover::config::Config::load(&svc.config_path()).expect("config");
+    let swarm = runtime.block_on(cluster.swarm(&config));
+    let lock = runtime.block_on(swarm.read_lock()).unwrap();
+    assert!(
+        lock.holder.is_none(),
+        "the failed run still holds the lock: {:?}",
+        lock.holder
+    );
+    svc.edit_config(|text| text.replace("HELLO_HEALTH = \"fail\"\n", ""));
+    let out = deploy_on(cluster, &svc, "v3").success();
+    assert!(!out.stderr.contains("holds its lock"), "{}", out.stderr);
+    assert_eq!(svc.get("/").body.trim(), "hello v3 from green");
+}

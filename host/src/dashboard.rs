@@ -99,8 +99,8 @@ impl Dashboard {
         max_connections: usize,
         header_timeout: Duration,
     ) {
-        let limits = crate::serve::conns::Limits::fitted(
-            crate::serve::conns::Limits {
+        let limits = crate::conns::Limits::fitted(
+            crate::conns::Limits {
                 max_connections,
                 header_timeout,
             },
@@ -119,7 +119,7 @@ impl Dashboard {
                 crate::access::require,
             ))
             .merge(crate::access::routes(token));
-        let serving = crate::serve::conns::serve(listener, app, limits, dashboard.stop.subscribe());
+        let serving = crate::conns::serve(listener, app, limits, dashboard.stop.subscribe());
         tokio::pin!(serving);
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

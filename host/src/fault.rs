@@ -2,7 +2,7 @@
 //! variable `CUTOVER_FAULT=before:<step>` or `after:<step>` makes the process kill
 //! itself with SIGKILL at that point, the harshest way a CI runner can die. Only
 //! `before:` comes right after a journal write; see [`When`] for what is on disk; `at:<name>`
-//! names a point inside a step ([`at`]). Without the feature every call compiles to nothing, so a
+//! names a point inside a step ([`at`]); `fail:<name>` makes one operation fail ([`fails`]). Without the feature every call compiles to nothing, so a
 //! released binary cannot be made to crash this way.
 
 use crate::operation::Step;
@@ -62,3 +62,18 @@ pub fn point(_when: When, _step: Step) {}
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn at(_name: &str) {}
+
+/// Whether `CUTOVER_FAULT` is `fail:<name>`: the caller then fails as if its engine
+/// had stopped answering (e.g. `fail:undo`, the undo of a failed deploy), so a test
+/// can reach the paths that follow a failed cleanup.
+#[cfg(feature = "fault-injection")]
+pub fn fails(name: &str) -> bool {
+    std::env::var("CUTOVER_FAULT").is_ok_and(|spec| spec == format!("fail:{name}"))
+}
+
+/// Whether `CUTOVER_FAULT` is `fail:<name>` (compiled out: never).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fails(_name: &str) -> bool {
+    false
+}

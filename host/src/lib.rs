@@ -15,6 +15,7 @@ pub mod audit;
 pub mod ci;
 pub mod cli;
 pub mod config;
+pub mod conns;
 pub mod context;
 pub mod control;
 pub mod dashboard;

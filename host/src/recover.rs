@@ -55,6 +55,9 @@ impl Undo {
     /// # Errors
     /// [`DeployError`] when the engine refuses.
     pub async fn run(self, ctx: &Context) -> Result<(), DeployError> {
+        if crate::fault::fails("undo") {
+            return Err(crate::engine::injected_failure(ctx.engine.as_ref(), "undo").into());
+        }
         match self {
             Undo::Nothing => {}
             Undo::Remove(color) => ctx.engine.clear(color).await?,

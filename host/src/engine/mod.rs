@@ -41,6 +41,15 @@ pub enum EngineError {
     Swarm(#[from] SwarmError),
 }
 
+/// The error of an operation a test made fail with `CUTOVER_FAULT=fail:<name>` (the
+/// `fault` module): as if `engine` had stopped answering right then.
+pub fn injected_failure(engine: &dyn Engine, name: &str) -> EngineError {
+    EngineError::Docker(DockerError::Unreachable {
+        host: engine.describe(),
+        message: format!("fault injection: fail:{name}"),
+    })
+}
+
 impl EngineError {
     /// Whether the engine is unreachable or unusable, rather than this deploy wrong.
     pub fn is_environment(&self) -> bool {

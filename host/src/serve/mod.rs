@@ -45,7 +45,6 @@
 
 mod auth;
 mod config;
-pub(crate) mod conns;
 mod http;
 mod push;
 mod queue;
@@ -188,7 +187,7 @@ async fn shutdown_signal() {
 pub struct Server {
     listener: tokio::net::TcpListener,
     router: Router,
-    limits: conns::Limits,
+    limits: crate::conns::Limits,
     app: Arc<App>,
     workers: tokio::task::JoinSet<()>,
     shutdown_grace: Duration,
@@ -251,8 +250,8 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let limits = conns::Limits::fitted(
-            conns::Limits {
+        let limits = crate::conns::Limits::fitted(
+            crate::conns::Limits {
                 max_connections: config.max_connections,
                 header_timeout: config.header_timeout.get(),
             },
@@ -321,7 +320,7 @@ impl Server {
             header_timeout = ?self.limits.header_timeout,
             "cutover serve listening"
         );
-        let mut http = tokio::spawn(conns::serve(
+        let mut http = tokio::spawn(crate::conns::serve(
             self.listener,
             self.router,
             self.limits,

@@ -46,7 +46,11 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use super::lock;
+/// The guard of `m`, also when a thread panicked holding it (the state it guards
+/// stays consistent: every change is one assignment).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Descriptors kept free for everything but client connections: the runtime, the
 /// listener, the state files, and per repository a git or deploy child's pipes.
