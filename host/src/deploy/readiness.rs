@@ -9,7 +9,8 @@
 //! changed for [`SETTLE`] (so a dead node does not hold the deploy for the whole
 //! deadline). Otherwise the error names each task that failed and its node. When a
 //! node is lost and Swarm has nowhere to place its task's replacement, so that
-//! `min_healthy` can no longer be met, the step fails then, not at the deadline.
+//! `min_healthy` can no longer be met for [`OUT_OF_REACH_FOR`], the step fails then,
+//! not at the deadline.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -33,6 +34,12 @@ pub const SETTLE: Duration = Duration::from_secs(5);
 /// How often the running tasks are listed while waiting: a task that starts is
 /// probed at most this long after Swarm reports it running.
 const LIST_EVERY: Duration = Duration::from_millis(100);
+
+/// How long enough healthy tasks must have been out of reach (a node down, its task
+/// with nowhere to go) before the health step gives up: a node that is just
+/// rejoining is briefly not ready and not available for tasks, and Swarm places the
+/// task once it is.
+pub const OUT_OF_REACH_FOR: Duration = Duration::from_secs(15);
 
 /// How often a global-mode colour's wanted task count is asked again (it changes
 /// only when nodes join, leave or change labels).
@@ -167,16 +174,23 @@ async fn every_task(ctx: &Context, color: Color) -> Result<Readiness, DeployErro
     let mut progress = Instant::now();
     let mut wanted = 0;
     let mut wanted_at: Option<Instant> = None;
-    // Set when enough healthy tasks can no longer be had: then there is no point
-    // waiting for the deadline.
+    // Set when enough healthy tasks can no longer be had, for [`OUT_OF_REACH_FOR`]:
+    // then there is no point waiting for the deadline.
     let mut out_of_reach = None;
+    let mut unreachable_since: Option<Instant> = None;
     loop {
         if wanted_at.is_none_or(|at| at.elapsed() >= WANTED_EVERY) {
             wanted = wanted.max(wanted_tasks(ctx, color).await?);
             wanted_at = Some(Instant::now());
-            out_of_reach = cannot_be_placed(ctx, color, wanted, healthy.len()).await?;
-            if out_of_reach.is_some() {
-                break;
+            match cannot_be_placed(ctx, color, wanted, healthy.len()).await? {
+                Some(why) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= OUT_OF_REACH_FOR {
+                        out_of_reach = Some(why);
+                        break;
+                    }
+                }
+                None => unreachable_since = None,
             }
         }
         let running = ctx.engine.replicas(color).await?;
