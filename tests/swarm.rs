@@ -761,6 +761,20 @@ fn a_runner_killed_at_each_step_is_recovered_by_another_with_its_own_state_direc
     }
 }
 
+/// Waits (90 s at most) until `svc`'s running deploy has journaled its health step.
+fn wait_in_health_step(svc: &Service) {
+    let in_health = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(svc.state_file())
+        .is_ok_and(|state| state.contains("\"step\": \"health\""))
+    {
+        assert!(
+            Instant::now() < in_health,
+            "the deploy never reached its health step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Deploys v2 with `min_healthy = 2` already set while `lost` is gone: it goes on
 /// with two of three tasks, green serves, and the proxy files (returned) name no
 /// task on `lost`.
@@ -800,16 +814,7 @@ fn a_node_cut_off_during_the_health_step_fails_it_by_quorum_naming_the_node_and_
     // while the deploy waits in its health step, before its task there was judged.
     svc.edit_config(|text| text.replace("[health]\n", "[health]\nfirst_delay = \"15s\"\n"));
     let running = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
-    let in_health = Instant::now() + Duration::from_secs(90);
-    while !std::fs::read_to_string(svc.state_file())
-        .is_ok_and(|state| state.contains("\"step\": \"health\""))
-    {
-        assert!(
-            Instant::now() < in_health,
-            "the deploy never reached its health step"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_in_health_step(&svc);
     // Back however the test ends, for the tests after it.
     let lost_node = cluster.lose_node();
     let lost = lost_node.node();
@@ -1205,16 +1210,7 @@ fn a_node_lost_during_the_health_step_fails_the_deploy_once_its_task_cannot_be_p
         )
     });
     let running = svc.spawn_env(&["deploy", "--build-arg", "VERSION=v2"], &cluster.env());
-    let in_health = Instant::now() + Duration::from_secs(90);
-    while !std::fs::read_to_string(svc.state_file())
-        .is_ok_and(|state| state.contains("\"step\": \"health\""))
-    {
-        assert!(
-            Instant::now() < in_health,
-            "the deploy never reached its health step"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_in_health_step(&svc);
     let lost_node = cluster.lose_node();
     let lost = lost_node.node();
     let cut = Instant::now();

@@ -659,12 +659,9 @@ impl Swarm {
         }
     }
 
-    /// The running tasks of `color`, each with its node and the host-mode port it
-    /// publishes there, ordered by slot.
-    ///
-    /// # Errors
-    /// [`SwarmError::Docker`] when the tasks or nodes cannot be listed.
-    pub async fn running_tasks(&self, color: Color) -> Result<Vec<TaskEndpoint>, SwarmError> {
+    /// `color`'s tasks whose desired state is running; none when the colour was never
+    /// deployed (no service, so no tasks).
+    async fn wanted_tasks(&self, color: Color) -> Result<Vec<bollard::models::Task>, SwarmError> {
         let name = self.service_name(color);
         let filters = HashMap::from([
             ("service", vec![name.as_str()]),
@@ -676,12 +673,20 @@ impl Swarm {
             ))
         })
         .await;
-        let tasks = match tasks {
-            Ok(tasks) => tasks,
-            // A colour never deployed has no service, so no tasks.
-            Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
-            Err(e) => return Err(self.api("list tasks of service", &name, e)),
-        };
+        match tasks {
+            Ok(tasks) => Ok(tasks),
+            Err(e) if status(&e) == Some(404) => Ok(Vec::new()),
+            Err(e) => Err(self.api("list tasks of service", &name, e)),
+        }
+    }
+
+    /// The running tasks of `color`, each with its node and the host-mode port it
+    /// publishes there, ordered by slot.
+    ///
+    /// # Errors
+    /// [`SwarmError::Docker`] when the tasks or nodes cannot be listed.
+    pub async fn running_tasks(&self, color: Color) -> Result<Vec<TaskEndpoint>, SwarmError> {
+        let tasks = self.wanted_tasks(color).await?;
         let nodes: HashMap<String, NodeInfo> = self
             .nodes()
             .await?
@@ -728,23 +733,9 @@ impl Swarm {
     /// # Errors
     /// [`SwarmError::Docker`] when the tasks cannot be listed.
     pub async fn unplaceable(&self, color: Color) -> Result<Vec<String>, SwarmError> {
-        let name = self.service_name(color);
-        let filters = HashMap::from([
-            ("service", vec![name.as_str()]),
-            ("desired-state", vec!["running"]),
-        ]);
-        let tasks = through_election(|| {
-            self.docker.client().list_tasks(Some(
-                ListTasksOptionsBuilder::default().filters(&filters).build(),
-            ))
-        })
-        .await;
-        let tasks = match tasks {
-            Ok(tasks) => tasks,
-            Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
-            Err(e) => return Err(self.api("list tasks of service", &name, e)),
-        };
-        Ok(tasks
+        Ok(self
+            .wanted_tasks(color)
+            .await?
             .into_iter()
             .filter_map(|task| {
                 let status = task.status?;
