@@ -18,7 +18,7 @@ use cutover::plugin::{
     TemplatePlugin, builtin, sample,
 };
 
-#[path = "../wasm_build.rs"]
+#[path = "../plugin-host/wasm_build.rs"]
 mod wasm_build;
 
 fn config() -> Config {

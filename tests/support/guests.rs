@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-#[path = "../../host/wasm_build.rs"]
+#[path = "../../host/plugin-host/wasm_build.rs"]
 mod wasm_build;
 
 /// Every guest crate the tests load.
