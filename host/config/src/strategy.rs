@@ -49,7 +49,7 @@ impl Default for StrategyConfig {
     }
 }
 
-fn default_step_deadline() -> Duration {
+pub(crate) fn default_step_deadline() -> Duration {
     Duration(std::time::Duration::from_secs(300))
 }
 
@@ -225,6 +225,25 @@ impl StrategyConfig {
             CanaryStep::Weight(w) => Some(*w),
             CanaryStep::Pause(_) => None,
         })
+    }
+}
+
+use crate::{Config, ConfigError, ProxyMode};
+
+impl Config {
+    /// `engine.host` has a scheme cutover can reach, and `engine.tls` goes with `tcp://`.
+    pub(crate) fn check_strategy(&self) -> Result<(), ConfigError> {
+        self.strategy
+            .check()
+            .map_err(|(key, message)| self.invalid(&key, message))?;
+        let canary = self.strategy.kind == crate::strategy::StrategyKind::Canary;
+        if canary && self.proxy.mode == ProxyMode::External && self.proxy.access_log.is_none() {
+            return Err(self.invalid(
+                "proxy.access_log",
+                "a canary judges each colour by its traffic: point `access_log` at nginx's access log written with cutover's `log_format cutover_json` (see the README)",
+            ));
+        }
+        Ok(())
     }
 }
 
