@@ -427,13 +427,20 @@ struct Managed {
     shutdown_timeout: Duration,
 }
 
+/// Who runs an nginx: cutover itself (then it knows its layout and start command), or
+/// someone else (then cutover only writes files and runs the configured commands).
+#[derive(Debug, Clone)]
+enum Owner {
+    Managed(Box<Managed>),
+    External,
+}
+
 /// One nginx in front of the service: `[proxy]` or one `[[proxy.extra]]`.
 #[derive(Debug, Clone)]
 pub struct Nginx {
-    mode: ProxyMode,
+    owner: Owner,
     nginx: PathBuf,
     config_dir: PathBuf,
-    managed: Option<Managed>,
     test_command: Argv,
     reload_command: Argv,
     /// The pid file of the nginx whose workers a drain watches.
@@ -475,7 +482,6 @@ impl Nginx {
                     argv
                 };
                 Nginx {
-                    mode: ProxyMode::Managed,
                     config_dir: layout.conf_d.clone(),
                     pid_file: Some(layout.pid_file.clone()),
                     access_log: Some(layout.access_json.clone()),
@@ -483,14 +489,14 @@ impl Nginx {
                     // Managed reloads signal the master directly (see `switch`); this
                     // is the equivalent command, for messages.
                     reload_command: with(&["-s", "reload"]),
-                    managed: Some(Managed {
+                    owner: Owner::Managed(Box::new(Managed {
                         start: base,
                         layout,
                         service: config.service.clone(),
                         // check() refuses managed mode without `listen`.
                         listen: p.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
                         shutdown_timeout: config.drain.timeout.get(),
-                    }),
+                    })),
                     nginx,
                     command_timeout,
                     drain_timeout,
@@ -536,9 +542,8 @@ impl Nginx {
             }
         };
         Nginx {
-            mode: ProxyMode::External,
+            owner: Owner::External,
             config_dir: config.resolve(e.config_dir),
-            managed: None,
             test_command: argv(e.test_command, &["-t"]),
             reload_command: argv(e.reload_command, &["-s", "reload"]),
             pid_file: e.pid_file.map(|f| config.resolve(f)),
@@ -550,6 +555,14 @@ impl Nginx {
         }
     }
 
+    /// What cutover knows of the nginx it runs itself; none for an external one.
+    fn managed(&self) -> Option<&Managed> {
+        match &self.owner {
+            Owner::Managed(managed) => Some(managed.as_ref()),
+            Owner::External => None,
+        }
+    }
+
     /// The directory the rendered files are written to.
     pub fn config_dir(&self) -> &Path {
         &self.config_dir
@@ -557,12 +570,12 @@ impl Nginx {
 
     /// The managed nginx's generated `nginx.conf` (none in external mode).
     pub fn managed_conf(&self) -> Option<&Path> {
-        self.managed.as_ref().map(|m| m.layout.conf.as_path())
+        self.managed().map(|m| m.layout.conf.as_path())
     }
 
     /// The managed nginx's error log (none in external mode).
     pub fn error_log(&self) -> Option<&Path> {
-        self.managed.as_ref().map(|m| m.layout.error_log.as_path())
+        self.managed().map(|m| m.layout.error_log.as_path())
     }
 
     /// The JSON access log a canary reads: the managed nginx's, or `proxy.access_log`
@@ -666,7 +679,7 @@ impl Nginx {
     /// the master rejects, or one that starts no new workers), or an environment
     /// error.
     pub async fn switch(&self) -> Result<Reload, ProxyError> {
-        let managed = self.managed.as_ref();
+        let managed = self.managed();
         let master = match managed {
             Some(managed) => {
                 self.prepare()?;
@@ -836,7 +849,7 @@ impl Nginx {
             error: Box::new(error),
         };
         files::restore_all(&self.config_dir, previous).map_err(wrap)?;
-        if self.managed.is_some() && previous.iter().all(|p| p.contents.is_none()) {
+        if self.managed().is_some() && previous.iter().all(|p| p.contents.is_none()) {
             return self.stop().await.map_err(wrap);
         }
         self.test().await.map_err(wrap)?;
@@ -853,9 +866,9 @@ impl Nginx {
     /// [`ProxyError::NginxMissing`] or [`ProxyError::CommandMissing`] naming the
     /// program and the config key to fix.
     pub fn preflight(&self) -> Result<(), ProxyError> {
-        let argvs = match self.mode {
-            ProxyMode::Managed => vec![(self.managed_start_argv(), Purpose::Start)],
-            ProxyMode::External => vec![
+        let argvs = match self.owner {
+            Owner::Managed(_) => vec![(self.managed_start_argv(), Purpose::Start)],
+            Owner::External => vec![
                 (self.test_command.clone(), Purpose::Test),
                 (self.reload_command.clone(), Purpose::Reload),
             ],
@@ -916,7 +929,7 @@ impl Nginx {
     /// `proxy.pid_file`, that file names a live nginx master; without one cutover
     /// cannot tell and answers true (the test and reload commands report problems).
     pub fn is_running(&self) -> bool {
-        match (&self.managed, &self.pid_file) {
+        match (self.managed(), &self.pid_file) {
             (Some(_), _) => self.managed_master().is_some(),
             (None, Some(file)) => procs::master_from_pid_file(file, None).is_some(),
             (None, None) => true,
@@ -930,7 +943,7 @@ impl Nginx {
     /// # Errors
     /// [`ProxyError::Stop`] when the master cannot be signalled or outlives both waits.
     pub async fn stop(&self) -> Result<(), ProxyError> {
-        if self.mode == ProxyMode::External {
+        if self.managed().is_none() {
             return Ok(());
         }
         let Some(master) = self.managed_master() else {
@@ -971,7 +984,7 @@ impl Nginx {
 
     /// The managed master, if it runs with this proxy's config.
     fn managed_master(&self) -> Option<ProcId> {
-        let managed = self.managed.as_ref()?;
+        let managed = self.managed()?;
         let marker = managed.layout.conf.to_str()?;
         procs::master_from_pid_file(&managed.layout.pid_file, Some(marker))
     }
@@ -980,7 +993,7 @@ impl Nginx {
     /// External: checks that the config directory exists (it belongs to nginx's
     /// installation, so cutover does not create it).
     fn prepare(&self) -> Result<(), ProxyError> {
-        let Some(managed) = &self.managed else {
+        let Some(managed) = self.managed() else {
             if self.config_dir.is_dir() {
                 return Ok(());
             }
@@ -1020,8 +1033,7 @@ impl Nginx {
     }
 
     fn managed_start_argv(&self) -> Argv {
-        self.managed
-            .as_ref()
+        self.managed()
             .map_or_else(|| Argv::new([self.nginx.as_os_str()]), |m| m.start.clone())
     }
 
