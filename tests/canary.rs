@@ -358,7 +358,7 @@ fn verify_url_line(config: &str) -> String {
 }
 
 #[test]
-fn a_sticky_client_keeps_its_colour_and_a_human_promotes_from_another_shell() {
+fn a_sticky_client_keeps_its_color_and_a_human_promotes_from_another_shell() {
     let svc = canary_service(
         "e2e-canary-sticky",
         r#"["30%", "pause 1s", "100%"]"#,
@@ -491,7 +491,7 @@ fn abort_from_another_shell_puts_everything_back() {
 }
 
 #[test]
-fn a_runner_killed_mid_canary_is_recovered_to_the_live_colour() {
+fn a_runner_killed_mid_canary_is_recovered_to_the_live_color() {
     let (svc, before, mut deploy) = v2_waiting_at_a_manual_pause("e2e-canary-kill");
     // Mid-canary, nginx splits the traffic.
     let versions: Vec<u16> = (0..20)

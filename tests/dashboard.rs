@@ -308,7 +308,7 @@ where
 }
 
 #[test]
-fn dashboard_in_a_headless_browser_shows_the_live_colour_the_deploy_rows_and_live_updates() {
+fn dashboard_in_a_headless_browser_shows_the_live_color_the_deploy_rows_and_live_updates() {
     use fantoccini::{ClientBuilder, Locator};
 
     let svc = Service::new("dash-browser");

@@ -110,7 +110,7 @@ fn concurrent_deploy_is_refused_naming_the_owner() {
 }
 
 #[test]
-fn rollback_returns_traffic_to_the_previous_colour() {
+fn rollback_returns_traffic_to_the_previous_color() {
     let svc = Service::new("e2e-rollback");
     svc.deploy("v1").success();
     svc.deploy("v2").success();

@@ -184,7 +184,7 @@ async fn failing_build_step_reports_the_last_output_lines() {
 }
 
 #[tokio::test]
-async fn colour_container_serves_version_and_colour_on_a_loopback_port() {
+async fn color_container_serves_version_and_color_on_a_loopback_port() {
     let service = unique_service("run");
     let _cleanup = DockerCleanup::new(&service);
     let docker = docker().await;

@@ -603,7 +603,7 @@ fn builtin_template_refuses_values_that_inject_nginx_syntax() {
 }
 
 #[test]
-fn a_selector_that_errors_traps_or_picks_the_live_colour_aborts_before_anything_starts() {
+fn a_selector_that_errors_traps_or_picks_the_live_color_aborts_before_anything_starts() {
     let svc = Service::new("h-selector");
     svc.deploy("v1").success();
     let before = svc.baseline();
@@ -911,7 +911,7 @@ fn the_registry_password_appears_in_no_output_file_error_or_process() {
 /// With the state file gone, the record no longer says which colour is live; the
 /// host still asks nginx which colour serves and refuses a selector that picks it.
 #[test]
-fn a_selector_cannot_replace_the_serving_colour_even_when_the_state_file_is_lost() {
+fn a_selector_cannot_replace_the_serving_color_even_when_the_state_file_is_lost() {
     let svc = Service::new("h-lost-state");
     svc.deploy("v1").success();
     std::fs::remove_file(svc.state_file()).unwrap();

@@ -112,7 +112,7 @@ pub fn deploy_deny_rollback(svc: &Service) {
 }
 
 #[test]
-fn metrics_count_deploys_denials_rollbacks_live_colour_and_plugin_calls() {
+fn metrics_count_deploys_denials_rollbacks_live_color_and_plugin_calls() {
     let svc = Service::new("metrics");
     deploy_deny_rollback(&svc);
     let config = cutover::config::Config::load(&svc.config_path()).unwrap();

@@ -203,7 +203,7 @@ fn selector_input(live: Option<Color>, blue: (bool, bool), green: (bool, bool)) 
 }
 
 #[test]
-fn alternate_picks_the_colour_that_is_not_live_and_refuses_a_missing_live_container() {
+fn alternate_picks_the_color_that_is_not_live_and_refuses_a_missing_live_container() {
     use cutover::Color as C;
     let selector =
         SelectorPlugin::load(host(), &builtin("alternate", ""), base(), silent()).unwrap();

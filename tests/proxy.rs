@@ -517,17 +517,14 @@ fn deploy_spec(nginx: &External, blue: &Backend, green: &Backend, color: Color) 
 }
 
 #[tokio::test]
-async fn external_verify_without_upstream_header_does_not_claim_the_colour() {
+async fn external_verify_without_upstream_header_does_not_claim_the_color() {
     // Both colours answer alike, and this nginx (like the original write-up's) does
     // not name the upstream: a verify "for green" passes while blue still serves.
     let blue = Backend::start("app").await;
     let green = Backend::start("app").await;
     let nginx = External::start_without_upstream_header(blue.addr);
     let spec = deploy_spec(&nginx, &blue, &green, Color::Green);
-    assert_eq!(
-        health::colour_hint(&spec).await,
-        Some(health::UPSTREAM_HINT)
-    );
+    assert_eq!(health::color_hint(&spec).await, Some(health::UPSTREAM_HINT));
     let report = health::verify_through_proxy(&spec, Duration::from_secs(2))
         .await
         .unwrap();
@@ -548,7 +545,7 @@ async fn external_verify_uses_the_upstream_header_when_nginx_sends_it() {
     let nginx = External::start(blue.addr);
     // nginx still serves blue: verifying green must not pass.
     let spec = deploy_spec(&nginx, &blue, &green, Color::Green);
-    assert_eq!(health::colour_hint(&spec).await, None);
+    assert_eq!(health::color_hint(&spec).await, None);
     let err = health::verify_through_proxy(&spec, Duration::from_millis(300))
         .await
         .unwrap_err();

@@ -74,7 +74,7 @@ async fn assert_every_task_answers(tasks: &[TaskEndpoint], version: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // The guard only keeps the link-cutting test out; nothing else in this runtime waits on it.
 #[allow(clippy::await_holding_lock)]
-async fn colour_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_back() {
+async fn color_service_runs_one_task_per_node_by_digest_and_scales_to_zero_and_back() {
     let cluster = cluster();
     let _serial = exclusive();
     let dir = tempfile::tempdir().unwrap();
@@ -489,7 +489,7 @@ fn swarm_status(svc: &Service) -> serde_json::Value {
 }
 
 /// The state of `color` in a status report.
-fn colour_state(status: &serde_json::Value, color: &str) -> String {
+fn color_state(status: &serde_json::Value, color: &str) -> String {
     status["colors"]
         .as_array()
         .and_then(|c| c.iter().find(|c| c["color"] == color))
@@ -512,7 +512,7 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
     assert!(first.stderr.contains("3 of 3 healthy"), "{}", first.stderr);
     let status = swarm_status(&svc);
     assert_eq!(status["live"]["color"], "blue", "{status:#}");
-    assert_eq!(colour_state(&status, "blue"), "3 of 3 task(s) running");
+    assert_eq!(color_state(&status, "blue"), "3 of 3 task(s) running");
 
     let load = Load::start(LoadConfig {
         fast_rate: 150,
@@ -526,9 +526,9 @@ fn three_replicas_deploy_v1_v2_v1_under_load_through_nginx_with_no_failed_reques
     deploy("v2").success();
     let status = swarm_status(&svc);
     assert_eq!(status["live"]["color"], "green", "{status:#}");
-    assert_eq!(colour_state(&status, "green"), "3 of 3 task(s) running");
+    assert_eq!(color_state(&status, "green"), "3 of 3 task(s) running");
     assert_eq!(
-        colour_state(&status, "blue"),
+        color_state(&status, "blue"),
         "0 of 0 task(s) running",
         "blue retired"
     );
@@ -967,7 +967,7 @@ fn a_node_lost_after_the_switch_is_skipped_by_nginx_and_costs_only_its_in_flight
 }
 
 #[test]
-fn a_canary_on_the_swarm_splits_traffic_across_both_colours_tasks_then_promotes() {
+fn a_canary_on_the_swarm_splits_traffic_across_both_colors_tasks_then_promotes() {
     let cluster = cluster();
     let _serial = exclusive();
     let strategy = "\n[strategy]\nkind = \"canary\"\nsteps = [\"30%\", \"pause 4s\", \"100%\"]\n";
@@ -1162,7 +1162,7 @@ fn plan_on_a_fresh_swarm_shows_the_upstream_file_the_deploy_then_writes() {
 }
 
 #[test]
-fn a_run_killed_after_recording_its_colour_live_is_finished_by_recover_not_superseded() {
+fn a_run_killed_after_recording_its_color_live_is_finished_by_recover_not_superseded() {
     let cluster = cluster();
     let _serial = exclusive();
     let svc = cluster.service("swarm-recorded", 0, "", "");
@@ -1186,7 +1186,7 @@ fn a_run_killed_after_recording_its_colour_live_is_finished_by_recover_not_super
     assert!(status["interrupted"].is_null(), "{status:#}");
     assert_eq!(status["live"]["color"], "green", "{status:#}");
     assert_eq!(
-        colour_state(&status, "blue"),
+        color_state(&status, "blue"),
         "0 of 0 task(s) running",
         "recover retired the old colour: {status:#}"
     );

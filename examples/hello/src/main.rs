@@ -720,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn root_reports_version_and_colour() {
+    fn root_reports_version_and_color() {
         let app = app(&[("HELLO_VERSION", "v7"), ("CUTOVER_COLOR", "blue")]);
         let r = app.handle(&get("/"));
         assert_eq!(r.status, 200);

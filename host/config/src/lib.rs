@@ -712,7 +712,7 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
-    fn both_colours_on_one_port_is_refused() {
+    fn both_colors_on_one_port_is_refused() {
         let msg = error_of(&format!(
             "{MINIMAL}\n[blue]\nhost_port = 9000\n[green]\nhost_port = 9000\n"
         ));
@@ -783,7 +783,7 @@ listen = "127.0.0.1:8080"
     }
 
     #[test]
-    fn proxy_listen_on_a_colours_port_is_refused() {
+    fn proxy_listen_on_a_colors_port_is_refused() {
         let msg = error_of(&MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:18082"));
         assert!(msg.contains("/repo/cutover.toml"), "{msg}");
         assert!(msg.contains("key `proxy.listen`"), "{msg}");

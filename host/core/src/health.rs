@@ -256,8 +256,8 @@ pub async fn ask_proxy(spec: &VerifySpec) -> ProxyAnswer {
 
 /// [`UPSTREAM_HINT`] when verification with `spec` could not tell the colours apart:
 /// the spec cannot, and the proxy, asked once now, names no upstream.
-pub async fn colour_hint(spec: &VerifySpec) -> Option<&'static str> {
-    if spec.tells_colours_apart() {
+pub async fn color_hint(spec: &VerifySpec) -> Option<&'static str> {
+    if spec.tells_colors_apart() {
         return None;
     }
     match serving_upstream(spec).await {
@@ -642,7 +642,7 @@ impl VerifySpec {
     /// True when a response can show which colour answered: the upstream header is
     /// required, or the expected header or body names `{color}`. Otherwise only an
     /// upstream header the nginx happens to send can.
-    pub fn tells_colours_apart(&self) -> bool {
+    pub fn tells_colors_apart(&self) -> bool {
         matches!(self.expect_upstream, UpstreamCheck::Required(_)) || self.content_names_color()
     }
 
@@ -1026,7 +1026,7 @@ mod tests {
     }
 
     #[test]
-    fn external_verify_without_color_cannot_claim_the_colour() {
+    fn external_verify_without_color_cannot_claim_the_color() {
         let upstream = Upstreams::One("127.0.0.1:18082".parse().unwrap());
         let plain = VerifySpec {
             expect_header: None,
@@ -1034,7 +1034,7 @@ mod tests {
             expect_upstream: UpstreamCheck::IfSent(upstream),
             ..spec()
         };
-        assert!(!plain.tells_colours_apart());
+        assert!(!plain.tells_colors_apart());
         let proof = Proof::new(&plain).unwrap();
         // No upstream header: both colours answer alike, nothing is proven.
         assert_eq!(
@@ -1051,7 +1051,7 @@ mod tests {
             expect_body: Some("color={color}".to_owned()),
             ..plain.clone()
         };
-        assert!(by_body.tells_colours_apart());
+        assert!(by_body.tells_colors_apart());
         let proof = Proof::new(&by_body).unwrap();
         assert_eq!(
             proof.check(200, &headers(&[]), "color=green"),

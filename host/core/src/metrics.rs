@@ -382,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_outcomes_live_colour_and_last_success() {
+    fn counts_outcomes_live_color_and_last_success() {
         let mut plugins = Vec::new();
         add_calls(
             &mut plugins,

@@ -88,7 +88,7 @@ pub async fn plan(
         None => String::new(),
     };
     let spec = crate::health::VerifySpec::from_config(&ctx.config, target.unwrap_or(Color::Blue));
-    let verify_hint = crate::health::colour_hint(&spec).await;
+    let verify_hint = crate::health::color_hint(&spec).await;
     Ok(Plan {
         service: ctx.config.service.clone(),
         allowed,

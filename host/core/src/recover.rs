@@ -512,7 +512,7 @@ mod tests {
     };
 
     #[test]
-    fn killed_after_promote_retires_the_old_colour() {
+    fn killed_after_promote_retires_the_old_color() {
         let mut state = blue_live();
         state.previous = state.live.take();
         state.live = Some(slot(Color::Green, "d2"));

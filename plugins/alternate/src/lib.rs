@@ -176,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn first_deploy_goes_to_blue_or_the_configured_colour() {
+    fn first_deploy_goes_to_blue_or_the_configured_color() {
         let d = Config::default();
         assert_eq!(pick(&d, &input(None, EMPTY, EMPTY)), Ok("blue"));
         let g = parse_config(r#"{"first":"green"}"#).unwrap();
@@ -184,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn deploys_to_the_colour_that_is_not_live() {
+    fn deploys_to_the_color_that_is_not_live() {
         let d = Config::default();
         assert_eq!(
             pick(&d, &input(Some(Color::Blue), SERVING, EMPTY)),

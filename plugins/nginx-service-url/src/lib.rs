@@ -684,7 +684,7 @@ mod tests {
     }
 
     #[test]
-    fn a_split_weights_servers_so_each_colour_gets_its_share() {
+    fn a_split_weights_servers_so_each_color_gets_its_share() {
         // One server each: 10 to 90 becomes 1 to 9.
         let mut one_each = cluster(10, None);
         one_each.target.servers.truncate(1);
@@ -721,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sticky_split_picks_a_colour_upstream_per_client() {
+    fn a_sticky_split_picks_a_color_upstream_per_client() {
         let files = rendered("{}", &cluster(5, Some("$cookie_session"))).unwrap();
         assert!(
             files[0]
@@ -746,7 +746,7 @@ mod tests {
     }
 
     #[test]
-    fn a_split_without_a_previous_colour_or_a_bad_weight_is_refused() {
+    fn a_split_without_a_previous_color_or_a_bad_weight_is_refused() {
         let mut input = cluster(50, None);
         input.previous = None;
         assert!(
