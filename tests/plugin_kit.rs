@@ -3,8 +3,11 @@
 //! `plugin check` → `plugin sha256`, for every kind in Rust and for a Python deploy
 //! gate, which then decides a real deploy.
 //!
-//! The Rust projects share one target directory (`target/plugin-kit`), so the SDK and
-//! serde compile once per profile. Python needs componentize-py, which `.ci/run`
+//! Each Rust project is built after it is moved away from where `plugin new` wrote
+//! it, and `cargo metadata` must find no local package outside it: it carries its
+//! copy of the SDK and names no path on the machine that made it. The projects share
+//! one target directory (`target/plugin-kit`), so serde and wit-bindgen compile once
+//! per profile (each project's SDK copy is its own package). Python needs componentize-py, which `.ci/run`
 //! installs into `target/componentize-py`; without it the test fails saying so.
 
 use std::path::{Path, PathBuf};
@@ -43,7 +46,7 @@ fn cutover(dir: &Path, args: &[&str]) -> String {
 
 /// `program args` in `dir` with the environment a user has, not the one cargo set
 /// for this test (its `CARGO_*`, `RUSTFLAGS` would change the nested build).
-fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &Path)]) {
+fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
     let mut command = Command::new(program);
     command.args(args).current_dir(dir);
     for (key, _) in std::env::vars_os() {
@@ -67,6 +70,7 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &Path)]) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// What each kind's generated decision answers on `plugin sample`'s input.
@@ -110,17 +114,54 @@ fn run_check_and_pin(dir: &Path, kind: PluginKind, wasm: &Path, limits: &[&str])
     digest
 }
 
+/// Every local package the project at `dir` builds (`cargo metadata`) lies inside it:
+/// it carries its SDK and names no path on the machine that made it.
+fn assert_self_contained(dir: &Path, env: &[(&str, &Path)]) {
+    let metadata = run(
+        dir,
+        "cargo",
+        &["metadata", "--format-version", "1", "--offline", "--quiet"],
+        env,
+    );
+    let metadata: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let mut local = 0;
+    for package in metadata["packages"].as_array().unwrap() {
+        if package["source"].is_null() {
+            let manifest = Path::new(package["manifest_path"].as_str().unwrap());
+            assert!(
+                manifest.starts_with(&dir),
+                "{} is outside {}",
+                manifest.display(),
+                dir.display()
+            );
+            local += 1;
+        }
+    }
+    // The plugin and its copy of the SDK.
+    assert_eq!(local, 2, "{metadata}");
+}
+
 #[test]
 fn plugin_new_in_rust_builds_tests_runs_checks_and_pins_for_every_kind() {
     let projects = tempfile::tempdir().unwrap();
     let target = root().join("target").join("plugin-kit");
     for kind in PluginKind::ALL {
         let name = format!("my-{kind}");
-        let dir = projects.path().join(&name);
+        let created_in = projects.path().join("created").join(&name);
         let created = cutover(
             projects.path(),
-            &["plugin", "new", kind.name(), dir.to_str().unwrap()],
+            &["plugin", "new", kind.name(), created_in.to_str().unwrap()],
         );
+        assert!(
+            created.contains("cutover-plugin/wit/plugin.wit"),
+            "{created}"
+        );
+        // Built somewhere else than where it was made, as on another machine: a path
+        // to the first place, or to this checkout, would show up below.
+        let dir = projects.path().join("moved").join(&name);
+        std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+        std::fs::rename(&created_in, &dir).unwrap();
         // The next commands are printed, and in the README.
         let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
         for next in [
@@ -144,6 +185,7 @@ fn plugin_new_in_rust_builds_tests_runs_checks_and_pins_for_every_kind() {
 
         let env = [("CARGO_TARGET_DIR", target.as_path())];
         run(&dir, "cargo", &["test", "--quiet"], &env);
+        assert_self_contained(&dir, &env);
         run(
             &dir,
             "cargo",

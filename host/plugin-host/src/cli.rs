@@ -79,8 +79,9 @@ pub enum PluginCommand {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Create a plugin project that builds as is: the kind's default decision, a
-    /// config with validation, a unit test (Rust), `sample.json` and a README.
+    /// Create a plugin project that builds as is, anywhere: the kind's default
+    /// decision, a config with validation, a unit test and a copy of the SDK (Rust),
+    /// `sample.json` and a README.
     New {
         /// deploy-gate, target-selector, health-policy, proxy-template or rollout-analysis.
         #[arg(value_parser = parse_kind)]

@@ -5,10 +5,11 @@
 //! `not-yet`), so the file a user edits reads like `cutover plugin wit`. Serde needs
 //! types of its own, so each WIT record has a mirror here with a conversion to the
 //! generated type; the mirrors live only in this module. When a value is wrong, the
-//! WIT type expected at its path is read from the embedded WIT text, not from a
-//! second hand-written table. This module only converts; it calls no plugin.
+//! WIT type expected at its path is read from the embedded WIT (parsed with
+//! wit-parser), not from a second hand-written table. This module only converts; it calls no plugin.
 
 use serde::{Deserialize, Serialize};
+use wit_parser::{Resolve, Type, TypeDefKind};
 
 use super::types as wit;
 use super::{PluginError, PluginKind, WIT, sample};
@@ -355,56 +356,131 @@ pub fn parse(kind: PluginKind, text: &str, file: &str) -> Result<Input, PluginEr
     })
 }
 
-/// The fields of `record name { ... }` in `wit`, as (name, type) pairs.
-fn record_fields<'w>(wit: &'w str, name: &str) -> Option<Vec<(&'w str, &'w str)>> {
-    let start = wit.find(&format!("record {name} {{"))?;
-    let body = &wit[start..];
-    let body = &body[body.find('{')? + 1..body.find('}')?];
-    Some(
-        body.lines()
-            .map(str::trim)
-            .filter(|line| !line.starts_with("//"))
-            .filter_map(|line| {
-                let (field, ty) = line.split_once(':')?;
-                Some((field.trim(), ty.trim().trim_end_matches(',')))
-            })
-            .collect(),
-    )
-}
-
-/// The WIT type at `path` (JSON keys and `[i]` indices) inside record `record`; the
-/// deepest type that can be named when the path leaves the WIT (an unknown key).
+/// The WIT type at `path` (JSON keys and `[i]` indices) inside record `record` of
+/// `wit`, spelled as the WIT spells it (`option<u16>`, `color`, `record instance`);
+/// the deepest type that can be named when the path leaves the WIT (an unknown key).
+///
+/// `wit` is read with wit-parser, the grammar wasmtime's `bindgen!` reads it with, so
+/// doc comments, nested generics and names that prefix others cannot mislead it.
 fn wit_type_at(wit: &str, record: &str, path: &[String]) -> String {
-    let mut ty = record.to_owned();
+    let mut resolve = wit_parser::Resolve::new();
+    // The embedded WIT parses (a unit test says so); a text that does not still gets
+    // a message, naming the top record.
+    let Ok(package) = resolve.push_str("plugin.wit", wit) else {
+        return format!("record {record}");
+    };
+    let Some(mut ty) = named_type(&resolve, package, record) else {
+        return format!("record {record}");
+    };
     for segment in path {
         // Step through `option<T>` to the T a present value must be.
-        let inner = ty
-            .strip_prefix("option<")
-            .and_then(|t| t.strip_suffix('>'))
-            .unwrap_or(&ty)
-            .to_owned();
-        let next = if segment.starts_with('[') {
-            inner
-                .strip_prefix("list<")
-                .and_then(|t| t.strip_suffix('>'))
-                .map(str::to_owned)
-        } else {
-            record_fields(wit, &inner).and_then(|fields| {
-                fields
-                    .iter()
-                    .find(|(field, _)| field == segment)
-                    .map(|(_, t)| (*t).to_owned())
-            })
+        let inner = match type_def(&resolve, ty) {
+            Some(TypeDefKind::Option(inner)) => *inner,
+            _ => ty,
+        };
+        let next = match type_def(&resolve, inner) {
+            Some(TypeDefKind::List(item)) if segment.starts_with('[') => Some(*item),
+            Some(TypeDefKind::Record(fields)) if !segment.starts_with('[') => fields
+                .fields
+                .iter()
+                .find(|field| field.name == *segment)
+                .map(|field| field.ty),
+            _ => None,
         };
         match next {
             Some(next) => ty = next,
-            None => return format!("record {inner}"),
+            None => return described(&resolve, inner),
         }
     }
-    if record_fields(wit, &ty).is_some() {
-        format!("record {ty}")
-    } else {
-        ty
+    described(&resolve, ty)
+}
+
+/// The type named `name` in any interface of `package`.
+fn named_type(resolve: &Resolve, package: wit_parser::PackageId, name: &str) -> Option<Type> {
+    resolve.packages[package]
+        .interfaces
+        .values()
+        .find_map(|interface| resolve.interfaces[*interface].types.get(name))
+        .map(|id| Type::Id(*id))
+}
+
+/// What `ty` is defined as, through aliases (`type a = b`); `None` for a primitive.
+fn type_def(resolve: &Resolve, ty: Type) -> Option<&TypeDefKind> {
+    match ty {
+        Type::Id(id) => match &resolve.types[id].kind {
+            TypeDefKind::Type(aliased) => type_def(resolve, *aliased),
+            kind => Some(kind),
+        },
+        _ => None,
+    }
+}
+
+/// `ty` as an error message names it: its WIT spelling, with `record ` before a
+/// record's name so a reader knows it wants a JSON object.
+fn described(resolve: &Resolve, ty: Type) -> String {
+    match type_def(resolve, ty) {
+        Some(TypeDefKind::Record(_)) => format!("record {}", spelled(resolve, ty)),
+        _ => spelled(resolve, ty),
+    }
+}
+
+/// `ty` as the WIT text writes it: a named type by its name, an anonymous one
+/// (`option<u16>`, `list<key-value>`) by its constructor.
+fn spelled(resolve: &Resolve, ty: Type) -> String {
+    let id = match ty {
+        Type::Bool => return "bool".to_owned(),
+        Type::U8 => return "u8".to_owned(),
+        Type::U16 => return "u16".to_owned(),
+        Type::U32 => return "u32".to_owned(),
+        Type::U64 => return "u64".to_owned(),
+        Type::S8 => return "s8".to_owned(),
+        Type::S16 => return "s16".to_owned(),
+        Type::S32 => return "s32".to_owned(),
+        Type::S64 => return "s64".to_owned(),
+        Type::F32 => return "f32".to_owned(),
+        Type::F64 => return "f64".to_owned(),
+        Type::Char => return "char".to_owned(),
+        Type::String => return "string".to_owned(),
+        Type::ErrorContext => return "error-context".to_owned(),
+        Type::Id(id) => id,
+    };
+    let def = &resolve.types[id];
+    if let Some(name) = &def.name {
+        return name.clone();
+    }
+    match &def.kind {
+        TypeDefKind::Option(inner) => format!("option<{}>", spelled(resolve, *inner)),
+        TypeDefKind::List(item) => format!("list<{}>", spelled(resolve, *item)),
+        TypeDefKind::FixedLengthList(item, len) => {
+            format!("list<{}, {len}>", spelled(resolve, *item))
+        }
+        TypeDefKind::Map(key, value) => {
+            format!(
+                "map<{}, {}>",
+                spelled(resolve, *key),
+                spelled(resolve, *value)
+            )
+        }
+        TypeDefKind::Result(result) => match (result.ok, result.err) {
+            (None, None) => "result".to_owned(),
+            (Some(ok), None) => format!("result<{}>", spelled(resolve, ok)),
+            (None, Some(err)) => format!("result<_, {}>", spelled(resolve, err)),
+            (Some(ok), Some(err)) => {
+                format!(
+                    "result<{}, {}>",
+                    spelled(resolve, ok),
+                    spelled(resolve, err)
+                )
+            }
+        },
+        TypeDefKind::Tuple(tuple) => {
+            let items: Vec<String> = tuple.types.iter().map(|t| spelled(resolve, *t)).collect();
+            format!("tuple<{}>", items.join(", "))
+        }
+        TypeDefKind::Type(aliased) => spelled(resolve, *aliased),
+        // Not in an input record (they are resources and async handles); named by
+        // what they are rather than mis-spelled.
+        other => other.as_str().to_owned(),
     }
 }
 
@@ -540,5 +616,47 @@ mod tests {
             ("head_sha", "record gate-input")
         );
         assert!(detail.contains("unknown field `head_sha`"), "{detail}");
+    }
+
+    /// The old string search took a record's body to end at its first `}` and its
+    /// fields to be one a line, so a doc comment with a brace, or a record written on
+    /// one line, lost the fields after it.
+    #[test]
+    fn a_brace_in_a_doc_comment_or_a_one_line_record_keeps_every_field() {
+        let wit = r#"
+            package test:braces;
+            interface types {
+                /// Said in the doc of `record probe {`, which a text search would find first.
+                record point { x: u32, y: option<u16> }
+                record probe {
+                    /// The body, e.g. `{"ok": true}`.
+                    body: string,
+                    status: option<u16>,
+                    at: list<point>,
+                }
+            }
+        "#;
+        let at = |path: &[&str]| {
+            let path: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+            wit_type_at(wit, "probe", &path)
+        };
+        assert_eq!(at(&["status"]), "option<u16>");
+        assert_eq!(at(&["at"]), "list<point>");
+        assert_eq!(at(&["at", "[0]"]), "record point");
+        assert_eq!(at(&["at", "[0]", "y"]), "option<u16>");
+        assert_eq!(at(&["at", "[0]", "z"]), "record point");
+        assert_eq!(at(&[]), "record probe");
+    }
+
+    #[test]
+    fn the_embedded_wit_parses() {
+        let mut resolve = Resolve::new();
+        let package = resolve.push_str("plugin.wit", WIT).unwrap();
+        for kind in PluginKind::ALL {
+            assert!(
+                named_type(&resolve, package, input_record(kind)).is_some(),
+                "{kind}"
+            );
+        }
     }
 }
