@@ -24,12 +24,13 @@ use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use hmac::digest::CtOutput;
+use maud::{Markup, html};
 use sha2::{Digest, Sha256};
 
-use crate::html::esc;
 use crate::secret::Secret;
 
 /// The cookie a browser holds after logging in with the token.
@@ -106,7 +107,10 @@ impl Access {
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| v.strip_prefix("Bearer "))
             .any(|given| same(given, token.expose()));
-        if bearer || cookies(headers, COOKIE).any(|given| self.sessions.verify(given)) {
+        let session = CookieJar::from_headers(headers)
+            .get(COOKIE)
+            .is_some_and(|given| self.sessions.verify(given.value()));
+        if bearer || session {
             Ok(())
         } else {
             Err(Refusal::BadToken)
@@ -152,19 +156,6 @@ fn same(given: &str, expected: &str) -> bool {
     CtOutput::<Sha256>::new(Sha256::digest(given)) == CtOutput::new(Sha256::digest(expected))
 }
 
-/// The values of the cookies called `name` in every `Cookie` header.
-fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(move |pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
-}
-
 /// The access rule, shared by the routes.
 pub type Token = Arc<Access>;
 
@@ -201,7 +192,7 @@ pub async fn require(
             .into_response(),
         Refusal::BadToken if browser => (
             StatusCode::UNAUTHORIZED,
-            Html(login_page(&up_to_root(path), &root_relative(path), None)),
+            login_page(&up_to_root(path), &root_relative(path), None),
         )
             .into_response(),
         Refusal::BadToken => (
@@ -236,39 +227,35 @@ struct LoginForm {
     next: String,
 }
 
-async fn login_form(Query(query): Query<LoginForm>) -> Html<String> {
-    Html(login_page("", &safe_next(&query.next), None))
+async fn login_form(Query(query): Query<LoginForm>) -> Markup {
+    login_page("", &safe_next(&query.next), None)
 }
 
-/// A response redirecting to `location` (relative) and setting `cookie`.
-fn see_other(location: &str, cookie: &str) -> Response {
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    let headers = response.headers_mut();
-    // Both values are built from digits, hex, `.` and checked path characters.
-    if let (Ok(cookie), Ok(location)) = (
-        HeaderValue::from_str(cookie),
-        HeaderValue::from_str(location),
-    ) {
-        headers.insert(header::SET_COOKIE, cookie);
-        headers.insert(header::LOCATION, location);
-    }
-    response
+/// The [`COOKIE`] holding `value` for `max_age`: sent on every path (the views and
+/// `login` share it), never readable by a script, never sent along from another site.
+fn session_cookie(value: String, max_age: std::time::Duration) -> Cookie<'static> {
+    Cookie::build((COOKIE, value))
+        .path("/")
+        // Unreachable for the durations used here (12 hours, zero).
+        .max_age(max_age.try_into().unwrap_or(time::Duration::MAX))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .build()
 }
 
 /// `POST logout`: revokes the session the request carries and clears its cookie.
 async fn logout(
     State(access): State<Token>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    for value in cookies(&headers, COOKIE) {
-        access.sessions.revoke(value);
+    jar: CookieJar,
+) -> (CookieJar, Redirect) {
+    if let Some(session) = jar.get(COOKIE) {
+        access.sessions.revoke(session.value());
     }
     tracing::info!(%peer, "logged out");
-    see_other(
-        "login",
-        &format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
-    )
+    // `add`, not `remove`: the cookie is cleared even when the request sent none.
+    let cleared = session_cookie(String::new(), std::time::Duration::ZERO);
+    (jar.add(cleared), Redirect::to("login"))
 }
 
 async fn login(
@@ -309,37 +296,44 @@ async fn login(
         tracing::warn!(%peer, "refused a login with a wrong token");
         return (
             StatusCode::UNAUTHORIZED,
-            Html(login_page("", &next, Some("That is not the token."))),
+            login_page("", &next, Some("That is not the token.")),
         )
             .into_response();
     }
     tracing::info!(%peer, "logged in with the token");
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{}",
-        access.sessions.issue(),
-        session::LIFETIME.as_secs(),
-        if secure { "; Secure" } else { "" }
-    );
-    // Relative to `login`, so a path prefix added by a proxy is kept.
+    let mut cookie = session_cookie(access.sessions.issue(), session::LIFETIME);
+    cookie.set_secure(secure);
+    // Relative to `login`, so a path prefix added by a proxy is kept; `safe_next` let
+    // only path characters through, so it is a valid `Location` (`Redirect` panics on
+    // one that is not).
     let location = if next.is_empty() { "./" } else { next.as_str() };
-    see_other(location, &cookie)
+    (CookieJar::new().add(cookie), Redirect::to(location)).into_response()
 }
 
 /// The login page: a password field posted to `{up}login`, coming back to `next`
 /// (relative to the views' root) afterwards.
-fn login_page(up: &str, next: &str, error: Option<&str>) -> String {
-    let error = error.map_or(String::new(), |e| {
-        format!("<div class=\"reason\">{}</div>\n", esc(e))
-    });
-    let body = format!(
-        "<h1>cutover · log in</h1>\n{error}<form class=\"card\" method=\"post\" action=\"{up}login\">\n\
-         <label>token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required autofocus></label>\n\
-         <input type=\"hidden\" name=\"next\" value=\"{next}\">\n<button type=\"submit\">log in</button>\n</form>\n\
-         <p class=\"meta\">The token is the one in the server's environment variable. It is sent once, in this form's body; \
-         the browser keeps a session cookie for 12 hours (or until you log out).</p>\n",
-        next = esc(next),
-    );
-    crate::html::page("cutover · log in", &body, "")
+fn login_page(up: &str, next: &str, error: Option<&str>) -> Markup {
+    let body = html! {
+        h1 { "cutover · log in" }
+        @if let Some(error) = error {
+            div class="reason" { (error) }
+        }
+        form class="card" method="post" action={ (up) "login" } {
+            label {
+                "token "
+                input type="password" name="token" autocomplete="current-password" required autofocus;
+            }
+            input type="hidden" name="next" value=(next);
+            // The space the field and the button stand apart by.
+            " "
+            button type="submit" { "log in" }
+        }
+        p class="meta" {
+            "The token is the one in the server's environment variable. It is sent once, in this form's body; \
+             the browser keeps a session cookie for 12 hours (or until you log out)."
+        }
+    };
+    crate::html::page("cutover · log in", body, None)
 }
 
 /// The relative way from `path` back to the views' root: `""` for `/metrics`,
@@ -501,6 +495,13 @@ mod tests {
             may_read(None, remote, &cookie(&format!("{COOKIE}={session}"))),
             Err(Refusal::NotLoopback)
         );
+    }
+
+    #[test]
+    fn the_login_page_escapes_its_error_and_next() {
+        use crate::html::fixtures::{HOSTILE, assert_escaped};
+        let page = login_page("", HOSTILE, Some(HOSTILE)).into_string();
+        assert_escaped(&page, &["value=\"", "<div class=\"reason\">"], 0);
     }
 
     #[test]

@@ -28,15 +28,16 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{Stream, StreamExt};
+use maud::{Markup, html};
 use tokio::sync::watch;
 
 use crate::Color;
 use crate::audit::{AuditLog, Entry};
 use crate::context::Context;
-use crate::html::{deploy_list, esc, page};
+use crate::html::{deploy_list, page, short};
 use crate::status::StatusReport;
 
 /// Deploys shown on the page.
@@ -149,7 +150,7 @@ impl Dashboard {
             .read()
             .unwrap_or_default();
         match crate::status::status(&self.ctx).await {
-            Ok(report) => Html(render(&report, &entries, index)).into_response(),
+            Ok(report) => render(&report, &entries, index).into_response(),
             Err(e) => (
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 format!("cannot read the status of {}: {e}", self.service()),
@@ -308,7 +309,7 @@ fn read_lines(path: &std::path::Path, at: &mut Tail) -> Vec<String> {
 
 /// The few lines of script: each server-sent event becomes a line of the live list,
 /// and the page reloads when the run finishes, showing the new state and row.
-const SCRIPT: &str = r#"<script>
+const SCRIPT: &str = r#"
 const list = document.getElementById('events');
 const say = e => ({ 'started': `${e.operation} ${e.id} started`, 'step-started': `… ${e.step}`,
   'step-finished': `✓ ${e.step} ${e.ms} ms ${e.detail}`, 'step-failed': `✗ ${e.step} ${e.ms} ms ${e.error}`,
@@ -319,111 +320,89 @@ new EventSource('events').onmessage = m => {
   li.className = 'event ' + e.event; li.textContent = say(e); list.prepend(li);
   if (e.event === 'finished') setTimeout(() => location.reload(), 1000);
 };
-</script>
 "#;
 
 /// The page for `report` and the audit log's `entries` (oldest first); `index`, when
 /// given, links back to the list of every service.
-pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> String {
-    use std::fmt::Write as _;
-    let mut body = String::new();
-    if let Some(index) = index {
-        let _ = writeln!(
-            body,
-            "<div class=\"meta\"><a id=\"index\" href=\"{}\">← every service</a></div>",
-            esc(index)
-        );
-    }
-    body.push_str(&logout_form(index.unwrap_or("")));
-    let _ = writeln!(body, "<h1>cutover · {}</h1>", esc(&report.service));
+pub fn render(report: &StatusReport, entries: &[Entry], index: Option<&str>) -> Markup {
     let live = report.live.as_ref();
-    let _ = write!(
-        body,
-        "<div class=\"card\" id=\"service\" data-live=\"{}\">\n<b>live</b> ",
-        live.map_or("none", |s| s.color.as_str())
-    );
-    match live {
-        Some(slot) => {
-            let sha = entries
-                .iter()
-                .rev()
-                .find(|e| e.deploy_id == slot.deploy_id)
-                .and_then(|e| e.git_sha.as_deref());
-            let _ = write!(
-                body,
-                "<span id=\"live\" class=\"badge live-{c}\">{c}</span> since {since}\n\
-                 <div class=\"meta\">image <code id=\"image\">{image}</code>",
-                c = slot.color,
-                since = esc(&slot.since),
-                image = esc(&slot.image_ref),
-            );
-            if let Some(digest) = &slot.image_digest {
-                let _ = write!(body, " <code>{}</code>", esc(digest));
-            }
-            let _ = write!(
-                body,
-                " · id <code>{}</code>",
-                esc(&slot.image_id[..slot.image_id.len().min(19)])
-            );
-            if let Some(sha) = sha {
-                let _ = write!(body, " · sha <code id=\"sha\">{}</code>", esc(sha));
-            }
-            body.push_str("</div>\n");
-        }
-        None => body.push_str("<span id=\"live\" class=\"badge\">nothing</span>\n"),
-    }
     let lock = report
         .lock_owner
         .as_ref()
         .map_or("free".to_owned(), |o| format!("held by {}", o.describe()));
-    let _ = writeln!(
-        body,
-        "<div class=\"meta\">lock <span id=\"lock\">{}</span></div>",
-        esc(&lock)
-    );
-    body.push_str(
-        "<table id=\"colors\"><tr><th>colour</th><th>container</th><th>state</th><th>health</th><th>image</th></tr>\n",
-    );
-    for c in &report.colors {
-        let _ = writeln!(
-            body,
-            "<tr data-color=\"{color}\"><td><span class=\"badge live-{color}\">{color}</span></td>\
-             <td><code>{}</code></td><td>{}</td><td class=\"health\">{}</td><td><code>{}</code></td></tr>",
-            esc(&c.container),
-            esc(&c.state),
-            esc(&c.health),
-            esc(c.image.as_deref().unwrap_or("")),
-            color = c.color,
-        );
-    }
-    body.push_str("</table>\n");
-    for p in &report.problems {
-        let _ = writeln!(body, "<div class=\"reason problem\">{}</div>", esc(p));
-    }
-    body.push_str("</div>\n");
-    if let Some(j) = &report.interrupted {
-        let _ = writeln!(
-            body,
-            "<div class=\"card\" id=\"in-progress\">deploy <code>{}</code> at <b>{}</b> (started {})</div>",
-            esc(&j.deploy_id),
-            j.step,
-            esc(&j.started_at)
-        );
-    }
-    body.push_str("<h2>Live</h2>\n<ol id=\"events\" class=\"meta\"></ol>\n<h2>Last deploys</h2>\n");
-    body.push_str(&deploy_list(
-        &entries[entries.len().saturating_sub(RECENT)..],
-    ));
-    page(&format!("cutover · {}", report.service), &body, SCRIPT)
+    let body = html! {
+        @if let Some(index) = index {
+            div class="meta" { a id="index" href=(index) { "← every service" } }
+        }
+        (logout_form(index.unwrap_or("")))
+        h1 { "cutover · " (report.service) }
+        div class="card" id="service" data-live=(live.map_or("none", |s| s.color.as_str())) {
+            b { "live" } " "
+            @match live {
+                Some(slot) => {
+                    span id="live" class={ "badge live-" (slot.color) } { (slot.color) }
+                    " since " (slot.since)
+                    div class="meta" {
+                        "image " code id="image" { (slot.image_ref) }
+                        @if let Some(digest) = &slot.image_digest {
+                            " " code { (digest) }
+                        }
+                        " · id " code { (short(&slot.image_id, 19)) }
+                        @if let Some(sha) = live_sha(slot, entries) {
+                            " · sha " code id="sha" { (sha) }
+                        }
+                    }
+                }
+                None => span id="live" class="badge" { "nothing" },
+            }
+            div class="meta" { "lock " span id="lock" { (lock) } }
+            table id="colors" {
+                tr { th { "colour" } th { "container" } th { "state" } th { "health" } th { "image" } }
+                @for c in &report.colors {
+                    tr data-color=(c.color) {
+                        td { span class={ "badge live-" (c.color) } { (c.color) } }
+                        td { code { (c.container) } }
+                        td { (c.state) }
+                        td class="health" { (c.health) }
+                        td { code { (c.image.as_deref().unwrap_or("")) } }
+                    }
+                }
+            }
+            @for p in &report.problems {
+                div class="reason problem" { (p) }
+            }
+        }
+        @if let Some(j) = &report.interrupted {
+            div class="card" id="in-progress" {
+                "deploy " code { (j.deploy_id) } " at " b { (j.step) }
+                " (started " (j.started_at) ")"
+            }
+        }
+        h2 { "Live" }
+        ol id="events" class="meta" {}
+        h2 { "Last deploys" }
+        (deploy_list(&entries[entries.len().saturating_sub(RECENT)..]))
+    };
+    page(&format!("cutover · {}", report.service), body, Some(SCRIPT))
+}
+
+/// The git sha of the deploy that made `slot` live, from the audit log.
+fn live_sha<'a>(slot: &crate::state::Slot, entries: &'a [Entry]) -> Option<&'a str> {
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.deploy_id == slot.deploy_id)
+        .and_then(|e| e.git_sha.as_deref())
 }
 
 /// The log-out button, posting to `logout` at the views' root (`up` leads there).
 /// Harmless without a session: it only clears the cookie.
-fn logout_form(up: &str) -> String {
-    format!(
-        "<form id=\"logout\" class=\"meta\" method=\"post\" action=\"{}logout\"><button type=\"submit\">log out</button></form>\n",
-        esc(up)
-    )
+fn logout_form(up: &str) -> Markup {
+    html! {
+        form id="logout" class="meta" method="post" action={ (up) "logout" } {
+            button type="submit" { "log out" }
+        }
+    }
 }
 
 /// One service on the index page of `cutover serve`.
@@ -443,74 +422,89 @@ pub struct ServiceRow {
     pub problem: Option<String>,
 }
 
+/// A page that watches several services reloads itself rather than holding an
+/// event stream per service.
+const INDEX_SCRIPT: &str = "setTimeout(() => location.reload(), 10000);";
+
 /// The index of `cutover serve`: every service with its live colour and latest
 /// deploy, linked to its page at `services/<service>/`.
-pub fn render_index(rows: &[ServiceRow]) -> String {
-    use std::fmt::Write as _;
-    let mut body = logout_form("");
-    body.push_str("<h1>cutover · services</h1>\n<div id=\"services\">\n");
-    for row in rows {
-        let _ = writeln!(
-            body,
-            "<div class=\"card service\" data-repository=\"{}\" data-live=\"{}\">",
-            esc(&row.repository),
-            row.live.map_or("none", Color::as_str)
-        );
-        match &row.service {
-            Some(service) => {
-                let _ = write!(
-                    body,
-                    "<b><a href=\"services/{s}/\">{s}</a></b> ",
-                    s = esc(service)
-                );
-            }
-            None => body.push_str("<b>?</b> "),
-        }
-        match row.live {
-            Some(c) => {
-                let _ = write!(body, "<span class=\"badge live-{c}\">{c}</span>");
-            }
-            None => body.push_str("<span class=\"badge\">nothing live</span>"),
-        }
-        if let Some(activity) = &row.activity {
-            let _ = write!(
-                body,
-                " <span class=\"activity\">{} now</span>",
-                esc(activity)
-            );
-        }
-        let _ = write!(body, "\n<div class=\"meta\">{}", esc(&row.repository));
-        if let Some(e) = &row.last {
-            let _ = write!(
-                body,
-                " · last: <span class=\"badge {o}\">{o}</span> {kind} {time}",
-                o = e.outcome.as_str(),
-                kind = crate::audit::kind_name(e.kind),
-                time = esc(&e.time)
-            );
-            if let Some(sha) = &e.git_sha {
-                let _ = write!(body, " sha <code>{}</code>", esc(&sha[..sha.len().min(12)]));
+pub fn render_index(rows: &[ServiceRow]) -> Markup {
+    let body = html! {
+        (logout_form(""))
+        h1 { "cutover · services" }
+        div id="services" {
+            @for row in rows {
+                div class="card service" data-repository=(row.repository)
+                    data-live=(row.live.map_or("none", Color::as_str)) {
+                    @match &row.service {
+                        Some(service) => b { a href={ "services/" (service) "/" } { (service) } },
+                        None => b { "?" },
+                    }
+                    " "
+                    @match row.live {
+                        Some(c) => span class={ "badge live-" (c) } { (c) },
+                        None => span class="badge" { "nothing live" },
+                    }
+                    @if let Some(activity) = &row.activity {
+                        " " span class="activity" { (activity) " now" }
+                    }
+                    div class="meta" {
+                        (row.repository)
+                        @if let Some(e) = &row.last {
+                            " · last: " span class={ "badge " (e.outcome.as_str()) } { (e.outcome.as_str()) }
+                            " " (crate::audit::kind_name(e.kind)) " " (e.time)
+                            @if let Some(sha) = &e.git_sha {
+                                " sha " code { (short(sha, 12)) }
+                            }
+                        }
+                    }
+                    @if let Some(problem) = &row.problem {
+                        div class="reason problem" { (problem) }
+                    }
+                }
             }
         }
-        body.push_str("</div>\n");
-        if let Some(problem) = &row.problem {
-            let _ = writeln!(body, "<div class=\"reason problem\">{}</div>", esc(problem));
-        }
-        body.push_str("</div>\n");
-    }
-    body.push_str("</div>\n<p class=\"meta\"><a href=\"metrics\">metrics</a></p>\n");
-    // A page that watches several services reloads itself rather than holding an
-    // event stream per service.
-    page(
-        "cutover · services",
-        &body,
-        "<script>setTimeout(() => location.reload(), 10000);</script>\n",
-    )
+        p class="meta" { a href="metrics" { "metrics" } }
+    };
+    page("cutover · services", body, Some(INDEX_SCRIPT))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::html::fixtures;
+
+    #[test]
+    fn the_pages_escape_every_value_of_a_hostile_service() {
+        let page = render(&fixtures::report(), &[fixtures::entry()], Some("../../"));
+        let fields = [
+            "cutover · service",
+            "since",
+            "image",
+            "digest",
+            "container",
+            "state",
+            "health",
+            "problem",
+            "journal",
+            "started",
+            "command",
+            "host",
+            "reason",
+        ];
+        // Only the page's own script runs.
+        fixtures::assert_escaped(&page.into_string(), &fields, 1);
+        let index = render_index(&fixtures::rows()).into_string();
+        let fields = [
+            "owner/repo",
+            "href=\"services/service",
+            "running",
+            "owner/broken",
+            "problem",
+            "time",
+        ];
+        fixtures::assert_escaped(&index, &fields, 1);
+    }
 
     #[test]
     fn tail_reads_whole_lines_and_restarts_a_shrunk_file() {

@@ -4,9 +4,11 @@
 //!
 //! Everything is inline (CSS, SVG, no script, no external asset), so a report is one
 //! file a CI system can keep as an artifact. It renders only what the audit log and
-//! the state file hold, which never contain a secret; every value is escaped.
+//! the state file hold, which never contain a secret. The pages are `maud` templates,
+//! which escape every value they interpolate; only the constant stylesheet and
+//! scripts go in as they are.
 
-use std::fmt::Write as _;
+use maud::{Markup, PreEscaped, html};
 
 use crate::audit::Entry;
 use crate::operation::Outcome;
@@ -29,102 +31,99 @@ svg.steps rect.step { fill: var(--bar); } svg.steps rect.step.failed { fill: var
 table { border-collapse: collapse; width: 100%; } td, th { text-align: left; padding: .2rem .5rem .2rem 0; vertical-align: top; }
 "#;
 
-/// `text` escaped for HTML text and attribute values.
-pub fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
+/// A whole page: `title`, the stylesheet, `body`, and `script` (the page's own
+/// constant script, if it has one).
+pub fn page(title: &str, body: Markup, script: Option<&'static str>) -> Markup {
+    html! {
+        // Lowercase, as every page and report has always begun.
+        (PreEscaped("<!doctype html>"))
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                (body)
+                @if let Some(script) = script {
+                    script { (PreEscaped(script)) }
+                }
+            }
         }
     }
-    out
-}
-
-/// A whole page: `title`, the stylesheet, and `body` (already HTML).
-pub fn page(title: &str, body: &str, script: &str) -> String {
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><style>{CSS}</style></head>\n<body>\n{body}{script}</body></html>\n",
-        esc(title)
-    )
 }
 
 /// The static report `cutover history --html` writes: `entries` newest first.
 pub fn history_report(service: &str, entries: &[Entry]) -> String {
-    let mut body = format!(
-        "<h1>cutover · {}</h1>\n<p class=\"meta\">{} deploys and rollbacks from the audit log, newest first; generated {}</p>\n",
-        esc(service),
-        entries.len(),
-        crate::state::now_rfc3339()
-    );
-    body.push_str(&deploy_list(entries));
-    page(&format!("cutover history · {service}"), &body, "")
+    let body = html! {
+        h1 { "cutover · " (service) }
+        p class="meta" {
+            (entries.len()) " deploys and rollbacks from the audit log, newest first; generated "
+            (crate::state::now_rfc3339())
+        }
+        (deploy_list(entries))
+    };
+    page(&format!("cutover history · {service}"), body, None).into_string()
 }
 
 /// The deploys as cards, newest first.
-pub fn deploy_list(entries: &[Entry]) -> String {
-    let mut out = String::from("<div id=\"deploys\">\n");
-    for entry in entries.iter().rev() {
-        out.push_str(&deploy_card(entry));
+pub fn deploy_list(entries: &[Entry]) -> Markup {
+    html! {
+        div id="deploys" {
+            @for entry in entries.iter().rev() {
+                (deploy_card(entry))
+            }
+        }
     }
-    out.push_str("</div>\n");
-    out
 }
 
 /// One deploy: outcome, what and where, who, the reason, the step timeline.
-pub fn deploy_card(e: &Entry) -> String {
+pub fn deploy_card(e: &Entry) -> Markup {
     let kind = crate::audit::kind_name(e.kind);
+    let outcome = e.outcome.as_str();
     let total: u64 = e.steps.iter().map(|s| s.ms).sum();
-    let mut out = format!(
-        "<div class=\"card deploy\" data-deploy=\"{id}\" data-outcome=\"{outcome}\">\n\
-         <span class=\"badge {outcome}\">{outcome}</span> <b>{kind}</b>",
-        id = esc(&e.deploy_id),
-        outcome = e.outcome.as_str(),
-    );
-    if let Some(target) = e.target {
-        let _ = write!(
-            out,
-            " → <span class=\"badge live-{target}\">{target}</span>"
-        );
+    // Only a web address becomes a link: never `javascript:` or another scheme.
+    let run_url = e
+        .actor
+        .run_url
+        .as_deref()
+        .filter(|url| url.starts_with("https://") || url.starts_with("http://"));
+    html! {
+        div class="card deploy" data-deploy=(e.deploy_id) data-outcome=(outcome) {
+            span class={ "badge " (outcome) } { (outcome) }
+            " " b { (kind) }
+            @if let Some(target) = e.target {
+                " → " span class={ "badge live-" (target) } { (target) }
+            }
+            " " span class="meta" { (format_args!("{:.1}", seconds(total))) " s · " (e.time) }
+            div class="meta" {
+                @if let Some(image) = &e.image {
+                    code { (image) } " "
+                }
+                @if let Some(sha) = &e.git_sha {
+                    "sha " code { (short(sha, 12)) } " "
+                }
+                "by " span class="trigger" {
+                    (e.actor.via) ":" (e.actor.name.as_deref().unwrap_or("?"))
+                }
+                " on " (e.actor.host)
+                @if let Some(url) = run_url {
+                    " · " a href=(url) { "CI run" }
+                }
+                " · " code { (e.deploy_id) }
+            }
+            @if let Some(reason) = &e.reason {
+                div class="reason" { (reason) }
+            }
+            (step_bars(e))
+        }
     }
-    let _ = write!(
-        out,
-        " <span class=\"meta\">{:.1} s · {}</span>\n<div class=\"meta\">",
-        seconds(total),
-        esc(&e.time)
-    );
-    if let Some(image) = &e.image {
-        let _ = write!(out, "<code>{}</code> ", esc(image));
-    }
-    if let Some(sha) = &e.git_sha {
-        let _ = write!(out, "sha <code>{}</code> ", esc(&sha[..sha.len().min(12)]));
-    }
-    let by = e.actor.name.as_deref().unwrap_or("?");
-    let _ = write!(
-        out,
-        "by <span class=\"trigger\">{}:{}</span> on {}",
-        esc(&e.actor.via),
-        esc(by),
-        esc(&e.actor.host)
-    );
-    if let Some(url) = &e.actor.run_url
-        && (url.starts_with("https://") || url.starts_with("http://"))
-    {
-        let _ = write!(out, " · <a href=\"{}\">CI run</a>", esc(url));
-    }
-    let _ = writeln!(out, " · <code>{}</code></div>", esc(&e.deploy_id));
-    if let Some(reason) = &e.reason {
-        let _ = writeln!(out, "<div class=\"reason\">{}</div>", esc(reason));
-    }
-    out.push_str(&step_bars(e));
-    out.push_str("</div>\n");
-    out
+}
+
+/// At most the first `len` bytes of `text` (a sha or an image id: ASCII).
+pub(crate) fn short(text: &str, len: usize) -> &str {
+    &text[..text.len().min(len)]
 }
 
 fn seconds(ms: u64) -> f64 {
@@ -134,45 +133,42 @@ fn seconds(ms: u64) -> f64 {
 /// The steps as a Gantt chart: one bar per step, starting where the one before
 /// ended, scaled to the deploy's own length so a quick deploy is as legible as a
 /// slow one. The last step of a run that did not succeed is drawn as the failure.
-pub fn step_bars(e: &Entry) -> String {
+pub fn step_bars(e: &Entry) -> Markup {
     const WIDTH: f64 = 600.0;
     const LABEL: f64 = 70.0;
     const ROW: usize = 16;
     let total = e.steps.iter().map(|s| s.ms).sum::<u64>().max(1);
     let scale = (WIDTH - LABEL - 60.0) / seconds(total);
     let height = ROW * e.steps.len().max(1);
-    let mut out = format!(
-        "<svg class=\"steps\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-label=\"step timeline\">\n"
-    );
     let failed = !matches!(e.outcome, Outcome::Succeeded);
-    let mut start = 0u64;
-    for (i, s) in e.steps.iter().enumerate() {
-        let y = i * ROW;
-        let x = LABEL + seconds(start) * scale;
-        // A step of a few milliseconds still gets a visible sliver.
-        let w = (seconds(s.ms) * scale).max(2.0);
-        let class = if failed && i + 1 == e.steps.len() {
-            "step failed"
-        } else {
-            "step"
-        };
-        let _ = writeln!(
-            out,
-            "<text x=\"0\" y=\"{ty}\">{step}</text>\
-             <rect class=\"{class}\" data-step=\"{step}\" data-ms=\"{ms}\" x=\"{x:.1}\" y=\"{ry}\" width=\"{w:.1}\" height=\"{h}\" rx=\"2\"><title>{step}: {ms} ms</title></rect>\
-             <text x=\"{tx:.1}\" y=\"{ty}\">{ms} ms</text>",
-            ty = y + 12,
-            step = s.step,
-            ms = s.ms,
-            ry = y + 3,
-            h = ROW - 5,
-            tx = x + w + 4.0,
-        );
-        start += s.ms;
+    // Where each step starts: the sum of the ones before it.
+    let starts = e.steps.iter().scan(0u64, |at, s| {
+        let start = *at;
+        *at += s.ms;
+        Some(start)
+    });
+    html! {
+        svg class="steps" viewBox={ "0 0 " (WIDTH) " " (height) } role="img" aria-label="step timeline" {
+            @for ((i, s), start) in e.steps.iter().enumerate().zip(starts) {
+                @let y = i * ROW;
+                @let x = LABEL + seconds(start) * scale;
+                // A step of a few milliseconds still gets a visible sliver.
+                @let w = (seconds(s.ms) * scale).max(2.0);
+                @let class = if failed && i + 1 == e.steps.len() { "step failed" } else { "step" };
+                text x="0" y=(y + 12) { (s.step) }
+                rect class=(class) data-step=(s.step) data-ms=(s.ms)
+                    x=(format_args!("{x:.1}")) y=(y + 3) width=(format_args!("{w:.1}"))
+                    height=(ROW - 5) rx="2" {
+                    title { (s.step) ": " (s.ms) " ms" }
+                }
+                text x=(format_args!("{:.1}", x + w + 4.0)) y=(y + 12) { (s.ms) " ms" }
+            }
+        }
     }
-    out.push_str("</svg>\n");
-    out
 }
+
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 #[cfg(test)]
 mod tests {
@@ -216,5 +212,22 @@ mod tests {
         assert_eq!(html.matches("<rect class=\"step").count(), 2);
         assert!(html.contains("class=\"step failed\" data-step=\"health\""));
         assert!(!html.contains("src=") && !html.contains("href=\"http"));
+    }
+
+    #[test]
+    fn the_report_escapes_every_value_of_a_hostile_deploy() {
+        let html = history_report(fixtures::HOSTILE, &[fixtures::entry()]);
+        let fields = [
+            "cutover · ",
+            "id",
+            "time",
+            "image",
+            "via",
+            "name",
+            "host",
+            "reason",
+            "run&quot;",
+        ];
+        fixtures::assert_escaped(&html, &fields, 0);
     }
 }

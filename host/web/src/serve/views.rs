@@ -22,7 +22,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, Semaphore};
@@ -111,7 +111,7 @@ fn not_found(service: &str) -> Response {
         .into_response()
 }
 
-async fn index(State(app): State<Arc<App>>) -> Html<String> {
+async fn index(State(app): State<Arc<App>>) -> maud::Markup {
     let rows: Vec<ServiceRow> = workers(&app)
         .into_iter()
         .map(|worker| {
@@ -138,7 +138,7 @@ async fn index(State(app): State<Arc<App>>) -> Html<String> {
             }
         })
         .collect();
-    Html(render_index(&rows))
+    render_index(&rows)
 }
 
 /// `/services/web` → `web/`, where the page's relative links work. Only for a
