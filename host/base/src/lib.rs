@@ -1,7 +1,8 @@
 //! cutover-base: the vocabulary every other cutover crate shares — the two colours,
 //! operations and their steps, the event stream, secrets that never print, atomic
-//! file writes, durations as written in config, the time stamps, and the lock owner
-//! record that both the host's file lock and the Swarm cluster lock carry.
+//! file writes, following a growing file of lines, the retry policy, durations as
+//! written in config, the time stamps, and the lock owner record that both the
+//! host's file lock and the Swarm cluster lock carry.
 //!
 //! It must not touch Docker, nginx, wasmtime, the config file or any deploy logic:
 //! it is the bottom of the dependency graph, and everything here is plain data or a
@@ -15,7 +16,9 @@ pub mod duration;
 pub mod events;
 pub mod lock;
 pub mod operation;
+pub mod retry;
 pub mod secret;
+pub mod tail;
 
 use std::time::SystemTime;
 

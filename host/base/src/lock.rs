@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::retry::{self, Deadline, Retryable};
+
 /// The lock file's name inside the state directory.
 pub const FILE_NAME: &str = "lock";
 
@@ -180,22 +182,22 @@ impl DeployLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        let started = tokio::time::Instant::now();
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    if started.elapsed() >= wait {
-                        return Err(LockError::Held {
-                            service: service.to_owned(),
-                            owner: read_owner(&mut file).map(Box::new),
-                            waited: wait,
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        // Held by another process: tried again every 100 ms until `wait` has passed.
+        let deadline = Deadline::after(wait);
+        let locked = (|| async { file.try_lock() })
+            .retry(retry::every(Duration::from_millis(100)))
+            .when(|e| matches!(e, std::fs::TryLockError::WouldBlock) && deadline.open())
+            .await;
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(LockError::Held {
+                    service: service.to_owned(),
+                    owner: read_owner(&mut file).map(Box::new),
+                    waited: wait,
+                });
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
         let taken_over = read_owner(&mut file);
         let owner = owner.with_lease(LEASE);

@@ -5,23 +5,33 @@
 //! the same format. [`Tail`] reads the lines appended since it last looked, and
 //! [`Window`] turns them into requests, status classes and latency percentiles per
 //! colour, attributing each request by the upstream address that answered it.
+//!
+//! Latencies go into one HDR histogram per colour ([`hdrhistogram`]): fixed memory
+//! however many requests a window sees, recording in constant time, and a percentile
+//! read without sorting anything. The price is precision: a percentile is the
+//! nearest-rank sample rounded up to the top of its bucket, at most 0.1% (3
+//! significant digits) above the exact value.
 
 use crate::config::Upstreams;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
 
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 
 use crate::Color;
+
+/// The file tailer the canary reads the access log with (one call reads to the end).
+pub use cutover_base::tail::Tail;
 
 /// The nginx `log_format` the host reads, for the managed nginx and for the README's
 /// external-mode instructions. `escape=json` keeps every field a valid JSON string.
 pub const LOG_FORMAT: &str = "log_format cutover_json escape=json '{\"time\":\"$time_iso8601\",\"upstream\":\"$upstream_addr\",\"status\":$status,\"request_time\":$request_time}';";
 
-/// The most latencies kept per colour and window: past it, the percentiles come from
-/// the first this many requests of the window (a canary step is judged long before).
-const MAX_SAMPLES: usize = 1_000_000;
+/// The longest latency a histogram tells apart, in microseconds (an hour): a longer
+/// one counts as an hour. nginx gives up on an upstream long before.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Significant digits of each recorded latency: a percentile is within 0.1%.
+const LATENCY_DIGITS: u8 = 3;
 
 /// One request as the access log records it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -62,57 +72,6 @@ impl Request {
     }
 }
 
-/// Reads the lines appended to a file since the last read. A file that shrank was
-/// rotated or truncated: reading starts again from its beginning.
-#[derive(Debug)]
-pub struct Tail {
-    path: PathBuf,
-    offset: u64,
-    /// The end of the last read when it stopped mid-line.
-    partial: String,
-}
-
-impl Tail {
-    /// A tail that starts at the file's current end: only requests from now on count.
-    /// A file that does not exist yet starts at 0.
-    pub fn from_end(path: &Path) -> Tail {
-        let offset = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        Tail {
-            path: path.to_owned(),
-            offset,
-            partial: String::new(),
-        }
-    }
-
-    /// The complete lines appended since the last call.
-    ///
-    /// # Errors
-    /// The file exists but cannot be read.
-    pub fn read_lines(&mut self) -> std::io::Result<Vec<String>> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata()?.len();
-        if len < self.offset {
-            self.offset = 0;
-            self.partial.clear();
-        }
-        file.seek(SeekFrom::Start(self.offset))?;
-        let mut bytes = Vec::new();
-        file.take(len - self.offset).read_to_end(&mut bytes)?;
-        self.offset += bytes.len() as u64;
-        self.partial.push_str(&String::from_utf8_lossy(&bytes));
-        let Some(end) = self.partial.rfind('\n') else {
-            return Ok(Vec::new());
-        };
-        let rest = self.partial.split_off(end + 1);
-        let complete = std::mem::replace(&mut self.partial, rest);
-        Ok(complete.lines().map(str::to_owned).collect())
-    }
-}
-
 /// What one colour's traffic looked like over a window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ColorMetrics {
@@ -124,7 +83,10 @@ pub struct ColorMetrics {
     pub client_errors: u64,
     /// Of those, 5xx (including nginx's own 502/504 when the colour failed).
     pub server_errors: u64,
-    /// Latency percentiles in microseconds; none without requests.
+    /// Latency percentiles in microseconds; none without requests. Each is the
+    /// nearest-rank latency (the ⌈p·n⌉-th smallest) as hdrhistogram's
+    /// `value_at_quantile` gives it with 3 significant digits: the top of that
+    /// latency's bucket, at most 0.1% above it.
     pub latency_p50_us: Option<u64>,
     /// 95th percentile.
     pub latency_p95_us: Option<u64>,
@@ -143,13 +105,34 @@ impl ColorMetrics {
     }
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Tally {
     requests: u64,
     success: u64,
     client_errors: u64,
     server_errors: u64,
-    latencies: Vec<u64>,
+    /// Every request's latency in microseconds.
+    latencies: Histogram<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            requests: 0,
+            success: 0,
+            client_errors: 0,
+            server_errors: 0,
+            // Constant bounds that hdrhistogram accepts (1 ≤ low, 2·low ≤ high, ≤ 5 digits).
+            latencies: Histogram::new_with_bounds(1, MAX_LATENCY_US, LATENCY_DIGITS)
+                .expect("valid histogram bounds"),
+        }
+    }
+}
+
+impl Tally {
+    fn percentile(&self, p: f64) -> Option<u64> {
+        (!self.latencies.is_empty()).then(|| self.latencies.value_at_quantile(p / 100.0))
+    }
 }
 
 /// Requests per colour over a window (a step, or the whole canary).
@@ -181,9 +164,7 @@ impl Window {
             400..=499 => tally.client_errors += 1,
             _ => tally.success += 1,
         }
-        if tally.latencies.len() < MAX_SAMPLES {
-            tally.latencies.push(request.latency_us());
-        }
+        tally.latencies.saturating_record(request.latency_us());
     }
 
     /// Parses and counts log lines; returns how many were in the format.
@@ -196,35 +177,23 @@ impl Window {
         parsed
     }
 
-    /// One colour's figures.
+    /// One colour's figures. (`&mut` for the callers written when it sorted samples
+    /// in place; reading the histogram changes nothing.)
     pub fn metrics(&mut self, color: Color) -> ColorMetrics {
         let tally = match color {
-            Color::Blue => &mut self.blue,
-            Color::Green => &mut self.green,
+            Color::Blue => &self.blue,
+            Color::Green => &self.green,
         };
-        // Sorted in place, not copied: asked every second of a pause, the samples are a
-        // sorted run plus what arrived since, which a stable sort merges cheaply.
-        tally.latencies.sort();
-        let sorted = &tally.latencies;
         ColorMetrics {
             requests: tally.requests,
             success: tally.success,
             client_errors: tally.client_errors,
             server_errors: tally.server_errors,
-            latency_p50_us: percentile(sorted, 50),
-            latency_p95_us: percentile(sorted, 95),
-            latency_p99_us: percentile(sorted, 99),
+            latency_p50_us: tally.percentile(50.0),
+            latency_p95_us: tally.percentile(95.0),
+            latency_p99_us: tally.percentile(99.0),
         }
     }
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[u64], p: usize) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted.get(rank - 1).copied()
 }
 
 #[cfg(test)]
@@ -284,9 +253,19 @@ mod tests {
             (blue.requests, blue.success, blue.server_errors),
             (100, 100, 0)
         );
-        assert_eq!(blue.latency_p50_us, Some(50_000));
-        assert_eq!(blue.latency_p95_us, Some(95_000));
-        assert_eq!(blue.latency_p99_us, Some(99_000));
+        // The nearest-rank latencies are 50, 95 and 99 ms; the histogram gives the top
+        // of each one's bucket, at most 0.1% (3 significant digits) above.
+        for (got, exact) in [
+            (blue.latency_p50_us, 50_000),
+            (blue.latency_p95_us, 95_000),
+            (blue.latency_p99_us, 99_000),
+        ] {
+            let got = got.unwrap();
+            assert!(
+                (exact..=exact + exact / 1000).contains(&got),
+                "{got} µs for {exact} µs"
+            );
+        }
         let green = window.metrics(Color::Green);
         assert_eq!(
             (green.requests, green.server_errors, green.client_errors),
@@ -297,25 +276,24 @@ mod tests {
         assert_eq!(Window::default().metrics(Color::Green).latency_p95_us, None);
     }
 
+    /// Past the histogram's range a latency counts as its top, and a zero or negative
+    /// time as 0: every request still counts.
     #[test]
-    fn tail_reads_only_new_complete_lines_and_survives_rotation() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.json");
-        std::fs::write(&path, "old\n").unwrap();
-        let mut tail = Tail::from_end(&path);
-        assert!(tail.read_lines().unwrap().is_empty());
-        use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        write!(f, "one\ntw").unwrap();
-        assert_eq!(tail.read_lines().unwrap(), vec!["one"]);
-        writeln!(f, "o").unwrap();
-        assert_eq!(tail.read_lines().unwrap(), vec!["two"]);
-        std::fs::write(&path, "new\n").unwrap();
-        assert_eq!(tail.read_lines().unwrap(), vec!["new"]);
-        let mut missing = Tail::from_end(&dir.path().join("none"));
-        assert!(missing.read_lines().unwrap().is_empty());
+    fn latencies_outside_the_range_still_count() {
+        let lines = [
+            line("127.0.0.1:8081", 200, 0.0),
+            line("127.0.0.1:8081", 200, -1.0),
+            line("127.0.0.1:8081", 200, 7200.0),
+        ];
+        let mut window = Window::default();
+        assert_eq!(window.add_lines(&lines, &colors()), 3);
+        let blue = window.metrics(Color::Blue);
+        assert_eq!(blue.requests, 3);
+        assert_eq!(blue.latency_p50_us, Some(0));
+        let p99 = blue.latency_p99_us.unwrap();
+        assert!(
+            (MAX_LATENCY_US..=MAX_LATENCY_US + MAX_LATENCY_US / 1000).contains(&p99),
+            "{p99}"
+        );
     }
 }

@@ -19,7 +19,6 @@
 //! renders is secret.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use cutover_base::tail::Tail;
 use futures_util::{Stream, StreamExt};
 use maud::{Markup, html};
 use tokio::sync::watch;
@@ -210,17 +210,12 @@ pub fn live_events(
 /// The lines appended to `path` from now on, one event each. A file that shrank
 /// was started afresh by a new run, and is read again from its start.
 fn tail(path: PathBuf) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+    // A chunk per look; a line longer than a chunk is skipped (no event is that long;
+    // waiting for its end would stop the tail for good).
+    let at = Tail::from_end(&path).chunk(TAIL_CHUNK).budget(TAIL_CHUNK);
     let pending = std::collections::VecDeque::new();
     futures_util::stream::unfold(
-        (
-            path,
-            Tail {
-                offset,
-                skipping: false,
-            },
-            pending,
-        ),
+        (path, at, pending),
         |(path, mut at, mut pending)| async move {
             loop {
                 if let Some(line) = pending.pop_front() {
@@ -234,76 +229,17 @@ fn tail(path: PathBuf) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     )
 }
 
-/// Where a tail of the event log is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tail {
-    /// The next byte to read.
-    offset: u64,
-    /// Inside a line longer than [`TAIL_CHUNK`], dropped up to its end.
-    skipping: bool,
-}
-
-/// The whole lines of `path` after `at`, moving `at` past them. A line longer than
-/// [`TAIL_CHUNK`] is skipped (no event is that long; waiting for its end would stop
-/// the tail for good).
-fn read_lines(path: &std::path::Path, at: &mut Tail) -> Vec<String> {
-    let Ok(mut file) = std::fs::File::open(path) else {
-        *at = Tail {
-            offset: 0,
-            skipping: false,
-        };
-        return Vec::new();
-    };
-    let len = file.metadata().map_or(0, |m| m.len());
-    if len < at.offset {
-        *at = Tail {
-            offset: 0,
-            skipping: false,
-        };
+/// The whole lines after `at`, moving `at` past them; none when the file cannot be
+/// read (the live view is best effort: the next look tries again).
+fn read_lines(path: &Path, at: &mut Tail) -> Vec<String> {
+    let skipped = at.skipped();
+    let lines = at.read_lines().unwrap_or_else(|e| {
+        tracing::debug!(path = %path.display(), "cannot read the event log: {e}");
+        Vec::new()
+    });
+    if at.skipped() > skipped {
+        tracing::warn!(path = %path.display(), offset = at.offset(), "skipped an event line over {TAIL_CHUNK} bytes");
     }
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(at.offset)).is_err()
-        || file.take(TAIL_CHUNK).read_to_end(&mut bytes).is_err()
-    {
-        return Vec::new();
-    }
-    let newline = |from: usize| {
-        bytes[from..]
-            .iter()
-            .position(|b| *b == b'\n')
-            .map(|i| from + i)
-    };
-    let mut start = 0;
-    if at.skipping {
-        match newline(0) {
-            Some(i) => {
-                start = i + 1;
-                at.skipping = false;
-            }
-            None => {
-                at.offset += bytes.len() as u64;
-                return Vec::new();
-            }
-        }
-    }
-    // A line still being written stays for the next look, unless it already fills a
-    // whole chunk: then it is too long to ever be read, and is skipped.
-    let whole = match bytes[start..].iter().rposition(|b| *b == b'\n') {
-        Some(i) => start + i + 1,
-        None if start == 0 && bytes.len() as u64 == TAIL_CHUNK => {
-            tracing::warn!(path = %path.display(), offset = at.offset, "skipped an event line over {TAIL_CHUNK} bytes");
-            at.skipping = true;
-            at.offset += bytes.len() as u64;
-            return Vec::new();
-        }
-        None => start,
-    };
-    let lines = String::from_utf8_lossy(&bytes[start..whole])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    at.offset += whole as u64;
     lines
 }
 
@@ -504,51 +440,5 @@ mod tests {
             "time",
         ];
         fixtures::assert_escaped(&index, &fields, 1);
-    }
-
-    #[test]
-    fn tail_reads_whole_lines_and_restarts_a_shrunk_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
-        let mut at = Tail {
-            offset: 0,
-            skipping: false,
-        };
-        assert_eq!(read_lines(&path, &mut at), ["{\"a\":1}"]);
-        assert_eq!(at.offset, 8);
-        std::fs::write(&path, "{\"a\":1}\n{\"b\":2}\n").unwrap();
-        assert_eq!(read_lines(&path, &mut at), ["{\"b\":2}"]);
-        assert_eq!(at.offset, 16);
-        std::fs::write(&path, "{\"c\":3}\n").unwrap();
-        assert_eq!(
-            read_lines(&path, &mut at),
-            ["{\"c\":3}"],
-            "shrank: from the start"
-        );
-    }
-
-    /// Regression: a line over 256 KiB never fit a read, so the tail waited for its
-    /// end forever and no later event reached the dashboard.
-    #[test]
-    fn tail_skips_a_line_over_the_chunk_and_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let huge = "y".repeat(usize::try_from(TAIL_CHUNK).unwrap() * 2 + 17);
-        std::fs::write(
-            &path,
-            format!("{{\"a\":1}}\n{huge}\n{{\"b\":2}}\n{{\"c\":3}}\n"),
-        )
-        .unwrap();
-        let mut at = Tail {
-            offset: 0,
-            skipping: false,
-        };
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            seen.extend(read_lines(&path, &mut at));
-        }
-        assert_eq!(seen, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
-        assert_eq!(at.offset, std::fs::metadata(&path).unwrap().len());
     }
 }
