@@ -167,6 +167,10 @@ fn collect(path: &Path, out: &mut String) {
         }
     } else if path.extension().is_some_and(|e| e == "rs") {
         let text = std::fs::read_to_string(path).unwrap();
+        // A module file that is itself test-only (`#![cfg(test)]`) is a unit test's.
+        if text.contains("#![cfg(test)]") {
+            return;
+        }
         out.push_str(text.split("#[cfg(test)]").next().unwrap_or_default());
     }
 }

@@ -167,7 +167,6 @@ pub fn step_bars(e: &Entry) -> Markup {
     }
 }
 
-#[cfg(test)]
 pub(crate) mod fixtures;
 
 #[cfg(test)]

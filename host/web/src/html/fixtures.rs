@@ -1,6 +1,8 @@
 //! Test pages' inputs in which every value a user, CI or a plugin controls is
 //! [`HOSTILE`], so a test can check that each page kind escapes all of them.
 
+#![cfg(test)]
+
 use crate::Color;
 use crate::audit::{Actor, Entry};
 use crate::dashboard::ServiceRow;
