@@ -15,6 +15,7 @@
 mod container;
 mod engine;
 mod health;
+mod hook;
 mod image;
 mod notify;
 mod proxy;
@@ -23,6 +24,7 @@ pub mod strategy;
 pub use container::*;
 pub use engine::*;
 pub use health::*;
+pub use hook::*;
 pub use image::*;
 pub use notify::*;
 pub use proxy::*;
@@ -120,6 +122,9 @@ pub struct Config {
     /// How traffic moves to the new colour: all at once, or in canary steps.
     #[serde(default)]
     pub strategy: crate::strategy::StrategyConfig,
+    /// Release hooks (`[[hook]]`), in the order written.
+    #[serde(default)]
+    pub hook: Vec<HookConfig>,
 
     /// The file this config was read from (set by [`Config::load`]).
     #[serde(skip)]
@@ -253,6 +258,7 @@ impl Config {
         self.check_proxy()?;
         self.check_verify()?;
         self.check_notify()?;
+        self.check_hooks()?;
         for kind in PluginKind::ALL {
             if let Some(spec) = self.plugins.get(kind) {
                 self.check_plugin(kind, spec)?;
@@ -400,6 +406,84 @@ listen = "127.0.0.1:8080"
         parse(text)
             .expect_err("config should be refused")
             .to_string()
+    }
+
+    #[test]
+    fn hooks_run_in_a_container_or_locally_and_abort_only_before_the_switch() {
+        let with = |hooks: &str| format!("{MINIMAL}{hooks}");
+        let config = parse(&with(
+            "[[hook]]\nname = \"migrate\"\nwhen = \"before-switch\"\ncontainer = [\"migrate\", \"--to\", \"2\"]\ntimeout = \"30s\"\n\
+             [[hook]]\nname = \"tell\"\nwhen = \"after-switch\"\nlocal = [\"./notify.sh\"]\n",
+        ))
+        .unwrap();
+        let [migrate, tell] = &config.hook[..] else {
+            panic!("{:?}", config.hook)
+        };
+        assert_eq!(
+            migrate.run(),
+            HookRun::Container(&["migrate".into(), "--to".into(), "2".into()])
+        );
+        assert_eq!(
+            (migrate.on_failure(), migrate.on_rollback()),
+            (OnFailure::Abort, false)
+        );
+        assert_eq!(migrate.timeout.get(), std::time::Duration::from_secs(30));
+        assert_eq!(
+            (tell.on_failure(), tell.on_rollback()),
+            (OnFailure::Warn, true)
+        );
+        assert_eq!(tell.timeout.get(), std::time::Duration::from_secs(600));
+        assert_eq!(config.hooks(HookWhen::BeforeSwitch).count(), 1);
+
+        for (hooks, key, says) in [
+            (
+                "name = \"m\"\nwhen = \"before-start\"\n",
+                "hook[0]",
+                "exactly one of",
+            ),
+            (
+                "name = \"m\"\nwhen = \"before-start\"\nlocal = [\"a\"]\ncontainer = [\"b\"]\n",
+                "hook[0]",
+                "exactly one of",
+            ),
+            (
+                "name = \"m\"\nwhen = \"before-start\"\nlocal = []\n",
+                "hook[0].local",
+                "a program and its arguments",
+            ),
+            (
+                "name = \"db migrate\"\nwhen = \"before-start\"\nlocal = [\"a\"]\n",
+                "hook[0].name",
+                "letters, digits",
+            ),
+            (
+                "name = \"m\"\nwhen = \"after-switch\"\nlocal = [\"a\"]\non_failure = \"abort\"\n",
+                "hook[0].on_failure",
+                "only \"warn\"",
+            ),
+            (
+                "name = \"m\"\nwhen = \"before-start\"\nlocal = [\"a\"]\ntimeout = \"0s\"\n",
+                "hook[0].timeout",
+                "above zero",
+            ),
+            (
+                "name = \"m\"\nwhen = \"later\"\nlocal = [\"a\"]\n",
+                "hook[0].when",
+                "before-start",
+            ),
+        ] {
+            let msg = error_of(&with(&format!("[[hook]]\n{hooks}")));
+            assert!(
+                msg.contains(&format!("key `{key}`")) && msg.contains(says),
+                "{hooks}: {msg}"
+            );
+        }
+        let twice = "[[hook]]\nname = \"m\"\nwhen = \"before-start\"\nlocal = [\"a\"]\n";
+        let msg = error_of(&with(&format!("{twice}{twice}")));
+        assert!(
+            msg.contains("key `hook[1].name`") && msg.contains("also hook[0]'s name"),
+            "{msg}"
+        );
     }
 
     #[test]
