@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
-use super::{Engine, EngineError, ImageSource, Instance, OnLine, PreparedImage, Replica};
+use super::{Engine, EngineError, ImageSource, Instance, OnLine, OneOff, PreparedImage, Replica};
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, RegistryAuth};
@@ -241,5 +241,33 @@ impl Engine for DockerHost {
             self.docker.remove_network(&network.name).await?;
         }
         Ok(())
+    }
+
+    async fn run_one_off(
+        &self,
+        job: &OneOff<'_>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<i64, EngineError> {
+        if let Some(network) = &self.config.container.network {
+            self.docker.ensure_network(network, self.service()).await?;
+        }
+        let mut spec = self.container_spec(job.color, &job.image.id, job.deploy_id, job.secrets);
+        // A copy of the colour's container, minus what would clash with the colour
+        // itself: its name, its host port and its fixed address.
+        spec.name = job.container_name(self.service());
+        spec.labels.remove(docker::LABEL_COLOR);
+        spec.labels
+            .insert(docker::LABEL_ONE_OFF.to_owned(), job.name.to_owned());
+        spec.publish = None;
+        spec.ip = None;
+        spec.command = Some(job.argv.to_vec());
+        Ok(self.docker.run_to_end(&spec, job.timeout, on_line).await?)
+    }
+
+    async fn remove_one_offs(&self, deploy_id: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .docker
+            .remove_labelled(self.service(), docker::LABEL_ONE_OFF, Some(deploy_id))
+            .await?)
     }
 }

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -278,7 +279,7 @@ pub trait Engine: Send + Sync {
     async fn lock(
         &self,
         owner: &crate::lock::Owner,
-        wait: std::time::Duration,
+        wait: Duration,
     ) -> Result<Option<EngineLock>, EngineError> {
         let _ = (owner, wait);
         Ok(None)
@@ -352,6 +353,57 @@ pub trait Engine: Send + Sync {
     /// # Errors
     /// [`EngineError`] when the engine refuses.
     async fn remove_extras(&self) -> Result<(), EngineError>;
+
+    /// Runs `job` once to its end (once in the cluster, not once per node), passing
+    /// each line of its output to `on_line`, and returns its exit code; what it ran
+    /// in is removed afterwards. The caller bounds how long it may take: when it gives
+    /// up, [`Engine::remove_one_offs`] removes what is left.
+    ///
+    /// # Errors
+    /// [`EngineError`] when it cannot be created, started or followed.
+    async fn run_one_off(
+        &self,
+        job: &OneOff<'_>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<i64, EngineError>;
+
+    /// Removes the one-off jobs `deploy_id` started (a killed runner's hook); succeeds
+    /// when there are none. Returns their names.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the engine refuses.
+    async fn remove_one_offs(&self, deploy_id: &str) -> Result<Vec<String>, EngineError>;
+}
+
+/// A one-off job: a release hook, or `cutover exec`. It runs `argv` in a copy of a
+/// colour's container from `image` (that colour's env, secrets, volumes and network)
+/// with no published port and no fixed address.
+#[derive(Debug, Clone, Copy)]
+pub struct OneOff<'a> {
+    /// The job's name (a hook's name, `exec`): it names the container.
+    pub name: &'a str,
+    /// The colour whose settings it runs with.
+    pub color: Color,
+    /// The image it runs.
+    pub image: &'a PreparedImage,
+    /// The deploy it belongs to (or the exec's own id): it labels the container.
+    pub deploy_id: &'a str,
+    /// What it runs, in place of the image's `CMD`.
+    pub argv: &'a [String],
+    /// The app's secret environment.
+    pub secrets: &'a [(String, Secret)],
+    /// Registry credentials, for engines whose nodes pull.
+    pub auth: Option<&'a RegistryAuth>,
+    /// How long the caller lets it run.
+    pub timeout: Duration,
+}
+
+impl OneOff<'_> {
+    /// The name of the container (or service) it runs as.
+    pub fn container_name(&self, service: &str) -> String {
+        let id = &self.deploy_id[self.deploy_id.len().saturating_sub(8)..];
+        format!("{service}-run-{}-{id}", self.name)
+    }
 }
 
 /// The live and previous colour as an engine records them.

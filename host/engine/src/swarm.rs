@@ -15,6 +15,8 @@
 //! header of a service create or update (Swarm keeps it with the service so every
 //! node can pull) and of a push.
 
+mod job;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 

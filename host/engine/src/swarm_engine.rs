@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use super::swarm::{ClusterLock, Swarm};
 use super::{
     DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, LockStatus, NodeDown,
-    OnLine, PreparedImage, RecordedLive, Replica, SwarmError,
+    OnLine, OneOff, PreparedImage, RecordedLive, Replica, SwarmError,
 };
 use crate::Color;
 use crate::config::Config;
@@ -248,6 +248,22 @@ impl Engine for SwarmEngine {
             self.swarm.remove_color(color).await?;
         }
         Ok(())
+    }
+
+    async fn run_one_off(
+        &self,
+        job: &OneOff<'_>,
+        on_line: &mut OnLine<'_>,
+    ) -> Result<i64, EngineError> {
+        self.writing().await?;
+        Ok(self
+            .swarm
+            .run_job(job, &run_reference(job.image), job.auth, on_line)
+            .await?)
+    }
+
+    async fn remove_one_offs(&self, deploy_id: &str) -> Result<Vec<String>, EngineError> {
+        Ok(self.swarm.remove_jobs(deploy_id).await?)
     }
 
     async fn nodes_down(&self) -> Result<Vec<NodeDown>, EngineError> {

@@ -31,6 +31,7 @@ use bollard::query_parameters::{
     InspectContainerOptions, InspectNetworkOptions, ListContainersOptionsBuilder,
     ListImagesOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -46,6 +47,8 @@ pub const LABEL_SERVICE: &str = "cutover.service";
 pub const LABEL_COLOR: &str = "cutover.color";
 /// Label naming the deploy that created a container or image.
 pub const LABEL_DEPLOY: &str = "cutover.deploy-id";
+/// Label marking a one-off container (a release hook, `cutover exec`) with its job's name.
+pub const LABEL_ONE_OFF: &str = "cutover.one-off";
 
 /// The socket used when `DOCKER_HOST` is not set.
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
@@ -817,6 +820,103 @@ impl Docker {
             Err(e) if error::status(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.api("remove container", name, e)),
         }
+    }
+
+    /// Runs `spec` as a one-off container to its end: creates and starts it, passes
+    /// each line of its output to `on_line` as it is written, waits for it to exit,
+    /// removes it, and returns its exit code. `limit` bounds how long the engine's
+    /// answers may take (the caller enforces the job's own timeout).
+    ///
+    /// # Errors
+    /// As [`Docker::run_container`]; [`DockerError::Api`] when the output or the exit
+    /// cannot be read (the container is removed all the same).
+    pub async fn run_to_end(
+        &self,
+        spec: &ContainerSpec,
+        limit: Duration,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<i64, DockerError> {
+        // A container of this name is what a killed runner left: not a job to keep.
+        self.remove_container(&spec.name).await?;
+        self.run_container(spec).await?;
+        let result = self.follow_to_exit(&spec.name, limit, on_line).await;
+        let removed = self.remove_container(&spec.name).await;
+        let code = result?;
+        removed?;
+        Ok(code)
+    }
+
+    async fn follow_to_exit(
+        &self,
+        name: &str,
+        limit: Duration,
+        on_line: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<i64, DockerError> {
+        let client = self.client.clone().with_timeout(REQUEST_TIMEOUT + limit);
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut lines = Lines::new(on_line);
+        let mut stream = client.logs(name, Some(options));
+        while let Some(item) = stream.next().await {
+            let chunk = item.map_err(|e| self.api("read the output of container", name, e))?;
+            lines.push(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+        lines.finish();
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut waits = client.wait_container(name, Some(options));
+        match waits.next().await {
+            Some(Ok(exit)) => Ok(exit.status_code),
+            // bollard turns a non-zero exit into an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.api("wait for container", name, e)),
+            None => Err(self.api(
+                "wait for container",
+                name,
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message: "the engine ended the wait without an exit code".to_owned(),
+                },
+            )),
+        }
+    }
+
+    /// Removes every container of `service` whose label `key` is `value` (and, with
+    /// `deploy`, that deploy's only); returns their names.
+    ///
+    /// # Errors
+    /// [`DockerError::Api`] or [`DockerError::Unreachable`] when the engine fails.
+    pub async fn remove_labelled(
+        &self,
+        service: &str,
+        key: &str,
+        deploy: Option<&str>,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut labels = vec![format!("{LABEL_SERVICE}={service}"), key.to_owned()];
+        labels.extend(deploy.map(|id| format!("{LABEL_DEPLOY}={id}")));
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&HashMap::from([("label", labels)]))
+            .build();
+        let found = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.api("list containers labelled", key, e))?;
+        let mut removed = Vec::new();
+        for container in found {
+            let Some(name) = container.names.as_ref().and_then(|n| n.first()) else {
+                continue;
+            };
+            let name = name.trim_start_matches('/').to_owned();
+            self.remove_container(&name).await?;
+            removed.push(name);
+        }
+        Ok(removed)
     }
 
     /// The last `tail` lines of `name`'s stdout and stderr, interleaved as written.
