@@ -17,6 +17,7 @@ mod gate;
 mod health;
 mod history;
 mod history_html;
+mod hooks;
 mod hostile;
 mod image;
 mod init;

@@ -150,6 +150,16 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Run a command once in a new container from the live colour's image, with its
+    /// env, secrets, volumes and network (e.g. `cutover exec -- bin/rails db:seed`).
+    Exec {
+        /// Stop it and fail after this long.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        timeout: Duration,
+        /// The command and its arguments, after `--`; they replace the image's CMD.
+        #[arg(last = true, required = true, value_name = "ARGV")]
+        argv: Vec<String>,
+    },
     /// Stop the service: remove both colours' containers and stop the managed nginx.
     Down {
         /// Also remove the images cutover built for the service.
@@ -541,6 +551,16 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             crate::down::down(&ctx, *images).await?;
             Ok(exit::OK)
         }
+        Command::Exec { timeout, argv } => {
+            let mut out = std::io::stdout();
+            let code = crate::exec::exec(&ctx, argv, *timeout, &mut |line| {
+                use std::io::Write;
+                let _ = writeln!(out, "{line}");
+            })
+            .await?;
+            // The command's own exit code, as `docker run` gives it.
+            Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
+        }
         Command::Plugin { .. }
         | Command::History { .. }
         | Command::Serve { .. }
@@ -571,6 +591,7 @@ fn plugins_used(command: &Command) -> &'static [PluginKind] {
         | Command::Status
         | Command::Dashboard { .. } => &[HealthPolicy, ProxyTemplate],
         Command::Down { .. }
+        | Command::Exec { .. }
         | Command::History { .. }
         | Command::Serve { .. }
         | Command::Promote

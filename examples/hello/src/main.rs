@@ -36,6 +36,10 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(35);
 static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("migrate") {
+        std::process::exit(migrate::run(&args[1..]));
+    }
     let knobs = match Knobs::from_lookup(|name| std::env::var(name).ok()) {
         Ok(k) => k,
         Err(e) => {
@@ -165,6 +169,10 @@ struct Knobs {
     /// absent or empty (e.g. `DATABASE_URL,/run/secrets/db`). While any is, health
     /// answers 503 naming them (never a value), as an app without its secrets would.
     missing: Vec<String>,
+    /// `HELLO_SCHEMA_MIN` and `HELLO_SCHEMA_FILE`: health answers 503 until the file
+    /// holds a schema version at least this (what `hello migrate` writes), as a
+    /// release that needs its migration would.
+    schema: Option<(u64, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +261,15 @@ impl Knobs {
                 })
                 .map(str::to_owned)
                 .collect(),
+            schema: match (get("HELLO_SCHEMA_MIN"), get("HELLO_SCHEMA_FILE")) {
+                (None, _) => None,
+                (Some(min), file) => Some((
+                    min.trim().parse::<u64>().map_err(|_| {
+                        format!("HELLO_SCHEMA_MIN must be a schema version, found {min:?}")
+                    })?,
+                    file.unwrap_or_else(|| migrate::DEFAULT_DB.to_owned() + "/schema"),
+                )),
+            },
         })
     }
 }
@@ -318,9 +335,20 @@ impl App {
                     HealthMode::Fail => false,
                     HealthMode::FailAfter(n) => seen <= n,
                 };
+                let schema = self
+                    .knobs
+                    .schema
+                    .as_ref()
+                    .map(|(min, file)| (*min, migrate::version(file)))
+                    .filter(|(min, found)| found < min);
                 let response = if !self.knobs.missing.is_empty() {
                     let body = format!("missing: {}\n", self.knobs.missing.join(", "));
                     Response::text(503, &body)
+                } else if let Some((min, found)) = schema {
+                    Response::text(
+                        503,
+                        &format!("schema {found}, needs {min}: migrate first\n"),
+                    )
                 } else if healthy {
                     Response::text(200, "ok\n")
                 } else {
@@ -608,6 +636,105 @@ mod signals {
             unsafe {
                 signal(sig, on_signal);
             }
+        }
+    }
+}
+
+/// `hello migrate --to N [--db DIR] [--sleep-ms MS] [--exit CODE]`: the stand-in for
+/// a database migration that release hooks run. It appends a line to `DIR/runs` (so
+/// a test can count how often it ran), sleeps, then writes `N` to `DIR/schema`, or
+/// exits with `CODE` without writing.
+mod migrate {
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// Where the schema lives when `--db` is not given.
+    pub const DEFAULT_DB: &str = "/data";
+
+    /// The schema version in `file`; 0 when there is none yet.
+    pub fn version(file: &str) -> u64 {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Runs the migration; returns the exit code.
+    pub fn run(args: &[String]) -> i32 {
+        match parse(args).and_then(|m| m.apply()) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hello migrate: {e}");
+                2
+            }
+        }
+    }
+
+    struct Migration {
+        to: u64,
+        db: String,
+        sleep: Duration,
+        exit: i32,
+    }
+
+    fn parse(args: &[String]) -> Result<Migration, String> {
+        let mut m = Migration {
+            to: 0,
+            db: DEFAULT_DB.to_owned(),
+            sleep: Duration::ZERO,
+            exit: 0,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{flag} needs a number, found {value:?}"))
+            };
+            match flag.as_str() {
+                "--to" => m.to = number()?,
+                "--db" => m.db.clone_from(value),
+                "--sleep-ms" => m.sleep = Duration::from_millis(number()?),
+                "--exit" => m.exit = i32::try_from(number()?).map_err(|e| e.to_string())?,
+                other => {
+                    return Err(format!(
+                        "unknown flag {other}; expected --to, --db, --sleep-ms or --exit"
+                    ));
+                }
+            }
+        }
+        if m.to == 0 {
+            return Err("--to N (the schema version to migrate to) is required".to_owned());
+        }
+        Ok(m)
+    }
+
+    impl Migration {
+        fn apply(&self) -> Result<i32, String> {
+            let runs = format!("{}/runs", self.db);
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&runs)
+                .map_err(|e| format!("cannot open {runs}: {e}"))?;
+            let color = std::env::var("CUTOVER_COLOR").unwrap_or_default();
+            writeln!(log, "to {} by {color}", self.to).map_err(|e| e.to_string())?;
+            let schema = format!("{}/schema", self.db);
+            println!(
+                "migrating {schema} from {} to {}",
+                version(&schema),
+                self.to
+            );
+            std::thread::sleep(self.sleep);
+            if self.exit != 0 {
+                eprintln!("migration to {} failed (--exit {})", self.to, self.exit);
+                return Ok(self.exit);
+            }
+            std::fs::write(&schema, format!("{}\n", self.to))
+                .map_err(|e| format!("cannot write {schema}: {e}"))?;
+            println!("schema is at {}", self.to);
+            Ok(0)
         }
     }
 }

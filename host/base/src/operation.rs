@@ -21,8 +21,11 @@ pub enum OperationKind {
 }
 
 /// One step of a deploy, in the order the state machine runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// Written as its name (`"health"`, `"hook:migrate"`) in output, events, the state
+/// file and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Step {
     /// Reconcile what an interrupted deploy left behind.
     Recover,
@@ -54,12 +57,36 @@ pub enum Step {
     Retire,
     /// Remove old images beyond those kept for rollback.
     Prune,
+    /// A release hook (`[[hook]]`) of this name: a migration, a notification.
+    Hook(String),
 }
 
 impl Step {
+    /// The steps that have a fixed name, for parsing.
+    const FIXED: [Step; 15] = [
+        Step::Recover,
+        Step::Gate,
+        Step::Image,
+        Step::Select,
+        Step::Clear,
+        Step::Start,
+        Step::Health,
+        Step::Canary,
+        Step::Render,
+        Step::Validate,
+        Step::Switch,
+        Step::Verify,
+        Step::Drain,
+        Step::Retire,
+        Step::Prune,
+    ];
+
+    /// The prefix of a hook step's name.
+    const HOOK_PREFIX: &'static str = "hook:";
+
     /// The step's name in output and in the state file.
-    pub fn as_str(self) -> &'static str {
-        match self {
+    pub fn name(&self) -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Borrowed(match self {
             Step::Recover => "recover",
             Step::Gate => "gate",
             Step::Image => "image",
@@ -75,13 +102,39 @@ impl Step {
             Step::Drain => "drain",
             Step::Retire => "retire",
             Step::Prune => "prune",
-        }
+            Step::Hook(name) => return format!("{}{name}", Self::HOOK_PREFIX).into(),
+        })
+    }
+
+    /// Whether this is a release hook's step.
+    pub fn is_hook(&self) -> bool {
+        matches!(self, Step::Hook(_))
     }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.name())
+    }
+}
+
+impl From<Step> for String {
+    fn from(step: Step) -> String {
+        step.name().into_owned()
+    }
+}
+
+impl TryFrom<String> for Step {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Step, String> {
+        if let Some(hook) = name.strip_prefix(Step::HOOK_PREFIX) {
+            return Ok(Step::Hook(hook.to_owned()));
+        }
+        Step::FIXED
+            .into_iter()
+            .find(|step| step.name() == name)
+            .ok_or_else(|| format!("unknown step `{name}`"))
     }
 }
 
@@ -133,4 +186,31 @@ pub struct StepTiming {
 /// (saturating: nothing cutover times runs for 584 million years).
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_written_as_their_names_and_read_back() {
+        for step in Step::FIXED
+            .into_iter()
+            .chain([Step::Hook("migrate".to_owned())])
+        {
+            let json = serde_json::to_string(&step).unwrap();
+            assert_eq!(json, format!("\"{step}\""));
+            assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);
+        }
+        assert_eq!(
+            Step::Hook("db-migrate".to_owned()).to_string(),
+            "hook:db-migrate"
+        );
+        assert_eq!(serde_json::to_string(&Step::Drain).unwrap(), "\"drain\"");
+        let unknown = serde_json::from_str::<Step>("\"launch\"").unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown step `launch`"),
+            "{unknown}"
+        );
+    }
 }

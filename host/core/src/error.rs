@@ -97,6 +97,19 @@ pub enum DeployError {
         /// Why it was refused (never a value from it).
         reason: String,
     },
+    /// A release hook (`[[hook]]`) failed, timed out or could not run.
+    #[error(
+        "release hook `{name}` {why}{}; fix the hook (or the image it runs) and deploy again",
+        tail_lines(tail)
+    )]
+    Hook {
+        /// The hook's name.
+        name: String,
+        /// What happened: `exited with code 1`, `timed out after 10s`, ...
+        why: String,
+        /// Its last output lines, oldest first.
+        tail: Vec<String>,
+    },
     /// The config says neither how to build the image nor which one to pull.
     #[error(
         "{}: `image` names neither `build` nor `ref`; add `[image.build]` with a `context`, or `image.ref`, or pass --image",
@@ -118,6 +131,11 @@ pub enum DeployError {
         /// The colour it chose.
         color: Color,
     },
+    /// `exec` with no colour live.
+    #[error(
+        "no colour is live, so there is no image to run: deploy first (`cutover status` shows what runs)"
+    )]
+    NothingLive,
     /// `rollback` with no earlier colour recorded.
     #[error(
         "nothing to roll back to: no earlier colour is recorded in the state file; \
@@ -199,6 +217,14 @@ impl From<HealthError> for DeployError {
             other => DeployError::Health(Box::new(other)),
         }
     }
+}
+
+/// A program's last output lines as an error shows them.
+fn tail_lines(tail: &[String]) -> String {
+    if tail.is_empty() {
+        return "; it printed nothing".to_owned();
+    }
+    format!("; its last lines:\n    {}\n", tail.join("\n    "))
 }
 
 impl DeployError {

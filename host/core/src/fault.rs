@@ -22,7 +22,7 @@ pub enum When {
 
 /// Kills this process when `CUTOVER_FAULT` names this point.
 #[cfg(feature = "fault-injection")]
-pub fn point(when: When, step: Step) {
+pub fn point(when: When, step: &Step) {
     kill_at(&match when {
         When::Before => format!("before:{step}"),
         When::After => format!("after:{step}"),
@@ -56,7 +56,7 @@ fn kill_at(here: &str) {
 /// Kills this process when `CUTOVER_FAULT` names this point (compiled out).
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub fn point(_when: When, _step: Step) {}
+pub fn point(_when: When, _step: &Step) {}
 
 /// Kills this process when `CUTOVER_FAULT` is `at:<name>` (compiled out).
 #[cfg(not(feature = "fault-injection"))]

@@ -1,5 +1,5 @@
 //! cutover-core: the blue/green state machine and the commands built on it — deploy,
-//! rollback, recover, down, status, plan, init — with the state file, the journal,
+//! rollback, recover, down, status, plan, init, exec — with the state file, the journal,
 //! the audit log, health checks, the deploy gate, notifications and metrics.
 //!
 //! It owns every decision of *when* to touch the world and asks the crates below for
@@ -21,6 +21,7 @@ pub mod control;
 pub mod deploy;
 pub mod down;
 pub mod error;
+pub mod exec;
 pub mod fault;
 pub mod gate;
 pub mod git;

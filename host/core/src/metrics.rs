@@ -141,7 +141,7 @@ pub fn encode_text(services: &[ServiceRecords]) -> String {
                 .observe(Duration::from_millis(total).as_secs_f64());
             for step in &entry.steps {
                 step_seconds
-                    .get_or_create(&vec![service(), ("step", step.step.as_str().to_owned())])
+                    .get_or_create(&vec![service(), ("step", step.step.to_string())])
                     .observe(Duration::from_millis(step.ms).as_secs_f64());
             }
         }

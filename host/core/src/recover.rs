@@ -242,13 +242,14 @@ pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployErr
             journal.deploy_id, journal.owner, journal.step
         ),
     );
+    let one_offs = remove_hook_runs(ctx, &journal).await?;
     let observed = Observed {
         target_healthy: match journal.target {
             Some(color) if journal.reached(Step::Switch) => target_healthy(ctx, color).await?,
             _ => false,
         },
     };
-    let summary = act(ctx, state, &journal, decide(&journal, state, observed)).await?;
+    let summary = act(ctx, state, &journal, decide(&journal, state, observed)).await? + &one_offs;
     if let Some(live) = &state.live {
         // The engine's record (a Swarm's labels) may lag the state file when the
         // runner died between the two.
@@ -268,6 +269,25 @@ pub async fn reconcile(ctx: &Context, state: &mut State) -> Result<(), DeployErr
         detail: summary,
     });
     Ok(())
+}
+
+/// Removes what a hook the run was in left running (its one-off container), and
+/// says so for the record. A hook is never run again by recovery: a migration cut
+/// short is the user's to look at.
+async fn remove_hook_runs(ctx: &Context, journal: &Journal) -> Result<String, DeployError> {
+    if !journal.step.is_hook() {
+        return Ok(String::new());
+    }
+    let removed = ctx.engine.remove_one_offs(&journal.deploy_id).await?;
+    let what = if removed.is_empty() {
+        String::new()
+    } else {
+        format!(" (removed {})", removed.join(", "))
+    };
+    Ok(format!(
+        "; the hook `{}` was cut short and not run again{what}: check what it had done",
+        journal.step
+    ))
 }
 
 async fn target_healthy(ctx: &Context, color: Color) -> Result<bool, DeployError> {
@@ -456,7 +476,10 @@ mod tests {
             }]),
             steps: done
                 .iter()
-                .map(|&step| StepTiming { step, ms: 1 })
+                .map(|step| StepTiming {
+                    step: step.clone(),
+                    ms: 1,
+                })
                 .collect(),
             canary: None,
             engine_serial: None,
@@ -530,7 +553,7 @@ mod tests {
             (Step::Canary, &[Step::Health, Step::Canary][..]),
             (Step::Validate, &[Step::Canary, Step::Render][..]),
         ] {
-            let j = journal(OperationKind::Deploy, step, done);
+            let j = journal(OperationKind::Deploy, step.clone(), done);
             assert_eq!(
                 decide(&j, &blue_live(), HEALTHY),
                 Action::SwitchBack {

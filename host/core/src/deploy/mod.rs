@@ -1,8 +1,9 @@
 //! The blue/green state machine: `deploy` and `rollback` (recovering what a killed
 //! runner left half done is in [`crate::recover`]).
 //!
-//! A deploy runs `gate → image → select → clear → start → health → render → validate
-//! → switch → verify → drain → retire → prune`, then records the outcome; the list is
+//! A deploy runs `gate → image → select → clear → [before-start hooks] → start →
+//! [before-switch hooks] → health → render → validate → switch → verify → drain →
+//! retire → prune → [after-switch hooks]`, then records the outcome; the list is
 //! [`steps`], one line per step. Every step is journaled in the state file as it
 //! starts ([`run`]). Policy comes from the plugins; every side effect goes through
 //! the [`crate::engine::Engine`], the [`crate::proxy::Proxy`] and the state store.
@@ -15,6 +16,7 @@
 //! - the live colour is never stopped before traffic has moved off it and drained.
 
 pub mod canary;
+mod hooks;
 pub mod readiness;
 mod rollback;
 mod run;

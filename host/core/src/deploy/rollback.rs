@@ -1,14 +1,16 @@
 //! `cutover rollback`: traffic back to the previous colour, through the same tail
-//! as a deploy.
+//! as a deploy. Its `before-*` hooks run only with `on_rollback = true`.
 
 use std::time::Duration;
 
+use super::hooks;
 use super::readiness::{Readiness, wait_healthy};
 use super::run::{Failure, Run};
 use super::steps::cut_over;
 use super::{DeployReport, audit, run_label};
 use crate::Color;
 use crate::ci::CiFacts;
+use crate::config::HookWhen;
 use crate::context::Context;
 use crate::engine::PreparedImage;
 use crate::error::DeployError;
@@ -55,8 +57,13 @@ async fn rollback_steps(run: &mut Run<'_>, back: Slot) -> Result<(), Failure> {
     (run.journal.target, run.journal.container) = (Some(color), Some(back.container.clone()));
     (run.journal.image_id, run.journal.image_ref) = (Some(image.id.clone()), Some(image.reference.clone()));
     let id = run.journal.deploy_id.clone();
+    run.git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars()).unwrap_or_default();
+    let facts = hooks::Facts { color, image: &image };
 
+    // Only the hooks with `on_rollback = true`: a down-migration is the user's call.
+    hooks::run_all(run, HookWhen::BeforeStart, &facts).await.map_err(pre)?;
     run.step(Step::Start, bring_back(ctx, color, &image, &id), String::clone).await.map_err(pre)?;
+    hooks::run_all(run, HookWhen::BeforeSwitch, &facts).await.map_err(pre)?;
     run.healthy = run.step(Step::Health, wait_healthy(ctx, color), Readiness::describe).await.map_err(pre)?.healthy;
 
     cut_over(run, ctx.slot(color, image, &id)).await

@@ -15,6 +15,7 @@ use crate::error::{DeployError, ErrorClass};
 use crate::events::Event;
 use crate::events::Level;
 use crate::fault;
+use crate::git::GitFacts;
 use crate::hold::{self, Hold};
 use crate::operation::{OperationKind, Outcome, Step, StepTiming, millis};
 use crate::plugin::types;
@@ -46,6 +47,8 @@ pub(super) struct Run<'a> {
     pub(super) healthy: Vec<types::Instance>,
     pub(super) state: State,
     pub(super) journal: Journal,
+    /// What git says about the checkout, for the hooks' environment.
+    pub(super) git: GitFacts,
     started: Instant,
 }
 
@@ -99,6 +102,7 @@ impl<'a> Run<'a> {
             healthy: Vec::new(),
             state,
             journal,
+            git: GitFacts::default(),
             started: Instant::now(),
         })
     }
@@ -120,20 +124,25 @@ impl<'a> Run<'a> {
         // A runner whose cluster lock was taken over stops here, at a step boundary,
         // before it writes anything more.
         self.lock.check()?;
-        self.journal.step = step;
+        self.journal.step = step.clone();
         self.save()?;
-        fault::point(fault::When::Before, step);
-        self.ctx.reporter.emit(&Event::StepStarted { step });
+        fault::point(fault::When::Before, &step);
+        self.ctx
+            .reporter
+            .emit(&Event::StepStarted { step: step.clone() });
         let began = Instant::now();
         let result = work.await;
         let ms = millis(began.elapsed());
-        self.journal.steps.push(StepTiming { step, ms });
+        self.journal.steps.push(StepTiming {
+            step: step.clone(),
+            ms,
+        });
         match result {
             Ok(value) => {
                 // Not saved here: the next step's start (or the final record) saves
                 // it. Recovery treats a step saved as started as possibly done, so
                 // this saves an fsync pair per step at no risk.
-                fault::point(fault::When::After, step);
+                fault::point(fault::When::After, &step);
                 self.ctx.reporter.emit(&Event::StepFinished {
                     step,
                     ms,

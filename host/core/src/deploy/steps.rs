@@ -1,13 +1,15 @@
 //! The steps of a deploy, one line each, in the order they run; and the shared tail
-//! (render → validate → switch → verify → promote → drain → retire → prune) that a
-//! rollback runs too. What each step does is in the small functions below the lists.
+//! (render → validate → switch → verify → promote → drain → retire → prune →
+//! after-switch hooks) that a rollback runs too. What each step does is in the small functions below the lists.
 
 use super::DeployOptions;
+use super::hooks;
 use super::readiness::{self, Readiness};
 use super::run::{Failure, Run};
 use crate::Color;
 use crate::choose;
 use crate::ci::CiFacts;
+use crate::config::HookWhen;
 use crate::context::Context;
 use crate::engine::{self, PreparedImage};
 use crate::error::DeployError;
@@ -39,6 +41,7 @@ pub(super) async fn deploy(
     use Failure::BeforeSwitch as pre;
     let ctx = run.ctx;
     let id = run.journal.deploy_id.clone();
+    run.git = git.clone();
 
     // A secret the containers need and the runner lacks stops the deploy here,
     // before anything is built or started.
@@ -52,8 +55,11 @@ pub(super) async fn deploy(
     let target = run.step(Step::Select, choose::target(ctx, run.live()), Color::to_string).await.map_err(pre)?;
     run.journal.target = Some(target);
     run.step(Step::Clear, clear(ctx, target), String::clone).await.map_err(pre)?;
+    let facts = hooks::Facts { color: target, image: &image };
+    hooks::run_all(run, HookWhen::BeforeStart, &facts).await.map_err(pre)?;
     run.journal.container = Some(ctx.engine.slot_name(target));
     run.step(Step::Start, start(ctx, target, &image, &id), String::clone).await.map_err(pre)?;
+    hooks::run_all(run, HookWhen::BeforeSwitch, &facts).await.map_err(pre)?;
     run.healthy = run.step(Step::Health, readiness::wait_healthy(ctx, target), Readiness::describe).await.map_err(pre)?.healthy;
     if let (StrategyKind::Canary, Some(live)) = (ctx.config.strategy.kind, run.live()) {
         super::canary::canary(run, target, live).await?;
@@ -72,6 +78,7 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     let ctx = run.ctx;
     let color = target.color;
     let previous = run.state.live.clone();
+    let image = PreparedImage { id: target.image_id.clone(), reference: target.image_ref.clone(), digest: target.image_digest.clone() };
 
     let healthy = run.healthy.clone();
     let files = run.step(Step::Render, render(ctx, &healthy, color, previous.as_ref()), |f| describe_files(f)).await;
@@ -90,6 +97,8 @@ pub(super) async fn cut_over(run: &mut Run<'_>, target: Slot) -> Result<(), Fail
     run.step(Step::Drain, drain(ctx, &reload, previous.is_some()), describe_drain).await.map_err(fatal)?;
     warn_on_error(ctx, run.step(Step::Retire, retire(ctx, previous.as_ref()), String::clone).await);
     warn_on_error(ctx, run.step(Step::Prune, prune(ctx, images_in_use(&run.state)), |n| format!("{n} old image(s) removed")).await);
+    // Only `warn` hooks run here (the config allows no other after the switch).
+    warn_on_error(ctx, hooks::run_all(run, HookWhen::AfterSwitch, &hooks::Facts { color, image: &image }).await);
     Ok(())
 }
 
