@@ -374,3 +374,57 @@ fn on_a_swarm_a_container_hook_runs_once_in_the_cluster_by_digest() {
         "{services}"
     );
 }
+
+#[test]
+fn exec_on_a_terminal_gives_the_command_a_tty_and_the_keystrokes() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let (svc, _db) = with_schema("hook-tty", 1);
+    svc.deploy("v1").success();
+    // util-linux's `script` runs cutover on a pseudo-terminal it owns, as a person's
+    // shell would, and passes what the test writes on as keystrokes.
+    let command = format!(
+        "{} --config {} exec -- console",
+        env!("CARGO_BIN_EXE_cutover"),
+        svc.config_path().display()
+    );
+    let mut script = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env(
+            "CUTOVER_CACHE_DIR",
+            crate::support::service::plugin_cache_dir(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdout = script.stdout.take().unwrap();
+    let (seen, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+            let _ = seen.send(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+    });
+    let mut text = String::new();
+    let wait_for = |needle: &str, text: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !text.contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match got.recv_timeout(left) {
+                Ok(chunk) => text.push_str(&chunk),
+                Err(_) => panic!("no {needle:?} in:\n{text}"),
+            }
+        }
+    };
+    wait_for("hello console (tty: yes)", &mut text);
+    let mut keys = script.stdin.take().unwrap();
+    keys.write_all(b"ping\r").unwrap();
+    wait_for("echo: ping", &mut text);
+    keys.write_all(b"exit\r").unwrap();
+    wait_for("bye", &mut text);
+    let status = script.wait().unwrap();
+    assert!(status.success(), "{status}\n{text}");
+    assert!(one_offs(&svc).is_empty(), "{:?}", svc.containers());
+}

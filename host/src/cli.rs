@@ -552,12 +552,7 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             Ok(exit::OK)
         }
         Command::Exec { timeout, argv } => {
-            let mut out = std::io::stdout();
-            let code = crate::exec::exec(&ctx, argv, *timeout, &mut |line| {
-                use std::io::Write;
-                let _ = writeln!(out, "{line}");
-            })
-            .await?;
+            let code = exec(&ctx, argv, *timeout).await?;
             // The command's own exit code, as `docker run` gives it.
             Ok(u8::try_from(code).unwrap_or(exit::FAILURE))
         }
@@ -573,6 +568,55 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             unreachable!("handled above")
         }
     }
+}
+
+/// `cutover exec`: on a terminal, a TTY of its size in raw mode (keystrokes, Ctrl-C
+/// included, go to the container) restored afterwards; else its output line by line.
+async fn exec(ctx: &Context, argv: &[String], timeout: Duration) -> Result<i64, DeployError> {
+    use crate::exec::Io;
+    use std::io::{IsTerminal, Read, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut out = std::io::stdout();
+        let mut on_line = |line: &str| {
+            let _ = writeln!(out, "{line}");
+        };
+        return crate::exec::exec(ctx, argv, timeout, Io::Lines(&mut on_line)).await;
+    }
+    let saved = rustix::termios::tcgetattr(&stdin).ok();
+    if let Some(saved) = &saved {
+        let mut raw = saved.clone();
+        raw.make_raw();
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
+    }
+    let size = rustix::termios::tcgetwinsize(&stdin)
+        .ok()
+        .map(|w| (w.ws_row, w.ws_col));
+    // A thread of its own: a blocking read of the terminal must not hold up the
+    // runtime's shutdown once the command has ended.
+    let (keys, input) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1024];
+        while let Ok(n @ 1..) = std::io::stdin().lock().read(&mut buffer) {
+            if keys.blocking_send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = std::io::stdout();
+    let mut output = |bytes: &[u8]| {
+        let _ = out.write_all(bytes).and_then(|()| out.flush());
+    };
+    let io = Io::Terminal {
+        size,
+        input,
+        output: &mut output,
+    };
+    let code = crate::exec::exec(ctx, argv, timeout, io).await;
+    if let Some(saved) = &saved {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, saved);
+    }
+    code
 }
 
 /// The plugins each command calls, and only those: a broken plugin that a command

@@ -37,8 +37,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("migrate") {
-        std::process::exit(migrate::run(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("migrate") => std::process::exit(migrate::run(&args[1..])),
+        Some("console") => std::process::exit(console()),
+        _ => {}
     }
     let knobs = match Knobs::from_lookup(|name| std::env::var(name).ok()) {
         Ok(k) => k,
@@ -638,6 +640,27 @@ mod signals {
             }
         }
     }
+}
+
+/// `hello console`: the stand-in for an interactive console that `cutover exec`
+/// runs on a terminal. It says whether its stdin is a TTY, answers each line with
+/// `echo: <line>`, and exits 0 at `exit` (or 1 at the end of its input).
+fn console() -> i32 {
+    use std::io::IsTerminal;
+    let stdin = io::stdin();
+    println!(
+        "hello console (tty: {})",
+        if stdin.is_terminal() { "yes" } else { "no" }
+    );
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() == "exit" {
+            println!("bye");
+            return 0;
+        }
+        println!("echo: {}", line.trim());
+    }
+    1
 }
 
 /// `hello migrate --to N [--db DIR] [--sleep-ms MS] [--exit CODE]`: the stand-in for

@@ -131,6 +131,9 @@ pub enum DeployError {
         /// The colour it chose.
         color: Color,
     },
+    /// The engine cannot do what was asked (the message says what instead).
+    #[error("{0}")]
+    Unsupported(String),
     /// `exec` with no colour live.
     #[error(
         "no colour is live, so there is no image to run: deploy first (`cutover status` shows what runs)"
@@ -202,6 +205,7 @@ impl From<EngineError> for DeployError {
         match error {
             EngineError::Docker(e) => e.into(),
             EngineError::Swarm(e) => e.into(),
+            EngineError::Unsupported { .. } => DeployError::Unsupported(error.to_string()),
         }
     }
 }

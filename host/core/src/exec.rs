@@ -1,7 +1,8 @@
 //! `cutover exec -- <argv>`: a one-off container from the live colour's image, with
 //! its env, secrets, volumes and network, for a manual task (a console, a one-time
 //! script). It takes no deploy lock (it changes no colour and no proxy file) and its
-//! container is removed when it ends.
+//! container is removed when it ends. On a terminal ([`Io::Terminal`]) it gets a TTY
+//! and the keystrokes (a console); otherwise its output comes line by line.
 
 use std::time::Duration;
 
@@ -9,8 +10,24 @@ use crate::context::Context;
 use crate::engine::{OneOff, PreparedImage};
 use crate::error::DeployError;
 
-/// Runs `argv` in a one-off copy of the live colour; each output line goes to
-/// `on_line`. Returns the exit code.
+/// Where a one-off's input comes from and its output goes.
+pub enum Io<'a> {
+    /// No stdin; each output line to the callback.
+    Lines(&'a mut (dyn FnMut(&str) + Send)),
+    /// A TTY of `size` (rows, columns), `input`'s bytes as its stdin, its output
+    /// bytes to `output` as they come.
+    Terminal {
+        /// The terminal's size.
+        size: Option<(u16, u16)>,
+        /// Keystrokes.
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        /// Where its output goes.
+        output: &'a mut (dyn FnMut(&[u8]) + Send),
+    },
+}
+
+/// Runs `argv` in a one-off copy of the live colour, its input and output through
+/// `io`. Returns the exit code.
 ///
 /// # Errors
 /// [`DeployError::NothingLive`] when no colour is live; [`DeployError`] when the
@@ -19,7 +36,7 @@ pub async fn exec(
     ctx: &Context,
     argv: &[String],
     timeout: Duration,
-    on_line: &mut (dyn FnMut(&str) + Send),
+    io: Io<'_>,
 ) -> Result<i64, DeployError> {
     let state = ctx.store.load()?;
     let live = state.live.ok_or(DeployError::NothingLive)?;
@@ -42,7 +59,19 @@ pub async fn exec(
         auth: auth.as_ref(),
         timeout,
     };
-    match tokio::time::timeout(timeout, ctx.engine.run_one_off(&job, on_line)).await {
+    let ran = match io {
+        Io::Lines(on_line) => {
+            tokio::time::timeout(timeout, ctx.engine.run_one_off(&job, on_line)).await
+        }
+        Io::Terminal {
+            size,
+            input,
+            output,
+        } => {
+            tokio::time::timeout(timeout, ctx.engine.run_attached(&job, size, input, output)).await
+        }
+    };
+    match ran {
         Ok(code) => Ok(code?),
         Err(_) => {
             ctx.engine.remove_one_offs(&id).await?;

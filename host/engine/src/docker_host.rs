@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 
-use super::{Engine, EngineError, ImageSource, Instance, OnLine, OneOff, PreparedImage, Replica};
+use super::{
+    Engine, EngineError, ImageSource, Instance, OnBytes, OnLine, OneOff, PreparedImage, Replica,
+};
 use crate::Color;
 use crate::config::Config;
 use crate::docker::{self, ContainerSpec, Docker, RegistryAuth};
@@ -70,6 +72,23 @@ impl DockerHost {
             command: config.container.command.clone(),
             stop_grace: config.container.stop_grace.get(),
         }
+    }
+
+    /// The container a one-off job runs as: a copy of its colour's, minus what would
+    /// clash with the colour itself (its name, its host port, its fixed address).
+    async fn one_off_spec(&self, job: &OneOff<'_>) -> Result<ContainerSpec, EngineError> {
+        if let Some(network) = &self.config.container.network {
+            self.docker.ensure_network(network, self.service()).await?;
+        }
+        let mut spec = self.container_spec(job.color, &job.image.id, job.deploy_id, job.secrets);
+        spec.name = job.container_name(self.service());
+        spec.labels.remove(docker::LABEL_COLOR);
+        spec.labels
+            .insert(docker::LABEL_ONE_OFF.to_owned(), job.name.to_owned());
+        spec.publish = None;
+        spec.ip = None;
+        spec.command = Some(job.argv.to_vec());
+        Ok(spec)
     }
 
     /// Builds or pulls the image on this engine (pushing a build when `auth` is
@@ -248,20 +267,22 @@ impl Engine for DockerHost {
         job: &OneOff<'_>,
         on_line: &mut OnLine<'_>,
     ) -> Result<i64, EngineError> {
-        if let Some(network) = &self.config.container.network {
-            self.docker.ensure_network(network, self.service()).await?;
-        }
-        let mut spec = self.container_spec(job.color, &job.image.id, job.deploy_id, job.secrets);
-        // A copy of the colour's container, minus what would clash with the colour
-        // itself: its name, its host port and its fixed address.
-        spec.name = job.container_name(self.service());
-        spec.labels.remove(docker::LABEL_COLOR);
-        spec.labels
-            .insert(docker::LABEL_ONE_OFF.to_owned(), job.name.to_owned());
-        spec.publish = None;
-        spec.ip = None;
-        spec.command = Some(job.argv.to_vec());
+        let spec = self.one_off_spec(job).await?;
         Ok(self.docker.run_to_end(&spec, job.timeout, on_line).await?)
+    }
+
+    async fn run_attached(
+        &self,
+        job: &OneOff<'_>,
+        size: Option<(u16, u16)>,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        output: &mut OnBytes<'_>,
+    ) -> Result<i64, EngineError> {
+        let spec = self.one_off_spec(job).await?;
+        Ok(self
+            .docker
+            .run_attached(&spec, size, job.timeout, input, output)
+            .await?)
     }
 
     async fn remove_one_offs(&self, deploy_id: &str) -> Result<Vec<String>, EngineError> {

@@ -51,6 +51,16 @@ pub enum EngineError {
     /// A Swarm operation failed.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// This engine cannot do what was asked.
+    #[error("{engine} cannot give {what}; {instead}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+        /// The engine.
+        engine: String,
+        /// What to do instead.
+        instead: String,
+    },
 }
 
 /// The error of an operation a test made fail with `CUTOVER_FAULT=fail:<name>` (the
@@ -68,6 +78,7 @@ impl EngineError {
         match self {
             EngineError::Docker(e) => e.is_environment(),
             EngineError::Swarm(e) => e.is_environment(),
+            EngineError::Unsupported { .. } => false,
         }
     }
 }
@@ -186,6 +197,9 @@ pub struct PreparedImage {
 
 /// Receives each line an image build prints.
 pub type OnLine<'a> = dyn FnMut(&str) + Send + 'a;
+
+/// Receives a terminal's output as it comes.
+pub type OnBytes<'a> = dyn FnMut(&[u8]) + Send + 'a;
 
 /// The slots of one service on a container engine. See the module docs.
 #[async_trait]
@@ -373,6 +387,27 @@ pub trait Engine: Send + Sync {
     /// # Errors
     /// [`EngineError`] when the engine refuses.
     async fn remove_one_offs(&self, deploy_id: &str) -> Result<Vec<String>, EngineError>;
+
+    /// Runs `job` on a terminal: a TTY of `size` (rows, columns), `input`'s bytes to
+    /// its stdin, its output to `output` as it comes; returns its exit code.
+    ///
+    /// # Errors
+    /// [`EngineError::Unsupported`] where the engine cannot attach a terminal to a
+    /// one-off job (a Swarm runs it as a task on some node); else as
+    /// [`Engine::run_one_off`].
+    async fn run_attached(
+        &self,
+        job: &OneOff<'_>,
+        _size: Option<(u16, u16)>,
+        _input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        _output: &mut OnBytes<'_>,
+    ) -> Result<i64, EngineError> {
+        Err(EngineError::Unsupported {
+            what: format!("a terminal for `{}`", job.name),
+            engine: self.describe(),
+            instead: "on a Swarm, run it without a terminal (`cutover exec -- … < /dev/null`), or with `docker exec -it` in a running task".to_owned(),
+        })
+    }
 }
 
 /// A one-off job: a release hook, or `cutover exec`. It runs `argv` in a copy of a

@@ -27,11 +27,11 @@ use bollard::models::{
     NetworkingConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    InspectContainerOptions, InspectNetworkOptions, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, StopContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, BuildImageOptionsBuilder, CreateContainerOptionsBuilder,
+    CreateImageOptionsBuilder, InspectContainerOptions, InspectNetworkOptions,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, LogsOptionsBuilder,
+    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -846,6 +846,76 @@ impl Docker {
         Ok(code)
     }
 
+    /// Runs `spec` as a one-off container on a terminal: with a TTY of `size` (rows,
+    /// columns) and stdin open, the bytes from `input` go to its stdin and its output
+    /// to `output` as it comes. Returns its exit code once it has exited; it is removed
+    /// afterwards.
+    ///
+    /// # Errors
+    /// As [`Docker::run_to_end`].
+    pub async fn run_attached(
+        &self,
+        spec: &ContainerSpec,
+        size: Option<(u16, u16)>,
+        limit: Duration,
+        mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        output: &mut crate::OnBytes<'_>,
+    ) -> Result<i64, DockerError> {
+        use tokio::io::AsyncWriteExt;
+        self.remove_container(&spec.name).await?;
+        let mut body = create_body(spec);
+        (body.tty, body.open_stdin, body.stdin_once) = (Some(true), Some(true), Some(true));
+        (body.attach_stdin, body.attach_stdout, body.attach_stderr) =
+            (Some(true), Some(true), Some(true));
+        if let (Some(host), Some((rows, cols))) = (body.host_config.as_mut(), size) {
+            host.console_size = Some(vec![usize::from(rows), usize::from(cols)]);
+        }
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        self.client
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.api("create container", &spec.name, e))?;
+        let client = self.client.clone().with_timeout(REQUEST_TIMEOUT + limit);
+        let attached = async {
+            let options = AttachContainerOptionsBuilder::default()
+                .stdin(true)
+                .stdout(true)
+                .stderr(true)
+                .stream(true)
+                .build();
+            let mut io = client
+                .attach_container(&spec.name, Some(options))
+                .await
+                .map_err(|e| self.api("attach to container", &spec.name, e))?;
+            self.start_container(&spec.name).await?;
+            let mut container_in = io.input;
+            // Keystrokes go in while the output comes out; the copy ends with it.
+            let typing = tokio::spawn(async move {
+                while let Some(bytes) = input.recv().await {
+                    if container_in.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                    let _ = container_in.flush().await;
+                }
+            });
+            while let Some(chunk) = io.output.next().await {
+                match chunk {
+                    Ok(chunk) => output(chunk.as_ref()),
+                    Err(_) => break,
+                }
+            }
+            typing.abort();
+            self.exit_code(&client, &spec.name).await
+        };
+        let result = attached.await;
+        let removed = self.remove_container(&spec.name).await;
+        let code = result?;
+        removed?;
+        Ok(code)
+    }
+
     async fn follow_to_exit(
         &self,
         name: &str,
@@ -865,6 +935,11 @@ impl Docker {
             lines.push(&String::from_utf8_lossy(chunk.as_ref()));
         }
         lines.finish();
+        self.exit_code(&client, name).await
+    }
+
+    /// The exit code of `name` once it is no longer running.
+    async fn exit_code(&self, client: &bollard::Docker, name: &str) -> Result<i64, DockerError> {
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
