@@ -31,6 +31,7 @@ use bollard::query_parameters::{
     InspectServiceOptions, ListNodesOptions, ListSecretsOptionsBuilder, ListTasksOptionsBuilder,
     UpdateConfigOptionsBuilder, UpdateServiceOptionsBuilder,
 };
+use cutover_base::retry::{self, Deadline, Retryable};
 
 use crate::Color;
 use crate::config::{Config, SwarmMode};
@@ -1171,12 +1172,12 @@ impl Swarm {
         credentials: Option<bollard::auth::DockerCredentials>,
         change: impl Fn(&mut ServiceSpec),
     ) -> Result<String, SwarmError> {
-        let mut last = String::new();
-        for _ in 0..UPDATE_ATTEMPTS {
-            let Some((mut spec, version)) = self.inspect(name).await? else {
-                return Err(SwarmError::NoService {
+        let attempt = || async {
+            let Some((mut spec, version)) = self.inspect(name).await.map_err(Written::Failed)?
+            else {
+                return Err(Written::Failed(SwarmError::NoService {
                     name: name.to_owned(),
-                });
+                }));
             };
             change(&mut spec);
             let options = UpdateServiceOptionsBuilder::default()
@@ -1185,7 +1186,7 @@ impl Swarm {
                 .registry_auth_from("spec")
                 .build();
             // If a try landed before an election hid its answer, the repeat is
-            // refused as stale and this loop reads the service again.
+            // refused as stale and the next attempt reads the service again.
             let write = || {
                 self.docker.client().update_service(
                     name,
@@ -1195,16 +1196,26 @@ impl Swarm {
                 )
             };
             match versioned_write(write).await {
-                Ok(_) => return Ok(name.to_owned()),
-                Err(Versioned::Stale) => last = "update out of sequence".to_owned(),
-                Err(Versioned::Refused(e)) => return Err(self.api("update service", name, e)),
+                Ok(_) => Ok(name.to_owned()),
+                Err(Versioned::Stale) => Err(Written::Stale),
+                Err(Versioned::Refused(e)) => {
+                    Err(Written::Failed(self.api("update service", name, e)))
+                }
             }
+        };
+        match attempt
+            .retry(retry::attempts(UPDATE_ATTEMPTS))
+            .when(|e| matches!(e, Written::Stale))
+            .await
+        {
+            Ok(id) => Ok(id),
+            Err(Written::Stale) => Err(SwarmError::Conflict {
+                object: name.to_owned(),
+                attempts: UPDATE_ATTEMPTS,
+                message: "update out of sequence".to_owned(),
+            }),
+            Err(Written::Failed(e)) => Err(e),
         }
-        Err(SwarmError::Conflict {
-            object: name.to_owned(),
-            attempts: UPDATE_ATTEMPTS,
-            message: last,
-        })
     }
 }
 
@@ -1278,20 +1289,15 @@ const ELECTION: std::time::Duration = std::time::Duration::from_secs(20);
 /// not have a leader", a raft deadline) during an election, which a manager that
 /// rejoins after a network split can force. A deploy rides that out instead of
 /// failing on it.
-async fn through_election<T, F, Fut>(mut read: F) -> Result<T, bollard::errors::Error>
+async fn through_election<T, F, Fut>(read: F) -> Result<T, bollard::errors::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + ELECTION;
-    loop {
-        match read().await {
-            Err(e) if in_election(&e) && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            other => return other,
-        }
-    }
+    let deadline = Deadline::after(ELECTION);
+    read.retry(retry::every(std::time::Duration::from_millis(500)))
+        .when(|e| in_election(e) && deadline.open())
+        .await
 }
 
 /// How a versioned write that did not succeed ended.

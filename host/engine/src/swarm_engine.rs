@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cutover_base::retry::{self, Deadline, Retryable};
 
 use super::swarm::{ClusterLock, Swarm};
 use super::{
@@ -301,18 +302,14 @@ impl Engine for SwarmEngine {
     }
 
     async fn lock(&self, owner: &Owner, wait: Duration) -> Result<Option<EngineLock>, EngineError> {
-        let started = tokio::time::Instant::now();
-        let mut held = loop {
-            match self.swarm.lock(owner).await {
-                Ok(held) => break held,
-                Err(SwarmError::LockHeld { .. } | SwarmError::LockRace { .. })
-                    if started.elapsed() < wait =>
-                {
-                    tokio::time::sleep(POLL.max(Duration::from_secs(1))).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let deadline = Deadline::after(wait);
+        let mut held = (|| self.swarm.lock(owner))
+            .retry(retry::every(POLL.max(Duration::from_secs(1))))
+            .when(|e| {
+                matches!(e, SwarmError::LockHeld { .. } | SwarmError::LockRace { .. })
+                    && deadline.open()
+            })
+            .await?;
         *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held.clone());
         let status = LockStatus::new(&self.swarm.service());
         let lease = self.swarm.lock_lease();
