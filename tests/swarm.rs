@@ -224,7 +224,7 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
     assert!(seen_a.holder.is_none() && seen_b.holder.is_none());
     let mut lock_a = a.take_lock(&seen_a, &owner_a).await.expect("a takes it");
     names(&b.take_lock(&seen_b, &owner_b).await.unwrap_err(), "runs/a");
-    names(&b.lock(&owner_b).await.unwrap_err(), "runs/a");
+    names(&b.claim_lock(&owner_b).await.unwrap_err(), "runs/a");
     a.renew(&mut lock_a).await.expect("a renews");
     a.release(lock_a.clone()).await.expect("a releases");
 
@@ -240,7 +240,7 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
     a.release(lock_a2).await.unwrap();
 
     // b holds it now: a's old hold can neither renew nor release it.
-    let lock_b = b.lock(&owner_b).await.expect("b takes the free lock");
+    let lock_b = b.claim_lock(&owner_b).await.expect("b takes the free lock");
     let mut stale = lock_a.clone();
     let lost = a.renew(&mut stale).await.unwrap_err();
     assert!(
@@ -254,7 +254,7 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
     b.release(lock_b).await.unwrap();
 
     // Both at once: exactly one wins, and the other names it.
-    let (ra, rb) = tokio::join!(a.lock(&owner_a), b.lock(&owner_b));
+    let (ra, rb) = tokio::join!(a.claim_lock(&owner_a), b.claim_lock(&owner_b));
     match (ra, rb) {
         (Ok(lock), Err(e)) => {
             names(&e, "runs/a");
@@ -273,8 +273,11 @@ async fn deploy_lock_is_compare_and_swap_and_the_loser_names_the_holder() {
         lease_until: "2001-01-01T00:00:00Z".to_owned(),
         ..owner_a.clone()
     };
-    let lock_a = a.lock(&made_long_ago).await.expect("a takes the free lock");
-    names(&b.lock(&owner_b).await.unwrap_err(), "runs/a");
+    let lock_a = a
+        .claim_lock(&made_long_ago)
+        .await
+        .expect("a takes the free lock");
+    names(&b.claim_lock(&owner_b).await.unwrap_err(), "runs/a");
     a.release(lock_a).await.unwrap();
 }
 
@@ -291,12 +294,12 @@ async fn a_cluster_lock_whose_lease_ran_out_is_taken_over_and_its_old_holder_can
     let owner_b = Owner::this_process("deploy", Some("https://ci.example/runs/b".to_owned()));
 
     // a takes it and then hangs: nobody renews its lease.
-    let mut hung = a.lock(&owner_a).await.expect("a takes it");
-    let refused = b.lock(&owner_b).await.unwrap_err();
+    let mut hung = a.claim_lock(&owner_a).await.expect("a takes it");
+    let refused = b.claim_lock(&owner_b).await.unwrap_err();
     assert!(refused.to_string().contains("runs/a"), "{refused}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let lock_b = b
-        .lock(&owner_b)
+        .claim_lock(&owner_b)
         .await
         .expect("an expired lease is taken over");
     assert_eq!(
@@ -342,10 +345,14 @@ async fn a_runner_that_waited_longer_than_the_lease_holds_the_lock_with_a_fresh_
     let owner =
         |run: &str| Owner::this_process("deploy", Some(format!("https://ci.example/runs/{run}")));
     let (owner_a, owner_b) = (owner("a"), owner("b"));
-    let held_a = a.lock(&owner_a, Duration::ZERO).await.unwrap().unwrap();
+    let held_a = a
+        .take_lock(&owner_a, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
     // b queues behind a for longer than a lease, while a renews its own.
     let waiter = tokio::spawn(async move {
-        let held = b.lock(&owner_b, Duration::from_secs(60)).await;
+        let held = b.take_lock(&owner_b, Duration::from_secs(60)).await;
         (b, held)
     });
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -360,7 +367,7 @@ async fn a_runner_that_waited_longer_than_the_lease_holds_the_lock_with_a_fresh_
     // Another 4 s: without b's renewals its lease would have run out by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let c = engine(2).await;
-    let refused = c.lock(&owner("c"), Duration::ZERO).await.unwrap_err();
+    let refused = c.take_lock(&owner("c"), Duration::ZERO).await.unwrap_err();
     assert!(refused.to_string().contains("runs/b"), "{refused}");
     assert_eq!(
         c.lock_holder().await.unwrap().and_then(|o| o.run_url),
@@ -1103,7 +1110,7 @@ fn a_deploy_whose_cluster_lock_was_taken_over_stops_at_the_next_step_and_exits_6
         ..Owner::this_process("deploy", Some("https://ci.example/runs/other".to_owned()))
     };
     let taken = runtime
-        .block_on(swarm.lock(&other))
+        .block_on(swarm.claim_lock(&other))
         .expect("the hung runner's lease ran out");
     signal("-CONT");
 

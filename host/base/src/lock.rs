@@ -149,7 +149,7 @@ fn held_message(service: &str, owner: Option<&Owner>, waited: Duration) -> Strin
 
 /// A held lock; released when dropped.
 #[derive(Debug)]
-pub struct DeployLock {
+pub struct LocalLock {
     file: File,
     path: PathBuf,
     owner: Owner,
@@ -158,7 +158,7 @@ pub struct DeployLock {
     pub taken_over: Option<Owner>,
 }
 
-impl DeployLock {
+impl LocalLock {
     /// Takes the lock in `dir` for `service`, waiting up to `wait` when it is held.
     ///
     /// # Errors
@@ -169,7 +169,7 @@ impl DeployLock {
         service: &str,
         owner: Owner,
         wait: Duration,
-    ) -> Result<DeployLock, LockError> {
+    ) -> Result<LocalLock, LockError> {
         let path = dir.join(FILE_NAME);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -203,7 +203,7 @@ impl DeployLock {
         let owner = owner.with_lease(LEASE);
         write_owner(&file, &owner).map_err(io)?;
         let renewer = tokio::spawn(renew_forever(file.try_clone().map_err(io)?, owner.clone()));
-        Ok(DeployLock {
+        Ok(LocalLock {
             file,
             path,
             owner,
@@ -246,7 +246,7 @@ fn write_owner(file: &File, owner: &Owner) -> std::io::Result<()> {
     file.sync_data()
 }
 
-impl Drop for DeployLock {
+impl Drop for LocalLock {
     fn drop(&mut self) {
         self.renewer.abort();
         // An empty file tells the next holder that this one finished cleanly; the
@@ -307,10 +307,10 @@ mod tests {
     async fn second_acquire_is_refused_with_the_owner() {
         let dir = tempfile::tempdir().unwrap();
         let owner = Owner::this_process("deploy", Some("https://ci/run/7".to_owned()));
-        let _held = DeployLock::acquire(dir.path(), "hello", owner, Duration::ZERO)
+        let _held = LocalLock::acquire(dir.path(), "hello", owner, Duration::ZERO)
             .await
             .unwrap();
-        let err = DeployLock::acquire(
+        let err = LocalLock::acquire(
             dir.path(),
             "hello",
             Owner::this_process("deploy", None),
@@ -331,7 +331,7 @@ mod tests {
     #[tokio::test]
     async fn released_lock_is_free_and_not_a_takeover() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DeployLock::acquire(
+        let first = LocalLock::acquire(
             dir.path(),
             "hello",
             Owner::this_process("deploy", None),
@@ -341,7 +341,7 @@ mod tests {
         .unwrap();
         drop(first);
         assert!(current_owner(dir.path()).is_none());
-        let second = DeployLock::acquire(
+        let second = LocalLock::acquire(
             dir.path(),
             "hello",
             Owner::this_process("deploy", None),
@@ -380,7 +380,7 @@ mod tests {
             lease_until: "2001-01-01T00:00:00Z".to_owned(),
             ..Owner::this_process("deploy", None)
         };
-        let lock = DeployLock::acquire(dir.path(), "hello", made_long_ago, Duration::ZERO)
+        let lock = LocalLock::acquire(dir.path(), "hello", made_long_ago, Duration::ZERO)
             .await
             .unwrap();
         assert!(!lock.owner().lease_expired());
@@ -399,7 +399,7 @@ mod tests {
             serde_json::to_vec(&dead).unwrap(),
         )
         .unwrap();
-        let lock = DeployLock::acquire(
+        let lock = LocalLock::acquire(
             dir.path(),
             "hello",
             Owner::this_process("deploy", None),

@@ -7,17 +7,17 @@
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::engine::EngineLock;
+use crate::engine::EngineHold;
 use crate::error::DeployError;
 use crate::events::{Level, Reporter};
-use crate::lock::{DeployLock, Owner};
+use crate::lock::{LocalLock, Owner};
 
 /// The service's deploy lock as a command holds it: this machine's, and the
 /// engine's when runners on several machines share it. See [`take`].
 #[derive(Debug)]
 pub struct Hold {
-    local: DeployLock,
-    engine: Option<EngineLock>,
+    local: LocalLock,
+    engine: Option<EngineHold>,
 }
 
 impl Hold {
@@ -81,8 +81,8 @@ pub async fn take(
 ) -> Result<Hold, DeployError> {
     ctx.store.ensure_dir()?;
     let owner = Owner::this_process(operation, run_url);
-    let lock = DeployLock::acquire(ctx.store.dir(), ctx.service(), owner, wait).await?;
-    let engine = ctx.engine.lock(lock.owner(), wait).await?;
+    let lock = LocalLock::acquire(ctx.store.dir(), ctx.service(), owner, wait).await?;
+    let engine = ctx.engine.take_lock(lock.owner(), wait).await?;
     if let Some(dead) = &lock.taken_over {
         ctx.reporter.log(
             Level::Warn,

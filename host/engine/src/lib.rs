@@ -290,11 +290,11 @@ pub trait Engine: Send + Sync {
     ///
     /// # Errors
     /// [`EngineError`] naming the holder when it is still held after `wait`.
-    async fn lock(
+    async fn take_lock(
         &self,
         owner: &crate::lock::Owner,
         wait: Duration,
-    ) -> Result<Option<EngineLock>, EngineError> {
+    ) -> Result<Option<EngineHold>, EngineError> {
         let _ = (owner, wait);
         Ok(None)
     }
@@ -453,16 +453,16 @@ pub struct RecordedLive {
 }
 
 /// A deploy lock held in the engine: renewed in the background while held, released
-/// by [`EngineLock::release`] (or, best effort, when dropped). What the renewals
+/// by [`EngineHold::release`] (or, best effort, when dropped). What the renewals
 /// learn is kept in its [`LockStatus`], which the deploy checks at every step.
 #[derive(Debug)]
-pub struct EngineLock {
+pub struct EngineHold {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), EngineError>>,
     status: LockStatus,
 }
 
-impl EngineLock {
+impl EngineHold {
     /// A lock whose holder `task` renews it, recording a loss in `status`, until
     /// `stop` fires or is dropped; then it releases it and says how that went.
     pub fn new(
@@ -470,7 +470,7 @@ impl EngineLock {
         task: tokio::task::JoinHandle<Result<(), EngineError>>,
         status: LockStatus,
     ) -> Self {
-        EngineLock {
+        EngineHold {
             stop: Some(stop),
             task,
             status,
@@ -501,7 +501,7 @@ impl EngineLock {
     }
 }
 
-impl Drop for EngineLock {
+impl Drop for EngineHold {
     fn drop(&mut self) {
         // The holder task releases on its own once `stop` is gone; it only needs
         // the runtime to live long enough, which `release` guarantees.
@@ -532,7 +532,7 @@ impl LockStatus {
         *self.lost_to.lock().unwrap_or_else(|e| e.into_inner()) = Some(holder);
     }
 
-    /// See [`EngineLock::check`].
+    /// See [`EngineHold::check`].
     ///
     /// # Errors
     /// [`SwarmError::LockLost`] naming who holds it now.

@@ -937,7 +937,7 @@ impl Swarm {
     ///
     /// # Errors
     /// As [`Swarm::take_lock`].
-    pub async fn lock(&self, owner: &Owner) -> Result<ClusterLock, SwarmError> {
+    pub async fn claim_lock(&self, owner: &Owner) -> Result<ClusterLock, SwarmError> {
         let seen = self.read_lock().await?;
         self.take_lock(&seen, owner).await
     }

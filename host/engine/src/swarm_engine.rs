@@ -17,7 +17,7 @@ use cutover_base::retry::{self, Deadline, Retryable};
 
 use super::swarm::{ClusterLock, Swarm};
 use super::{
-    DockerHost, Engine, EngineError, EngineLock, ImageSource, Instance, LockStatus, NodeDown,
+    DockerHost, Engine, EngineError, EngineHold, ImageSource, Instance, LockStatus, NodeDown,
     OnLine, OneOff, PreparedImage, RecordedLive, Replica, SwarmError,
 };
 use crate::Color;
@@ -60,7 +60,7 @@ impl SwarmEngine {
     }
 
     /// Checks, before a write that changes a colour or the live record, that the
-    /// cluster lock taken by [`Engine::lock`] is still this runner's. (Commands that
+    /// cluster lock taken by [`Engine::take_lock`] is still this runner's. (Commands that
     /// write always take it first; without one there is nothing to check.)
     async fn writing(&self) -> Result<(), EngineError> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -301,9 +301,13 @@ impl Engine for SwarmEngine {
         Ok(holder.filter(|h| !h.lease_expired()))
     }
 
-    async fn lock(&self, owner: &Owner, wait: Duration) -> Result<Option<EngineLock>, EngineError> {
+    async fn take_lock(
+        &self,
+        owner: &Owner,
+        wait: Duration,
+    ) -> Result<Option<EngineHold>, EngineError> {
         let deadline = Deadline::after(wait);
-        let mut held = (|| self.swarm.lock(owner))
+        let mut held = (|| self.swarm.claim_lock(owner))
             .retry(retry::every(POLL.max(Duration::from_secs(1))))
             .when(|e| {
                 matches!(e, SwarmError::LockHeld { .. } | SwarmError::LockRace { .. })
@@ -343,6 +347,6 @@ impl Engine for SwarmEngine {
             slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             result.map_err(EngineError::from)
         });
-        Ok(Some(EngineLock::new(stop, task, status)))
+        Ok(Some(EngineHold::new(stop, task, status)))
     }
 }
