@@ -10,7 +10,7 @@
 //! bollard sends, and never shells out to the local `docker` CLI (an `ssh://` engine
 //! is reached through `ssh` and the remote's `docker system dial-stdio`).
 
-mod context;
+mod build_context;
 pub(crate) mod error;
 mod ssh;
 mod tls;
@@ -404,12 +404,13 @@ impl Docker {
     ) -> Result<ImageInfo, DockerError> {
         let context_dir = req.context.to_owned();
         let dockerfile = req.dockerfile.to_owned();
-        let tar = tokio::task::spawn_blocking(move || context::archive(&context_dir, &dockerfile))
-            .await
-            .map_err(|e| DockerError::Context {
-                path: req.context.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
+        let tar =
+            tokio::task::spawn_blocking(move || build_context::archive(&context_dir, &dockerfile))
+                .await
+                .map_err(|e| DockerError::Context {
+                    path: req.context.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
         let options = BuildImageOptionsBuilder::default()
             .dockerfile(req.dockerfile)
             .t(req.tag)
