@@ -46,11 +46,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-/// The guard of `m`, also when a thread panicked holding it (the state it guards
-/// stays consistent: every change is one assignment).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use crate::sync::guard;
 
 /// Descriptors kept free for everything but client connections: the runtime, the
 /// listener, the state files, and per repository a git or deploy child's pipes.
@@ -258,7 +254,7 @@ impl Conns {
             tokio::pin!(released);
             released.as_mut().enable();
             {
-                let mut table = lock(&self.table);
+                let mut table = guard(&self.table);
                 if table.open.len() < max {
                     return true;
                 }
@@ -281,7 +277,7 @@ impl Conns {
     /// Adds a connection: its id, state and the receiver that fires when it is asked
     /// to close.
     fn register(&self) -> (u64, State, oneshot::Receiver<()>) {
-        let mut table = lock(&self.table);
+        let mut table = guard(&self.table);
         let id = table.next_id;
         table.next_id += 1;
         let state = State::default();
@@ -305,7 +301,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        lock(&self.conns.table).open.remove(&self.id);
+        guard(&self.conns.table).open.remove(&self.id);
         self.conns.released.notify_one();
     }
 }

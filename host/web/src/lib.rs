@@ -14,6 +14,7 @@ pub mod conns;
 pub mod dashboard;
 pub mod html;
 pub mod serve;
+mod sync;
 
 // The core's modules, under the names they have in the core.
 use cutover_core::{

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::sync::guard;
+
 /// How long a login lasts: a working day, then the token again.
 pub(super) const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 /// Failed logins a peer may make within [`FAILURE_WINDOW`]; the next gets 429.
@@ -40,10 +42,6 @@ impl std::fmt::Debug for Sessions {
         // Never the key.
         f.debug_struct("Sessions").finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now() -> u64 {
@@ -95,7 +93,7 @@ impl Sessions {
         let expires: u64 = parts.next()?.parse().ok()?;
         let tag = hex::decode(parts.next()?).ok()?;
         self.mac(id, expires).verify_slice(&tag).ok()?;
-        (expires > now() && !lock(&self.revoked).contains_key(&id)).then_some((id, expires))
+        (expires > now() && !guard(&self.revoked).contains_key(&id)).then_some((id, expires))
     }
 
     /// Whether `value` is a live session.
@@ -107,7 +105,7 @@ impl Sessions {
     /// have expired anyway.
     pub(super) fn revoke(&self, value: &str) {
         if let Some((id, expires)) = self.valid(value) {
-            let mut revoked = lock(&self.revoked);
+            let mut revoked = guard(&self.revoked);
             let now = now();
             revoked.retain(|_, until| *until > now);
             revoked.insert(id, expires);
@@ -117,7 +115,7 @@ impl Sessions {
     /// How long `peer` must wait before trying again, when it made
     /// [`MAX_FAILURES`] failed logins within the last [`FAILURE_WINDOW`].
     pub(super) fn retry_after(&self, peer: IpAddr) -> Option<Duration> {
-        let mut failures = lock(&self.failures);
+        let mut failures = guard(&self.failures);
         let times = failures.get_mut(&peer)?;
         while times.front().is_some_and(|t| t.elapsed() >= FAILURE_WINDOW) {
             times.pop_front();
@@ -137,7 +135,7 @@ impl Sessions {
 
     /// Counts a failed login from `peer`.
     pub(super) fn failed(&self, peer: IpAddr) {
-        let mut failures = lock(&self.failures);
+        let mut failures = guard(&self.failures);
         if failures.len() >= MAX_PEERS && !failures.contains_key(&peer) {
             failures.retain(|_, times| times.back().is_some_and(|t| t.elapsed() < FAILURE_WINDOW));
             if failures.len() >= MAX_PEERS

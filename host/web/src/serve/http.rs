@@ -16,12 +16,13 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::App;
 use super::auth::{signature_header, signature_ok};
 use super::push::{Parsed, Push, parse_github, parse_trigger};
 use super::queue::DeployRun;
 use super::replay::{body_key, delivery_key};
-use super::{App, lock};
 use crate::access::Refusal;
+use crate::sync::guard;
 
 /// A client must send its whole body within this time.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -167,7 +168,7 @@ fn accept(app: &Arc<App>, push: Push, digest: String) -> Response {
             json!({"error": "the server is shutting down; deliver again once it is back"}),
         );
     }
-    if !lock(&app.seen).accept(&[delivery_key(&push.delivery), digest.clone()]) {
+    if !guard(&app.seen).accept(&[delivery_key(&push.delivery), digest.clone()]) {
         tracing::info!(delivery = %push.delivery, "replayed delivery ignored");
         return reply(
             StatusCode::OK,
@@ -175,7 +176,7 @@ fn accept(app: &Arc<App>, push: Push, digest: String) -> Response {
         );
     }
     let run = DeployRun::accepted(push, worker.repo.name.clone(), digest);
-    let superseded = lock(&app.queue).enqueue(&worker.key, run.clone());
+    let superseded = guard(&app.queue).enqueue(&worker.key, run.clone());
     worker.wake.notify_one();
     tracing::info!(
         delivery = %run.delivery,
@@ -226,7 +227,7 @@ async fn list_deploys(
             return response;
         }
     }
-    let runs = lock(&app.queue).runs();
+    let runs = guard(&app.queue).runs();
     reply(StatusCode::OK, json!({ "deploys": runs }))
 }
 

@@ -68,6 +68,7 @@ pub use queue::{DeployRun, MAX_RUNS, RunState};
 
 use crate::config::ConfigError;
 use crate::secret::Secret;
+use crate::sync::guard;
 use queue::Queue;
 use replay::Seen;
 use worker::{Worker, work};
@@ -148,10 +149,6 @@ struct App {
     stop: watch::Sender<bool>,
     /// The dashboards of the services.
     views: views::Views,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the server until SIGINT/SIGTERM, then shuts down gracefully.
@@ -375,7 +372,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 
 /// Marks every queued push cancelled and forgets it so it can be delivered again.
 fn cancel_pending(app: &App) {
-    let dropped = lock(&app.queue).cancel_pending();
+    let dropped = guard(&app.queue).cancel_pending();
     for run in &dropped {
         tracing::warn!(delivery = %run.delivery, repository = %run.repository, sha = %run.sha, "queued push dropped at shutdown; redeliver or push again");
     }
@@ -390,5 +387,5 @@ fn forget(app: &App, runs: &[DeployRun]) {
         return;
     }
     let keys: Vec<String> = runs.iter().flat_map(DeployRun::replay_keys).collect();
-    lock(&app.seen).forget(&keys);
+    guard(&app.seen).forget(&keys);
 }

@@ -27,13 +27,14 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 
+use super::App;
 use super::worker::Worker;
-use super::{App, lock};
 use crate::config::Config;
 use crate::context::Context;
 use crate::dashboard::{Dashboard, ServiceRow, live_events, metrics_response, render_index};
 use crate::metrics::ServiceRecords;
 use crate::plugin::{PluginHost, PluginKind};
+use crate::sync::guard;
 
 /// The dashboards opened so far, and what they need.
 pub(super) struct Views {
@@ -116,7 +117,7 @@ async fn index(State(app): State<Arc<App>>) -> maud::Markup {
         .into_iter()
         .map(|worker| {
             let repository = worker.repo.name.clone();
-            let activity = lock(&app.queue).activity(&repository);
+            let activity = guard(&app.queue).activity(&repository);
             match config_of(worker) {
                 Ok(config) => {
                     let records = ServiceRecords::load(&config);
@@ -193,7 +194,7 @@ async fn dashboard(
 ) -> Result<Arc<Dashboard>, String> {
     let path = worker.checkout.join(&worker.repo.config);
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if let Some((seen, dashboard)) = lock(&views.open).get(&worker.key)
+    if let Some((seen, dashboard)) = guard(&views.open).get(&worker.key)
         && *seen == bytes
     {
         return Ok(dashboard.clone());
@@ -215,7 +216,7 @@ async fn dashboard(
     .await
     .map_err(|e| e.to_string())?;
     let dashboard = Arc::new(Dashboard::new(ctx));
-    lock(&views.open).insert(worker.key.clone(), (bytes, dashboard.clone()));
+    guard(&views.open).insert(worker.key.clone(), (bytes, dashboard.clone()));
     Ok(dashboard)
 }
 

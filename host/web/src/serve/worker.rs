@@ -14,10 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+use super::App;
 use super::config::RepoConfig;
 use super::queue::{DeployRun, RunState};
-use super::{App, lock};
 use crate::events::{Event, Level};
+use crate::sync::guard;
 
 /// A `git fetch` that takes longer is stopped.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,19 +50,19 @@ pub(super) async fn work(app: Arc<App>, worker: Arc<Worker>) {
             if *app.stop.borrow() {
                 return;
             }
-            let Some(run) = lock(&app.queue).take(&worker.key) else {
+            let Some(run) = guard(&app.queue).take(&worker.key) else {
                 break;
             };
             let span = tracing::info_span!("deploy", delivery = %run.delivery, repository = %run.repository, sha = %run.sha);
             let finished = deploy_push(&app, &worker, run).instrument(span).await;
-            lock(&app.queue).record(finished);
+            guard(&app.queue).record(finished);
         }
     }
 }
 
 /// Updates the run in `GET /deploys` as the deploy goes.
 fn publish(app: &App, run: &DeployRun) {
-    lock(&app.queue).record(run.clone());
+    guard(&app.queue).record(run.clone());
 }
 
 /// Fetches and checks out the pushed commit, then runs `cutover deploy`.
