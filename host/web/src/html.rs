@@ -172,38 +172,13 @@ pub(crate) mod fixtures;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::Actor;
-    use crate::operation::{OperationKind, Step, StepTiming};
 
     #[test]
     fn report_is_one_escaped_file_with_a_bar_per_step() {
-        let entry = Entry {
-            deploy_id: "01j".to_owned(),
-            time: "2026-01-01T00:00:00Z".to_owned(),
-            kind: OperationKind::Deploy,
-            actor: Actor {
-                via: "local".to_owned(),
-                name: Some("<script>".to_owned()),
-                run_url: Some("javascript:alert(1)".to_owned()),
-                host: "h".to_owned(),
-            },
-            git_sha: Some("0123456789abcdef".to_owned()),
-            image: Some("hello:1".to_owned()),
-            digest: None,
-            target: Some(crate::Color::Green),
-            outcome: Outcome::Failed,
-            reason: Some("health: 503 <b>".to_owned()),
-            steps: vec![
-                StepTiming {
-                    step: Step::Gate,
-                    ms: 3,
-                },
-                StepTiming {
-                    step: Step::Health,
-                    ms: 1500,
-                },
-            ],
-        };
+        // The fixture's failed deploy, with a script URL and markup in its reason.
+        let mut entry = fixtures::entry();
+        entry.actor.run_url = Some("javascript:alert(1)".to_owned());
+        entry.reason = Some("health: 503 <b>".to_owned());
         let html = history_report("hello", &[entry]);
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("javascript:"), "{html}");
