@@ -185,6 +185,79 @@ async fn managed_nginx_starts_switches_and_stops() {
     m.proxy.stop().await.unwrap();
 }
 
+/// The `Uid:` line of `/proc/<pid>/status`: real, effective, saved, filesystem.
+fn uids(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn managed_workers_run_unprivileged_when_cutover_runs_as_root() {
+    assert!(
+        crate::support::nginx::is_root(),
+        "this test checks what root's managed nginx runs its workers as; run it as root (CI does)"
+    );
+    let a = Backend::start("a").await;
+    let m = Managed::new();
+    m.switch_to(&a).await;
+    let master = m.master();
+    assert_eq!(uids(master)[1], 0, "the master binds and reads as root");
+    // The new workers may take a moment to appear after the start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut workers = children(master);
+    while workers.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        workers = children(master);
+    }
+    assert!(!workers.is_empty(), "no workers of {master}");
+    for worker in &workers {
+        assert!(
+            uids(*worker).iter().all(|&u| u != 0),
+            "worker {worker} runs as {:?}",
+            uids(*worker)
+        );
+    }
+    // A request body too big for memory goes through the workers' temp files.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .post(format!("http://{}/upload", m.listen))
+        .body(vec![b'x'; 512 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers().contains_key("x-cutover-upstream"),
+        "nginx passed the body on: {}",
+        response.status()
+    );
+    let conf = std::fs::read_to_string(m.proxy.managed_conf().unwrap()).unwrap();
+    let temp = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client_body_temp_path \""))
+        .and_then(|rest| rest.strip_suffix("/client_body\";"))
+        .unwrap_or_else(|| panic!("{conf}"))
+        .to_owned();
+    assert!(temp.starts_with("/run/cutover-nginx/"), "{temp}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&temp).unwrap();
+    assert_eq!(
+        meta.uid(),
+        uids(workers[0])[1],
+        "the workers own their temp directory"
+    );
+    assert_eq!(meta.mode() & 0o777, 0o700);
+
+    m.proxy.stop().await.unwrap();
+    assert!(!Path::new(&temp).exists(), "stop removes {temp}");
+}
+
 #[tokio::test]
 async fn failed_config_test_restores_files_and_never_reloads() {
     let a = Backend::start("a").await;

@@ -24,6 +24,7 @@ mod files;
 mod fronts;
 mod managed_conf;
 mod procs;
+mod workers;
 
 pub use fronts::Proxy;
 
@@ -943,9 +944,16 @@ impl Nginx {
     /// # Errors
     /// [`ProxyError::Stop`] when the master cannot be signalled or outlives both waits.
     pub async fn stop(&self) -> Result<(), ProxyError> {
-        if self.managed().is_none() {
+        let Some(managed) = self.managed() else {
             return Ok(());
-        }
+        };
+        self.stop_master().await?;
+        workers::remove(&managed.layout.prefix);
+        Ok(())
+    }
+
+    /// Stops the managed master (see [`Nginx::stop`]).
+    async fn stop_master(&self) -> Result<(), ProxyError> {
         let Some(master) = self.managed_master() else {
             return Ok(());
         };
@@ -1015,14 +1023,23 @@ impl Nginx {
                 .create(dir)
                 .map_err(|e| layout_error(dir, e.to_string()))?;
         }
-        let root = rustix::process::geteuid().is_root();
+        // Root's workers run unprivileged (see `workers`).
+        let workers = if rustix::process::geteuid().is_root() {
+            Some(
+                workers::prepare(&layout.prefix)
+                    .map_err(|reason| layout_error(&layout.prefix, reason))?,
+            )
+        } else {
+            None
+        };
         let text = managed_conf::render(
             layout,
             &managed_conf::Settings {
                 service: &managed.service,
                 listen: managed.listen,
                 shutdown_timeout: managed.shutdown_timeout,
-                worker_user: root.then_some("root"),
+                worker_user: workers.as_ref().map(|w| w.user.as_str()),
+                worker_temp: workers.as_ref().map(|w| w.temp.as_path()),
             },
         )
         .map_err(|reason| layout_error(&layout.conf, reason))?;

@@ -5,7 +5,8 @@
 //! backend, forwarding headers, `proxy_pass $service_url`) and adds what cutover needs:
 //! an `X-Cutover-Upstream` response header naming the backend that answered, so the
 //! verify step can prove the switch, and logs, pid and temp files inside the prefix so
-//! nginx runs without touching `/var`. It only renders text; writing is the caller's.
+//! nginx runs without touching `/var` (root's workers have their temp files in
+//! `/run`: see `workers`). It only renders text; writing is the caller's.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -65,8 +66,11 @@ pub(crate) struct Settings<'a> {
     pub(crate) listen: SocketAddr,
     /// Old workers still busy this long after a reload are closed by nginx itself.
     pub(crate) shutdown_timeout: Duration,
-    /// Runs the workers as this user (only meaningful when the master runs as root).
+    /// Runs the workers as this `user group` (only meaningful when the master runs
+    /// as root), with their temp files in `worker_temp` instead of the prefix's.
     pub(crate) worker_user: Option<&'a str>,
+    /// Where the workers' temp files go when `worker_user` is set.
+    pub(crate) worker_temp: Option<&'a Path>,
 }
 
 /// A path as an nginx string literal. Refuses characters nginx would interpret
@@ -87,7 +91,7 @@ fn quoted(path: &Path) -> Result<String, String> {
 pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String, String> {
     let q = |p: &Path| quoted(p);
     let conf_d = &layout.conf_d;
-    let temp = &layout.temp;
+    let temp = settings.worker_temp.unwrap_or(&layout.temp);
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -100,10 +104,8 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
     if let Some(user) = settings.worker_user {
         let _ = writeln!(
             s,
-            "# The master runs as root. Workers run as {user} too: the prefix sits in the\n\
-             # state directory (mode 0700), which workers dropped to `nobody` could not\n\
-             # reach for their temp files. This nginx is for loopback demos and CI; put a\n\
-             # shared or public host's nginx in external mode instead.\n\
+            "# The master runs as root (to bind the port and read this file); its workers,\n\
+             # which handle the traffic, run unprivileged, with temp files of their own.\n\
              user {user};"
         );
     }
@@ -186,6 +188,7 @@ mod tests {
             listen: "127.0.0.1:8080".parse().unwrap(),
             shutdown_timeout: Duration::from_secs(30),
             worker_user: None,
+            worker_temp: None,
         }
     }
 
@@ -226,13 +229,18 @@ mod tests {
         let conf = render(
             &layout,
             &Settings {
-                worker_user: Some("root"),
+                worker_user: Some("www-data www-data"),
+                worker_temp: Some(Path::new("/run/cutover-nginx/0123")),
                 listen: "[::1]:9000".parse().unwrap(),
                 ..settings()
             },
         )
         .unwrap();
-        assert!(conf.contains("\nuser root;\n"), "{conf}");
+        assert!(conf.contains("\nuser www-data www-data;\n"), "{conf}");
+        assert!(
+            conf.contains("proxy_temp_path \"/run/cutover-nginx/0123/proxy\";"),
+            "{conf}"
+        );
         assert!(conf.contains("listen [::1]:9000;"), "{conf}");
     }
 
