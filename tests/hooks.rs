@@ -428,3 +428,30 @@ fn exec_on_a_terminal_gives_the_command_a_tty_and_the_keystrokes() {
     assert!(status.success(), "{status}\n{text}");
     assert!(one_offs(&svc).is_empty(), "{:?}", svc.containers());
 }
+
+#[test]
+fn rollback_runs_before_hooks_only_when_they_opt_in() {
+    let svc = Service::new("hook-rollback");
+    let hook = "\n[[hook]]\nname = \"note\"\nwhen = \"before-start\"\nlocal = [\"sh\", \"-c\", \"echo $CUTOVER_OPERATION $CUTOVER_COLOR >> ops.log\"]\n";
+    svc.append_config(hook);
+    let ops = || std::fs::read_to_string(svc.base.join("ops.log")).unwrap_or_default();
+    svc.deploy("v1").success();
+    svc.deploy("v2").success();
+    assert_eq!(ops(), "deploy blue\ndeploy green\n");
+
+    let out = svc.cutover(&["rollback"]).success();
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    assert_eq!(
+        ops(),
+        "deploy blue\ndeploy green\n",
+        "not by default:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("hook:note"), "{}", out.stderr);
+
+    svc.append_config("on_rollback = true\n");
+    let out = svc.cutover(&["rollback"]).success();
+    assert_eq!(svc.get("/").body.trim(), "hello v2 from green");
+    assert_eq!(ops(), "deploy blue\ndeploy green\nrollback green\n");
+    assert!(out.stderr.contains("✓ hook:note"), "{}", out.stderr);
+}
