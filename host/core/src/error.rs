@@ -134,6 +134,15 @@ pub enum DeployError {
     /// The engine cannot do what was asked (the message says what instead).
     #[error("{0}")]
     Unsupported(String),
+    /// `exec` ran longer than its `--timeout`.
+    #[error(
+        "`cutover exec` timed out after {} (--timeout) and its container was removed; give it longer with --timeout",
+        humantime::format_duration(*after)
+    )]
+    ExecTimedOut {
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// `exec` with no colour live.
     #[error(
         "no colour is live, so there is no image to run: deploy first (`cutover status` shows what runs)"

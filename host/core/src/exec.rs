@@ -60,29 +60,38 @@ pub async fn exec(
         timeout,
     };
     let ran = match io {
-        Io::Lines(on_line) => {
-            tokio::time::timeout(timeout, ctx.engine.run_one_off(&job, on_line)).await
-        }
+        Io::Lines(on_line) => within(ctx, &job, ctx.engine.run_one_off(&job, on_line)).await?,
         Io::Terminal {
             size,
             input,
             output,
         } => {
-            tokio::time::timeout(timeout, ctx.engine.run_attached(&job, size, input, output)).await
+            within(
+                ctx,
+                &job,
+                ctx.engine.run_attached(&job, size, input, output),
+            )
+            .await?
         }
     };
-    match ran {
-        Ok(code) => Ok(code?),
+    ran.ok_or(DeployError::ExecTimedOut { after: timeout })
+}
+
+/// Awaits `run`, the one-off `job`, for at most its timeout; `None` when that passed,
+/// after removing what it left running (a job given up on is never run again).
+///
+/// # Errors
+/// The engine's error from `run` or from the removal.
+pub(crate) async fn within(
+    ctx: &Context,
+    job: &OneOff<'_>,
+    run: impl std::future::Future<Output = Result<i64, crate::engine::EngineError>>,
+) -> Result<Option<i64>, DeployError> {
+    match tokio::time::timeout(job.timeout, run).await {
+        Ok(code) => Ok(Some(code?)),
         Err(_) => {
-            ctx.engine.remove_one_offs(&id).await?;
-            Err(DeployError::Hook {
-                name: "exec".to_owned(),
-                why: format!(
-                    "timed out after {} (--timeout) and was stopped",
-                    humantime::format_duration(timeout)
-                ),
-                tail: Vec::new(),
-            })
+            ctx.engine.remove_one_offs(job.deploy_id).await?;
+            Ok(None)
         }
     }
 }

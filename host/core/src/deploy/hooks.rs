@@ -124,7 +124,14 @@ async fn run_one(
         tail.push_back(line.to_owned());
     };
     let timeout = hook.timeout.get();
-    let ended = match hook.run() {
+    let timed_out = || {
+        format!(
+            "timed out after {} (hook.timeout) and was stopped",
+            humantime::format_duration(timeout)
+        )
+    };
+    // The exit code, an error of the engine, or why the hook did not end by itself.
+    let ended: Result<Result<i64, DeployError>, String> = match hook.run() {
         HookRun::Container(argv) => {
             let secrets = crate::app_secrets::resolve(&ctx.config)?;
             let auth = ctx.registry_auth()?;
@@ -138,16 +145,18 @@ async fn run_one(
                 auth: auth.as_ref(),
                 timeout,
             };
-            let ran =
-                tokio::time::timeout(timeout, ctx.engine.run_one_off(&job, &mut on_line)).await;
-            if ran.is_err() {
-                // Given up on: the container may still run. Not re-run, removed.
-                ctx.engine.remove_one_offs(deploy_id).await?;
+            let run = ctx.engine.run_one_off(&job, &mut on_line);
+            match crate::exec::within(ctx, &job, run).await? {
+                Some(code) => Ok(Ok(code)),
+                None => Err(timed_out()),
             }
-            ran.map(|code| code.map_err(DeployError::from))
         }
         HookRun::Local(argv) => {
-            tokio::time::timeout(timeout, run_local(ctx, argv, env, &mut on_line)).await
+            match tokio::time::timeout(timeout, run_local(ctx, argv, env, &mut on_line)).await {
+                Ok(Ok(code)) => Ok(Ok(code)),
+                Ok(Err(why)) => Err(why),
+                Err(_) => Err(timed_out()),
+            }
         }
     };
     let failed = |why: String| DeployError::Hook {
@@ -158,17 +167,14 @@ async fn run_one(
     match ended {
         Ok(Ok(0)) => Ok("exited 0".to_owned()),
         Ok(Ok(code)) => Err(failed(format!("exited with code {code}"))),
-        Ok(Err(DeployError::Hook { why, .. })) => Err(failed(why)),
         Ok(Err(error)) => Err(error),
-        Err(_) => Err(failed(format!(
-            "timed out after {} (hook.timeout) and was stopped",
-            humantime::format_duration(timeout)
-        ))),
+        Err(why) => Err(failed(why)),
     }
 }
 
 /// Runs `argv` on the runner in the config's directory, without a shell, its stdout
-/// and stderr line by line to `on_line`; returns its exit code. The registry
+/// and stderr line by line to `on_line`; returns its exit code, or why it has none.
+/// The registry
 /// password and webhook URLs are taken out of its environment. Dropped (timed out),
 /// the program is killed.
 async fn run_local(
@@ -176,7 +182,7 @@ async fn run_local(
     argv: &[String],
     env: &[(&'static str, String)],
     on_line: &mut (dyn FnMut(&str) + Send),
-) -> Result<i64, DeployError> {
+) -> Result<i64, String> {
     let base = ctx.config.base_dir();
     // `./scripts/x` is the repository's; a bare `psql` is looked up on PATH.
     let program = if argv[0].contains('/') {
@@ -196,14 +202,9 @@ async fn run_local(
         command.env_remove(name);
     }
     command.envs(env.iter().map(|(k, v)| (k, v)));
-    let cannot = |why: String| DeployError::Hook {
-        name: String::new(),
-        why,
-        tail: Vec::new(),
-    };
     let mut child = command
         .spawn()
-        .map_err(|e| cannot(format!("could not start {}: {e}", program.display())))?;
+        .map_err(|e| format!("could not start {}: {e}", program.display()))?;
     let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
     let (mut out_open, mut err_open) = (true, true);
@@ -223,9 +224,9 @@ async fn run_local(
     let status = child
         .wait()
         .await
-        .map_err(|e| cannot(format!("could not be waited for: {e}")))?;
-    match status.code() {
-        Some(code) => Ok(i64::from(code)),
-        None => Err(cannot(format!("was killed by a signal ({status})"))),
-    }
+        .map_err(|e| format!("could not be waited for: {e}"))?;
+    status
+        .code()
+        .map(i64::from)
+        .ok_or_else(|| format!("was killed by a signal ({status})"))
 }

@@ -30,7 +30,11 @@ pub async fn rollback(
     ci: &CiFacts,
 ) -> Result<DeployReport, DeployError> {
     ctx.proxy.preflight()?;
+    // For the hooks' environment and the audit entry.
+    let git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())
+        .unwrap_or_default();
     let mut run = Run::start(ctx, OperationKind::Rollback, lock_wait, run_label(ci)).await?;
+    run.git = git.clone();
     let report = match run.state.previous.clone() {
         None => {
             run.fail(Failure::BeforeSwitch(DeployError::NothingToRollBack))
@@ -41,8 +45,6 @@ pub async fn rollback(
             Err(failure) => run.fail(failure).await?,
         },
     };
-    let git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())
-        .unwrap_or_default();
     audit(ctx, &report.audit_entry(OperationKind::Rollback, &git, ci)).await;
     Ok(report)
 }
@@ -57,7 +59,6 @@ async fn rollback_steps(run: &mut Run<'_>, back: Slot) -> Result<(), Failure> {
     (run.journal.target, run.journal.container) = (Some(color), Some(back.container.clone()));
     (run.journal.image_id, run.journal.image_ref) = (Some(image.id.clone()), Some(image.reference.clone()));
     let id = run.journal.deploy_id.clone();
-    run.git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars()).unwrap_or_default();
     let facts = hooks::Facts { color, image: &image };
 
     // Only the hooks with `on_rollback = true`: a down-migration is the user's call.

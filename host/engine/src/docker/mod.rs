@@ -1372,8 +1372,9 @@ fn unix_seconds(text: &str) -> Option<i64> {
     Some(i64::try_from(secs).ok()? - offset)
 }
 
-/// Splits the builder's output into lines for `on_line` and keeps the last few.
-struct Lines<'a> {
+/// Splits a program's output (the builder's, a one-off job's) into lines for
+/// `on_line` and keeps the last few.
+pub(crate) struct Lines<'a> {
     on_line: &'a mut (dyn FnMut(&str) + Send),
     partial: String,
     tail: Vec<String>,
@@ -1407,7 +1408,7 @@ fn redact(text: &str, secrets: &[String]) -> String {
 }
 
 impl<'a> Lines<'a> {
-    fn new(on_line: &'a mut (dyn FnMut(&str) + Send)) -> Self {
+    pub(crate) fn new(on_line: &'a mut (dyn FnMut(&str) + Send)) -> Self {
         Lines {
             on_line,
             partial: String::new(),
@@ -1416,7 +1417,7 @@ impl<'a> Lines<'a> {
         }
     }
 
-    fn push(&mut self, text: &str) {
+    pub(crate) fn push(&mut self, text: &str) {
         self.partial.push_str(text);
         while let Some(i) = self.partial.find('\n') {
             let line: String = self.partial.drain(..=i).collect();
@@ -1424,7 +1425,7 @@ impl<'a> Lines<'a> {
         }
     }
 
-    fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         let rest = std::mem::take(&mut self.partial);
         self.emit(rest.trim_end());
     }

@@ -137,18 +137,12 @@ impl Swarm {
             .stderr(true)
             .build();
         let mut stream = self.docker.client().service_logs(name, Some(options));
-        let mut partial = String::new();
+        let mut lines = docker::Lines::new(on_line);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.api("read the output of job", name, e))?;
-            partial.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-            while let Some(i) = partial.find('\n') {
-                let line: String = partial.drain(..=i).collect();
-                on_line(line.trim_end());
-            }
+            lines.push(&String::from_utf8_lossy(chunk.as_ref()));
         }
-        if !partial.trim().is_empty() {
-            on_line(partial.trim_end());
-        }
+        lines.finish();
         Ok(())
     }
 
