@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::context::Context;
+use crate::deploy::within;
 use crate::engine::{OneOff, PreparedImage};
 use crate::error::DeployError;
 
@@ -75,23 +76,4 @@ pub async fn exec(
         }
     };
     ran.ok_or(DeployError::ExecTimedOut { after: timeout })
-}
-
-/// Awaits `run`, the one-off `job`, for at most its timeout; `None` when that passed,
-/// after removing what it left running (a job given up on is never run again).
-///
-/// # Errors
-/// The engine's error from `run` or from the removal.
-pub(crate) async fn within(
-    ctx: &Context,
-    job: &OneOff<'_>,
-    run: impl std::future::Future<Output = Result<i64, crate::engine::EngineError>>,
-) -> Result<Option<i64>, DeployError> {
-    match tokio::time::timeout(job.timeout, run).await {
-        Ok(code) => Ok(Some(code?)),
-        Err(_) => {
-            ctx.engine.remove_one_offs(job.deploy_id).await?;
-            Ok(None)
-        }
-    }
 }

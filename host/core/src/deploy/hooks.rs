@@ -146,7 +146,7 @@ async fn run_one(
                 timeout,
             };
             let run = ctx.engine.run_one_off(&job, &mut on_line);
-            match crate::exec::within(ctx, &job, run).await? {
+            match within(ctx, &job, run).await? {
                 Some(code) => Ok(Ok(code)),
                 None => Err(timed_out()),
             }
@@ -229,4 +229,23 @@ async fn run_local(
         .code()
         .map(i64::from)
         .ok_or_else(|| format!("was killed by a signal ({status})"))
+}
+
+/// Awaits `run`, the one-off `job`, for at most its timeout; `None` when that passed,
+/// after removing what it left running (a job given up on is never run again).
+///
+/// # Errors
+/// The engine's error from `run` or from the removal.
+pub(crate) async fn within(
+    ctx: &Context,
+    job: &OneOff<'_>,
+    run: impl std::future::Future<Output = Result<i64, crate::engine::EngineError>>,
+) -> Result<Option<i64>, DeployError> {
+    match tokio::time::timeout(job.timeout, run).await {
+        Ok(code) => Ok(Some(code?)),
+        Err(_) => {
+            ctx.engine.remove_one_offs(job.deploy_id).await?;
+            Ok(None)
+        }
+    }
 }

@@ -35,6 +35,8 @@ use crate::state::now_rfc3339;
 pub use rollback::rollback;
 use run::Run;
 pub use run::new_deploy_id;
+// `cutover exec` awaits its one-off job the way a hook is awaited.
+pub(crate) use hooks::within;
 
 pub use crate::choose::DeployOptions;
 
