@@ -246,7 +246,11 @@ fn plan_and_deploy_agree_on_target_image_and_files() {
     );
     assert!(deployed.starts_with(prefix), "{deployed} vs plan {planned}");
     // The files plan showed are the files deploy wrote.
-    let written = String::from_utf8(svc.proxy_files().into_values().next().unwrap()).unwrap();
+    let written: String = svc
+        .proxy_files()
+        .into_values()
+        .map(|f| String::from_utf8(f).unwrap())
+        .collect();
     for added in plan["proxy_diff"]
         .as_str()
         .unwrap()

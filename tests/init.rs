@@ -104,7 +104,7 @@ fn init_external_prints_the_include_lines_and_writes_the_external_variant() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("include /etc/nginx/conf.d/blog/service-url.inc;")
+        stdout.contains("include /etc/nginx/conf.d/blog/blog-url.inc;")
             && stdout.contains("proxy_pass $service_url;"),
         "{}",
         text(&out)

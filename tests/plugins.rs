@@ -323,7 +323,7 @@ fn nginx_service_url_renders_the_include_and_refuses_injection() {
         TemplatePlugin::load(host(), &builtin("nginx-service-url", ""), base(), silent()).unwrap();
     let files = template.render(&sample::template_input()).unwrap();
     assert_eq!(files.len(), 1);
-    assert_eq!(files[0].path, "service-url.inc");
+    assert_eq!(files[0].path, "hello-url.inc");
     assert!(
         files[0]
             .contents

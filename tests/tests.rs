@@ -12,6 +12,7 @@ mod dashboard;
 mod deploy;
 mod docker;
 mod faults;
+mod front_door;
 mod fronts;
 mod gate;
 mod health;

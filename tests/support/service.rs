@@ -402,8 +402,17 @@ timeout = "10s"
         let verify = format!("[verify]\nurl = \"http://{}/\"\n", nginx.listen);
         self.edit_config(|text| {
             assert!(text.contains(&managed), "the config is in managed mode");
+            // The test's nginx is the original write-up's: its include already holds
+            // a `service-url.inc`, which cutover keeps using by that name.
+            let pin = if text.contains("[plugins.proxy-template]") {
+                ""
+            } else {
+                "\n[plugins.proxy-template]\nsource = \"builtin:nginx-service-url\"\n\
+                 [plugins.proxy-template.config]\nfile = \"service-url.inc\"\n"
+            };
             text.replace(&managed, &external)
                 .replace("[verify]\n", &verify)
+                + pin
         });
         self.listen = nginx.listen.port();
         self.conf_d = nginx.conf_d.clone();

@@ -2,11 +2,15 @@
 //!
 //! It answers `GET /` with its version and colour, `GET /health` with `ok` (or 503 when
 //! told to fail), and `GET /slow?ms=N` after a delay, so tests can watch a switch, a
-//! failing health check and a request in flight during a stop. Every behaviour a test
-//! needs is a knob in the environment (see [`Knobs`]). It uses std only so it links
-//! statically and runs as PID 1 in a `FROM scratch` image; on SIGTERM or SIGINT it stops
-//! accepting, lets in-flight requests finish (bounded) and exits 0, which is what
-//! `docker stop` needs for a drain without dropped requests.
+//! failing health check and a request in flight during a stop. `GET /ws` is a
+//! WebSocket that greets with its colour and echoes each text message prefixed with
+//! it; `GET /events` is a server-sent event stream of numbered events naming the
+//! colour (see [`streams`]). Every behaviour a test needs is a knob in the environment
+//! (see [`Knobs`]). It links statically (std and the WebSocket framing of
+//! `tungstenite`) and runs as PID 1 in a `FROM scratch` image; on SIGTERM or SIGINT it
+//! stops accepting, lets in-flight requests finish (bounded), closes its WebSockets
+//! (1001, going away) and event streams, and exits 0, which is what `docker stop`
+//! needs for a drain without dropped requests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -390,6 +394,8 @@ struct Request {
     /// Whether the client wants the connection kept open after this request.
     keep_alive: bool,
     content_length: u64,
+    /// `Sec-WebSocket-Key`, when the client asks to upgrade to a WebSocket.
+    websocket_key: Option<String>,
 }
 
 /// Why a request could not be read.
@@ -425,6 +431,7 @@ fn parse_head(head: &str) -> Result<Request, ReadError> {
         }
     };
     let mut content_length = 0;
+    let mut websocket_key = None;
     for line in lines.filter(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(ReadError::Bad(400, "malformed header line\n"));
@@ -445,6 +452,8 @@ fn parse_head(head: &str) -> Result<Request, ReadError> {
             if content_length > MAX_BODY {
                 return Err(ReadError::Bad(413, "request body too large\n"));
             }
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            websocket_key = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ReadError::Bad(
                 501,
@@ -457,6 +466,7 @@ fn parse_head(head: &str) -> Result<Request, ReadError> {
         target: target.to_owned(),
         keep_alive,
         content_length,
+        websocket_key,
     })
 }
 
@@ -476,6 +486,10 @@ fn serve(stream: TcpStream, app: &App) -> io::Result<()> {
                 return Ok(());
             }
         };
+        let path = request.target.split('?').next().unwrap_or_default();
+        if request.method == "GET" && matches!(path, "/ws" | "/events") {
+            return streams::serve(reader, &request, &app.knobs);
+        }
         let response = app.handle(&request);
         // Once a stop began, tell keep-alive clients (nginx) not to reuse this
         // connection, so the drain ends when the current requests do.
@@ -605,6 +619,136 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "",
+    }
+}
+
+/// The long-lived endpoints, each on its connection's thread until the client leaves
+/// or the app stops: `/ws` (a WebSocket) and `/events` (server-sent events).
+mod streams {
+    use super::{Knobs, Request, Response, STOP, TICK};
+    use std::io::{self, BufReader, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::Ordering;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use tungstenite::protocol::{CloseFrame, Role, WebSocket, frame::coding::CloseCode};
+    use tungstenite::{Error, Message};
+
+    /// How long a stopping WebSocket waits for the client's answer to its close.
+    const CLOSE_WAIT: Duration = Duration::from_secs(2);
+    /// The default and the shortest time between two events of `/events?ms=N`.
+    const EVENT_EVERY: Duration = Duration::from_millis(200);
+    const EVENT_MIN: Duration = Duration::from_millis(10);
+
+    pub(super) fn serve(
+        reader: BufReader<TcpStream>,
+        request: &Request,
+        knobs: &Knobs,
+    ) -> io::Result<()> {
+        if request.target.starts_with("/events") {
+            return events(reader.into_inner(), &request.target, knobs);
+        }
+        let Some(key) = &request.websocket_key else {
+            let mut stream = reader.into_inner();
+            let response = Response::text(400, "/ws needs a WebSocket upgrade\n");
+            return stream.write_all(&response.to_bytes(false, true));
+        };
+        websocket(reader, key, knobs)
+    }
+
+    /// Greets with `hello <version> from <colour>`, answers each text message `m`
+    /// with `<colour>: m`, and on a stop sends a close (1001) and waits briefly for
+    /// the client's.
+    fn websocket(reader: BufReader<TcpStream>, key: &str, knobs: &Knobs) -> io::Result<()> {
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let early = reader.buffer().to_vec();
+        let mut stream = reader.into_inner();
+        write!(
+            stream,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\nX-Hello-Color: {}\r\n\r\n",
+            knobs.color
+        )?;
+        stream.set_read_timeout(Some(TICK))?;
+        let mut ws = WebSocket::from_partially_read(stream, early, Role::Server, None);
+        let greeting = format!("hello {} from {}", knobs.version, knobs.color);
+        ws.send(Message::text(greeting)).map_err(io::Error::other)?;
+        let mut closing: Option<Instant> = None;
+        loop {
+            if closing.is_none() && STOP.load(Ordering::SeqCst) {
+                let frame = CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "hello is stopping".into(),
+                };
+                // An error here means the client is gone already.
+                let _ = ws.close(Some(frame));
+                closing = Some(Instant::now());
+            }
+            if closing.is_some_and(|since| since.elapsed() > CLOSE_WAIT) {
+                return Ok(());
+            }
+            match ws.read() {
+                Ok(Message::Text(text)) if closing.is_none() => {
+                    let answer = format!("{}: {}", knobs.color, text.as_str());
+                    ws.send(Message::text(answer)).map_err(io::Error::other)?;
+                }
+                Ok(_) => {}
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Pongs and a queued close go out even while the client is quiet.
+                    let _ = ws.flush();
+                }
+                Err(Error::ConnectionClosed | Error::AlreadyClosed) => return Ok(()),
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+    }
+
+    /// `data: <colour> <n>` every `ms` (default 200), until the client leaves; on a
+    /// stop, a last `event: bye` and the end of the stream.
+    fn events(mut stream: TcpStream, target: &str, knobs: &Knobs) -> io::Result<()> {
+        let every = target
+            .split_once('?')
+            .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("ms=")))
+            .and_then(|ms| ms.parse().ok())
+            .map_or(EVENT_EVERY, Duration::from_millis)
+            .max(EVENT_MIN);
+        // No length: the stream ends when the connection does.
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+             X-Hello-Color: {}\r\nConnection: close\r\n\r\n",
+            knobs.color
+        )?;
+        let mut n: u64 = 0;
+        while !STOP.load(Ordering::SeqCst) {
+            n += 1;
+            write!(stream, "id: {n}\ndata: {} {n}\n\n", knobs.color)?;
+            stream.flush()?;
+            let next = Instant::now() + every;
+            while Instant::now() < next && !STOP.load(Ordering::SeqCst) {
+                thread::sleep(TICK.min(every));
+            }
+        }
+        write!(stream, "event: bye\ndata: hello is stopping\n\n")?;
+        stream.flush()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_handshake_answers_the_rfc_example() {
+            // RFC 6455 section 1.3.
+            assert_eq!(
+                tungstenite::handshake::derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+            );
+        }
     }
 }
 
@@ -785,6 +929,7 @@ mod tests {
             target: target.to_owned(),
             keep_alive: true,
             content_length: 0,
+            websocket_key: None,
         }
     }
 

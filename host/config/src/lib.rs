@@ -158,6 +158,7 @@ impl Config {
         let mut config: Config = parse_toml(text, path)?;
         config.file = path.to_owned();
         config.check()?;
+        config.default_template_for_managed_mode();
         if let Some(tls) = &mut config.engine.tls {
             let base = config.file.parent().unwrap_or(Path::new(""));
             for file in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
@@ -836,6 +837,40 @@ listen = "127.0.0.1:8080"
         .unwrap();
         let spec = c.plugins.get(PluginKind::DeployGate).unwrap();
         assert_eq!(spec.config_json(), r#"{"pattern":"cicd"}"#);
+    }
+
+    #[test]
+    fn the_managed_nginx_pools_backend_connections_unless_told_otherwise() {
+        let template = |text: &str| {
+            parse(text)
+                .unwrap()
+                .plugins
+                .get(PluginKind::ProxyTemplate)
+                .map(PluginSpec::config_json)
+        };
+        assert_eq!(
+            template(MINIMAL).as_deref(),
+            Some(r#"{"file":"service-url.inc","keepalive":32}"#)
+        );
+        let own = format!(
+            "{MINIMAL}\n[plugins.proxy-template]\nsource = \"builtin:nginx-service-url\"\nconfig = {{ keepalive = 0, file = \"a.inc\" }}\n"
+        );
+        assert_eq!(
+            template(&own).as_deref(),
+            Some(r#"{"file":"a.inc","keepalive":0}"#)
+        );
+        let extra = format!(
+            "{MINIMAL}\n[[proxy.extra]]\nname = \"lb2\"\nconfig_dir = \"/etc/nginx/conf.d\"\nverify_url = \"http://10.0.0.2/\"\n"
+        );
+        assert_eq!(
+            template(&extra).as_deref(),
+            Some(r#"{"file":"service-url.inc"}"#)
+        );
+        let external = MINIMAL.replace(
+            "mode = \"managed\"\nlisten = \"127.0.0.1:8080\"",
+            "mode = \"external\"\nconfig_dir = \"/etc/nginx/conf.d\"\n[verify]\nurl = \"http://127.0.0.1/\"",
+        );
+        assert_eq!(template(&external), None);
     }
 
     #[test]

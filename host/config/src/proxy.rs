@@ -181,7 +181,45 @@ pub(crate) fn check_nginx_path(path: &Path) -> Result<(), String> {
     }
 }
 
+/// The idle connections to each colour every worker of the managed nginx keeps.
+pub const MANAGED_KEEPALIVE: i64 = 32;
+
 impl Config {
+    /// The managed nginx has its own config directory and loads upstream blocks, so
+    /// its default template pools backend connections (`keepalive`) and keeps the
+    /// include's historic name (`service-url.inc`: a state directory from before
+    /// per-service names keeps one include). A key the config sets wins; an external
+    /// nginx, and a managed one with `[[proxy.extra]]` front ends, gets no pool by
+    /// default, since their `include` lines may not load upstream blocks.
+    pub(crate) fn default_template_for_managed_mode(&mut self) {
+        if self.proxy.mode != ProxyMode::Managed {
+            return;
+        }
+        let builtin = crate::plugin::builtin::default_for(crate::plugin::PluginKind::ProxyTemplate);
+        let spec = self
+            .plugins
+            .proxy_template
+            .get_or_insert_with(|| crate::plugin::PluginSpec {
+                source: builtin.source(),
+                sha256: None,
+                limits: crate::plugin::LimitsConfig::default(),
+                config: toml::Table::new(),
+            });
+        if spec.source != builtin.source() {
+            return;
+        }
+        // `[[proxy.extra]]` nginxes get the same files, and theirs may load only the
+        // include, as the original write-up's did: no pool then, unless asked for.
+        if self.proxy.extra.is_empty() {
+            spec.config
+                .entry("keepalive")
+                .or_insert(toml::Value::Integer(MANAGED_KEEPALIVE));
+        }
+        spec.config
+            .entry("file")
+            .or_insert_with(|| toml::Value::String("service-url.inc".to_owned()));
+    }
+
     /// `[proxy]`: what each mode needs, the commands, the front ends.
     pub(crate) fn check_proxy(&self) -> Result<(), ConfigError> {
         match self.proxy.mode {

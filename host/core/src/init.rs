@@ -419,10 +419,10 @@ fn external_text(f: &Facts) -> (String, String) {
     let dir = format!("/etc/nginx/conf.d/{}", f.service);
     let text = format!(
         r#"{common}
-# Your nginx: cutover writes {dir}/service-url.inc (it sets $service_url to
+# Your nginx: cutover writes {dir}/{service}-url.inc (it sets $service_url to
 # the live colour), runs `nginx -t`, and reloads. Your server block needs:
 #   location / {{
-#       include {dir}/service-url.inc;
+#       include {dir}/{service}-url.inc;
 #       proxy_pass $service_url;
 #   }}
 [proxy]
@@ -444,7 +444,8 @@ timeout = "30s"
         service = f.service,
     );
     let lines = format!(
-        "location / {{\n    include {dir}/service-url.inc;\n    proxy_pass $service_url;\n}}\n"
+        "location / {{\n    include {dir}/{service}-url.inc;\n    proxy_pass $service_url;\n}}\n",
+        service = f.service,
     );
     (text, lines)
 }
@@ -482,7 +483,7 @@ mod tests {
             Some(Path::new("/etc/nginx/conf.d/shop-web"))
         );
         assert_eq!(external.verify.url.as_deref(), Some("http://127.0.0.1/up"));
-        assert!(lines.contains("include /etc/nginx/conf.d/shop-web/service-url.inc;"));
+        assert!(lines.contains("include /etc/nginx/conf.d/shop-web/shop-web-url.inc;"));
     }
 
     #[test]

@@ -87,12 +87,14 @@ pub static BUILTINS: [Builtin; 5] = [
     Builtin {
         name: "nginx-service-url",
         kind: PluginKind::ProxyTemplate,
-        summary: "writes `set $service_url http://ADDR:PORT;` to service-url.inc for one server; \
+        summary: "writes `set $service_url http://ADDR:PORT;` to <service>-url.inc for one server \
+                  (with `keepalive`, a pooled `upstream` block); \
                   for several servers or a canary split, `upstream` blocks (weighted, or picked \
                   by `split_clients` on a sticky key) in upstream_file; optionally a file from a \
                   {{placeholder}} template; refuses values that would inject nginx syntax",
         config: &[
-            "file: the include's path (default \"service-url.inc\")",
+            "file: the include's path (default \"<service>-url.inc\"; the managed nginx uses \"service-url.inc\")",
+            "keepalive: idle connections per worker kept to each colour, 0 to 1024 (default 0; the managed nginx uses 32)",
             "upstream_file: where upstream blocks go when needed (default \"<service>-upstream.conf\", loaded at http level)",
             "max_fails, fail_timeout: each upstream server's passive health check (default 1 and \"5s\")",
             "variable: the nginx variable it sets (default \"service_url\")",

@@ -261,6 +261,7 @@ impl Proxy {
             report.waited = start.elapsed();
             report.old_workers += more.old_workers;
             report.remaining += more.remaining;
+            report.long_lived += more.long_lived;
             report.watched &= more.watched;
         }
         report

@@ -66,6 +66,10 @@ const RELOAD_WAIT: Duration = Duration::from_secs(10);
 /// How often the process table is looked at while waiting for workers.
 const RELOAD_POLL: Duration = Duration::from_millis(2);
 const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How much longer than `drain.timeout` plus the old colour's `stop_grace` nginx
+/// keeps an old worker: the stop that follows the drain comes first, so the app
+/// closes its long-lived connections itself.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
 /// After a graceful quit times out, how long a fast shutdown gets.
 const TERM_WAIT: Duration = Duration::from_secs(3);
 
@@ -243,6 +247,22 @@ pub enum ProxyError {
         /// Why the restore failed.
         error: Box<ProxyError>,
     },
+    /// The config directory still holds the include an older cutover wrote for this
+    /// service under the shared name, while the template now writes another file:
+    /// nginx would keep serving the old one.
+    #[error(
+        "{} was written for service `{service}` by an older cutover, which named every service's include service-url.inc; the default template now writes {now} (one file per service, so several services can share {}). Change nginx's `include` to {now} and delete service-url.inc, or keep the old name with `file = \"service-url.inc\"` under [plugins.proxy-template.config]",
+        dir.join(LEGACY_INCLUDE).display(),
+        dir.display()
+    )]
+    LegacyInclude {
+        /// The config directory.
+        dir: PathBuf,
+        /// The service.
+        service: String,
+        /// The include the template writes now.
+        now: String,
+    },
     /// One step failed on several front ends. Each front end was still tried, and
     /// each failure names its own.
     #[error("{} front ends failed: {}", .0.len(), several(.0))]
@@ -310,6 +330,9 @@ impl ProxyError {
     }
 }
 
+/// The include every service's default template wrote before names were per service.
+const LEGACY_INCLUDE: &str = "service-url.inc";
+
 /// Checks rendered files before anything is written: relative paths inside the
 /// config directory (no `..`, not absolute, a plain alphabet), no duplicates, bounded
 /// count and sizes, no control characters, and `{ }` blocks that balance the way
@@ -366,6 +389,10 @@ pub struct DrainReport {
     /// True when the drain watched nginx's workers; false when it could only wait the
     /// full time (external mode without `proxy.pid_file`).
     pub watched: bool,
+    /// Connections to the old colour the remaining workers still held when the drain
+    /// ended: the long-lived ones (WebSockets, event streams), which the old colour's
+    /// stop then closes.
+    pub long_lived: usize,
 }
 
 impl std::fmt::Display for DrainReport {
@@ -381,6 +408,11 @@ impl std::fmt::Display for DrainReport {
                 f,
                 "{} old nginx worker(s) finished their requests in {ms} ms",
                 self.old_workers
+            ),
+            (true, n) if self.long_lived > 0 => write!(
+                f,
+                "{n} of {} old nginx worker(s) still busy after {ms} ms, holding {} long-lived connection(s) (WebSockets, streams) to the old colour; stopping it closes them",
+                self.old_workers, self.long_lived
             ),
             (true, n) => write!(
                 f,
@@ -455,6 +487,8 @@ pub struct Nginx {
     /// password's): none of them needs it, and the managed nginx would keep a copy in
     /// its memory for as long as it runs.
     hidden_env: Vec<String>,
+    /// The service, as the files it rendered name it.
+    service: String,
 }
 
 impl Nginx {
@@ -496,12 +530,16 @@ impl Nginx {
                         service: config.service.clone(),
                         // check() refuses managed mode without `listen`.
                         listen: p.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
-                        shutdown_timeout: config.drain.timeout.get(),
+                        // See `worker_shutdown_timeout` in managed_conf.
+                        shutdown_timeout: config.drain.timeout.get()
+                            + config.container.stop_grace.get()
+                            + SHUTDOWN_MARGIN,
                     })),
                     nginx,
                     command_timeout,
                     drain_timeout,
                     hidden_env,
+                    service: config.service.clone(),
                 }
             }
             ProxyMode::External => Nginx::external(
@@ -553,6 +591,7 @@ impl Nginx {
             command_timeout: config.proxy.command_timeout.get(),
             drain_timeout: config.drain.timeout.get(),
             hidden_env: config.secret_env_vars(),
+            service: config.service.clone(),
         }
     }
 
@@ -619,6 +658,7 @@ impl Nginx {
     ) -> Result<(), ProxyError> {
         check_rendered(files)?;
         self.prepare()?;
+        self.refuse_legacy_include(files)?;
         // Whatever `previous` does not cover is restored to what is on disk now.
         let missing: Vec<String> = files
             .iter()
@@ -645,6 +685,31 @@ impl Nginx {
                 *restored = true;
             }
             return Err(test_error);
+        }
+        Ok(())
+    }
+
+    /// An external nginx that includes the `service-url.inc` an older cutover wrote
+    /// for this service would never load the per-service file written now, and keep
+    /// serving the old colour: such a switch is refused before anything is written.
+    fn refuse_legacy_include(&self, files: &[ProxyFile]) -> Result<(), ProxyError> {
+        if self.managed().is_some() || files.iter().any(|f| f.path == LEGACY_INCLUDE) {
+            return Ok(());
+        }
+        let ours = format!(
+            "# Written by cutover (builtin:nginx-service-url): {} ->",
+            self.service
+        );
+        let old = std::fs::read_to_string(self.config_dir.join(LEGACY_INCLUDE)).unwrap_or_default();
+        let Some(now) = files.iter().find(|f| f.path.ends_with(".inc")) else {
+            return Ok(());
+        };
+        if old.starts_with(&ours) {
+            return Err(ProxyError::LegacyInclude {
+                dir: self.config_dir.clone(),
+                service: self.service.clone(),
+                now: now.path.clone(),
+            });
         }
         Ok(())
     }
@@ -913,11 +978,18 @@ impl Nginx {
                 0
             };
             if remaining == 0 || Instant::now() >= deadline {
+                let long_lived = match reload.master {
+                    Some(master) if remaining > 0 => {
+                        procs::backend_connections(master, &reload.old_workers)
+                    }
+                    _ => 0,
+                };
                 return DrainReport {
                     waited: start.elapsed(),
                     old_workers: reload.old_workers.len(),
                     remaining,
                     watched,
+                    long_lived,
                 };
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1236,6 +1308,7 @@ mod tests {
             old_workers: 2,
             remaining: 0,
             watched: true,
+            long_lived: 0,
         };
         assert_eq!(
             report.to_string(),

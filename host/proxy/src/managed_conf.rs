@@ -114,8 +114,10 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
         "worker_processes auto;\n\
          pid {pid};\n\
          error_log {error_log} warn;\n\
-         # Old workers still serving long requests this long after a reload are closed,\n\
-         # so a drain always ends (the same bound as drain.timeout).\n\
+         # Old workers still serving this long after a reload are closed, so a drain\n\
+         # always ends: drain.timeout plus the old colour's stop_grace, so a long-lived\n\
+         # connection still open when the drain ends is closed by the app itself (it\n\
+         # gets its SIGTERM first), not cut by nginx.\n\
          worker_shutdown_timeout {shutdown}ms;\n\
          \n\
          events {{\n    worker_connections 1024;\n}}\n\
@@ -135,6 +137,12 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20   # Room for a sticky canary's `split_clients` variable, named after the service.\n\
          \x20   variables_hash_bucket_size 128;\n\
          \x20   client_max_body_size 100M;\n\
+         \x20   # WebSockets: pass the client's Upgrade on; a plain request sends an empty\n\
+         \x20   # Connection header, which keeps the backend connection in the pool.\n\
+         \x20   map $http_upgrade $connection_upgrade {{\n\
+         \x20       default upgrade;\n\
+         \x20       '' '';\n\
+         \x20   }}\n\
          \n\
          \x20   include {http_glob};\n\
          \n\
@@ -148,13 +156,19 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20           proxy_redirect off;\n\
          \x20           proxy_http_version 1.1;\n\
          \x20           proxy_set_header Host $http_host;\n\
-         \x20           proxy_set_header Connection \"\";\n\
+         \x20           proxy_set_header Upgrade $http_upgrade;\n\
+         \x20           proxy_set_header Connection $connection_upgrade;\n\
          \x20           proxy_set_header X-Real-IP $remote_addr;\n\
          \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
          \x20           proxy_set_header X-Forwarded-Host $host;\n\
          \x20           # A backend that does not answer (a Swarm node that died) is given\n\
          \x20           # up on quickly and the request retried on the next one.\n\
          \x20           proxy_connect_timeout 2s;\n\
+         \x20           # WebSockets and server-sent events stay open for long; a stream is\n\
+         \x20           # passed on as it arrives instead of being buffered.\n\
+         \x20           proxy_read_timeout 1h;\n\
+         \x20           proxy_send_timeout 1h;\n\
+         \x20           proxy_buffering off;\n\
          \x20           # Names the backend that answered, so cutover can prove the switch.\n\
          \x20           add_header X-Cutover-Upstream $upstream_addr always;\n\
          \x20       }}\n\
@@ -201,7 +215,10 @@ mod tests {
             "proxy_pass $service_url;",
             "proxy_http_version 1.1;",
             "proxy_set_header Host $http_host;",
-            "proxy_set_header Connection \"\";",
+            "proxy_set_header Upgrade $http_upgrade;",
+            "proxy_set_header Connection $connection_upgrade;",
+            "map $http_upgrade $connection_upgrade {",
+            "proxy_buffering off;",
             "proxy_set_header X-Real-IP $remote_addr;",
             "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
             "proxy_set_header X-Forwarded-Host $host;",

@@ -94,6 +94,77 @@ pub(crate) fn master_from_pid_file(pid_file: &Path, marker: Option<&str>) -> Opt
     identify(pid)
 }
 
+/// The inodes of the sockets `proc` has open (`/proc/<pid>/fd/*` -> `socket:[N]`).
+fn socket_inodes(proc: ProcId) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", proc.pid)) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let link = std::fs::read_link(entry.ok()?.path()).ok()?;
+        let link = link.to_str()?;
+        link.strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    })
+    .collect()
+}
+
+/// One line of `/proc/<pid>/net/tcp{,6}`: the local port, the state and the inode.
+fn tcp_entry(line: &str) -> Option<(u16, u8, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let local = fields.get(1)?;
+    let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+    let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+    let inode = fields.get(9)?.parse().ok()?;
+    Some((port, state, inode))
+}
+
+/// The TCP sockets of `proc`'s network namespace, as (local port, state, inode).
+fn tcp_table(proc: ProcId) -> Vec<(u16, u8, u64)> {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{}/net/{t}", proc.pid)).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(tcp_entry)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+const TCP_ESTABLISHED: u8 = 0x01;
+const TCP_LISTEN: u8 = 0x0A;
+
+/// How many connections `workers` hold open to backends: established sockets whose
+/// local port is not one `master` listens on (those are clients' connections). Old
+/// workers still alive when a drain ends hold exactly the long-lived ones
+/// (WebSockets, event streams, long downloads): nginx closes idle pooled ones at
+/// once. Zero when `/proc` cannot be read (another user's nginx).
+pub(crate) fn backend_connections(master: ProcId, workers: &[ProcId]) -> usize {
+    let table = tcp_table(master);
+    let master_sockets = socket_inodes(master);
+    let listening: Vec<u16> = table
+        .iter()
+        .filter(|(_, state, inode)| *state == TCP_LISTEN && master_sockets.contains(inode))
+        .map(|(port, _, _)| *port)
+        .collect();
+    workers
+        .iter()
+        .filter(|w| alive(**w))
+        .map(|w| {
+            let mine = socket_inodes(*w);
+            table
+                .iter()
+                .filter(|(port, state, inode)| {
+                    *state == TCP_ESTABLISHED && !listening.contains(port) && mine.contains(inode)
+                })
+                .count()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +194,25 @@ mod tests {
             ..me
         };
         assert!(!alive(other));
+    }
+
+    #[test]
+    fn counts_outgoing_connections_but_not_accepted_ones() {
+        use std::net::{TcpListener, TcpStream};
+        let me = identify(i32::try_from(std::process::id()).unwrap()).unwrap();
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = backend_connections(me, &[me]);
+        // Outgoing, to a listener that is ours too: the client end counts, the
+        // accepted end sits on a port we listen on and does not.
+        let _client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let _accepted = server.accept().unwrap();
+        assert_eq!(backend_connections(me, &[me]), before + 1);
+        assert_eq!(
+            tcp_entry(
+                "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1"
+            ),
+            Some((8080, TCP_LISTEN, 12345))
+        );
     }
 
     #[test]

@@ -29,8 +29,9 @@
 //! server { listen 80; server_name {{server_name}}; location / { proxy_pass http://{{service}}; } }
 //! """
 //! ```
-//! - `file` (default `"service-url.inc"`): the include's path, relative to the proxy's
-//!   config directory.
+//! - `file` (default `"<service>-url.inc"`, so several services can share one
+//!   `conf.d`; the managed nginx sets `"service-url.inc"`): the include's path,
+//!   relative to the proxy's config directory.
 //! - `variable` (default `"service_url"`): the nginx variable the include sets.
 //! - `scheme` (`"http"` | `"https"`, default `"http"`).
 //! - `template` (optional): text with `{{name}}` placeholders; single braces are
@@ -41,6 +42,11 @@
 //! - `upstream_file` (default `"<service>-upstream.conf"`): where upstream blocks go.
 //! - `max_fails` (default 1) and `fail_timeout` (default `"5s"`): each upstream
 //!   server's passive health check.
+//! - `keepalive` (default 0; the managed nginx sets 32): idle connections to each
+//!   colour that every nginx worker keeps open for reuse. Above 0, even a colour
+//!   with one server becomes an `upstream` block (with `keepalive N;`) in
+//!   `upstream_file`, since nginx pools connections only for upstream blocks; 0 keeps
+//!   the original include, which names the server itself.
 //!
 //! Every substituted value is refused when it holds whitespace, a control character
 //! or any of `; { } " ' \ # $`: each would end an nginx directive, open a block,
@@ -66,14 +72,15 @@ struct RawConfig {
     upstream_file: Option<String>,
     max_fails: Option<u32>,
     fail_timeout: Option<String>,
+    keepalive: Option<u32>,
 }
 
 /// A checked config.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "RawConfig")]
 pub struct Config {
-    /// The include's relative path.
-    pub file: String,
+    /// The include's relative path; `None` means `<service>-url.inc`.
+    pub file: Option<String>,
     /// The nginx variable it sets.
     pub variable: String,
     /// `http` or `https`.
@@ -88,6 +95,8 @@ pub struct Config {
     pub max_fails: u32,
     /// An nginx time (`5s`, `500ms`, `1m`).
     pub fail_timeout: String,
+    /// Idle backend connections each worker keeps per upstream; 0 for none.
+    pub keepalive: u32,
 }
 
 /// A parsed template: literal text and placeholders.
@@ -195,8 +204,10 @@ impl TryFrom<RawConfig> for Config {
     type Error = String;
 
     fn try_from(raw: RawConfig) -> Result<Config, String> {
-        let file = raw.file.unwrap_or_else(|| "service-url.inc".to_owned());
-        check_path("file", &file)?;
+        if let Some(file) = &raw.file {
+            check_path("file", file)?;
+        }
+        let file = raw.file;
         let variable = raw.variable.unwrap_or_else(|| "service_url".to_owned());
         if !is_name(&variable) {
             return Err(format!(
@@ -227,7 +238,7 @@ impl TryFrom<RawConfig> for Config {
                 );
             }
             check_path("template_file", path)?;
-            if *path == file {
+            if file.as_ref() == Some(path) {
                 return Err(format!(
                     "`template_file` and `file` are both {path:?}; give the template its own file"
                 ));
@@ -235,7 +246,7 @@ impl TryFrom<RawConfig> for Config {
         }
         if let Some(path) = &raw.upstream_file {
             check_path("upstream_file", path)?;
-            if *path == file || raw.template_file.as_ref() == Some(path) {
+            if file.as_ref() == Some(path) || raw.template_file.as_ref() == Some(path) {
                 return Err(format!(
                     "`upstream_file` {path:?} is also `file` or `template_file`; give it its own file"
                 ));
@@ -253,7 +264,14 @@ impl TryFrom<RawConfig> for Config {
                 "`fail_timeout` is {fail_timeout:?}; expected an nginx time such as \"5s\", \"500ms\" or \"1m\""
             ));
         }
+        let keepalive = raw.keepalive.unwrap_or(0);
+        if keepalive > 1024 {
+            return Err(format!(
+                "`keepalive` is {keepalive}; expected 0 (no pool) to 1024 idle connections per worker"
+            ));
+        }
         Ok(Config {
+            keepalive,
             file,
             variable,
             scheme,
@@ -318,6 +336,14 @@ fn server_lines(config: &Config, upstream: &Upstream, weight: u64, out: &mut Str
 fn upstream_block(config: &Config, name: &str, upstream: &Upstream, out: &mut String) {
     out.push_str(&format!("upstream {name} {{\n"));
     server_lines(config, upstream, 1, out);
+    end_upstream(config, out);
+}
+
+/// Closes an upstream block, with its connection pool when one is configured.
+fn end_upstream(config: &Config, out: &mut String) {
+    if config.keepalive > 0 {
+        out.push_str(&format!("    keepalive {};\n", config.keepalive));
+    }
     out.push_str("}\n");
 }
 
@@ -344,7 +370,7 @@ fn routing(config: &Config, input: &TemplateInput) -> Result<Routing, String> {
     };
     let mut blocks = String::new();
     let Some(previous) = split else {
-        if let [server] = target.servers.as_slice() {
+        if let ([server], 0) = (target.servers.as_slice(), config.keepalive) {
             return Ok(Routing {
                 destination: server.socket_address(),
                 blocks,
@@ -400,7 +426,7 @@ fn routing(config: &Config, input: &TemplateInput) -> Result<Routing, String> {
             ));
             server_lines(config, target, w_target / common, &mut blocks);
             server_lines(config, previous, w_previous / common, &mut blocks);
-            blocks.push_str("}\n");
+            end_upstream(config, &mut blocks);
             Ok(Routing {
                 destination: name,
                 blocks,
@@ -447,7 +473,10 @@ pub fn render(config: &Config, input: &TemplateInput) -> Result<Vec<ProxyFile>, 
         weight => format!(" {weight}%"),
     };
     let mut files = vec![ProxyFile {
-        path: config.file.clone(),
+        path: config
+            .file
+            .clone()
+            .unwrap_or_else(|| format!("{}-url.inc", input.service)),
         contents: format!(
             "# Written by cutover (builtin:nginx-service-url): {} ->{share} {color}. Do not edit.\nset ${} {}://{};\n",
             input.service, config.variable, config.scheme, routing.destination
@@ -580,13 +609,44 @@ mod tests {
     fn default_renders_the_original_include() {
         let files = rendered("{}", &input("172.20.0.3", &[])).unwrap();
         assert_eq!(files.len(), 1);
-        assert_eq!(files[0].0, "service-url.inc");
+        assert_eq!(files[0].0, "app-url.inc");
         assert!(
             files[0]
                 .1
                 .ends_with("\nset $service_url http://172.20.0.3:8080;\n"),
             "{}",
             files[0].1
+        );
+    }
+
+    #[test]
+    fn keepalive_puts_even_one_server_in_a_pooled_upstream() {
+        let files = rendered(r#"{"keepalive":16}"#, &input("172.20.0.3", &[])).unwrap();
+        assert!(
+            files[0].1.ends_with("set $service_url http://app-green;\n"),
+            "{}",
+            files[0].1
+        );
+        assert_eq!(files[1].0, "app-upstream.conf");
+        assert!(
+            files[1].1.ends_with(
+                "upstream app-green {\n    server 172.20.0.3:8080 max_fails=1 fail_timeout=5s;\n    keepalive 16;\n}\n"
+            ),
+            "{}",
+            files[1].1
+        );
+        let split = rendered(r#"{"keepalive":4}"#, &cluster(10, None)).unwrap();
+        assert!(
+            split[1].1.ends_with("    keepalive 4;\n}\n"),
+            "{}",
+            split[1].1
+        );
+        let sticky = rendered(r#"{"keepalive":4}"#, &cluster(10, Some("$cookie_s"))).unwrap();
+        assert_eq!(
+            sticky[1].1.matches("keepalive 4;").count(),
+            2,
+            "{}",
+            sticky[1].1
         );
     }
 
@@ -776,14 +836,18 @@ mod tests {
             (r#"{"template":"{{a-b}}"}"#, "not a placeholder"),
             (r#"{"template_file":"x.conf"}"#, "no `template`"),
             (
-                r#"{"template":"x","template_file":"service-url.inc"}"#,
+                r#"{"template":"x","file":"a.inc","template_file":"a.inc"}"#,
                 "both",
             ),
             (r#"{"fiel":"x"}"#, "unknown field `fiel`"),
             (r#"{"fail_timeout":"5 s"}"#, "`fail_timeout`"),
             (r#"{"fail_timeout":"5y"}"#, "`fail_timeout`"),
             (r#"{"max_fails":5000}"#, "`max_fails`"),
-            (r#"{"upstream_file":"service-url.inc"}"#, "`upstream_file`"),
+            (r#"{"keepalive":5000}"#, "`keepalive`"),
+            (
+                r#"{"file":"a.inc","upstream_file":"a.inc"}"#,
+                "`upstream_file`",
+            ),
         ] {
             let err = parse_config(config).unwrap_err();
             assert!(err.contains(expected), "{config}: {err}");
