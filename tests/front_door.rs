@@ -12,6 +12,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::free_port;
+use crate::support::load::{Load, LoadConfig};
 use crate::support::nginx::ExternalNginx;
 use crate::support::service::Service;
 
@@ -345,4 +346,89 @@ fn two_services_share_one_external_conf_d_each_with_its_own_include() {
     );
     assert_eq!(a.get("/").body.trim(), "hello v2 from green");
     assert_eq!(b.get("/").body.trim(), "hello v1 from blue");
+}
+
+#[test]
+fn pause_answers_503_with_the_page_under_load_and_resume_serves_again() {
+    let svc = Service::new("front-pause");
+    std::fs::write(
+        svc.base.join("maintenance.html"),
+        "<h1>Back soon</h1><p>\"Upgrades\" cost $0</p>\n",
+    )
+    .unwrap();
+    svc.edit_config(|t| {
+        t.replace(
+            "[proxy]\nmode = \"managed\"\n",
+            "[proxy]\nmode = \"managed\"\npause_page = \"maintenance.html\"\n",
+        )
+    });
+    svc.deploy("v1").success();
+    let load = Load::start(LoadConfig {
+        max_duration: Duration::from_secs(120),
+        slow_ms: (200, 600),
+        ..LoadConfig::new(svc.proxy_addr())
+    });
+    thread::sleep(Duration::from_millis(800));
+    let pause_began = load.elapsed();
+    let out = svc.cutover(&["pause"]).success();
+    let paused_at = load.elapsed();
+    assert!(out.stderr.contains("is paused"), "{}", out.stderr);
+
+    let page = svc.get("/");
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(
+        page.body
+            .contains("<h1>Back soon</h1><p>\"Upgrades\" cost &#36;0</p>"),
+        "{}",
+        page.body
+    );
+    assert_eq!(page.header("retry-after"), Some("30"));
+    assert_eq!(svc.status()["proxy"]["paused"], true);
+    // A deploy would verify through the paused front door: it is refused first.
+    let refused = svc.deploy("v2");
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("Run `cutover resume` first"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        svc.containers().iter().all(|c| !c.ends_with("-green")),
+        "nothing was started: {:?}",
+        svc.containers()
+    );
+    thread::sleep(Duration::from_millis(800));
+    let resume_began = load.elapsed();
+    let out = svc.cutover(&["resume"]).success();
+    let resumed_at = load.elapsed();
+    assert!(out.stderr.contains("is resumed"), "{}", out.stderr);
+    thread::sleep(Duration::from_millis(800));
+    let report = load.stop();
+
+    assert_eq!(svc.get("/").body.trim(), "hello v1 from blue");
+    assert_eq!(svc.status()["proxy"]["paused"], false);
+    let status = |s: &crate::support::load::Sample| match s.result {
+        crate::support::load::Outcome::Status(code) => code,
+        other => panic!("a request failed outright: {other:?} in {s:?}"),
+    };
+    let (mut before, mut during, mut after) = (0, 0, 0);
+    for s in &report.samples {
+        let code = status(s);
+        if s.at < pause_began {
+            assert_eq!(code, 200, "before the pause: {s:?}");
+            before += 1;
+        } else if s.at > paused_at && s.at < resume_began && !s.slow {
+            assert_eq!(code, 503, "while paused: {s:?}");
+            during += 1;
+        } else if s.at > resumed_at {
+            assert_eq!(code, 200, "after the resume: {s:?}");
+            after += 1;
+        } else {
+            assert!(code == 200 || code == 503, "{s:?}");
+        }
+    }
+    assert!(
+        before > 50 && during > 50 && after > 50,
+        "{before} {during} {after}"
+    );
 }

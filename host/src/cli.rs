@@ -160,6 +160,11 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "ARGV")]
         argv: Vec<String>,
     },
+    /// Put the service into maintenance: the front door answers 503 with
+    /// `proxy.pause_page` (or a built-in page); the containers keep running.
+    Pause,
+    /// End a pause: the front door proxies the service's requests again.
+    Resume,
     /// Stop the service: remove both colours' containers and stop the managed nginx.
     Down {
         /// Also remove the images cutover built for the service.
@@ -551,6 +556,15 @@ async fn execute(cli: &Cli, reporter: Arc<dyn Reporter>) -> Result<u8, Failure> 
             crate::down::down(&ctx, *images).await?;
             Ok(exit::OK)
         }
+        Command::Pause | Command::Resume => {
+            let line = if matches!(cli.command, Command::Pause) {
+                crate::pause::pause(&ctx).await?
+            } else {
+                crate::pause::resume(&ctx).await?
+            };
+            ctx.reporter.log(crate::events::Level::Info, &line);
+            Ok(exit::OK)
+        }
         Command::Exec { timeout, argv } => {
             let code = exec(&ctx, argv, *timeout).await?;
             // The command's own exit code, as `docker run` gives it.
@@ -635,6 +649,8 @@ fn plugins_used(command: &Command) -> &'static [PluginKind] {
         | Command::Status
         | Command::Dashboard { .. } => &[HealthPolicy, ProxyTemplate],
         Command::Down { .. }
+        | Command::Pause
+        | Command::Resume
         | Command::Exec { .. }
         | Command::History { .. }
         | Command::Serve { .. }

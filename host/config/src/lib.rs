@@ -238,7 +238,8 @@ impl Config {
             .min(wanted)
     }
 
-    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    /// The error for `key` of this file: `message` says what was expected.
+    pub fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.file.clone(),
             key: key.to_owned(),

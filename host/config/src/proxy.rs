@@ -101,6 +101,9 @@ pub struct ProxyConfig {
     /// all of them.
     #[serde(default)]
     pub extra: Vec<ExtraFrontEnd>,
+    /// The HTML page `cutover pause` serves with 503 (relative to the config file);
+    /// none for a short built-in one.
+    pub pause_page: Option<PathBuf>,
 }
 
 /// One more nginx in front of the service (`[[proxy.extra]]`), driven like an
@@ -190,7 +193,8 @@ impl Config {
     /// include's historic name (`service-url.inc`: a state directory from before
     /// per-service names keeps one include). A key the config sets wins; an external
     /// nginx, and a managed one with `[[proxy.extra]]` front ends, gets no pool by
-    /// default, since their `include` lines may not load upstream blocks.
+    /// default, since their `include` lines may not load upstream blocks; nor does
+    /// a Swarm's (see below).
     pub(crate) fn default_template_for_managed_mode(&mut self) {
         if self.proxy.mode != ProxyMode::Managed {
             return;
@@ -210,7 +214,10 @@ impl Config {
         }
         // `[[proxy.extra]]` nginxes get the same files, and theirs may load only the
         // include, as the original write-up's did: no pool then, unless asked for.
-        if self.proxy.extra.is_empty() {
+        // Nor on a Swarm: a node cut off the network leaves its pooled connections
+        // open but silent, and a request sent on one would wait for the read
+        // timeout instead of the 2 s connect timeout that lets nginx try the next.
+        if self.proxy.extra.is_empty() && self.engine.kind == crate::EngineKind::Docker {
             spec.config
                 .entry("keepalive")
                 .or_insert(toml::Value::Integer(MANAGED_KEEPALIVE));

@@ -148,6 +148,14 @@ pub enum DeployError {
         "no colour is live, so there is no image to run: deploy first (`cutover status` shows what runs)"
     )]
     NothingLive,
+    /// A deploy or rollback while `cutover pause` holds the front door.
+    #[error(
+        "{service} is paused (`cutover pause`): the front door answers 503, so a switch could not be verified through it. Run `cutover resume` first, then deploy"
+    )]
+    Paused {
+        /// The service.
+        service: String,
+    },
     /// `rollback` with no earlier colour recorded.
     #[error(
         "nothing to roll back to: no earlier colour is recorded in the state file; \

@@ -31,6 +31,7 @@ pub mod init;
 pub mod metrics;
 pub mod notify;
 pub mod observe;
+pub mod pause;
 pub mod plan;
 pub mod recover;
 pub mod state;

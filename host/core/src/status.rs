@@ -48,6 +48,8 @@ pub struct ProxyStatus {
     pub files_target: Option<Color>,
     /// For the managed proxy: whether nginx runs.
     pub running: Option<bool>,
+    /// Whether `cutover pause` holds the front door (it answers 503).
+    pub paused: bool,
 }
 
 /// The whole report.
@@ -136,6 +138,7 @@ pub async fn status(ctx: &Context) -> Result<StatusReport, DeployError> {
         files_target,
         running: (ctx.config.proxy.mode == crate::config::ProxyMode::Managed)
             .then(|| ctx.proxy.is_running()),
+        paused: ctx.proxy.is_paused(),
     };
 
     if let Some(slot) = &live {
@@ -224,9 +227,14 @@ impl StatusReport {
             Some(false) => ", nginx NOT running",
             None => "",
         };
+        let paused = if self.proxy.paused {
+            ", PAUSED: answers 503 until `cutover resume`"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "proxy    → {proxy_target} ({}{running})",
+            "proxy    → {proxy_target} ({}{running}{paused})",
             self.proxy.config_dir
         );
         for c in &self.colors {

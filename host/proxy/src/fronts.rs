@@ -78,6 +78,46 @@ impl Proxy {
         self.primary.is_running()
     }
 
+    /// Whether `cutover pause` paused the service (`[proxy]`'s nginx has its file).
+    pub fn is_paused(&self) -> bool {
+        self.primary.is_paused()
+    }
+
+    /// Pauses the service on every front end: writes `file` (see [`crate::pause`]),
+    /// tests and reloads; a failing test puts every front end's files back.
+    ///
+    /// # Errors
+    /// As [`Proxy::write_and_test`] and [`Proxy::switch`].
+    pub async fn pause(&self, file: ProxyFile) -> Result<Reload, ProxyError> {
+        self.write_and_test(std::slice::from_ref(&file), &[])
+            .await?;
+        self.switch().await
+    }
+
+    /// Resumes the service: removes the pause file `path` from every front end,
+    /// tests and reloads. A failing test puts the file back, so the service stays
+    /// paused rather than half resumed.
+    ///
+    /// # Errors
+    /// As [`Proxy::test`] and [`Proxy::switch`]; writing errors.
+    pub async fn resume(&self, path: &str) -> Result<Reload, ProxyError> {
+        let paths = [path.to_owned()];
+        let saved = self.snapshot_all(&paths)?;
+        let removed: Vec<SavedFile> = saved
+            .iter()
+            .map(|f| SavedFile {
+                contents: None,
+                ..f.clone()
+            })
+            .collect();
+        self.write_saved(&removed)?;
+        if let Err(e) = self.test().await {
+            self.write_saved(&saved)?;
+            return Err(e);
+        }
+        self.switch().await
+    }
+
     /// Stops the managed nginx; never an external one.
     ///
     /// # Errors

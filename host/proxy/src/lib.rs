@@ -23,6 +23,7 @@ mod command;
 mod files;
 mod fronts;
 mod managed_conf;
+pub mod pause;
 mod procs;
 mod workers;
 
@@ -606,6 +607,11 @@ impl Nginx {
     /// The directory the rendered files are written to.
     pub fn config_dir(&self) -> &Path {
         &self.config_dir
+    }
+
+    /// Whether the service's pause file is in the config directory.
+    pub fn is_paused(&self) -> bool {
+        self.config_dir.join(pause::path(&self.service)).is_file()
     }
 
     /// The managed nginx's generated `nginx.conf` (none in external mode).

@@ -87,6 +87,24 @@ fn quoted(path: &Path) -> Result<String, String> {
     Ok(format!("\"{text}\""))
 }
 
+/// What both locations do with a request: the original write-up's proxy block,
+/// WebSocket upgrades passed on, and the header that proves the switch.
+const PROXY_BLOCK: &str = "            proxy_pass $service_url;
+            proxy_redirect off;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $host;
+            # A backend that does not answer (a Swarm node that died) is given
+            # up on quickly and the request retried on the next one.
+            proxy_connect_timeout 2s;
+            # Names the backend that answered, so cutover can prove the switch.
+            add_header X-Cutover-Upstream $upstream_addr always;
+";
+
 /// Renders `nginx.conf`.
 pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String, String> {
     let q = |p: &Path| quoted(p);
@@ -143,6 +161,12 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \x20       default upgrade;\n\
          \x20       '' '';\n\
          \x20   }}\n\
+         \x20   # A WebSocket upgrade or an event stream (what EventSource asks for).\n\
+         \x20   map \"$http_upgrade|$http_accept\" $cutover_long_lived {{\n\
+         \x20       \"~^[^|]+[|]\" 1;\n\
+         \x20       \"~text/event-stream\" 1;\n\
+         \x20       default 0;\n\
+         \x20   }}\n\
          \n\
          \x20   include {http_glob};\n\
          \n\
@@ -152,25 +176,22 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
          \n\
          \x20       location / {{\n\
          \x20           include {location_glob};\n\
-         \x20           proxy_pass $service_url;\n\
-         \x20           proxy_redirect off;\n\
-         \x20           proxy_http_version 1.1;\n\
-         \x20           proxy_set_header Host $http_host;\n\
-         \x20           proxy_set_header Upgrade $http_upgrade;\n\
-         \x20           proxy_set_header Connection $connection_upgrade;\n\
-         \x20           proxy_set_header X-Real-IP $remote_addr;\n\
-         \x20           proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-         \x20           proxy_set_header X-Forwarded-Host $host;\n\
-         \x20           # A backend that does not answer (a Swarm node that died) is given\n\
-         \x20           # up on quickly and the request retried on the next one.\n\
-         \x20           proxy_connect_timeout 2s;\n\
-         \x20           # WebSockets and server-sent events stay open for long; a stream is\n\
-         \x20           # passed on as it arrives instead of being buffered.\n\
+         \x20           # WebSockets and event streams are served by the location below.\n\
+         \x20           error_page 418 = @cutover_long_lived;\n\
+         \x20           if ($cutover_long_lived) {{\n\
+         \x20               return 418;\n\
+         \x20           }}\n\
+         {proxy_block}\
+         \x20       }}\n\
+         \n\
+         \x20       # Long-lived connections: long timeouts (a quiet WebSocket is not a hung\n\
+         \x20       # backend) and a stream passed on as it arrives, never buffered.\n\
+         \x20       location @cutover_long_lived {{\n\
+         \x20           include {location_glob};\n\
+         {proxy_block}\
          \x20           proxy_read_timeout 1h;\n\
          \x20           proxy_send_timeout 1h;\n\
          \x20           proxy_buffering off;\n\
-         \x20           # Names the backend that answered, so cutover can prove the switch.\n\
-         \x20           add_header X-Cutover-Upstream $upstream_addr always;\n\
          \x20       }}\n\
          \x20   }}\n\
          }}",
@@ -187,6 +208,7 @@ pub(crate) fn render(layout: &Layout, settings: &Settings<'_>) -> Result<String,
         scgi = q(&temp.join("scgi"))?,
         http_glob = q(&conf_d.join("*.conf"))?,
         location_glob = q(&conf_d.join("*.inc"))?,
+        proxy_block = PROXY_BLOCK,
         listen = settings.listen,
     );
     Ok(s)
@@ -219,6 +241,8 @@ mod tests {
             "proxy_set_header Connection $connection_upgrade;",
             "map $http_upgrade $connection_upgrade {",
             "proxy_buffering off;",
+            "location @cutover_long_lived {",
+            "if ($cutover_long_lived) {",
             "proxy_set_header X-Real-IP $remote_addr;",
             "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
             "proxy_set_header X-Forwarded-Host $host;",
@@ -235,9 +259,14 @@ mod tests {
             assert!(conf.contains(line), "missing {line:?} in\n{conf}");
         }
         assert!(!conf.contains("\nuser "), "{conf}");
-        // The location-level include comes before proxy_pass uses the variable.
+        // The location-level include comes before proxy_pass uses the variable, in
+        // both locations; only the long-lived one waits long and streams.
         let include = conf.find("conf.d/*.inc").unwrap();
         assert!(include < conf.find("proxy_pass").unwrap());
+        let (plain, long) = conf.split_once("location @cutover_long_lived").unwrap();
+        assert!(long.find("conf.d/*.inc").unwrap() < long.find("proxy_pass").unwrap());
+        assert!(!plain.contains("proxy_read_timeout") && !plain.contains("proxy_buffering"));
+        assert!(long.contains("proxy_read_timeout 1h;"), "{long}");
     }
 
     #[test]

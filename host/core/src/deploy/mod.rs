@@ -96,6 +96,7 @@ pub async fn deploy(
 ) -> Result<DeployReport, DeployError> {
     // A missing nginx (or reload program) is found before anything is built or started.
     ctx.proxy.preflight()?;
+    crate::pause::refuse_while_paused(ctx)?;
     let mut run = Run::start(ctx, OperationKind::Deploy, options.lock_wait, run_label(ci)).await?;
     let report = match steps::deploy(&mut run, git, ci, options).await {
         Ok(steps::Flow::Denied(reason)) => run.finish(Outcome::Denied, Some(reason), None).await?,

@@ -30,6 +30,7 @@ pub async fn rollback(
     ci: &CiFacts,
 ) -> Result<DeployReport, DeployError> {
     ctx.proxy.preflight()?;
+    crate::pause::refuse_while_paused(ctx)?;
     // For the hooks' environment and the audit entry.
     let git = GitFacts::collect_hiding(ctx.config.base_dir(), &ctx.config.secret_env_vars())
         .unwrap_or_default();

@@ -95,6 +95,7 @@ pub(crate) fn report() -> StatusReport {
             target: None,
             files_target: None,
             running: None,
+            paused: false,
         },
         interrupted: Some(Journal {
             deploy_id: hostile("journal"),
