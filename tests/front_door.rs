@@ -334,8 +334,7 @@ fn two_services_share_one_external_conf_d_each_with_its_own_include() {
         ),
     )
     .unwrap();
-    let out = a.deploy("v3");
-    assert_ne!(out.code, 0, "{}", out.stderr);
+    let out = a.deploy("v3").code(4);
     assert!(
         out.stderr.contains(&format!(
             "Change nginx's `include` to {}-url.inc and delete service-url.inc",
@@ -385,8 +384,7 @@ fn pause_answers_503_with_the_page_under_load_and_resume_serves_again() {
     assert_eq!(page.header("retry-after"), Some("30"));
     assert_eq!(svc.status()["proxy"]["paused"], true);
     // A deploy would verify through the paused front door: it is refused first.
-    let refused = svc.deploy("v2");
-    assert_ne!(refused.code, 0);
+    let refused = svc.deploy("v2").code(4);
     assert!(
         refused.stderr.contains("Run `cutover resume` first"),
         "{}",

@@ -310,7 +310,13 @@ async fn failed_config_test_restores_files_and_never_reloads() {
 
     // Never reloaded: same master, same workers, still serving A.
     assert_eq!(m.master(), master);
-    assert_eq!(children(master), workers_before);
+    // A reload would have retired every worker; the master may still have been
+    // forking its last one when they were first counted.
+    let workers_after = children(master);
+    assert!(
+        workers_before.iter().all(|w| workers_after.contains(w)),
+        "{workers_before:?} then {workers_after:?}"
+    );
     let (_, upstream, body) = get(&format!("http://{}/", m.listen)).await;
     assert_eq!(
         (upstream.as_str(), body.as_str()),

@@ -143,9 +143,9 @@ pub enum DeployError {
         /// The timeout.
         after: std::time::Duration,
     },
-    /// `exec` with no colour live.
+    /// `exec` or `pause` with no colour live.
     #[error(
-        "no colour is live, so there is no image to run: deploy first (`cutover status` shows what runs)"
+        "no colour is live, so there is nothing to run a command from or to pause: deploy first (`cutover status` shows what runs)"
     )]
     NothingLive,
     /// A deploy or rollback while `cutover pause` holds the front door.
